@@ -2,10 +2,22 @@
 
 Faithful to keras-hub's `BertBackbone` and Hugging Face's `BertModel`, checked against golden
 outputs recorded from both.
+
+    >>> from bert_ref import BertBackbone
+    >>> model = BertBackbone.from_preset("bert_tiny_en_uncased", load_weights=False)
+    >>> out = model({"token_ids": [[101, 7592, 102]]})
+    >>> out["sequence_output"].shape
+    (1, 3, 128)
 """
 
+from .backbone import BertBackbone, TokenEmbedding
 from .config import BertConfig
+from .encoder import forward, init_weights, prepare
+from .precision import POLICY_NAMES, Policy, get_policy
 from .presets import PRESETS
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "PRESETS", "__version__"]
+__all__ = [
+    "BertBackbone", "BertConfig", "TokenEmbedding", "forward", "init_weights", "prepare",
+    "POLICY_NAMES", "Policy", "get_policy", "PRESETS", "__version__",
+]

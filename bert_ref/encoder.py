@@ -1,0 +1,323 @@
+"""The stateless BERT encoder: `forward(weights, config, inputs)`.
+
+A pure function of a flat weights dict (canonical names, see `BertConfig.weight_shapes()`), a
+`BertConfig` and the inputs. Also here: keras-hub's random initialisation, weight validation, input
+validation, and `prepare` (the fused, policy-cast view of the weights that `forward` computes with).
+
+Data flow (shapes for batch B, sequence S, hidden H):
+
+    token_ids, segment_ids [B, S] ─► token + position + segment embeddings ─► layer norm  [B, S, H]
+      ─► num_layers × post-LN encoder layer (masked self-attention, GELU feed-forward)    [B, S, H]
+      ─► sequence_output [B, S, H];  pooled_output = tanh(dense(sequence_output[:, 0]))   [B, H]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import ops
+from .config import BertConfig
+from .precision import Policy, get_policy
+
+INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
+
+#: Names of the trace points of the embeddings, of each layer (prefixed "transformer_layer_{i}/"),
+#: and of the pooler, in the order they are computed. See `forward(trace=...)`.
+TRACE_EMBEDDINGS = ("embeddings/token", "embeddings/position", "embeddings/segment", "embeddings/sum", "embeddings/layer_norm")
+TRACE_LAYER = (
+    "query", "key", "value", "attention_scores", "attention_probs", "attention_context",
+    "attention_output", "attention_residual", "self_attention_layer_norm",
+    "feedforward_intermediate", "feedforward_activation", "feedforward_output",
+    "feedforward_residual", "feedforward_layer_norm",
+)
+TRACE_POOLER = ("pooled_output",)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights
+
+
+def init_weights(config: BertConfig, seed: int | None = None, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    """keras-hub's initialisation: kernels and embeddings ~ truncated normal (stddev 0.02, values
+    beyond 2 stddev redrawn), biases 0, layer-norm gamma 1 and beta 0. Reproducible with `seed`."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in config.weight_shapes().items():
+        if name.endswith("/gamma"):
+            w = np.ones(shape)
+        elif name.endswith("/bias") or name.endswith("/beta"):
+            w = np.zeros(shape)
+        else:
+            w = rng.standard_normal(shape, dtype=np.float32)
+            redraw = np.abs(w) > 2
+            while redraw.any():
+                w[redraw] = rng.standard_normal(int(redraw.sum()), dtype=np.float32)
+                redraw = np.abs(w) > 2
+            w *= np.float32(0.02)
+        weights[name] = w.astype(dtype, copy=False)
+    return weights
+
+
+def check_weights(weights: Mapping[str, Any], config: BertConfig, *, source: str = "weights") -> dict[str, np.ndarray]:
+    """Validate names and shapes against `config`; return a plain dict of arrays (never copied).
+
+    A missing, unexpected or wrongly shaped tensor is a `ValueError` naming it and the expected
+    shape; `source` (e.g. a file name) prefixes the message."""
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"{source}: expected a mapping of canonical weight names to arrays, got {type(weights).__name__}")
+    expected = config.weight_shapes()
+    missing = [n for n in expected if n not in weights]
+    unexpected = [n for n in weights if n not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(f"{n} (expected shape {expected[n]})" for n in missing[:8])
+                         + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(unexpected[:8]) + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
+        raise ValueError(f"{source}: " + "; ".join(parts))
+    out = {}
+    for name, shape in expected.items():
+        w = weights[name]
+        if not isinstance(w, np.ndarray):
+            w = np.asarray(w)
+        if w.shape != shape:
+            raise ValueError(f"{source}: {name} has shape {w.shape}, expected {shape}")
+        if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
+            raise TypeError(f"{source}: {name} has dtype {w.dtype}, expected a floating dtype")
+        out[name] = w
+    return out
+
+
+class PreparedWeights(dict):
+    """The weights as `forward` computes with them under one policy: q/k/v kernels fused into one
+    [H, 3A] kernel, everything in the policy's work dtype (rounded to its compute dtype).
+
+    Keys: "token", "position", "segment", "norm_gamma", "norm_beta", "layers" (list of per-layer
+    dicts, see `ops.encoder_layer`), "pooler_kernel", "pooler_bias". Arrays that need no cast are
+    the caller's arrays, not copies."""
+
+    def __init__(self, data: dict, policy: Policy, config: BertConfig):
+        super().__init__(data)
+        self.policy = policy
+        self.config = config
+
+
+def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
+    """Build the fused, policy-cast weights once (see `PreparedWeights`)."""
+    w = policy.weight
+    layers = []
+    for i in range(config.num_layers):
+        p = f"transformer_layer_{i}/"
+        att = p + "self_attention_layer/"
+        layers.append({
+            "qkv_kernel": np.concatenate([w(weights[att + f"{n}/kernel"]) for n in ("query", "key", "value")], axis=1),
+            "qkv_bias": np.concatenate([w(weights[att + f"{n}/bias"]) for n in ("query", "key", "value")]),
+            "output_kernel": w(weights[att + "attention_output/kernel"]),
+            "output_bias": w(weights[att + "attention_output/bias"]),
+            "attention_norm_gamma": w(weights[p + "self_attention_layer_norm/gamma"]),
+            "attention_norm_beta": w(weights[p + "self_attention_layer_norm/beta"]),
+            "ffn_kernel1": w(weights[p + "feedforward_intermediate_dense/kernel"]),
+            "ffn_bias1": w(weights[p + "feedforward_intermediate_dense/bias"]),
+            "ffn_kernel2": w(weights[p + "feedforward_output_dense/kernel"]),
+            "ffn_bias2": w(weights[p + "feedforward_output_dense/bias"]),
+            "ffn_norm_gamma": w(weights[p + "feedforward_layer_norm/gamma"]),
+            "ffn_norm_beta": w(weights[p + "feedforward_layer_norm/beta"]),
+        })
+    return PreparedWeights({
+        "token": w(weights["token_embedding/embeddings"]),
+        "position": w(weights["position_embedding/embeddings"]),
+        "segment": w(weights["segment_embedding/embeddings"]),
+        "norm_gamma": w(weights["embeddings_layer_norm/gamma"]),
+        "norm_beta": w(weights["embeddings_layer_norm/beta"]),
+        "layers": layers,
+        "pooler_kernel": w(weights["pooled_dense/kernel"]),
+        "pooler_bias": w(weights["pooled_dense/bias"]),
+    }, policy, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _as_int_array(name: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == object or arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "b":
+            raise TypeError(f"{name} must hold integers, got booleans")
+        if arr.size == 0 and arr.dtype.kind == "f":  # e.g. np.asarray([[]]): empty, no values to be wrong
+            return arr.astype(np.int64)
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr
+
+
+def _first_bad(name: str, arr: np.ndarray, bad: np.ndarray, low: int, high: int, why: str) -> None:
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        idx = ", ".join(map(str, pos))
+        raise ValueError(f"{name}[{idx}] = {arr[pos]} is outside [{low}, {high}): {why}")
+
+
+def validate_inputs(inputs: Mapping[str, Any], config: BertConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check and normalise `{"token_ids", "segment_ids", "padding_mask"}`.
+
+    Returns (token_ids [B, S] intp, segment_ids [B, S] intp, padding_mask [B, S] bool).
+    `segment_ids` defaults to zeros and `padding_mask` to ones; lists are accepted. Anything that
+    NumPy would silently get wrong (a negative id wraps around in a lookup) is an error naming the
+    field, the position and the valid range.
+    """
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a dict with keys {INPUT_KEYS}, got {type(inputs).__name__}")
+    unknown = [k for k in inputs if k not in INPUT_KEYS]
+    if unknown:
+        raise ValueError(f"unknown input key(s) {unknown}; expected {list(INPUT_KEYS)}")
+    if "token_ids" not in inputs:
+        raise ValueError(f"inputs must contain 'token_ids' (got keys {list(inputs)})")
+    token_ids = _as_int_array("token_ids", inputs["token_ids"])
+    if token_ids.ndim != 2:
+        raise ValueError(f"token_ids must be 2-D (batch, sequence), got shape {token_ids.shape}")
+    shape = token_ids.shape
+    segment_ids = inputs.get("segment_ids")
+    segment_ids = np.zeros(shape, np.intp) if segment_ids is None else _as_int_array("segment_ids", segment_ids)
+    mask = inputs.get("padding_mask")
+    mask = np.ones(shape, bool) if mask is None else np.asarray(mask)
+    for name, arr in (("segment_ids", segment_ids), ("padding_mask", mask)):
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (batch, sequence), got shape {arr.shape}")
+        if arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape} but token_ids has shape {shape}; they must match")
+    if shape[1] == 0:
+        raise ValueError("sequence length is 0: token_ids must have at least one position per row")
+    if shape[1] > config.max_sequence_length:
+        raise ValueError(
+            f"sequence length {shape[1]} exceeds max_sequence_length {config.max_sequence_length} "
+            f"(valid lengths are 1..{config.max_sequence_length})"
+        )
+    v, n = config.vocabulary_size, config.num_segments
+    _first_bad("token_ids", token_ids, (token_ids < 0) | (token_ids >= v), 0, v, f"vocabulary_size is {v}")
+    _first_bad("segment_ids", segment_ids, (segment_ids < 0) | (segment_ids >= n), 0, n, f"num_segments is {n}")
+    if mask.dtype != bool:
+        if mask.dtype == object or mask.dtype.kind not in "iuf":
+            raise TypeError(f"padding_mask must be bool or 0/1 numbers, got dtype {mask.dtype}")
+        bad = (mask != 0) & (mask != 1)
+        if bad.any():
+            pos = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"padding_mask[{', '.join(map(str, pos))}] = {mask[pos]} is not a valid mask value: use 0/1 or False/True"
+            )
+        mask = mask != 0
+    return token_ids.astype(np.intp, copy=False), segment_ids.astype(np.intp, copy=False), mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+
+
+def _make_hook(policy: Policy, trace: Callable[[str, np.ndarray], None] | None, prefix: str):
+    """The hook the ops call at each named intermediate: record a copy (trace) and round (policy)."""
+    if trace is None and not policy.rounds:
+        return ops.no_hook
+
+    def hook(name: str, x: np.ndarray) -> np.ndarray:
+        x = policy.round(x)
+        if trace is not None:
+            trace(prefix + name, policy.output(x).copy())
+        return x
+
+    return hook
+
+
+def forward(
+    weights: Mapping[str, np.ndarray] | PreparedWeights,
+    config: BertConfig,
+    inputs: Mapping[str, Any],
+    *,
+    dtype: Any = None,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+    trace: Callable[[str, np.ndarray], None] | bool | None = None,
+) -> dict[str, Any]:
+    """Run the encoder. A pure function: nothing is stored between calls.
+
+    Args:
+        weights: canonical weights dict (validated here), or `prepare(...)`'s result (reused as is).
+        config: the architecture.
+        inputs: `{"token_ids": [B, S] ints, "segment_ids": [B, S] ints (default 0),
+            "padding_mask": [B, S] bool/0-1 (default all valid)}`.
+        dtype: the policy (see `bert_ref.precision`): None/"float32", "float64", "float16",
+            "bfloat16", "mixed_float16", "mixed_bfloat16".
+        output_hidden_states: also return "hidden_states", num_layers + 1 arrays [B, S, H]: the
+            embeddings' layer-norm output, then each layer's output (Hugging Face's convention).
+        output_attentions: also return "attention_probs", one [B, h, S, S] array per layer.
+        trace: a callable `trace(name, array)` called with a copy of every named intermediate (see
+            TRACE_EMBEDDINGS, TRACE_LAYER prefixed "transformer_layer_{i}/", TRACE_POOLER), or True
+            to return them all as an ordered dict under "trace".
+
+    Returns:
+        `{"sequence_output": [B, S, H], "pooled_output": [B, H], ...}` in the compute dtype.
+
+    Padding: padded *keys* get exactly zero attention weight (keras-hub's semantics, which
+    transformers' default sdpa path shares). Padded *positions* still produce outputs, as in both
+    anchors; a row that is entirely padding attends to nothing (its attention context is 0) and
+    stays finite.
+    """
+    policy = get_policy(dtype)
+    if isinstance(weights, PreparedWeights):
+        if weights.policy != policy or weights.config != config:
+            raise ValueError(
+                f"prepared weights are for policy {weights.policy.name!r} and {weights.config}; "
+                f"called with policy {policy.name!r} and {config}"
+            )
+        params = weights
+    else:
+        params = prepare(check_weights(weights, config), config, policy)
+    token_ids, segment_ids, mask = validate_inputs(inputs, config)
+    batch, seq = token_ids.shape
+
+    recorded: dict[str, np.ndarray] | None = None
+    if trace is True:
+        recorded = {}
+        trace = recorded.__setitem__
+    elif trace is False:
+        trace = None
+    hook = _make_hook(policy, trace, "")
+
+    # Embeddings. [B, S] ids -> [B, S, H]; summed in keras' order ((token + position) + segment).
+    x = hook("embeddings/token", ops.embedding(params["token"], token_ids))
+    position = hook("embeddings/position", np.broadcast_to(params["position"][:seq], x.shape))
+    segment = hook("embeddings/segment", ops.embedding(params["segment"], segment_ids))
+    x = policy.round(x + position)
+    x += segment
+    x = hook("embeddings/sum", x)
+    x = hook("embeddings/layer_norm", ops.layer_norm(x, params["norm_gamma"], params["norm_beta"], config.layer_norm_epsilon))
+
+    hidden_states = [x] if output_hidden_states else None
+    attentions = [] if output_attentions else None
+    key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
+    for i, layer in enumerate(params["layers"]):
+        layer_hook = _make_hook(policy, trace, f"transformer_layer_{i}/")
+        x, probs = ops.encoder_layer(
+            x, layer, config.num_heads, key_mask, config.activation, config.layer_norm_epsilon, layer_hook
+        )
+        if hidden_states is not None:
+            hidden_states.append(x)
+        if attentions is not None:
+            attentions.append(probs)
+
+    pooled = hook("pooled_output", ops.pooler(x, params["pooler_kernel"], params["pooler_bias"]))
+
+    out: dict[str, Any] = {"sequence_output": policy.output(x), "pooled_output": policy.output(pooled)}
+    if hidden_states is not None:
+        out["hidden_states"] = [policy.output(h) for h in hidden_states]
+    if attentions is not None:
+        out["attention_probs"] = [policy.output(p) for p in attentions]
+    if recorded is not None:
+        out["trace"] = recorded
+    return out
+
+
+def count_params(weights: Mapping[str, np.ndarray]) -> int:
+    """Number of scalars in a weights dict."""
+    return int(sum(np.size(w) for w in weights.values()))

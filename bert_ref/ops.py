@@ -1,0 +1,233 @@
+"""The operations of a BERT encoder, each a short pure NumPy function.
+
+Nothing here knows about configs, files or dtype policies: every function takes arrays and returns
+arrays, computing in the dtype of its (floating) inputs. Shape comments use
+B = batch, S = sequence, H = hidden_dim, A = num_heads * key_dim, F = intermediate_dim,
+h = num_heads, d = key_dim, V = vocabulary_size.
+
+Some functions write into their input (`out=` / in-place ufuncs) to avoid temporaries; each says so.
+Their readable form is given in the docstring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _erf_table
+
+# The large finite negative number added to masked attention scores before the softmax (never
+# -inf, so a fully masked row stays finite), as keras does for float32/float64 scores.
+MASK_NEGATIVE = -1e9
+
+_SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_CUBIC = 0.044715
+_INV_SQRT_2 = 0.7071067811865476  # 1 / sqrt(2)
+
+# erf tables as arrays: rows are intervals of width 1/2 from 0, columns polynomial coefficients
+# (highest power first) in t = 4 * (|x| - interval midpoint).
+_ERF_TABLES = {
+    np.dtype(np.float64): (np.array(_erf_table.F64, dtype=np.float64), 6.0),
+    np.dtype(np.float32): (np.array(_erf_table.F32, dtype=np.float32), 4.0),
+}
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function, elementwise, in the dtype of `x` (float32 or float64).
+
+    `erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt`. NumPy has none, so: erf is odd, and on
+    |x| in [0, X) it is a polynomial per interval of width 1/2 (Chebyshev fits made in 50-digit
+    arithmetic by `tools/fit_erf.py`), evaluated by Horner's rule; beyond X it is ±1 to the dtype's
+    precision (X = 6 in float64, 4 in float32).
+
+    Accuracy against `math.erf` on [-10, 10]: <= 4.5e-16 in float64, <= 2.4e-7 in float32.
+    Other float dtypes (float16, bfloat16) are evaluated in float32 and rounded back.
+    """
+    x = np.asarray(x)
+    dtype = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float32)
+    table, limit = _ERF_TABLES[dtype]
+    ax = np.abs(x.astype(dtype, copy=False))  # [...]
+    # Interval index (fmin, not minimum, so NaN maps to a valid row and then propagates via t).
+    interval = np.fmin(np.floor(ax * dtype.type(2)), dtype.type(len(table) - 1))
+    t = ax * dtype.type(4)
+    t -= interval * dtype.type(2) + dtype.type(1)  # 4 * (|x| - midpoint), in [-1, 1]
+    index = interval.astype(np.intp)
+    y = table[index, 0]
+    for k in range(1, table.shape[1]):
+        y *= t
+        y += np.take(table[:, k], index)
+    y[ax >= limit] = 1
+    return np.copysign(y, x).astype(x.dtype, copy=False)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, `0.5 * x * (1 + erf(x / sqrt(2)))` (Hugging Face `hidden_act: "gelu"`).
+
+    [...] -> [...], same dtype as `x`.
+    """
+    return 0.5 * x * (1 + erf(x * x.dtype.type(_INV_SQRT_2)))
+
+
+def gelu_approximate(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """tanh-approximate GELU, keras-hub's BERT activation (HF `gelu_new` / `gelu_pytorch_tanh`).
+
+    Readable form: `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))`.
+    [...] -> [...], same dtype as `x`. Computed with one temporary and in-place ufuncs; pass
+    `out=x` to overwrite `x`. `x*x*x` is used, never `x**3` (a slow generic power on float32).
+    """
+    c = x.dtype.type(_SQRT_2_OVER_PI)
+    t = np.multiply(x, x)  # x^2
+    t *= c * x.dtype.type(_GELU_CUBIC)  # c * 0.044715 * x^2
+    t += c  # c * (1 + 0.044715 * x^2)
+    t *= x  # c * (x + 0.044715 * x^3)
+    np.tanh(t, out=t)
+    t += 1
+    t *= 0.5
+    return np.multiply(x, t, out=out)
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_approximate": gelu_approximate}
+
+
+def embedding(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row lookup. [V, H], [B, S] int -> [B, S, H]. Ids must already be range-checked."""
+    return np.take(table, ids, axis=0)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+    """Layer normalisation over the last axis. [..., H], [H], [H] -> [...,  H].
+
+    `(x - mean) / sqrt(var + epsilon) * gamma + beta`, with the biased variance, computed in the
+    dtype of `x` — callers pass at least float32 (see `bert_ref.precision`).
+    """
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = np.einsum("...i,...i->...", centred, centred)[..., None] / x.dtype.type(x.shape[-1])
+    inv = 1 / np.sqrt(var + x.dtype.type(epsilon))  # [..., 1]
+    centred *= inv
+    centred *= gamma
+    centred += beta
+    return centred
+
+
+def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Affine map. [..., In], [In, Out], [Out] -> [..., Out]: `x @ kernel + bias`."""
+    y = np.matmul(x, kernel)
+    y += bias
+    return y
+
+
+def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis that gives masked keys exactly zero weight. Overwrites `scores`.
+
+    [B, h, S, S] scores, [B, 1, 1, S] bool mask (True = may attend) -> [B, h, S, S] probabilities.
+
+    Readable form, as keras does it: `p = softmax(scores + (1 - mask) * -1e9); p = p * mask`.
+    The additive mask is a large finite negative number, never -inf, so the result stays finite
+    even when a whole row is masked; the final multiply then sets masked keys to exactly 0, so a
+    fully padded row attends to nothing (all zeros) instead of uniformly to the padding.
+    The max is subtracted before `exp` for stability.
+    """
+    scores += np.where(mask, scores.dtype.type(0), scores.dtype.type(MASK_NEGATIVE))
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    scores *= mask
+    return scores
+
+
+def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
+    """[B, S, h*d] -> [B, h, S, d] (a strided view; no copy)."""
+    b, s, a = x.shape
+    return x.reshape(b, s, num_heads, a // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """[B, h, S, d] -> [B, S, h*d] (a contiguous copy)."""
+    b, h, s, d = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, s, h * d)
+
+
+def attention_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """[B, h, S, d], [B, h, S, d] -> [B, h, S, S]: `(q / sqrt(d)) @ k.T`.
+
+    The scale is applied to the queries before the product, as keras does (HF scales the product;
+    the two differ only in rounding)."""
+    scale = q.dtype.type(1.0 / np.sqrt(q.shape[-1]))
+    return np.matmul(q * scale, k.transpose(0, 1, 3, 2))
+
+
+def no_hook(name: str, x: np.ndarray) -> np.ndarray:
+    """The default hook: observe nothing, change nothing."""
+    return x
+
+
+def multi_head_attention(x, qkv_kernel, qkv_bias, output_kernel, output_bias, num_heads, mask, hook=no_hook):
+    """Masked multi-head self-attention. [B, S, H] -> ([B, S, H], probabilities [B, h, S, S]).
+
+    Readable form, per head j (q/k/v columns j*d:(j+1)*d):
+        q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv          # [B, S, A] each
+        p = masked_softmax(q_j @ k_j.T / sqrt(d), mask)           # [B, S, S]
+        context_j = p @ v_j                                       # [B, S, d]
+        out = concat_j(context_j) @ Wo + bo                       # [B, S, H]
+    The three projections run as one GEMM on the fused kernel `[Wq | Wk | Wv]` ([H, 3A]) and the
+    heads are strided views (no copies). `mask` is [B, 1, 1, S] bool over keys: queries at padded
+    positions still attend to the valid keys (their outputs exist, as in keras-hub and HF).
+
+    `hook(name, array) -> array` is called on each named intermediate — "query", "key", "value",
+    "attention_scores", "attention_probs", "attention_context", "attention_output" — and its
+    result is used from then on (the encoder uses it to round to a half-precision compute dtype
+    and to record a trace).
+    """
+    a = qkv_kernel.shape[1] // 3
+    qkv = dense(x, qkv_kernel, qkv_bias)  # [B, S, 3A]
+    q = split_heads(hook("query", qkv[..., :a]), num_heads)  # [B, h, S, d]
+    k = split_heads(hook("key", qkv[..., a : 2 * a]), num_heads)
+    v = split_heads(hook("value", qkv[..., 2 * a :]), num_heads)
+    scores = hook("attention_scores", attention_scores(q, k))  # [B, h, S, S]
+    probs = hook("attention_probs", masked_softmax(scores, mask))  # [B, h, S, S]
+    context = hook("attention_context", merge_heads(np.matmul(probs, v)))  # [B, S, A]
+    return hook("attention_output", dense(context, output_kernel, output_bias)), probs
+
+
+def feed_forward(x, w1, b1, w2, b2, activation, hook=no_hook):
+    """Position-wise feed-forward. [B, S, H] -> [B, S, H]: `act(x @ w1 + b1) @ w2 + b2`.
+
+    Hook points: "feedforward_intermediate" (before the activation), "feedforward_activation",
+    "feedforward_output"."""
+    inner = hook("feedforward_intermediate", dense(x, w1, b1))  # [B, S, F]
+    if activation == "gelu_approximate":
+        inner = gelu_approximate(inner, out=inner)  # in place: `inner` is ours
+    else:
+        inner = ACTIVATIONS[activation](inner)
+    inner = hook("feedforward_activation", inner)
+    return hook("feedforward_output", dense(inner, w2, b2))
+
+
+def encoder_layer(x, params, num_heads, mask, activation, epsilon, hook=no_hook):
+    """One post-LN transformer encoder layer (BERT's). [B, S, H] -> ([B, S, H], probs [B, h, S, S]).
+
+    Readable form:
+        y = layer_norm(x + self_attention(x))
+        out = layer_norm(y + feed_forward(y))
+    `params` holds "qkv_kernel", "qkv_bias", "output_kernel", "output_bias",
+    "attention_norm_gamma/beta", "ffn_kernel1/bias1", "ffn_kernel2/bias2", "ffn_norm_gamma/beta".
+    Extra hook points: "attention_residual", "self_attention_layer_norm", "feedforward_residual",
+    "feedforward_layer_norm" (the layer's output).
+    """
+    p = params
+    attn, probs = multi_head_attention(
+        x, p["qkv_kernel"], p["qkv_bias"], p["output_kernel"], p["output_bias"], num_heads, mask, hook
+    )
+    attn += x
+    y = hook("attention_residual", attn)
+    y = hook("self_attention_layer_norm", layer_norm(y, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon))
+    ffn = feed_forward(y, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation, hook)
+    ffn += y
+    out = hook("feedforward_residual", ffn)
+    out = hook("feedforward_layer_norm", layer_norm(out, p["ffn_norm_gamma"], p["ffn_norm_beta"], epsilon))
+    return out, probs
+
+
+def pooler(sequence: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """BERT pooler. [B, S, H] -> [B, H]: `tanh(sequence[:, 0] @ kernel + bias)` (the [CLS] position)."""
+    return np.tanh(dense(sequence[:, 0, :], kernel, bias))
