@@ -98,6 +98,6 @@ def get_policy(dtype: "str | Policy | np.dtype | type | None" = None) -> Policy:
         return Policy(name, f32, f32, f32)
     if name == "float64":
         return Policy(name, f64, f64, f64)
-    half = np.dtype(np.float16) if name.endswith("float16") else _bfloat16()
+    half = _bfloat16() if name.endswith("bfloat16") else np.dtype(np.float16)
     variable = f32 if name.startswith("mixed_") else half
     return Policy(name, variable, half, f32)
