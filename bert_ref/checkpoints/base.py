@@ -1,0 +1,139 @@
+"""What every checkpoint reader returns (`Checkpoint`), and the checks they share."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..config import BertConfig
+
+
+class CheckpointError(ValueError):
+    """A preset directory or weights file does not hold what its format requires."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A BERT checkpoint read from a local directory.
+
+    Attributes:
+        config: the architecture.
+        weights: canonical name -> array in storage dtype (2-D `(in, out)` kernels, see
+            `BertConfig.weight_shapes()`), in that order; `None` when loaded with
+            `load_weights=False`. Arrays read from safetensors (and uncompressed .h5) files are
+            read-only views into a memory map of the file, not copies.
+        format: `"keras"` (keras-hub preset), `"huggingface"` or `"native"` (ours).
+        path: the preset directory.
+        files: the files that were read.
+        metadata: `lowercase` (bool or None), `vocabulary` (Path of a one-token-per-line file, or
+            None), `source` (who wrote the checkpoint), `dtype` (the saved dtype policy name, or
+            None), plus format-specific entries.
+    """
+
+    config: BertConfig
+    weights: dict[str, np.ndarray] | None
+    format: str
+    path: Path
+    files: tuple[Path, ...]
+    metadata: dict[str, Any]
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a clear error naming the file when it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_weights(
+    config: BertConfig, weights: Mapping[str, np.ndarray], source: str, *, names: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """Check names and shapes against `config`; return the weights in canonical order.
+
+    `source` names the file the weights came from; `names` optionally maps a canonical name to
+    the name it has in that file, so errors can say both.
+    """
+    expected = config.weight_shapes()
+    names = names or {}
+
+    def label(name: str) -> str:
+        stored = names.get(name)
+        return f"{stored!r} (canonical {name!r})" if stored and stored != name else repr(name)
+
+    missing = [n for n in expected if n not in weights]
+    if missing:
+        shown = ", ".join(label(n) for n in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise CheckpointError(f"{source}: missing {len(missing)} tensor(s): {shown}")
+    unexpected = [n for n in weights if n not in expected]
+    if unexpected:
+        shown = ", ".join(label(n) for n in unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
+        raise CheckpointError(
+            f"{source}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer BERT: {shown}"
+        )
+    for name, shape in expected.items():
+        found = tuple(np.shape(weights[name]))
+        if found != shape:
+            raise CheckpointError(
+                f"{source}: tensor {label(name)} has shape {found}, expected {shape} "
+                f"(from the config: {_arch(config)})"
+            )
+    for name in expected:
+        dtype = np.asarray(weights[name]).dtype
+        if dtype.kind not in "fV" and dtype.name not in ("bfloat16",):
+            raise CheckpointError(f"{source}: tensor {label(name)} has dtype {dtype}, expected a floating dtype")
+    return {name: weights[name] for name in expected}
+
+
+def _arch(config: BertConfig) -> str:
+    return ", ".join(f"{k}={getattr(config, k)}" for k in (
+        "vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
+        "max_sequence_length", "num_segments"))
+
+
+def check_field(source: str, config: Mapping[str, Any], key: str, kind: type, default: Any = dataclasses.MISSING,
+                *, minimum: float | None = None) -> Any:
+    """Read `config[key]` as an int / float / str / bool; clear error naming the file and field."""
+    if key not in config:
+        if default is dataclasses.MISSING:
+            raise CheckpointError(f"{source}: missing config field {key!r}")
+        return default
+    value = config[key]
+    if kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        wanted = "an integer"
+    elif kind is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        wanted = "a number"
+    elif kind is bool:
+        ok = isinstance(value, bool)
+        wanted = "true or false"
+    else:
+        ok = isinstance(value, kind)
+        wanted = f"a {kind.__name__}"
+    if not ok:
+        raise CheckpointError(
+            f"{source}: config field {key!r} must be {wanted}, got {value!r} ({type(value).__name__})"
+        )
+    if minimum is not None and value < minimum:
+        raise CheckpointError(f"{source}: config field {key!r} must be >= {minimum}, got {value!r}")
+    return kind(value) if kind in (int, float) else value
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """The policy name of a keras `dtype` config entry (a string or a serialized DTypePolicy)."""
+    if isinstance(dtype, str):
+        return dtype
+    if isinstance(dtype, Mapping):
+        inner = dtype.get("config")
+        if isinstance(inner, Mapping) and isinstance(inner.get("name"), str):
+            return inner["name"]
+    return None
