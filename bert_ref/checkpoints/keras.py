@@ -209,7 +209,11 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
                     f"{weights_path}: tensor {path!r} has dtype {dataset.dtype}, expected a floating dtype"
                 )
             _check_layer_names(h5file, path, canonical, layer_names.get(canonical))
-            weights[canonical] = _view(dataset, mm).reshape(config.weight_shapes()[canonical])
+            try:
+                array = _view(dataset, mm)
+            except OSError as e:
+                raise CheckpointError(f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
+            weights[canonical] = array.reshape(config.weight_shapes()[canonical])
         # Encoder groups carry the layer's name; a mismatch means the numbering is not what we assume.
         for group_name in h5file.get("layers", {}):
             m = _ENCODER_RE.match(group_name)
