@@ -11,6 +11,7 @@ outputs recorded from both.
 """
 
 from .backbone import BertBackbone, TokenEmbedding
+from .compare import compare, compare_to_truth  # the function; `from bert_ref.compare import Report` still works
 from .config import BertConfig
 from .encoder import forward, init_weights, prepare
 from .precision import POLICY_NAMES, Policy, get_policy
@@ -19,5 +20,5 @@ from .presets import PRESETS
 __version__ = "0.1.0"
 __all__ = [
     "BertBackbone", "BertConfig", "TokenEmbedding", "forward", "init_weights", "prepare",
-    "POLICY_NAMES", "Policy", "get_policy", "PRESETS", "__version__",
+    "POLICY_NAMES", "Policy", "get_policy", "PRESETS", "__version__", "compare", "compare_to_truth",
 ]

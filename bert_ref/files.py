@@ -1,0 +1,215 @@
+"""Reading and writing the array files the `bert-ref` command exchanges: `.npz`, `.safetensors`, `.json`.
+
+Two kinds of file:
+
+* **inputs** — keys `token_ids` (required), `segment_ids`, `padding_mask` (optional), each a
+  [batch, sequence] array of integers (`padding_mask` may also be bool);
+* **outputs** — keys `sequence_output` [B, S, H], `pooled_output` [B, H], `hidden_states.{i}`
+  [B, S, H], `attention_probs.{i}` [B, heads, S, S], and optionally trace points by their names
+  (`embeddings/sum`, `transformer_layer_0/query`, ...; see `bert_ref.encoder.TRACE_LAYER`).
+
+A `.json` file is one object mapping each key to a nested list of numbers:
+
+    {"token_ids": [[101, 7592, 102]], "padding_mask": [[1, 1, 1]]}
+
+Every problem with a file — missing, truncated, not the format its suffix says, a wrong key, dtype
+or shape — raises `ArrayFileError` (a `ValueError`) with a one-line message naming the file, the key
+and what would be right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER
+
+SUFFIXES = (".npz", ".safetensors", ".json")
+INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
+_OUTPUT_KEY = re.compile(r"^(sequence_output|pooled_output|(hidden_states|attention_probs)\.(0|[1-9][0-9]*))$")
+_TRACE_KEY = re.compile(
+    "^(" + "|".join(map(re.escape, TRACE_EMBEDDINGS)) + "|transformer_layer_(0|[1-9][0-9]*)/("
+    + "|".join(map(re.escape, TRACE_LAYER)) + "))$"
+)
+OUTPUT_KEYS_HELP = ("sequence_output, pooled_output, hidden_states.{i}, attention_probs.{i}, or a trace name "
+                    "(embeddings/..., transformer_layer_{i}/...)")
+
+
+class ArrayFileError(ValueError):
+    """A file of arrays is missing, unreadable, or does not hold what it must."""
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ArrayFileError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
+    return suffix
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays in a `.npz`, `.safetensors` or `.json` file, by key (file order)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.exists():
+        raise ArrayFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ArrayFileError(f"{path}: not a file")
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ArrayFileError(f"{path}: not a .npz archive (it holds a single .npy array)")
+                return {key: data[key] for key in data.files}
+        if suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            return dict(load_file(str(path)))
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except ArrayFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
+        raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+    except Exception as e:  # the safetensors reader raises its own (non-ValueError) error type
+        if type(e).__name__ == "SafetensorError":
+            raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+        raise
+    if not isinstance(obj, dict):
+        raise ArrayFileError(f"{path}: expected a JSON object mapping keys to nested lists, got {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        try:
+            arr = np.asarray(value)
+        except ValueError as e:
+            raise ArrayFileError(f"{path}: key {key!r} is not a rectangular nested list ({_one_line(e)})") from None
+        if arr.dtype == object or arr.dtype.kind not in "biuf":
+            raise ArrayFileError(f"{path}: key {key!r} must be a rectangular nested list of numbers, got {arr.dtype} values")
+        out[key] = arr
+    return out
+
+
+def _jsonable(arr: np.ndarray) -> Any:
+    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+        # float64 repr round-trips every float16/bfloat16/float32/float64 value exactly.
+        return arr.astype(np.float64).tolist()
+    return arr.tolist()
+
+
+def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write `arrays` to `path`, format from the suffix. JSON floats are written so that reading them
+    back and casting to the original dtype gives the same bits; non-finite values are written as
+    `NaN` / `Infinity` (Python's and JavaScript's spelling)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    if path.parent and not path.parent.exists():
+        raise ArrayFileError(f"{path}: directory {path.parent} does not exist")
+    if suffix == ".npz":
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    elif suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(path))
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
+            f.write("\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def check_inputs(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> dict[str, np.ndarray]:
+    """Check an inputs mapping's keys, dtypes and shapes; return it with `padding_mask` as bool.
+
+    Range checks (token ids below the vocabulary size, ...) need a config: `forward` does them."""
+    unknown = [k for k in arrays if k not in INPUT_KEYS]
+    if unknown:
+        raise ArrayFileError(f"{source}: unexpected key(s) {unknown}; an inputs file holds {list(INPUT_KEYS)} "
+                             "(token_ids required)")
+    if "token_ids" not in arrays:
+        raise ArrayFileError(f"{source}: missing key 'token_ids' (found {list(arrays)}); an inputs file holds "
+                             f"{list(INPUT_KEYS)}")
+    out = {}
+    shape = None
+    for key in INPUT_KEYS:
+        if key not in arrays:
+            continue
+        arr = np.asarray(arrays[key])
+        ok = arr.dtype.kind in "iu" or (key == "padding_mask" and arr.dtype.kind == "b")
+        if not ok:
+            want = "integers or booleans" if key == "padding_mask" else "integers"
+            raise ArrayFileError(f"{source}: {key} has dtype {arr.dtype}; expected {want}")
+        if arr.ndim != 2:
+            raise ArrayFileError(f"{source}: {key} has shape {arr.shape}; expected 2-D (batch, sequence)")
+        if shape is None:
+            shape = arr.shape
+        elif arr.shape != shape:
+            raise ArrayFileError(f"{source}: {key} has shape {arr.shape} but token_ids has shape {shape}; they must match")
+        if key == "padding_mask" and arr.dtype.kind != "b":
+            bad = (arr != 0) & (arr != 1)
+            if bad.any():
+                pos = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
+                raise ArrayFileError(f"{source}: padding_mask[{pos}] = {arr[tuple(np.argwhere(bad)[0])]}; expected 0 or 1")
+            arr = arr != 0
+        out[key] = arr
+    return out
+
+
+def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An inputs file (see the module docstring), checked by `check_inputs`."""
+    return check_inputs(read_arrays(path), str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+
+
+def is_output_key(key: str) -> bool:
+    """True for `sequence_output`, `pooled_output`, `hidden_states.{i}`, `attention_probs.{i}` and
+    the trace names (`embeddings/sum`, `transformer_layer_{i}/query`, ...)."""
+    return bool(_OUTPUT_KEY.match(key) or _TRACE_KEY.match(key))
+
+
+def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """`forward`'s result as a flat mapping: lists `hidden_states` / `attention_probs` become
+    `hidden_states.{i}` / `attention_probs.{i}`; a `trace` dict contributes its names (its
+    `pooled_output` is the output of the same name and appears once)."""
+    flat: dict[str, np.ndarray] = {}
+    for key, value in outputs.items():
+        if key in ("hidden_states", "attention_probs") and not isinstance(value, np.ndarray):
+            for i, v in enumerate(value):
+                flat[f"{key}.{i}"] = np.asarray(v)
+        elif key == "trace":
+            for name, v in value.items():
+                flat.setdefault(name, np.asarray(v))
+        else:
+            flat[key] = np.asarray(value)
+    return flat
+
+
+def read_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An outputs file: every key must be an output key (see `is_output_key`) holding floats."""
+    arrays = read_arrays(path)
+    if not arrays:
+        raise ArrayFileError(f"{path}: holds no arrays; expected {OUTPUT_KEYS_HELP}")
+    for key, arr in arrays.items():
+        if not is_output_key(key):
+            raise ArrayFileError(f"{path}: unexpected key {key!r}; expected {OUTPUT_KEYS_HELP}")
+        if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+            raise ArrayFileError(f"{path}: {key} has dtype {arr.dtype}; expected floating point values")
+    return arrays
