@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import BertConfig, KERAS_CONFIG_KEYS
+from ..config import BertConfig
 from .base import Checkpoint, CheckpointError, check_weights, dtype_name, read_json
 from .safetensors_io import read_safetensors, write_safetensors
 
@@ -169,7 +169,6 @@ def save_preset(
             "registered_name": None,
         }
     inner.update(config.to_dict())
-    assert all(k in inner for k in KERAS_CONFIG_KEYS)
     config_json = {"module": MODULE, "class_name": CLASS_NAME, "config": inner, "registered_name": REGISTERED_NAME}
 
     from .. import __version__
