@@ -1,0 +1,108 @@
+"""Safe extraction of Kaggle model archives (tar, optionally compressed, or zip).
+
+Only regular files and directories are extracted, each under the target directory. Absolute paths,
+`..` components, backslashes, links (symbolic or hard), devices and FIFOs raise
+`UnsafeArchiveError` naming the member, before anything is written. Permissions and owners in the
+archive are ignored (files are created 0644 under the caller's umask).
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from .errors import HubError, UnsafeArchiveError
+
+
+def safe_relpath(name: str, where: str) -> PurePosixPath:
+    """`name` as a relative path that stays inside its root, or `UnsafeArchiveError`."""
+    if not name or "\\" in name or "\x00" in name:
+        raise UnsafeArchiveError(f"{where}: unsafe member name {name!r} (empty, backslash or NUL)")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"{where}: member {name!r} has an absolute path")
+    path = PurePosixPath(name)
+    if any(part == ".." for part in path.parts):
+        raise UnsafeArchiveError(f"{where}: member {name!r} escapes the target directory ('..')")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"a hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "a device file"
+    if member.isfifo():
+        return "a FIFO"
+    return f"an unsupported tar member (type {member.type!r})"
+
+
+def extract(archive: Path, target: Path, *, source: str) -> list[str]:
+    """Extract `archive` into the existing directory `target`; returns the files written.
+
+    `source` (a URL) is named in error messages.
+    """
+    archive, target = Path(archive), Path(target)
+    if tarfile.is_tarfile(archive):
+        return _extract_tar(archive, target, source)
+    if zipfile.is_zipfile(archive):
+        return _extract_zip(archive, target, source)
+    with open(archive, "rb") as f:
+        head = f.read(16)
+    raise HubError(f"{source}: the download is neither a tar nor a zip archive "
+                   f"(first bytes {head!r})")
+
+
+def _extract_tar(archive: Path, target: Path, source: str) -> list[str]:
+    written = []
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        plan = []
+        for m in members:
+            where = f"archive from {source}"
+            rel = safe_relpath(m.name, where)
+            if not (m.isfile() or m.isdir()):
+                raise UnsafeArchiveError(f"{where}: member {m.name!r} is {_kind(m)}; only regular "
+                                         "files and directories are extracted")
+            plan.append((m, rel))
+        for m, rel in plan:
+            out = target / rel
+            if m.isdir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(m)
+            assert src is not None
+            with src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            written.append(rel.as_posix())
+    return written
+
+
+def _extract_zip(archive: Path, target: Path, source: str) -> list[str]:
+    written = []
+    with zipfile.ZipFile(archive) as zf:
+        plan = []
+        for info in zf.infolist():
+            where = f"archive from {source}"
+            rel = safe_relpath(info.filename, where)
+            mode = info.external_attr >> 16
+            if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UnsafeArchiveError(f"{where}: member {info.filename!r} is not a regular file "
+                                         f"or directory (mode {oct(mode)}); links are not extracted")
+            plan.append((info, rel))
+        for info, rel in plan:
+            out = target / rel
+            if info.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            written.append(rel.as_posix())
+    return written
