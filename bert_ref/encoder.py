@@ -107,7 +107,7 @@ class PreparedWeights(dict):
 
 def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
     """Build the fused, policy-cast weights once (see `PreparedWeights`)."""
-    w = policy.weight
+    w, norm = policy.weight, policy.norm_weight
     layers = []
     for i in range(config.num_layers):
         p = f"transformer_layer_{i}/"
@@ -117,21 +117,21 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
             "qkv_bias": np.concatenate([w(weights[att + f"{n}/bias"]) for n in ("query", "key", "value")]),
             "output_kernel": w(weights[att + "attention_output/kernel"]),
             "output_bias": w(weights[att + "attention_output/bias"]),
-            "attention_norm_gamma": w(weights[p + "self_attention_layer_norm/gamma"]),
-            "attention_norm_beta": w(weights[p + "self_attention_layer_norm/beta"]),
+            "attention_norm_gamma": norm(weights[p + "self_attention_layer_norm/gamma"]),
+            "attention_norm_beta": norm(weights[p + "self_attention_layer_norm/beta"]),
             "ffn_kernel1": w(weights[p + "feedforward_intermediate_dense/kernel"]),
             "ffn_bias1": w(weights[p + "feedforward_intermediate_dense/bias"]),
             "ffn_kernel2": w(weights[p + "feedforward_output_dense/kernel"]),
             "ffn_bias2": w(weights[p + "feedforward_output_dense/bias"]),
-            "ffn_norm_gamma": w(weights[p + "feedforward_layer_norm/gamma"]),
-            "ffn_norm_beta": w(weights[p + "feedforward_layer_norm/beta"]),
+            "ffn_norm_gamma": norm(weights[p + "feedforward_layer_norm/gamma"]),
+            "ffn_norm_beta": norm(weights[p + "feedforward_layer_norm/beta"]),
         })
     return PreparedWeights({
         "token": w(weights["token_embedding/embeddings"]),
         "position": w(weights["position_embedding/embeddings"]),
         "segment": w(weights["segment_embedding/embeddings"]),
-        "norm_gamma": w(weights["embeddings_layer_norm/gamma"]),
-        "norm_beta": w(weights["embeddings_layer_norm/beta"]),
+        "norm_gamma": norm(weights["embeddings_layer_norm/gamma"]),
+        "norm_beta": norm(weights["embeddings_layer_norm/beta"]),
         "layers": layers,
         "pooler_kernel": w(weights["pooled_dense/kernel"]),
         "pooler_bias": w(weights["pooled_dense/bias"]),

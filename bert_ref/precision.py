@@ -17,8 +17,9 @@ the compute dtype, and its result is rounded back to the compute dtype at the po
 (the output of each keras layer): the embedding lookups and their sum, each dense layer's output
 (q, k, v, attention output, FFN intermediate, FFN output, pooler), the attention scores and
 probabilities, the attention context, the GELU output, each residual sum and each layer norm's
-output. Weights are rounded to the compute dtype when used. Softmax and layer norm therefore
-always run in at least float32 (float64 in the float64 policy); matmuls accumulate in float32, as
+output. Weights are rounded to the compute dtype when used, except layer-norm gamma and beta,
+which keras leaves in the variable dtype (so float32 under the mixed policies). Softmax and layer
+norm therefore always run in at least float32 (float64 in the float64 policy); matmuls accumulate in float32, as
 half-precision hardware does. Outputs are returned in the compute dtype.
 
 bfloat16 needs the optional `ml_dtypes` package (`pip install "bert-ref[bf16]"`).
@@ -71,6 +72,11 @@ class Policy:
         No copy when the stored dtype already is the work dtype and no rounding is needed."""
         if self.rounds:
             w = np.asarray(w).astype(self.compute_dtype, copy=False)
+        return np.asarray(w).astype(self.work_dtype, copy=False)
+
+    def norm_weight(self, w: np.ndarray) -> np.ndarray:
+        """A layer-norm gamma/beta as the math uses it. keras does not autocast these: under the
+        mixed policies they stay in float32 (the variable dtype); no rounding to the compute dtype."""
         return np.asarray(w).astype(self.work_dtype, copy=False)
 
     def output(self, x: np.ndarray) -> np.ndarray:
