@@ -143,6 +143,9 @@ class BertBackbone:
         self._prepared: encoder.PreparedWeights | None = None
         self.token_embedding = TokenEmbedding(self)
         self.source: str | None = None  # where from_preset loaded it from
+        # What the preset said besides config and weights (lowercase flag, vocabulary path, ...),
+        # carried so that save_to_preset keeps the tokenizer assets.
+        self.preset_metadata: dict[str, Any] = {}
 
     # -- keras-like attributes ------------------------------------------------------------------
 
@@ -235,11 +238,15 @@ class BertBackbone:
         ckpt = checkpoints.load_preset_dir(directory, load_weights=load_weights)
         model = cls(**ckpt.config.to_dict(), dtype=dtype, weights=ckpt.weights)
         model.source = str(directory)
+        model.preset_metadata = dict(ckpt.metadata)
         return model
 
     def save_to_preset(self, preset_dir: str | os.PathLike) -> None:
         """Write a native preset: keras-hub's `config.json` layout plus `model.safetensors` with the
-        canonical weight names. `from_preset(preset_dir)` reads it back bit-exactly."""
+        canonical weight names. `from_preset(preset_dir)` reads it back bit-exactly. The vocabulary
+        and lowercase flag of the preset this model was loaded from are kept."""
         from .checkpoints.native import save_preset
 
-        save_preset(preset_dir, self.config, dict(self._weights))
+        kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary") if self.preset_metadata.get(k) is not None}
+        metadata = {**kept, "dtype": self.dtype_policy.name, "source": self.source}
+        save_preset(preset_dir, self.config, dict(self._weights), metadata=metadata)

@@ -49,3 +49,13 @@ def test_random_model_round_trip_keeps_storage_dtype(tmp_path, dtype):
               "padding_mask": np.array([[1, 1, 1, 0]])}
     a, b = model(inputs), again(inputs)
     assert _same_bits(a["sequence_output"], b["sequence_output"])
+
+
+def test_save_to_preset_keeps_the_source_tokenizer_assets(tmp_path):
+    source = GOLDEN / "keras_preset" / "tiny" / "preset"
+    original = BertBackbone.from_preset(source)
+    assert original.preset_metadata["vocabulary"] is not None
+    original.save_to_preset(tmp_path)
+    again = load_preset_dir(tmp_path)
+    assert again.metadata["lowercase"] == original.preset_metadata["lowercase"]
+    assert Path(again.metadata["vocabulary"]).read_text() == Path(original.preset_metadata["vocabulary"]).read_text()
