@@ -24,12 +24,18 @@ import hashlib
 import io
 import json
 import math
+import os
 import tarfile
 import threading
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from bert_ref.hub import store
 
 LFS_SUFFIXES = (".safetensors", ".h5", ".bin")
 
@@ -281,3 +287,71 @@ def zip_bytes(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None
             info.external_attr = (0o120777 << 16)
             zf.writestr(info, target)
     return buf.getvalue()
+
+
+# -- helpers and fixtures shared by tests/test_hub*.py -------------------------------------------
+def dir_contents(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and p.name != store.MARKER}
+
+
+def assert_cache_clean(root: Path) -> None:
+    """Nothing half-written: no temp files, no staging dirs, and every preset dir is complete."""
+    if not root.exists():
+        return
+    for p in root.rglob("*"):
+        name = p.name
+        assert not name.endswith(".part"), f"temp file left behind: {p}"
+        assert not any(f".{k}-" in name for k in ("partial", "old", "archive")), f"left: {p}"
+    for p in root.rglob("*"):
+        if p.is_file() and not p.name.endswith(".lock"):
+            assert any(store.is_complete(d) for d in p.relative_to(root).parents
+                       for d in [root / d]), f"file outside a complete preset directory: {p}"
+
+
+def make_hf_cache(root: Path, repo: str, files: dict[str, bytes], ref: str = "main") -> Path:
+    """The layout huggingface_hub writes: blobs/<hash>, snapshots/<commit>/<file> -> blob symlinks."""
+    base = root / ("models--" + repo.replace("/", "--"))
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / ref).write_text(commit)
+    snap = base / "snapshots" / commit
+    (base / "blobs").mkdir()
+    for name, data in files.items():
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        (snap / name).symlink_to(os.path.relpath(blob, (snap / name).parent))
+    return snap
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY",
+                "BERT_REF_OFFLINE", "HF_HUB_OFFLINE", "BERT_REF_QUIET", "XDG_CACHE_HOME",
+                "HF_TOKEN_PATH", "BERT_REF_HTTP_TIMEOUT", "HTTP_PROXY", "HTTPS_PROXY",
+                "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("BERT_REF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_hub"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle_config"))
+    monkeypatch.setenv("BERT_REF_HTTP_RETRIES", "3")
+    monkeypatch.setenv("BERT_REF_HTTP_BACKOFF", "0.01")
+    return tmp_path
+
+
+@pytest.fixture
+def server(monkeypatch):
+    fake = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("KAGGLE_API_ENDPOINT", fake.url)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def cache(isolated) -> Path:
+    return isolated / "cache"

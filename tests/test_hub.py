@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from safetensors.numpy import save as save_safetensors
 
 from bert_ref import BertConfig
 from bert_ref import hub
-from bert_ref.hub import settings, store, transfer
+from bert_ref.hub import store, transfer
 from bert_ref.hub.errors import (
     AuthenticationError,
     DownloadError,
@@ -34,7 +33,9 @@ from bert_ref.hub.errors import (
 )
 from bert_ref.presets import PRESETS
 
-from hub_server import FakeHub, tar_gz, zip_bytes
+from hub_server import (  # noqa: F401  (fixtures)
+    assert_cache_clean, cache, dir_contents, isolated, make_hf_cache, server, tar_gz, zip_bytes,
+)
 
 TINY = BertConfig(vocabulary_size=11, num_layers=1, num_heads=2, hidden_dim=4, intermediate_dim=6,
                   max_sequence_length=8)
@@ -68,58 +69,6 @@ def hf_files(seed: int = 0) -> dict[str, bytes]:
     return {"config.json": hf_config(), "model.safetensors": save_safetensors(tensors),
             "tokenizer.json": b'{"version": "1.0"}', "vocab.txt": b"[PAD]\n[UNK]\n",
             "README.md": b"# not needed", "pytorch_model.bin": b"PICKLE" * 10}
-
-
-def dir_contents(path: Path) -> dict[str, bytes]:
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != store.MARKER}
-
-
-def assert_cache_clean(root: Path) -> None:
-    """Nothing half-written: no temp files, no staging dirs, and every preset dir is complete."""
-    if not root.exists():
-        return
-    for p in root.rglob("*"):
-        name = p.name
-        assert not name.endswith(".part"), f"temp file left behind: {p}"
-        assert not any(f".{k}-" in name for k in ("partial", "old", "archive")), f"left: {p}"
-    for p in root.rglob("*"):
-        if p.is_file() and not p.name.endswith(".lock"):
-            assert any(store.is_complete(d) for d in p.relative_to(root).parents
-                       for d in [root / d]), f"file outside a complete preset directory: {p}"
-
-
-# -- environment ---------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY",
-                "BERT_REF_OFFLINE", "HF_HUB_OFFLINE", "BERT_REF_QUIET", "XDG_CACHE_HOME",
-                "HF_TOKEN_PATH", "BERT_REF_HTTP_TIMEOUT", "HTTP_PROXY", "HTTPS_PROXY",
-                "http_proxy", "https_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("BERT_REF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_hub"))
-    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle_config"))
-    monkeypatch.setenv("BERT_REF_HTTP_RETRIES", "3")
-    monkeypatch.setenv("BERT_REF_HTTP_BACKOFF", "0.01")
-    return tmp_path
-
-
-@pytest.fixture
-def server(monkeypatch):
-    fake = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("KAGGLE_API_ENDPOINT", fake.url)
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def cache(isolated) -> Path:
-    return isolated / "cache"
 
 
 # -- handles and local paths ---------------------------------------------------------------------
@@ -437,22 +386,6 @@ def test_directory_without_completion_marker_is_not_trusted(server, cache):
 
 
 # -- Hugging Face cache reuse ---------------------------------------------------------------------
-def make_hf_cache(root: Path, repo: str, files: dict[str, bytes], ref: str = "main") -> Path:
-    """The layout huggingface_hub writes: blobs/<hash>, snapshots/<commit>/<file> -> blob symlinks."""
-    base = root / ("models--" + repo.replace("/", "--"))
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    (base / "refs").mkdir(parents=True)
-    (base / "refs" / ref).write_text(commit)
-    snap = base / "snapshots" / commit
-    (base / "blobs").mkdir()
-    for name, data in files.items():
-        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / name).parent.mkdir(parents=True, exist_ok=True)
-        (snap / name).symlink_to(os.path.relpath(blob, (snap / name).parent))
-    return snap
-
-
 def test_existing_hf_cache_is_reused_read_only_without_network(server, isolated):
     files = {k: v for k, v in hf_files().items() if k in ("config.json", "model.safetensors")}
     snap = make_hf_cache(isolated / "hf_hub", "sentence-transformers/mini", files)
@@ -570,6 +503,12 @@ def test_kaggle_non_archive_download_is_a_clear_error(server, cache):
     assert_cache_clean(cache)
 
 
+def _file(name: str, data: bytes = b"evil") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
 def _member(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
     info = tarfile.TarInfo(name)
     info.type = kind
@@ -579,11 +518,11 @@ def _member(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo
 
 @pytest.mark.parametrize("extra, why", ids=["dotdot", "nested-dotdot", "absolute", "symlink",
                                            "hardlink", "device", "fifo"], argvalues=[
-    ([(lambda i: (setattr(i, "size", 4), (i, b"evil"))[1])(tarfile.TarInfo("../evil.txt"))],
+    ([_file("../evil.txt")],
      r"'\.\./evil\.txt' escapes the target directory"),
-    ([(lambda i: (setattr(i, "size", 4), (i, b"evil"))[1])(tarfile.TarInfo("a/../../evil.txt"))],
+    ([_file("a/../../evil.txt")],
      r"escapes the target directory"),
-    ([(lambda i: (setattr(i, "size", 4), (i, b"evil"))[1])(tarfile.TarInfo("/tmp/evil.txt"))],
+    ([_file("/tmp/evil.txt")],
      r"'/tmp/evil\.txt' has an absolute path"),
     ([_member("link", tarfile.SYMTYPE, "/etc/passwd")], r"'link' is a symbolic link to '/etc/passwd'"),
     ([_member("hard", tarfile.LNKTYPE, "config.json")], r"'hard' is a hard link"),
@@ -707,7 +646,6 @@ def test_two_processes_fetching_the_same_preset_both_succeed_and_agree(server, c
 
 # -- progress and settings ------------------------------------------------------------------------
 def test_progress_true_draws_a_bar_on_stderr_and_false_is_silent(server, capfd):
-    pytest.importorskip("tqdm")
     server.add_hf_repo("org/mini", hf_files())
     hub.resolve("hf://org/mini", progress=False)
     assert capfd.readouterr().err == ""
@@ -721,7 +659,6 @@ class _Tty(io.StringIO):
 
 
 def test_automatic_progress_only_for_large_files_on_a_tty_unless_quiet(monkeypatch):
-    pytest.importorskip("tqdm")
     big = transfer.PROGRESS_MIN_BYTES
     monkeypatch.setattr(sys, "stderr", _Tty())
     assert transfer._progress_enabled(None, big)
