@@ -382,7 +382,7 @@ def _stats(err: np.ndarray, ref: np.ndarray, cand: np.ndarray, mismatched: np.nd
             return None
     r = np.abs(ref.astype(np.float64))
     tol = atol + rtol * r
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
         rel = np.where(r > 0, err / np.where(r > 0, r, 1.0), np.where(err > 0, np.inf, 0.0))
         spacing = np.spacing(np.minimum(r, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
