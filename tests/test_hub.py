@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -375,6 +376,33 @@ def test_leftovers_of_a_killed_fetch_are_ignored_and_removed(server, cache):
     assert_cache_clean(cache)
 
 
+def test_a_process_killed_mid_download_leaves_no_preset_and_the_next_fetch_succeeds(server, cache):
+    files = native_files(seed=5)
+    server.add_hf_repo("user/p", files)
+    script = "from bert_ref.hub import resolve; resolve('hf://user/p')"
+    child: list[subprocess.Popen] = []
+    # Half the weights are sent; the rest waits until the downloading process is dead.
+    server.fault("/cdn/", "hold", times=1, until=lambda: child[0].poll() is not None)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child.append(proc)
+    try:
+        for _ in range(3000):  # wait (at most 30 s) until the child is receiving the weights
+            if server.hits("/cdn/") or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert server.hits("/cdn/"), "the child never started the weights download"
+    finally:
+        proc.kill()
+        proc.wait()
+    dest = cache / "hf" / "user--p" / "main"
+    assert not dest.exists()  # only hidden leftovers, never a preset directory
+    leftovers = [p for p in dest.parent.iterdir() if not p.name.endswith(".lock")]
+    assert leftovers and all(p.name.startswith(".main.partial-") for p in leftovers)
+    assert hub.resolve("hf://user/p") == dest and dir_contents(dest) == files
+    assert_cache_clean(cache)
+
+
 def test_directory_without_completion_marker_is_not_trusted(server, cache):
     files = native_files()
     server.add_hf_repo("user/p", files)
@@ -704,3 +732,26 @@ def test_bad_kaggle_json_names_the_file(server, isolated):
     (isolated / "kaggle_config" / "kaggle.json").write_text('{"username": "alice"}')
     with pytest.raises(ValueError, match=r"kaggle.json: expected \{\"username\""):
         hub.resolve(f"kaggle://{KHANDLE}/3")
+
+
+def _response(history=(), **headers) -> "requests.Response":
+    import requests
+
+    resp = requests.Response()
+    resp.headers.update({k.replace("_", "-"): v for k, v in headers.items()})
+    resp.history = list(history)
+    return resp
+
+
+def test_announced_checksums_and_sizes_are_read_from_the_right_headers():
+    sha = "ab" * 32
+    redirect = _response(X_Linked_Etag=f'"{sha}"', X_Linked_Size="123", ETag='"x"')
+    final = _response([redirect], ETag='"d41d8cd98f00b204e9800998ecf8427e"', Content_Length="123")
+    assert transfer.expected_sha256(final) == sha and transfer.expected_size(final) == 123
+    # A git-blob sha1 ETag (small Hugging Face files) is not a sha256: only the size is checked.
+    small = _response(ETag=f'W/"{"c" * 40}"', Content_Length="7")
+    assert transfer.expected_sha256(small) is None and transfer.expected_size(small) == 7
+    # Content-Length of an encoded body counts encoded bytes: not a size to check.
+    assert transfer.expected_size(_response(Content_Length="7", Content_Encoding="gzip")) is None
+    gcs = _response(X_Goog_Hash="crc32c=n03x6A==,md5=Ojk9c3dhfxgoKVVHYwFbHQ==")
+    assert transfer.expected_md5(gcs) == "Ojk9c3dhfxgoKVVHYwFbHQ=="

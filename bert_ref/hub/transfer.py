@@ -98,8 +98,11 @@ def expected_sha256(resp: requests.Response) -> str | None:
 
 
 def expected_size(resp: requests.Response) -> int | None:
-    """The body size announced by `X-Linked-Size`, else by the final `Content-Length`."""
-    for raw in (_first(resp, "X-Linked-Size"), resp.headers.get("Content-Length")):
+    """The body size announced by `X-Linked-Size`, else by the final `Content-Length` (unless the
+    body is content-encoded, when Content-Length counts the encoded bytes)."""
+    encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    length = None if encoded else resp.headers.get("Content-Length")
+    for raw in (_first(resp, "X-Linked-Size"), length):
         if raw is not None and raw.strip().isdigit():
             return int(raw)
     return None
