@@ -1,0 +1,437 @@
+"""Benchmark bert_ref's forward pass: against NumPy's own GEMM floor, transformers and keras-hub.
+
+Run from the repository root with an interpreter that has the `bench` extra (torch, transformers,
+keras-hub, jax; each anchor is skipped when missing):
+
+    KERAS_BACKEND=jax python tools/bench.py [--quick] [--repeats N] [--no-torch] [--no-keras]
+                                            [--no-rss] [--no-load] [--only LABEL ...]
+
+For each configuration — BERT-base shape at (8, 128) and (1, 512), bert_tiny shape at (32, 128), a
+quarter of every row padded, float32 and float64 — it prints: milliseconds per forward (median of
+the timed runs, after one warm-up run), GFLOP/s (FLOPs of the GEMMs and the two attention matmuls,
+padded positions included, as every implementation computes them), the ratio to the *GEMM floor*
+(the same GEMM shapes timed with `np.matmul` alone, in the same run, on the same weights) and the
+ratios to transformers' `BertModel` (eager and sdpa attention, same weights,
+`torch.set_num_threads(cores)`, `torch.inference_mode`) and to keras-hub's `BertBackbone` on JAX
+(jit-compiled `predict_on_batch`; random weights of the same shapes). All implementations are timed
+in interleaved rounds, so a busy machine slows them alike. Ratios are bert_ref / anchor: < 1 means
+bert_ref is faster.
+
+Activations: keras-hub's BERT uses the tanh GELU, so the main rows use `gelu_approximate` against
+transformers' `gelu_pytorch_tanh`; one extra row times the exact (erf) GELU against transformers'
+`gelu`. keras-hub is always tanh-GELU.
+
+Then, per configuration in a fresh subprocess (bert_ref and NumPy only): resident memory. The model
+is saved as a native preset and loaded back memory-mapped; `peak RSS` is the process's peak resident
+memory during load, `prepare` and one forward, minus its RSS before the load. `weights` is the bytes
+of the canonical weights, `fused qkv` the fused q/k/v kernels `prepare` builds (a copy), `act` the
+largest activation tensor. Target: `peak RSS <= weights + 3 * act`.
+
+Finally, load time: a BERT-base-shaped native preset written with `BertBackbone.save_to_preset`
+is loaded with `BertBackbone.from_preset` (memory-mapped safetensors: no copy of the weights) and
+the same weights saved with `save_pretrained` are loaded with `transformers.BertModel.from_pretrained`.
+
+The environment variables OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE change which OpenBLAS kernel NumPy
+uses; the header prints them and the kernel threadpoolctl reports. Everything runs in well under
+five minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bert_ref import BertBackbone  # noqa: E402
+from bert_ref.config import BertConfig  # noqa: E402
+
+BASE = dict(vocabulary_size=30522, num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072,
+            max_sequence_length=512, num_segments=2)
+TINY = dict(vocabulary_size=30522, num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=512,
+            max_sequence_length=512, num_segments=2)
+
+# label, architecture, batch, sequence, dtype, activation
+CONFIGS = [
+    ("base 8x128 f32", BASE, 8, 128, "float32", "gelu_approximate"),
+    ("base 8x128 f32 erf", BASE, 8, 128, "float32", "gelu"),
+    ("base 1x512 f32", BASE, 1, 512, "float32", "gelu_approximate"),
+    ("tiny 32x128 f32", TINY, 32, 128, "float32", "gelu_approximate"),
+    ("base 8x128 f64", BASE, 8, 128, "float64", "gelu_approximate"),
+    ("base 1x512 f64", BASE, 1, 512, "float64", "gelu_approximate"),
+    ("tiny 32x128 f64", TINY, 32, 128, "float64", "gelu_approximate"),
+]
+HF_ACT = {"gelu_approximate": "gelu_pytorch_tanh", "gelu": "gelu"}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine
+
+
+def machine() -> list[str]:
+    lines = []
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lines.append(f"cpu: {cpu}; {cores()} cores available; {platform.platform()}")
+    lines.append(f"python {platform.python_version()}, numpy {np.__version__}")
+    try:
+        import threadpoolctl
+
+        for info in threadpoolctl.threadpool_info():
+            lines.append(f"threadpool: {info.get('internal_api')} {info.get('version')} "
+                         f"kernel={info.get('architecture')} threads={info.get('num_threads')} "
+                         f"({os.path.basename(info.get('filepath', ''))})")
+    except ImportError:
+        cfg = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        lines.append(f"blas: {blas.get('name')} {blas.get('version')} (threadpoolctl not installed: kernel unknown)")
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                                          "OMP_NUM_THREADS")}
+    lines.append("env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    versions = []
+    for mod in ("torch", "transformers", "jax", "keras", "keras_hub"):
+        try:
+            m = __import__(mod)
+            versions.append(f"{mod} {m.__version__}")
+        except Exception:
+            versions.append(f"{mod} -")
+    lines.append(", ".join(versions))
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Work
+
+
+def make_inputs(arch: dict, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Random ids; segment 1 on the second half of the valid part; the last quarter of each row padded."""
+    rng = np.random.default_rng(0)
+    valid = seq - seq // 4
+    ids = rng.integers(1, arch["vocabulary_size"], (batch, seq))
+    segments = np.zeros((batch, seq), np.int64)
+    segments[:, valid // 2 : valid] = 1
+    mask = np.zeros((batch, seq), np.int64)
+    mask[:, :valid] = 1
+    return {"token_ids": ids, "segment_ids": segments, "padding_mask": mask}
+
+
+def flops(arch: dict, batch: int, seq: int) -> float:
+    """FLOPs of one forward's GEMMs (q/k/v, attention output, FFN, pooler) and attention matmuls."""
+    t, h, f, n = batch * seq, arch["hidden_dim"], arch["intermediate_dim"], arch["num_layers"]
+    per_layer = 2 * t * h * 3 * h + 2 * t * h * h + 2 * 2 * t * h * f + 2 * 2 * batch * seq * seq * h
+    return n * per_layer + 2 * batch * h * h
+
+
+def gemm_floor(weights: dict, arch: dict, batch: int, seq: int, dtype) -> callable:
+    """The forward's GEMMs alone: same shapes, the model's own (fused) weights, preallocated outputs."""
+    heads, h, f = arch["num_heads"], arch["hidden_dim"], arch["intermediate_dim"]
+    d, t = h // heads, batch * seq
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((t, h)).astype(dtype)
+    inner = rng.standard_normal((t, f)).astype(dtype)
+    qkv, hid, ffn = np.empty((t, 3 * h), dtype), np.empty((t, h), dtype), np.empty((t, f), dtype)
+    q = rng.standard_normal((batch, heads, seq, d)).astype(dtype)
+    kt = rng.standard_normal((batch, heads, d, seq)).astype(dtype)
+    scores, ctx = np.empty((batch, heads, seq, seq), dtype), np.empty((batch, heads, seq, d), dtype)
+    layers = weights["layers"]
+
+    def run():
+        for p in layers:
+            np.matmul(x, p["qkv_kernel"], out=qkv)
+            np.matmul(q, kt, out=scores)
+            np.matmul(scores, q, out=ctx)
+            np.matmul(x, p["output_kernel"], out=hid)
+            np.matmul(x, p["ffn_kernel1"], out=ffn)
+            np.matmul(inner, p["ffn_kernel2"], out=hid)
+        np.matmul(x[:batch], weights["pooler_kernel"])
+
+    return run
+
+
+def torch_runner(model: BertBackbone, inputs: dict, act: str, attn: str):
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_golden import hf_state_dict
+
+    c = model.config
+    torch_dtype = torch.float64 if model.dtype_policy.name == "float64" else torch.float32
+    hc = transformers.BertConfig(
+        vocab_size=c.vocabulary_size, hidden_size=c.hidden_dim, num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads, intermediate_size=c.intermediate_dim,
+        max_position_embeddings=c.max_sequence_length, type_vocab_size=c.num_segments,
+        hidden_act=HF_ACT[act], layer_norm_eps=c.layer_norm_epsilon, attn_implementation=attn,
+    )
+    hm = transformers.BertModel(hc).eval().to(torch_dtype)
+    hm.load_state_dict(hf_state_dict(dict(model.weights), c.num_layers, torch_dtype), strict=True)
+    feed = dict(input_ids=torch.tensor(inputs["token_ids"]), token_type_ids=torch.tensor(inputs["segment_ids"]),
+                attention_mask=torch.tensor(inputs["padding_mask"]))
+
+    def run():
+        with torch.inference_mode():
+            return hm(**feed).last_hidden_state
+
+    return run
+
+
+def keras_runner(arch: dict, inputs: dict, dtype: str):
+    import keras_hub
+
+    kdtype = None if dtype == "float32" else dtype
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    km = keras_hub.models.BertBackbone(**arch, dtype=kdtype)  # random weights: same shapes, same work
+    feed = {k: v.astype(np.int32) for k, v in inputs.items()}
+    km.predict_on_batch(feed)  # compile
+    return lambda: km.predict_on_batch(feed)
+
+
+def time_interleaved(runners: dict[str, callable], repeats: int, budget_s: float) -> dict[str, float]:
+    """Warm each runner up once, then time them round-robin; median seconds per runner."""
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or (time.perf_counter() - start < budget_s and rounds < 3 * repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+        if rounds >= repeats and time.perf_counter() - start > budget_s:
+            break
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_speed(label, arch, batch, seq, dtype, act, args) -> dict:
+    model = BertBackbone(**arch, dtype=dtype, activation=act, seed=0)
+    inputs = make_inputs(arch, batch, seq)
+    prepared = model.prepared_weights()
+    runners = {"bert_ref": lambda: model(inputs), "floor": gemm_floor(prepared, arch, batch, seq, np.dtype(dtype))}
+    notes = []
+    if not args.no_torch:
+        for attn in ("eager", "sdpa"):
+            try:
+                runners[f"torch {attn}"] = torch_runner(model, inputs, act, attn)
+            except ImportError as e:
+                notes.append(f"torch {attn}: {e}")
+                break
+    if not args.no_keras and act == "gelu_approximate":
+        try:
+            runners["keras-hub jax"] = keras_runner(arch, inputs, dtype)
+        except Exception as e:  # not installed, or the backend cannot run this dtype
+            notes.append(f"keras-hub: {type(e).__name__}: {str(e)[:100]}")
+    big = arch is BASE
+    repeats = args.repeats or (3 if big else 10)
+    result = time_interleaved(runners, repeats, budget_s=0 if big else 2.0)
+    return {"label": label, "times": result, "gflop": flops(arch, batch, seq) / 1e9, "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory (a fresh process per configuration: bert_ref and NumPy only)
+
+
+def _rss_now() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _rss_peak() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def rss_worker(spec: dict) -> dict:
+    arch, batch, seq, dtype, act = spec["arch"], spec["batch"], spec["seq"], spec["dtype"], spec["activation"]
+    inputs = make_inputs(arch, batch, seq)
+    item = np.dtype(dtype).itemsize
+    with tempfile.TemporaryDirectory() as tmp:
+        BertBackbone(**arch, dtype=dtype, activation=act, seed=0).save_to_preset(tmp)
+        baseline = _rss_now()
+        model = BertBackbone.from_preset(tmp, dtype=dtype)  # memory-mapped, as users load presets
+        prepared = model.prepared_weights()
+        exact = _reset_peak()
+        model(inputs)
+        total = _rss_peak() - baseline
+    weights = sum(w.nbytes for w in model.weights.values())
+    fused = sum(p["qkv_kernel"].nbytes + p["qkv_bias"].nbytes for p in prepared["layers"])
+    c = model.config
+    act_bytes = max(batch * seq * c.intermediate_dim, batch * c.num_heads * seq * seq,
+                    batch * seq * 3 * c.hidden_dim) * item
+    return {"weights": weights, "fused": fused, "total": total, "act": act_bytes, "exact_peak": exact}
+
+
+def bench_rss(arch, batch, seq, dtype, act) -> dict:
+    spec = json.dumps({"arch": arch, "batch": batch, "seq": seq, "dtype": dtype, "activation": act})
+    out = subprocess.run([sys.executable, __file__, "--rss-worker", spec], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Load time
+
+
+def bench_load(args) -> list[str]:
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = BertBackbone(**BASE, seed=0)
+        native, hf = Path(tmp) / "native", Path(tmp) / "hf"
+        model.save_to_preset(native)
+        size = sum(f.stat().st_size for f in native.iterdir()) / 1e6
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            loaded = BertBackbone.from_preset(str(native))
+            times.append(time.perf_counter() - t0)
+        w = loaded.weights["transformer_layer_0/feedforward_intermediate_dense/kernel"]
+        base = w
+        while getattr(base, "base", None) is not None:
+            base = base.base
+        mapped = isinstance(base, np.memmap) or type(base).__name__ == "mmap"
+        lines.append(f"native preset ({size:.0f} MB) BertBackbone.from_preset: {1e3 * statistics.median(times):.1f} ms "
+                     f"(median of 5; weights memory-mapped: {mapped})")
+        t0 = time.perf_counter()
+        model(make_inputs(BASE, 1, 128))
+        lines.append(f"  first forward after load (includes reading the weights from the page cache and "
+                     f"fusing q/k/v): {1e3 * (time.perf_counter() - t0):.0f} ms")
+        if not args.no_torch:
+            try:
+                import torch
+                import transformers
+
+                sys.path.insert(0, str(ROOT / "tools"))
+                from make_golden import hf_state_dict
+
+                c = model.config
+                hc = transformers.BertConfig(
+                    vocab_size=c.vocabulary_size, hidden_size=c.hidden_dim, num_hidden_layers=c.num_layers,
+                    num_attention_heads=c.num_heads, intermediate_size=c.intermediate_dim,
+                    max_position_embeddings=c.max_sequence_length, type_vocab_size=c.num_segments,
+                    hidden_act="gelu_pytorch_tanh")
+                hm = transformers.BertModel(hc)
+                hm.load_state_dict(hf_state_dict(dict(model.weights), c.num_layers, torch.float32), strict=True)
+                hm.save_pretrained(hf)
+                del hm
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    transformers.BertModel.from_pretrained(hf)
+                    times.append(time.perf_counter() - t0)
+                lines.append(f"same weights, transformers.BertModel.from_pretrained: "
+                             f"{1e3 * statistics.median(times):.1f} ms (median of 3)")
+            except ImportError as e:
+                lines.append(f"transformers not available: {e}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=0, help="timed rounds per configuration (default 3 base, 10 tiny)")
+    ap.add_argument("--quick", action="store_true", help="only the float32 configurations")
+    ap.add_argument("--only", nargs="*", help="only configurations whose label contains one of these")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-keras", action="store_true")
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--no-load", action="store_true")
+    ap.add_argument("--rss-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rss_worker:
+        print(json.dumps(rss_worker(json.loads(args.rss_worker))))
+        return
+
+    start = time.perf_counter()
+    try:
+        import torch
+
+        torch.set_num_threads(cores())
+    except ImportError:
+        pass
+    print("\n".join(machine()), flush=True)
+    configs = [c for c in CONFIGS if not (args.quick and c[4] == "float64")]
+    if args.only:
+        configs = [c for c in configs if any(s in c[0] for s in args.only)]
+
+    anchors = ["torch eager", "torch sdpa", "keras-hub jax"]
+    print()
+    head = f"| {'config':20} | {'ms/forward':>10} | {'GFLOP/s':>7} | {'/ floor':>7} | " + " | ".join(
+        f"{'/ ' + a:>15}" for a in anchors) + f" | {'floor ms':>8} | " + " | ".join(f"{a + ' ms':>16}" for a in anchors) + " |"
+    print(head)
+    print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|", flush=True)
+    notes = []
+    for label, arch, batch, seq, dtype, act in configs:
+        r = bench_speed(label, arch, batch, seq, dtype, act, args)
+        t = r["times"]
+        ours = t["bert_ref"]
+        cells = [f"{ours / t[a]:15.2f}" if a in t else f"{'-':>15}" for a in anchors]
+        ms = [f"{1e3 * t[a]:16.1f}" if a in t else f"{'-':>16}" for a in anchors]
+        print(f"| {label:20} | {1e3 * ours:10.1f} | {r['gflop'] / ours:7.1f} | {ours / t['floor']:7.2f} | "
+              + " | ".join(cells) + f" | {1e3 * t['floor']:8.1f} | " + " | ".join(ms) + " |", flush=True)
+        notes += [f"{label}: {n}" for n in r["notes"]]
+    for n in notes:
+        print("note:", n)
+
+    if not args.no_rss:
+        print("\nResident memory (fresh process per configuration; preset loaded memory-mapped; MB):")
+        print(f"| {'config':20} | {'weights':>8} | {'fused qkv':>9} | {'act':>6} | {'peak RSS':>8} | "
+              f"{'peak / (weights + 3 act)':>24} |")
+        print(f"|{'-' * 22}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 26}|")
+        for label, arch, batch, seq, dtype, act in configs:
+            m = bench_rss(arch, batch, seq, dtype, act)
+            ratio = m["total"] / (m["weights"] + 3 * m["act"])
+            mb = lambda b: f"{b / 1e6:8.1f}"  # noqa: E731
+            print(f"| {label:20} | {mb(m['weights'])} | {m['fused'] / 1e6:9.1f} | {m['act'] / 1e6:6.1f} | "
+                  f"{mb(m['total'])} | {ratio:24.2f} |" + ("" if m["exact_peak"] else " (ru_maxrss)"), flush=True)
+
+    if not args.no_load:
+        print("\nLoad time (BERT-base shape, float32):")
+        for line in bench_load(args):
+            print(line)
+    print(f"\ntotal bench time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
