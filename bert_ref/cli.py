@@ -101,8 +101,9 @@ def _dtype_arg(parser: argparse.ArgumentParser, default: str | None, help: str) 
     parser.add_argument("--dtype", choices=POLICY_NAMES, default=default, help=help)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.6g}"
+def _where(model: BertBackbone) -> str:
+    source = model.source
+    return str(Path(source).resolve()) if source and Path(source).is_dir() else str(source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 trace=True if args.trace else None)
     flat = flatten_outputs(out)
     write_arrays(args.output, flat)
-    _say(f"{args.output}: {len(flat)} arrays ({model.dtype_policy.name} policy) from {model.source}")
+    _say(f"{args.output}: {len(flat)} arrays ({model.dtype_policy.name} policy) from {_where(model)}")
     for k, v in flat.items():
         if "/" not in k:
             _say(f"  {k:<20} {tuple(v.shape)} {v.dtype}")
@@ -276,13 +277,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         d = report.to_dict()
         d["preset"] = args.preset
-        d["source"] = model.source
+        d["source"] = _where(model)
         _say(json.dumps(d, indent=2, allow_nan=False))
     else:
         mask = inputs.get("padding_mask")
         b, s = inputs["token_ids"].shape
         padded = 0 if mask is None else int((~mask).sum())
-        _say(f"preset {args.preset} ({model.source}); inputs {b} x {s}, {padded} padded positions"
+        _say(f"preset {args.preset} (loaded from {_where(model)}); inputs {b} x {s}, {padded} padded positions"
              + ("" if args.check_padded or not padded else " (reported, not checked; --check-padded checks them)"))
         _say(report.format_table())
     return 0 if report.passed else 1
@@ -387,7 +388,7 @@ def _cmd_example(args: argparse.Namespace) -> int:
              f"seed {EXAMPLE_SEED}): the numbers below are not the pretrained model's.")
         _say(f"      `{PROG} download {preset}` (with a network) fetches the real weights.\n")
     else:
-        _say(f"preset {preset}, loaded from {model.source}\n")
+        _say(f"preset {preset}, loaded from {_where(model)}\n")
     _say(repr(model))
     inputs = EXAMPLE_INPUTS
     _say("\ninputs (keras-hub's BertBackbone example):")

@@ -208,7 +208,7 @@ class Report:
             f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({rule}) at {scope}.\n"
             f"First over tolerance: {first.key} ({_stage_phrase(first)}): max abs error "
             f"{stats.max_abs_error:.3e} ({stats.tolerance_ratio:.3g}x its tolerance) at {which}{at} "
-            f"(reference {_num(stats.worst_reference)}, candidate {_num(stats.worst_candidate)})."
+            f"(reference {_num(stats.worst_reference, '.7g')}, candidate {_num(stats.worst_candidate, '.7g')})."
         )
 
     def format_table(self) -> str:
@@ -261,7 +261,7 @@ def _ratio(x: float | None) -> str:
         return "-"
     if not math.isfinite(x):
         return str(x)
-    return f"{x:.2f}x"
+    return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
 
 
 def _compact_where(e: Entry) -> str:
