@@ -172,10 +172,13 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 
 
 def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Affine map. [..., In], [In, Out], [Out] -> [..., Out]: `x @ kernel + bias`."""
-    y = np.matmul(x, kernel)
+    """Affine map. [..., In], [In, Out], [Out] -> [..., Out]: `x @ kernel + bias`.
+
+    The leading axes are flattened so the product is one [N, In] @ [In, Out] GEMM (NumPy would
+    otherwise run one smaller GEMM per leading index)."""
+    y = np.matmul(x.reshape(-1, x.shape[-1]), kernel)  # [N, Out]
     y += bias
-    return y
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
