@@ -7,6 +7,8 @@
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
     bert-ref example [PRESET]                keras-hub's example input through a preset
+    bert-ref embed PRESET [TEXT ...] [--output OUT] [--pooling P] [--dtype D]   sentence vectors
+    bert-ref tokenize PRESET [TEXT ...]      WordPiece tokens and ids (stdin when no TEXT)
 
 Exit status: 0 success (for `compare`: every output within tolerance), 1 `compare` found an output
 over tolerance, 2 bad usage, a bad file or a preset that cannot be loaded (one line on stderr says
@@ -48,7 +50,7 @@ EXAMPLE_PRESET = "bert_tiny_en_uncased"
 EXAMPLE_SEED = 0
 
 #: Modules that add subcommands: each defines `add_commands(register)` (see `register`).
-EXTENSION_MODULES: tuple[str, ...] = ()
+EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli",)
 
 
 class UsageError(Exception):
