@@ -16,9 +16,12 @@ from .config import BertConfig
 from .encoder import forward, init_weights, prepare
 from .precision import POLICY_NAMES, Policy, get_policy
 from .presets import PRESETS
+from .sentence import SentenceEncoder
+from .tokenizer import BertTokenizer
 
 __version__ = "0.1.0"
 __all__ = [
     "BertBackbone", "BertConfig", "TokenEmbedding", "forward", "init_weights", "prepare",
     "POLICY_NAMES", "Policy", "get_policy", "PRESETS", "__version__", "compare", "compare_to_truth",
+    "BertTokenizer", "SentenceEncoder",
 ]
