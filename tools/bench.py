@@ -39,6 +39,7 @@ five minutes on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -214,16 +215,18 @@ def keras_runner(arch: dict, inputs: dict, dtype: str):
 
 
 def time_interleaved(runners: dict[str, callable], repeats: int, budget_s: float) -> dict[str, float]:
-    """Warm each runner up once, then time them round-robin; median seconds per runner."""
+    """Warm each runner up once, then time them in rounds (order rotating); median seconds per runner."""
     for run in runners.values():
         run()
     times: dict[str, list[float]] = {k: [] for k in runners}
     start = time.perf_counter()
     rounds = 0
+    names = list(runners)
     while rounds < repeats or (time.perf_counter() - start < budget_s and rounds < 3 * repeats):
-        for name, run in runners.items():
+        for name in names[rounds % len(names):] + names[: rounds % len(names)]:  # rotate the order
+            time.sleep(0.05)  # let the previous runner's worker threads go idle (they spin after work)
             t0 = time.perf_counter()
-            run()
+            runners[name]()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
         if rounds >= repeats and time.perf_counter() - start > budget_s:
@@ -288,6 +291,7 @@ def rss_worker(spec: dict) -> dict:
     item = np.dtype(dtype).itemsize
     with tempfile.TemporaryDirectory() as tmp:
         BertBackbone(**arch, dtype=dtype, activation=act, seed=0).save_to_preset(tmp)
+        gc.collect()  # the saved model (it holds a reference cycle) must be gone before the baseline
         baseline = _rss_now()
         model = BertBackbone.from_preset(tmp, dtype=dtype)  # memory-mapped, as users load presets
         prepared = model.prepared_weights()
