@@ -6,7 +6,7 @@ import dataclasses
 import json
 import numbers
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -52,6 +52,25 @@ def read_json(path: Path) -> Any:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_config(directory: Path, parse: Callable[[Any, str], BertConfig]) -> tuple[Any, BertConfig, Path]:
+    """Read `directory/config.json` and parse it with a format's `config_from_json(json, source)`.
+
+    Returns `(the JSON, the BertConfig, the file's path)`; errors name the file."""
+    path = directory / "config.json"
+    config_json = read_json(path)
+    return config_json, parse(config_json, str(path)), path
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """An optional JSON file that must hold an object: the object, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def check_weights(

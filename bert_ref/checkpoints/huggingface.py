@@ -44,7 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_field, check_weights, read_json
+from .base import Checkpoint, CheckpointError, check_field, check_weights, read_config, read_json
 from .safetensors_io import read_safetensors
 
 logger = logging.getLogger(__name__)
@@ -239,9 +239,7 @@ def _read_tensors(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Pat
 def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
     """Read a Hugging Face BERT directory (see the module docstring)."""
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    config_json = read_json(config_path)
-    config = config_from_json(config_json, str(config_path))
+    config_json, config, config_path = read_config(directory, config_from_json)
     files = [config_path]
     metadata = _read_tokenizer_metadata(directory, files)
     metadata["source"] = "transformers " + str(config_json.get("transformers_version", "?"))

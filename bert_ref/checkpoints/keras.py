@@ -38,8 +38,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_weights, dtype_name, read_json
-from .native import CLASS_NAME, config_from_json
+from .base import Checkpoint, CheckpointError, check_weights, read_json
+from .native import CLASS_NAME, config_from_json, read_keras_layout
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -240,17 +240,7 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
 def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
     """Read a keras-hub BERT preset directory (see the module docstring)."""
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    config_json = read_json(config_path)
-    config = config_from_json(config_json, str(config_path))
-    files = [config_path]
-    preset_metadata: dict[str, Any] = {}
-    metadata_path = directory / METADATA_FILE
-    if metadata_path.is_file():
-        preset_metadata = read_json(metadata_path)
-        if not isinstance(preset_metadata, dict):
-            raise CheckpointError(f"{metadata_path}: expected a JSON object")
-        files.append(metadata_path)
+    _, config, files, metadata = read_keras_layout(directory)
     lowercase = None
     tokenizer_path = directory / TOKENIZER_FILE
     if tokenizer_path.is_file():
@@ -261,16 +251,11 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
             lowercase = inner["lowercase"]
             if not isinstance(lowercase, bool):
                 raise CheckpointError(f"{tokenizer_path}: config.lowercase must be true or false, got {lowercase!r}")
-    vocabulary = directory / VOCABULARY_FILE
+    preset_metadata = metadata["preset_metadata"]
     versions = [f"{k.removesuffix('_version')} {preset_metadata[k]}" for k in ("keras_hub_version", "keras_version")
                 if k in preset_metadata]
-    metadata = {
-        "lowercase": lowercase,
-        "vocabulary": vocabulary if vocabulary.is_file() else None,
-        "source": ", ".join(versions) if versions else "keras-hub",
-        "dtype": dtype_name(config_json["config"].get("dtype")),
-        "preset_metadata": preset_metadata,
-    }
+    metadata["lowercase"] = lowercase
+    metadata["source"] = ", ".join(versions) if versions else "keras-hub"
     weights = None
     if load_weights:
         weights_path = directory / WEIGHTS_FILE

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_weights, dtype_name, read_json
+from .base import Checkpoint, CheckpointError, check_weights, dtype_name, read_config, read_json_object
 from .safetensors_io import read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -78,36 +78,41 @@ def config_from_json(config_json: Any, source: str) -> BertConfig:
         raise CheckpointError(str(e)) from None
 
 
-def _vocabulary(directory: Path) -> Path | None:
-    path = directory / VOCABULARY_FILE
-    return path if path.is_file() else None
+def read_keras_layout(directory: Path) -> tuple[Mapping[str, Any], BertConfig, list[Path], dict[str, Any]]:
+    """`config.json` and the optional `metadata.json` of a keras-hub-layout preset (keras-hub's or ours).
+
+    Returns `(config JSON, BertConfig, files read, metadata)`: `metadata` holds the entries both
+    layouts share — `vocabulary` (the `assets/tokenizer/vocabulary.txt` path, or None), `dtype`
+    (the saved policy name, or None) and `preset_metadata` (`metadata.json`'s object, or {})."""
+    config_json, config, config_path = read_config(directory, config_from_json)
+    files = [config_path]
+    metadata_path = directory / METADATA_FILE
+    preset_metadata = read_json_object(metadata_path)
+    if preset_metadata is None:
+        preset_metadata = {}
+    else:
+        files.append(metadata_path)
+    vocabulary = directory / VOCABULARY_FILE
+    metadata = {
+        "vocabulary": vocabulary if vocabulary.is_file() else None,
+        "dtype": dtype_name(config_json["config"].get("dtype")),
+        "preset_metadata": preset_metadata,
+    }
+    return config_json, config, files, metadata
 
 
 def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
     """Read a native preset directory (see the module docstring)."""
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    config_json = read_json(config_path)
-    config = config_from_json(config_json, str(config_path))
-    files = [config_path]
-    meta: dict[str, Any] = {}
-    metadata_path = directory / METADATA_FILE
-    if metadata_path.is_file():
-        meta = read_json(metadata_path)
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{metadata_path}: expected a JSON object")
-        files.append(metadata_path)
+    _, config, files, metadata = read_keras_layout(directory)
+    meta = metadata["preset_metadata"]
     lowercase = meta.get("lowercase")
     if lowercase is not None and not isinstance(lowercase, bool):
-        raise CheckpointError(f"{metadata_path}: field 'lowercase' must be true, false or null, got {lowercase!r}")
-    vocabulary = _vocabulary(directory)
-    metadata = {
-        "lowercase": lowercase,
-        "vocabulary": vocabulary,
-        "source": meta.get("source") or f"bert_ref {meta.get('bert_ref_version', '?')}",
-        "dtype": dtype_name(config_json["config"].get("dtype")),
-        "preset_metadata": meta,
-    }
+        raise CheckpointError(
+            f"{directory / METADATA_FILE}: field 'lowercase' must be true, false or null, got {lowercase!r}"
+        )
+    metadata["lowercase"] = lowercase
+    metadata["source"] = meta.get("source") or f"bert_ref {meta.get('bert_ref_version', '?')}"
     weights = None
     if load_weights:
         weights_path = directory / WEIGHTS_FILE
