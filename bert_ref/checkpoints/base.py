@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .. import encoder
 from ..config import BertConfig
 
 
@@ -73,43 +74,21 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     return obj
 
 
-def check_weights(
-    config: BertConfig, weights: Mapping[str, np.ndarray], source: str, *, names: Mapping[str, str] | None = None
-) -> dict[str, np.ndarray]:
-    """Check names and shapes against `config`; return the weights in canonical order.
+def check_weights(config: BertConfig, weights: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """`bert_ref.encoder.check_weights` (names, shapes, floating dtypes; canonical order, no copies)
+    as a `CheckpointError` that also states the architecture the expected shapes come from.
 
-    `source` names the file the weights came from; `names` optionally maps a canonical name to
-    the name it has in that file, so errors can say both.
-    """
-    expected = config.weight_shapes()
-    names = names or {}
+    `source` names the file the weights came from. Readers whose files use other names (keras-hub's
+    h5 paths, Hugging Face's module names) report mismatches in those names before calling this."""
+    try:
+        return encoder.check_weights(weights, config, source=source)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{e}; the config: {_arch(config)}") from None
 
-    def label(name: str) -> str:
-        stored = names.get(name)
-        return f"{stored!r} (canonical {name!r})" if stored and stored != name else repr(name)
 
-    missing = [n for n in expected if n not in weights]
-    if missing:
-        shown = ", ".join(label(n) for n in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise CheckpointError(f"{source}: missing {len(missing)} tensor(s): {shown}")
-    unexpected = [n for n in weights if n not in expected]
-    if unexpected:
-        shown = ", ".join(label(n) for n in unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
-        raise CheckpointError(
-            f"{source}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer BERT: {shown}"
-        )
-    for name, shape in expected.items():
-        found = tuple(np.shape(weights[name]))
-        if found != shape:
-            raise CheckpointError(
-                f"{source}: tensor {label(name)} has shape {found}, expected {shape} "
-                f"(from the config: {_arch(config)})"
-            )
-    for name in expected:
-        dtype = np.asarray(weights[name]).dtype
-        if dtype.kind not in "fV" and dtype.name not in ("bfloat16",):
-            raise CheckpointError(f"{source}: tensor {label(name)} has dtype {dtype}, expected a floating dtype")
-    return {name: weights[name] for name in expected}
+def list_names(items: list[str], limit: int = 8) -> str:
+    """The first `limit` of `items`, comma-separated, then " ..." if there are more."""
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
 
 
 def _arch(config: BertConfig) -> str:

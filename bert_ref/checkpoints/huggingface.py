@@ -44,7 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_field, check_weights, read_config, read_json
+from .base import Checkpoint, CheckpointError, check_field, check_weights, list_names, read_config, read_json
 from .safetensors_io import read_safetensors
 
 logger = logging.getLogger(__name__)
@@ -286,24 +286,31 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
             logger.debug("%s: ignored %d tensor(s) outside the BERT encoder: %s", directory, len(ignored), ignored)
         metadata["ignored_tensors"] = ignored
         where = str(weight_files[0]) if len(weight_files) == 1 else f"{directory} (sharded)"
-        expected_stored = {
-            k: ("bert." if prefixed else "") + v for k, v in _hf_names(config).items() if k not in stored
-        }
         _explain_pooler(config, mapped, where)
-        for k, v in expected_stored.items():
-            stored.setdefault(k, v)
-        _check_stored_shapes(config, mapped, stored, origin)
-        weights = check_weights(config, mapped, where, names=stored)
+        _check_in_file_terms(config, mapped, stored, origin, where, prefix="bert." if prefixed else "")
+        weights = check_weights(config, mapped, where)
     return Checkpoint(config, weights, "huggingface", directory, tuple(files), metadata)
 
 
-def _check_stored_shapes(
-    config: BertConfig, mapped: Mapping[str, np.ndarray], stored: Mapping[str, str], origin: Mapping[str, Path]
+def _check_in_file_terms(
+    config: BertConfig, mapped: Mapping[str, np.ndarray], stored: Mapping[str, str], origin: Mapping[str, Path],
+    where: str, *, prefix: str,
 ) -> None:
-    """Shape errors in the file's own terms: torch Linear weights are (out, in)."""
-    for canonical, shape in config.weight_shapes().items():
-        if canonical not in mapped:
-            continue
+    """Missing, unexpected and wrongly shaped tensors, named as the file names them (each with its
+    canonical name), and shapes in torch's layout: Linear weights are (out, in)."""
+    expected = config.weight_shapes()
+    missing = [k for k in expected if k not in mapped]
+    if missing:
+        hf = _hf_names(config)
+        shown = list_names([f"{prefix + hf[k]!r} (canonical {k!r})" for k in missing])
+        raise CheckpointError(f"{where}: missing {len(missing)} tensor(s): {shown}")
+    unexpected = [k for k in mapped if k not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer BERT: "
+            f"{list_names([repr(stored[k]) for k in unexpected])}"
+        )
+    for canonical, shape in expected.items():
         array = mapped[canonical]
         if tuple(array.shape) != shape:
             transposed = canonical.endswith("/kernel")

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_weights, read_json
+from .base import Checkpoint, CheckpointError, check_weights, list_names, read_json
 from .native import CLASS_NAME, config_from_json, read_keras_layout
 
 CONFIG_FILE = "config.json"
@@ -229,10 +229,9 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
         used = set(paths.values())
         unexpected = sorted(set(datasets) - used)
         if unexpected:
-            shown = ", ".join(repr(u) for u in unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
             raise CheckpointError(
                 f"{weights_path}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer "
-                f"BertBackbone: {shown}"
+                f"BertBackbone: {list_names([repr(u) for u in unexpected])}"
             )
     return check_weights(config, weights, str(weights_path))
 
