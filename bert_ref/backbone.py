@@ -190,7 +190,7 @@ class BertBackbone:
     # -- running ---------------------------------------------------------------------------------
 
     def prepared_weights(self) -> encoder.PreparedWeights:
-        """The fused, policy-cast weights `forward` computes with; built on first use, then kept."""
+        """The policy-cast weights `forward` computes with; built on first use, then kept."""
         if self._prepared is None:
             self._prepared = encoder.prepare(self._weights, self.config, self.dtype_policy)
         return self._prepared

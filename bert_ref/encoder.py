@@ -2,7 +2,7 @@
 
 A pure function of a flat weights dict (canonical names, see `BertConfig.weight_shapes()`), a
 `BertConfig` and the inputs. Also here: keras-hub's random initialisation, weight validation, input
-validation, and `prepare` (the fused, policy-cast view of the weights that `forward` computes with).
+validation, and `prepare` (the policy-cast view of the weights that `forward` computes with).
 
 Data flow (shapes for batch B, sequence S, hidden H):
 
@@ -92,12 +92,12 @@ def check_weights(weights: Mapping[str, Any], config: BertConfig, *, source: str
 
 
 class PreparedWeights(dict):
-    """The weights as `forward` computes with them under one policy: q/k/v kernels fused into one
-    [H, 3A] kernel, everything in the policy's work dtype (rounded to its compute dtype).
+    """The weights as `forward` computes with them under one policy: grouped per layer (see
+    `ops.encoder_layer`) and in the policy's work dtype (rounded to its compute dtype).
 
     Keys: "token", "position", "segment", "norm_gamma", "norm_beta", "layers" (list of per-layer
-    dicts, see `ops.encoder_layer`), "pooler_kernel", "pooler_bias". Arrays that need no cast are
-    the caller's arrays, not copies."""
+    dicts), "pooler_kernel", "pooler_bias". Arrays that need no cast are the caller's arrays, not
+    copies: under the float32 policy (float64 for float64 weights) nothing is copied at all."""
 
     def __init__(self, data: dict, policy: Policy, config: BertConfig):
         super().__init__(data)
@@ -106,17 +106,21 @@ class PreparedWeights(dict):
 
 
 def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
-    """Build the fused, policy-cast weights once (see `PreparedWeights`)."""
+    """Group and cast the weights for one policy (see `PreparedWeights`)."""
     w, norm = policy.weight, policy.norm_weight
+
+    def dense(path: str) -> tuple[np.ndarray, np.ndarray]:
+        return w(weights[path + "/kernel"]), w(weights[path + "/bias"])
+
     layers = []
     for i in range(config.num_layers):
         p = f"transformer_layer_{i}/"
         att = p + "self_attention_layer/"
         layers.append({
-            "qkv_kernel": np.concatenate([w(weights[att + f"{n}/kernel"]) for n in ("query", "key", "value")], axis=1),
-            "qkv_bias": np.concatenate([w(weights[att + f"{n}/bias"]) for n in ("query", "key", "value")]),
-            "output_kernel": w(weights[att + "attention_output/kernel"]),
-            "output_bias": w(weights[att + "attention_output/bias"]),
+            "query": dense(att + "query"),
+            "key": dense(att + "key"),
+            "value": dense(att + "value"),
+            "output": dense(att + "attention_output"),
             "attention_norm_gamma": norm(weights[p + "self_attention_layer_norm/gamma"]),
             "attention_norm_beta": norm(weights[p + "self_attention_layer_norm/beta"]),
             "ffn_kernel1": w(weights[p + "feedforward_intermediate_dense/kernel"]),

@@ -11,6 +11,10 @@ Their readable form is given in the docstring.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from . import _erf_table
@@ -37,13 +41,43 @@ _ERF_TABLES = {
 BLOCK = 1 << 15
 
 
+# NumPy runs elementwise loops on one core but releases the GIL inside them, so independent
+# chunks of one array can be processed by several threads at once. Chunks are disjoint and each
+# is computed exactly as a sequential loop would, so the results do not depend on THREADS.
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _parallel(fn, n: int, min_size: int = 1) -> None:
+    """Call `fn(start, stop)` on up to THREADS contiguous slices of `range(n)`, concurrently.
+
+    Runs in the caller's thread when one slice would do (n < 2 * min_size or THREADS == 1)."""
+    parts = min(THREADS, n // max(min_size, 1))
+    if parts <= 1:
+        fn(0, n)
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="bert_ref")
+    bounds = [n * i // parts for i in range(parts + 1)]
+    for future in [_POOL.submit(fn, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+        future.result()
+
+
 def _in_blocks(fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Apply the elementwise `fn(x_block, out_block)` to consecutive blocks of `BLOCK` elements.
+    """Apply the elementwise `fn(x_block, out_block)` to consecutive blocks of `BLOCK` elements
+    (spread over THREADS threads; see `_parallel`).
 
     `x` and `out` have the same shape; `out` must be C-contiguous (it may be `x` itself)."""
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-    for start in range(0, flat_x.size, BLOCK):
-        fn(flat_x[start : start + BLOCK], flat_out[start : start + BLOCK])
+
+    def run(first: int, last: int) -> None:
+        for start in range(first * BLOCK, min(last * BLOCK, flat_x.size), BLOCK):
+            fn(flat_x[start : start + BLOCK], flat_out[start : start + BLOCK])
+
+    _parallel(run, -(-flat_x.size // BLOCK), min_size=4)
     return out
 
 
@@ -161,14 +195,19 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
     `(x - mean) / sqrt(var + epsilon) * gamma + beta`, with the biased variance, computed in the
     dtype of `x` — callers pass at least float32 (see `bert_ref.precision`).
     """
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = np.einsum("...i,...i->...", centred, centred)[..., None] / x.dtype.type(x.shape[-1])
-    inv = 1 / np.sqrt(var + x.dtype.type(epsilon))  # [..., 1]
-    centred *= inv
-    centred *= gamma
-    centred += beta
-    return centred
+    rows = x.reshape(-1, x.shape[-1])  # [N, H]
+    out = np.empty(rows.shape, x.dtype)
+
+    def run(first: int, last: int) -> None:  # rows first:last (spread over THREADS; see _parallel)
+        r = rows[first:last]
+        centred = np.subtract(r, r.mean(axis=-1, keepdims=True), out=out[first:last])
+        var = np.einsum("ij,ij->i", centred, centred)[:, None] / x.dtype.type(x.shape[-1])
+        centred *= 1 / np.sqrt(var + x.dtype.type(epsilon))
+        centred *= gamma
+        centred += beta
+
+    _parallel(run, rows.shape[0], min_size=64)
+    return out.reshape(x.shape)
 
 
 def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -190,13 +229,22 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     The additive mask is a large finite negative number, never -inf, so the result stays finite
     even when a whole row is masked; the final multiply then sets masked keys to exactly 0, so a
     fully padded row attends to nothing (all zeros) instead of uniformly to the padding.
-    The max is subtracted before `exp` for stability.
+    The max is subtracted before `exp` for stability. Batch rows are spread over THREADS threads.
     """
-    scores += np.where(mask, scores.dtype.type(0), scores.dtype.type(MASK_NEGATIVE))
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    scores *= mask
+    negative = np.where(mask, scores.dtype.type(0), scores.dtype.type(MASK_NEGATIVE))  # [B, 1, 1, S]
+    # Split along the batch axis, or along the heads when the batch is smaller than THREADS.
+    axis = 0 if scores.shape[0] >= THREADS else 1
+
+    def run(first: int, last: int) -> None:
+        part = (slice(first, last),) if axis == 0 else (slice(None), slice(first, last))
+        s, m, n = scores[part], mask[part[:1]], negative[part[:1]]
+        s += n
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        s *= m
+
+    _parallel(run, scores.shape[axis])
     return scores
 
 
@@ -226,32 +274,31 @@ def no_hook(name: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def multi_head_attention(x, qkv_kernel, qkv_bias, output_kernel, output_bias, num_heads, mask, hook=no_hook):
+def multi_head_attention(x, query, key, value, output, num_heads, mask, hook=no_hook):
     """Masked multi-head self-attention. [B, S, H] -> ([B, S, H], probabilities [B, h, S, S]).
 
-    Readable form, per head j (q/k/v columns j*d:(j+1)*d):
+    `query`, `key`, `value` are (kernel [H, A], bias [A]) pairs, `output` is (kernel [A, H],
+    bias [H]). Readable form, per head j (columns j*d:(j+1)*d):
         q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv          # [B, S, A] each
         p = masked_softmax(q_j @ k_j.T / sqrt(d), mask)           # [B, S, S]
         context_j = p @ v_j                                       # [B, S, d]
         out = concat_j(context_j) @ Wo + bo                       # [B, S, H]
-    The three projections run as one GEMM on the fused kernel `[Wq | Wk | Wv]` ([H, 3A]) and the
-    heads are strided views (no copies). `mask` is [B, 1, 1, S] bool over keys: queries at padded
-    positions still attend to the valid keys (their outputs exist, as in keras-hub and HF).
+    The heads are strided views of q, k, v (no copies). `mask` is [B, 1, 1, S] bool over keys:
+    queries at padded positions still attend to the valid keys (their outputs exist, as in
+    keras-hub and HF).
 
     `hook(name, array) -> array` is called on each named intermediate — "query", "key", "value",
-    "attention_scores", "attention_probs", "attention_context", "attention_output" — and its
-    result is used from then on (the encoder uses it to round to a half-precision compute dtype
-    and to record a trace).
+    "attention_scores" (scaled, before the mask), "attention_probs", "attention_context",
+    "attention_output" — and its result is used from then on (the encoder uses it to round to a
+    half-precision compute dtype and to record a trace).
     """
-    a = qkv_kernel.shape[1] // 3
-    qkv = dense(x, qkv_kernel, qkv_bias)  # [B, S, 3A]
-    q = split_heads(hook("query", qkv[..., :a]), num_heads)  # [B, h, S, d]
-    k = split_heads(hook("key", qkv[..., a : 2 * a]), num_heads)
-    v = split_heads(hook("value", qkv[..., 2 * a :]), num_heads)
+    q = split_heads(hook("query", dense(x, *query)), num_heads)  # [B, h, S, d]
+    k = split_heads(hook("key", dense(x, *key)), num_heads)
+    v = split_heads(hook("value", dense(x, *value)), num_heads)
     scores = hook("attention_scores", attention_scores(q, k))  # [B, h, S, S]
     probs = hook("attention_probs", masked_softmax(scores, mask))  # [B, h, S, S]
     context = hook("attention_context", merge_heads(np.matmul(probs, v)))  # [B, S, A]
-    return hook("attention_output", dense(context, output_kernel, output_bias)), probs
+    return hook("attention_output", dense(context, *output)), probs
 
 
 def feed_forward(x, w1, b1, w2, b2, activation, hook=no_hook):
@@ -271,15 +318,13 @@ def encoder_layer(x, params, num_heads, mask, activation, epsilon, hook=no_hook)
     Readable form:
         y = layer_norm(x + self_attention(x))
         out = layer_norm(y + feed_forward(y))
-    `params` holds "qkv_kernel", "qkv_bias", "output_kernel", "output_bias",
+    `params` holds (kernel, bias) pairs "query", "key", "value", "output", and arrays
     "attention_norm_gamma/beta", "ffn_kernel1/bias1", "ffn_kernel2/bias2", "ffn_norm_gamma/beta".
     Extra hook points: "attention_residual", "self_attention_layer_norm", "feedforward_residual",
     "feedforward_layer_norm" (the layer's output).
     """
     p = params
-    attn, probs = multi_head_attention(
-        x, p["qkv_kernel"], p["qkv_bias"], p["output_kernel"], p["output_bias"], num_heads, mask, hook
-    )
+    attn, probs = multi_head_attention(x, p["query"], p["key"], p["value"], p["output"], num_heads, mask, hook)
     attn += x
     y = hook("attention_residual", attn)
     y = hook("self_attention_layer_norm", layer_norm(y, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon))

@@ -153,9 +153,7 @@ def test_multi_head_attention_matches_a_per_head_loop():
     wo, bo = rng.standard_normal((A, H)), rng.standard_normal(H)
     mask = np.ones((B, S), bool)
     mask[1, 4:] = False
-    out, probs = ops.multi_head_attention(
-        x, np.concatenate([wq, wk, wv], 1), np.concatenate([bq, bk, bv]), wo, bo, h, mask[:, None, None, :]
-    )
+    out, probs = ops.multi_head_attention(x, (wq, bq), (wk, bk), (wv, bv), (wo, bo), h, mask[:, None, None, :])
     q, k, v = x @ wq + bq, x @ wk + bk, x @ wv + bv
     ctx = np.zeros((B, S, A))
     for b in range(B):
