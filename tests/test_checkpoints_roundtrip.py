@@ -9,6 +9,7 @@ import pytest
 
 from bert_ref import BertBackbone
 from bert_ref.checkpoints import load_preset_dir
+from needs import need
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
@@ -18,7 +19,7 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_keras_preset_to_native_and_back_is_bit_exact(tmp_path):
-    pytest.importorskip("h5py")
+    need("h5py", 'pip install "bert-ref[keras]"')
     original = BertBackbone.from_preset(GOLDEN / "keras_preset" / "tiny" / "preset")
     original.save_to_preset(tmp_path / "a")
     again = BertBackbone.from_preset(tmp_path / "a")
@@ -52,6 +53,7 @@ def test_random_model_round_trip_keeps_storage_dtype(tmp_path, dtype):
 
 
 def test_save_to_preset_keeps_the_source_tokenizer_assets(tmp_path):
+    need("h5py", 'pip install "bert-ref[keras]"')
     source = GOLDEN / "keras_preset" / "tiny" / "preset"
     original = BertBackbone.from_preset(source)
     assert original.preset_metadata["vocabulary"] is not None

