@@ -25,10 +25,10 @@ MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
 # Tolerances: max abs error over every position of every compared tensor.
 # ------------------------------------------------------------------------------------------------
 TOLERANCE = {
-    # issue 2 item 9. Both sides compute in float32 with different summation orders (NumPy/BLAS vs
+    # Both sides compute in float32 with different summation orders (NumPy/BLAS vs
     # XLA or PyTorch); measured max error is below 1.5e-6 on every case (golden/README.md).
     "float32": 1e-5,
-    # issue 2 item 9: the float64 policy vs transformers run in double: only float64 rounding
+    # The float64 policy vs transformers run in double: only float64 rounding
     # (~1e-16 per op) separates them; measured below 1e-14 (golden/README.md).
     "float64": 1e-12,
     # Half precision: 4 ulps of the compute dtype at |x| in [2, 4) (every golden value has |x| < 4).

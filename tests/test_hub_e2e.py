@@ -85,7 +85,7 @@ def _keras_golden_outputs(model: BertBackbone) -> None:
     manifest = json.loads((GOLDEN / "manifest.json").read_text())
     inputs = {k: data[f"inputs/{k}"] for k in ("token_ids", "segment_ids", "padding_mask")}
     out = model(inputs)
-    # Tolerance: the manifest's (float32 vs float32, different summation order; issue 3's bound).
+    # Tolerance: the manifest's (float32 vs float32, different summation order).
     tol = manifest["tolerance"]
     valid = inputs["padding_mask"].astype(bool)
     seq_err = np.abs(out["sequence_output"] - data["outputs/sequence_output"])[valid].max()

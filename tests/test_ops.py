@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from bert_ref import ops
 
-GRID = np.linspace(-10.0, 10.0, 400_001)  # step 5e-5 over the range the issue names
+GRID = np.linspace(-10.0, 10.0, 400_001)  # step 5e-5 over [-10, 10], the range ops.erf promises its accuracy on
 REF_ERF = np.array([math.erf(v) for v in GRID])
 
 

@@ -59,13 +59,13 @@ GENERATOR = "KERAS_BACKEND=jax python tools/make_golden.py"
 # ---------------------------------------------------------------------------------------------
 TOL_FLOAT32 = 1e-5
 TOL_FLOAT32_REASON = (
-    "issue 2 item 9: float32 on every position (valid and padded). Both sides compute in float32 "
+    "float32 on every position (valid and padded). Both sides compute in float32 "
     "with different summation orders (NumPy/BLAS vs XLA or PyTorch); the difference of O(1) "
     "activations is a few float32 ulps per op, amplified by at most a few through the layers."
 )
 TOL_FLOAT64 = 1e-12
 TOL_FLOAT64_REASON = (
-    "issue 2 item 9: the float64 policy against transformers run in double; only float64 rounding "
+    "the float64 policy against transformers run in double; only float64 rounding "
     "(~1e-16 per op) separates them."
 )
 # Half precision: measured (golden/README.md, "Half-precision tolerances"). All outputs here have

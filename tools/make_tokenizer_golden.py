@@ -1,11 +1,12 @@
 """Record tokenizer and sentence-embedding goldens from the real frameworks.
 
-Run with the tools interpreter (Hugging Face `tokenizers`, keras-hub, sentence-transformers):
+Run (from the repository root) with an interpreter that has the frameworks (the `golden` extra:
+Hugging Face `tokenizers`, keras-hub, sentence-transformers):
 
-    KERAS_BACKEND=jax /work/venv-tools/bin/python tools/make_tokenizer_golden.py
+    KERAS_BACKEND=jax /path/to/venv/bin/python tools/make_tokenizer_golden.py
 
 Writes, under `golden/tokenizer/`:
-  corpus.txt            >= 1,000 varied lines, generated deterministically below (one line per
+  corpus.jsonl          >= 1,000 varied lines, generated deterministically below (one line per
                         entry, stored JSON-escaped so control characters and line separators survive)
   cased_vocab.txt       a small cased WordPiece vocabulary built deterministically below
   ids_uncased.json      token ids from `tokenizers` (the all-MiniLM-L6-v2 tokenizer.json) and from
