@@ -54,6 +54,7 @@ import numpy as np
 
 from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER, TRACE_POOLER, forward
 from .files import flatten_outputs
+from .precision import get_policy
 
 __all__ = ["compare", "compare_to_truth", "oracle_outputs", "Report", "Entry", "Stats", "DEFAULT_ATOL", "DEFAULT_RTOL"]
 
@@ -358,37 +359,52 @@ def _valid_mask(key: str, shape: tuple[int, ...], padding_mask: np.ndarray | Non
 # The arithmetic
 
 
-def _errors(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, int]:
-    """|c - r| in float64 with non-finite values handled: equal non-finite pairs (both NaN, or the
-    same infinity) are error 0, any other non-finite pair is error inf. Returns (error, count of
-    mismatched non-finite elements)."""
+@dataclasses.dataclass(frozen=True)
+class _Elementwise:
+    """Per-element errors of one output, in float64: computed once, then summarised separately over
+    the valid and the padded elements (`_stats`)."""
+
+    ref: np.ndarray  # the two sides as given
+    cand: np.ndarray
+    err: np.ndarray  # |c - r|; 0 for equal non-finite pairs (both NaN, the same infinity), else inf
+    ratio: np.ndarray  # err / (atol + rtol * |r|): <= 1 passes
+    rel: np.ndarray  # err / |r| (0/0 = 0, x/0 = inf)
+    ulp: np.ndarray  # err / spacing(float32(|r|))
+    mismatched: np.ndarray  # bool: a non-finite value the other side does not hold
+
+
+def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> _Elementwise:
     r = ref.astype(np.float64)
     c = cand.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(c - r)
     finite = np.isfinite(r) & np.isfinite(c)
     if finite.all():
-        return err, 0
-    same = (np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c))
-    err = np.where(finite, err, np.where(same, 0.0, np.inf))
-    return err, int((~finite & ~same).sum())
+        mismatched = np.zeros(err.shape, bool)
+    else:
+        same = (np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c))
+        err = np.where(finite, err, np.where(same, 0.0, np.inf))
+        mismatched = ~finite & ~same
+    a = np.abs(r)
+    tol = atol + rtol * a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
+        rel = np.where(a > 0, err / np.where(a > 0, a, 1.0), np.where(err > 0, np.inf, 0.0))
+        spacing = np.spacing(np.minimum(a, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
+        ulp = np.where(err > 0, err / spacing, 0.0)
+    return _Elementwise(ref, cand, err, ratio, rel, ulp, mismatched)
 
 
-def _stats(err: np.ndarray, ref: np.ndarray, cand: np.ndarray, mismatched: np.ndarray, select: np.ndarray | None,
-           atol: float, rtol: float) -> Stats | None:
-    if select is not None:
+def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
+    """The `Stats` of the elements where `select` (broadcast to the output's shape) is True; None
+    when it selects nothing. `select=None` selects every element."""
+    err, ratio = e.err, e.ratio
+    if select is None:
+        select = np.ones(err.shape, bool)
+    else:
         select = np.broadcast_to(select, err.shape)
         if not select.any():
             return None
-    r = np.abs(ref.astype(np.float64))
-    tol = atol + rtol * r
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
-        rel = np.where(r > 0, err / np.where(r > 0, r, 1.0), np.where(err > 0, np.inf, 0.0))
-        spacing = np.spacing(np.minimum(r, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
-        ulp = np.where(err > 0, err / spacing, 0.0)
-    if select is None:
-        select = np.ones(err.shape, bool)
     sel_err, sel_ratio = err[select], ratio[select]
     # Worst element: furthest over tolerance; among infinite ratios, the largest error.
     key = np.where(select, ratio, -1.0)
@@ -403,14 +419,14 @@ def _stats(err: np.ndarray, ref: np.ndarray, cand: np.ndarray, mismatched: np.nd
     return Stats(
         count=int(select.sum()),
         max_abs_error=float(sel_err.max()),
-        max_rel_error=float(rel[select].max()),
-        max_ulp_error=float(ulp[select].max()),
+        max_rel_error=float(e.rel[select].max()),
+        max_ulp_error=float(e.ulp[select].max()),
         rms_error=rms,
         tolerance_ratio=float(sel_ratio.max()),
         worst_index=index,
-        worst_reference=float(ref[index]),
-        worst_candidate=float(cand[index]),
-        mismatched_nonfinite=int(mismatched[select].sum()),
+        worst_reference=float(e.ref[index]),
+        worst_candidate=float(e.cand[index]),
+        mismatched_nonfinite=int(e.mismatched[select].sum()),
         passed=bool(sel_ratio.max() <= 1.0),
     )
 
@@ -482,10 +498,9 @@ def compare(
         if c.dtype.kind not in "fiub" and c.dtype.name != "bfloat16":
             raise ValueError(f"{key}: {candidate_name} has dtype {c.dtype}; expected numbers")
         valid = _valid_mask(key, r.shape, mask)
-        err, _ = _errors(r, c)
-        mismatched = np.isinf(err) & ~(np.isfinite(r.astype(np.float64)) & np.isfinite(c.astype(np.float64)))
-        v_stats = _stats(err, r, c, mismatched, valid, atol, rtol)
-        p_stats = None if valid is None else _stats(err, r, c, mismatched, ~valid, atol, rtol)
+        elementwise = _elementwise(r, c, atol, rtol)
+        v_stats = _stats(elementwise, valid)
+        p_stats = None if valid is None else _stats(elementwise, ~valid)
         if v_stats is None:  # no valid element (a fully padded batch): nothing can fail there
             v_stats = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 0, True)
         passed = v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
@@ -495,9 +510,7 @@ def compare(
             if f.shape != r.shape or fr.shape != r.shape:
                 raise ValueError(f"{key}: {floor_name} outputs have shapes {f.shape} and {fr.shape}, "
                                  f"{reference_name} has shape {r.shape}")
-            f_err, _ = _errors(fr, f)
-            f_mis = np.isinf(f_err)
-            f_stats = _stats(f_err, fr, f, f_mis, valid, atol, rtol)
+            f_stats = _stats(_elementwise(fr, f, atol, rtol), valid)
             if f_stats is not None:
                 a, b = v_stats.max_abs_error, f_stats.max_abs_error
                 f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else math.inf)
@@ -521,9 +534,12 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
     want_hidden = keys is not None and any(k.startswith("hidden_states.") for k in keys)
     want_att = keys is not None and any(k.startswith("attention_probs.") for k in keys)
     want_trace = keys is not None and any("/" in k for k in keys)
-    policy = model.dtype_policy if dtype is None else dtype
-    out = forward(model.weights, model.config, inputs, dtype=policy, output_hidden_states=want_hidden,
-                  output_attentions=want_att, trace=True if want_trace else None)
+    policy = model.dtype_policy if dtype is None else get_policy(dtype)
+    options = dict(output_hidden_states=want_hidden, output_attentions=want_att, trace=True if want_trace else None)
+    if policy == model.dtype_policy:  # the model's own fused, cast weights, prepared once
+        out = model(inputs, **options)
+    else:
+        out = forward(model.weights, model.config, inputs, dtype=policy, **options)
     flat = flatten_outputs(out)
     if keys is None:
         return flat
