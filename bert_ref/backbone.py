@@ -47,7 +47,7 @@ class TokenEmbedding:
 
     def __call__(self, inputs: Any, reverse: bool = False) -> np.ndarray:
         policy = self._backbone.dtype_policy
-        table = policy.weight(self.embeddings)
+        table = self._backbone.prepared_weights()["token"]  # policy.weight(embeddings), cast once
         if reverse:
             hidden = np.asarray(inputs)
             if hidden.dtype.kind != "f" and hidden.dtype.name != "bfloat16":
