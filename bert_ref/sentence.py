@@ -27,7 +27,6 @@ in float64 and the result is returned in the backbone's compute dtype. Against s
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .checkpoints.base import read_optional_json
 from .tokenizer import BertTokenizer, pack
 
 __all__ = ["SentenceEncoder", "SentenceSettings", "read_sentence_settings", "pool", "POOLING_MODES"]
@@ -72,12 +72,14 @@ def read_sentence_settings(directory: str | os.PathLike) -> SentenceSettings:
     d = Path(directory)
     pooling = normalize = max_len = None
     lower = False
-    modules = _read_json(d / "modules.json")
+    modules = read_optional_json(d / "modules.json")
     if modules is not None:
         if not isinstance(modules, list):
             raise ValueError(f"{d / 'modules.json'} must hold a list of modules")
         normalize = False
         for i, module in enumerate(modules):
+            if not isinstance(module, dict):
+                raise ValueError(f"{d / 'modules.json'}[{i}] must be an object with a 'type', got {module!r}")
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             if kind not in _ST_MODULES_OK:
                 raise NotImplementedError(
@@ -87,17 +89,19 @@ def read_sentence_settings(directory: str | os.PathLike) -> SentenceSettings:
                 normalize = True
             if kind == "Pooling":
                 pooling = _pooling_from_config(d / module.get("path", "") / "config.json")
-    st_config = _read_json(d / "sentence_bert_config.json")
+    st_config = read_optional_json(d / "sentence_bert_config.json")
     if isinstance(st_config, dict):
-        if st_config.get("max_seq_length") is not None:
-            max_len = int(st_config["max_seq_length"])
+        max_len = st_config.get("max_seq_length")
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+            raise ValueError(f"{d / 'sentence_bert_config.json'}: max_seq_length must be an integer >= 1 "
+                             f"(or null), got {max_len!r}")
         lower = bool(st_config.get("do_lower_case", False))
     return SentenceSettings(pooling=pooling, normalize=normalize, max_seq_length=max_len,
                             do_lower_case=lower)
 
 
 def _pooling_from_config(path: Path) -> str:
-    config = _read_json(path)
+    config = read_optional_json(path)
     if not isinstance(config, dict):
         raise FileNotFoundError(f"the Pooling module's configuration {path} is missing")
     on = [name for flag, name in _ST_POOLING_FLAGS.items() if config.get(flag)]
@@ -107,13 +111,6 @@ def _pooling_from_config(path: Path) -> str:
             f"{path} asks for pooling {', '.join(unsupported + on) or 'none'}; exactly one of "
             f"{', '.join(_ST_POOLING_FLAGS)} is implemented")
     return on[0]
-
-
-def _read_json(path: Path):
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def pool(sequence_output: np.ndarray, padding_mask: np.ndarray, mode: str,

@@ -33,7 +33,6 @@ are ordinary letters here too. Two details where keras-hub's `BertTokenizer` dif
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import re
 import unicodedata
@@ -43,6 +42,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from . import unicode8
+from .checkpoints.base import read_optional_json
 
 __all__ = [
     "BertTokenizer", "normalize", "pre_tokenize", "wordpiece", "pack", "truncate_lengths",
@@ -302,17 +302,17 @@ def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | N
     keras_vocab = d / "assets" / "tokenizer" / "vocabulary.txt"
     if keras_vocab.is_file():
         lowercase = None
-        cfg = _read_json(d / "tokenizer.json")
+        cfg = read_optional_json(d / "tokenizer.json")
         if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict):
             lowercase = cfg["config"].get("lowercase")
         return keras_vocab, lowercase
     if (d / "vocab.txt").is_file():
         lowercase = None
-        cfg = _read_json(d / "tokenizer_config.json")
+        cfg = read_optional_json(d / "tokenizer_config.json")
         if isinstance(cfg, dict) and "do_lower_case" in cfg:
             lowercase = bool(cfg["do_lower_case"])
         else:
-            fast = _read_json(d / "tokenizer.json")
+            fast = read_optional_json(d / "tokenizer.json")
             norm = fast.get("normalizer") if isinstance(fast, dict) else None
             if isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
                 lowercase = bool(norm.get("lowercase", True))
@@ -320,13 +320,6 @@ def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | N
     raise FileNotFoundError(
         f"{d} holds no BERT vocabulary: expected vocab.txt (Hugging Face) or "
         "assets/tokenizer/vocabulary.txt (keras-hub)")
-
-
-def _read_json(path: Path):
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,3 +116,16 @@ def test_unsupported_sentence_transformers_modules_are_refused(tmp_path):
 def test_no_sentence_transformers_files_means_no_settings(tmp_path):
     s = read_sentence_settings(tmp_path)
     assert (s.pooling, s.normalize, s.max_seq_length) == (None, None, None)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("modules.json", "[{\"type\": ", r"modules\.json: not valid JSON"),
+    ("modules.json", "[\"Pooling\"]", r"modules\.json\[0\] must be an object with a 'type', got 'Pooling'"),
+    ("sentence_bert_config.json", "{\"max_seq_length\": \"128\"}",
+     r"sentence_bert_config\.json: max_seq_length must be an integer >= 1 \(or null\), got '128'"),
+    ("sentence_bert_config.json", "{\"max_seq_length\": 0}", r"max_seq_length must be an integer >= 1 \(or null\), got 0"),
+])
+def test_malformed_sentence_transformers_files_name_the_file_and_field(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_sentence_settings(tmp_path)

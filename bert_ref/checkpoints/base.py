@@ -64,11 +64,16 @@ def read_config(directory: Path, parse: Callable[[Any, str], BertConfig]) -> tup
     return config_json, parse(config_json, str(path)), path
 
 
+def read_optional_json(path: Path) -> Any:
+    """Like `read_json`, but None when the file is absent."""
+    return read_json(path) if path.is_file() else None
+
+
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """An optional JSON file that must hold an object: the object, or None when the file is absent."""
-    if not path.is_file():
+    obj = read_optional_json(path)
+    if obj is None:
         return None
-    obj = read_json(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
