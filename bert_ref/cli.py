@@ -34,7 +34,7 @@ import numpy as np
 from . import __version__
 from .backbone import BertBackbone
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare, compare_to_truth, oracle_outputs
-from .files import ArrayFileError, flatten_outputs, read_inputs, read_outputs, write_arrays
+from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_inputs, read_outputs, write_arrays
 from .precision import POLICY_NAMES
 from .presets import PRESETS, preset_config
 
@@ -93,10 +93,6 @@ def _load(preset: str, dtype: str | None = None) -> BertBackbone:
         return BertBackbone.from_preset(preset, dtype=dtype)
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise UsageError(f"cannot load preset {preset!r}: {e}") from None
-
-
-def _inputs(path: str) -> dict[str, np.ndarray]:
-    return read_inputs(path)
 
 
 def _dtype_arg(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:
@@ -206,9 +202,9 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    inputs = _inputs(args.input)
-    if Path(args.output).suffix.lower() not in (".npz", ".safetensors", ".json"):
-        raise UsageError(f"{args.output}: unsupported file type; use .npz, .safetensors or .json")
+    inputs = read_inputs(args.input)
+    if Path(args.output).suffix.lower() not in SUFFIXES:
+        raise UsageError(f"{args.output}: unsupported file type; use one of {', '.join(SUFFIXES)}")
     model = _load(args.preset, args.dtype)
     out = model(inputs, output_hidden_states=args.hidden_states, output_attentions=args.attentions,
                 trace=True if args.trace else None)
@@ -250,7 +246,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.truth and args.dtype is not None:
         raise UsageError("--dtype chooses the reference policy; with --truth the reference is float64")
     candidate = read_outputs(args.candidate)
-    inputs = _inputs(args.input)
+    inputs = read_inputs(args.input)
     model = _load(args.preset, args.dtype)
     layers = model.config.num_layers
     for key in candidate:
