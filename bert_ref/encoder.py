@@ -85,8 +85,11 @@ def check_weights(weights: Mapping[str, Any], config: BertConfig, *, source: str
             w = np.asarray(w)
         if w.shape != shape:
             raise ValueError(f"{source}: {name} has shape {w.shape}, expected {shape}")
-        if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
-            raise TypeError(f"{source}: {name} has dtype {w.dtype}, expected a floating dtype")
+        if w.dtype.kind != "f" and not w.dtype.name.startswith(("bfloat16", "float8")):  # ml_dtypes' floats
+            raise TypeError(
+                f"{source}: {name} has dtype {w.dtype}, expected a floating dtype "
+                "(float16/32/64, or bfloat16/float8 via ml_dtypes)"
+            )
         out[name] = w
     return out
 
@@ -219,15 +222,18 @@ def validate_inputs(inputs: Mapping[str, Any], config: BertConfig) -> tuple[np.n
 # Forward
 
 
-def _make_hook(policy: Policy, trace: Callable[[str, np.ndarray], None] | None, prefix: str):
-    """The hook the ops call at each named intermediate: record a copy (trace) and round (policy)."""
-    if trace is None and not policy.rounds:
+def _make_hook(policy: Policy, trace: Callable[[str, np.ndarray], None] | None, prefix: str, keep_probs: list | None = None):
+    """The hook the ops call at each named intermediate: round (policy), record a copy (trace), and
+    keep the attention probabilities (appended to `keep_probs`, when given)."""
+    if trace is None and not policy.rounds and keep_probs is None:
         return ops.no_hook
 
     def hook(name: str, x: np.ndarray) -> np.ndarray:
         x = policy.round(x)
         if trace is not None:
             trace(prefix + name, policy.output(x).copy())
+        if keep_probs is not None and name == "attention_probs":
+            keep_probs.append(x)  # not modified after this point: no copy needed
         return x
 
     return hook
@@ -301,14 +307,10 @@ def forward(
     attentions = [] if output_attentions else None
     key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
     for i, layer in enumerate(params["layers"]):
-        layer_hook = _make_hook(policy, trace, f"transformer_layer_{i}/")
-        x, probs = ops.encoder_layer(
-            x, layer, config.num_heads, key_mask, config.activation, config.layer_norm_epsilon, layer_hook
-        )
+        layer_hook = _make_hook(policy, trace, f"transformer_layer_{i}/", attentions)
+        x = ops.encoder_layer(x, layer, config.num_heads, key_mask, config.activation, config.layer_norm_epsilon, layer_hook)
         if hidden_states is not None:
             hidden_states.append(x)
-        if attentions is not None:
-            attentions.append(probs)
 
     pooled = hook("pooled_output", ops.pooler(x, params["pooler_kernel"], params["pooler_bias"]))
 

@@ -275,7 +275,7 @@ def no_hook(name: str, x: np.ndarray) -> np.ndarray:
 
 
 def multi_head_attention(x, query, key, value, output, num_heads, mask, hook=no_hook):
-    """Masked multi-head self-attention. [B, S, H] -> ([B, S, H], probabilities [B, h, S, S]).
+    """Masked multi-head self-attention. [B, S, H] -> [B, S, H].
 
     `query`, `key`, `value` are (kernel [H, A], bias [A]) pairs, `output` is (kernel [A, H],
     bias [H]). Readable form, per head j (columns j*d:(j+1)*d):
@@ -290,7 +290,8 @@ def multi_head_attention(x, query, key, value, output, num_heads, mask, hook=no_
     `hook(name, array) -> array` is called on each named intermediate — "query", "key", "value",
     "attention_scores" (scaled, before the mask), "attention_probs", "attention_context",
     "attention_output" — and its result is used from then on (the encoder uses it to round to a
-    half-precision compute dtype and to record a trace).
+    half-precision compute dtype, to record a trace, and to keep the attention probabilities
+    [B, h, S, S] when they are asked for).
     """
     q = split_heads(hook("query", dense(x, *query)), num_heads)  # [B, h, S, d]
     k = split_heads(hook("key", dense(x, *key)), num_heads)
@@ -298,7 +299,8 @@ def multi_head_attention(x, query, key, value, output, num_heads, mask, hook=no_
     scores = hook("attention_scores", attention_scores(q, k))  # [B, h, S, S]
     probs = hook("attention_probs", masked_softmax(scores, mask))  # [B, h, S, S]
     context = hook("attention_context", merge_heads(np.matmul(probs, v)))  # [B, S, A]
-    return hook("attention_output", dense(context, *output)), probs
+    del q, k, v, scores, probs  # free them before the output projection allocates
+    return hook("attention_output", dense(context, *output))
 
 
 def feed_forward(x, w1, b1, w2, b2, activation, hook=no_hook):
@@ -313,7 +315,7 @@ def feed_forward(x, w1, b1, w2, b2, activation, hook=no_hook):
 
 
 def encoder_layer(x, params, num_heads, mask, activation, epsilon, hook=no_hook):
-    """One post-LN transformer encoder layer (BERT's). [B, S, H] -> ([B, S, H], probs [B, h, S, S]).
+    """One post-LN transformer encoder layer (BERT's). [B, S, H] -> [B, S, H].
 
     Readable form:
         y = layer_norm(x + self_attention(x))
@@ -324,15 +326,15 @@ def encoder_layer(x, params, num_heads, mask, activation, epsilon, hook=no_hook)
     "feedforward_layer_norm" (the layer's output).
     """
     p = params
-    attn, probs = multi_head_attention(x, p["query"], p["key"], p["value"], p["output"], num_heads, mask, hook)
+    attn = multi_head_attention(x, p["query"], p["key"], p["value"], p["output"], num_heads, mask, hook)
     attn += x
-    y = hook("attention_residual", attn)
-    y = hook("self_attention_layer_norm", layer_norm(y, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon))
+    attn = hook("attention_residual", attn)
+    y = hook("self_attention_layer_norm", layer_norm(attn, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon))
+    del attn  # free the residual before the feed-forward allocates its [B, S, F] activation
     ffn = feed_forward(y, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation, hook)
     ffn += y
-    out = hook("feedforward_residual", ffn)
-    out = hook("feedforward_layer_norm", layer_norm(out, p["ffn_norm_gamma"], p["ffn_norm_beta"], epsilon))
-    return out, probs
+    ffn = hook("feedforward_residual", ffn)
+    return hook("feedforward_layer_norm", layer_norm(ffn, p["ffn_norm_gamma"], p["ffn_norm_beta"], epsilon))
 
 
 def pooler(sequence: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:

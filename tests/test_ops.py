@@ -153,7 +153,16 @@ def test_multi_head_attention_matches_a_per_head_loop():
     wo, bo = rng.standard_normal((A, H)), rng.standard_normal(H)
     mask = np.ones((B, S), bool)
     mask[1, 4:] = False
-    out, probs = ops.multi_head_attention(x, (wq, bq), (wk, bk), (wv, bv), (wo, bo), h, mask[:, None, None, :])
+    kept = {}
+
+    def keep(name, a):
+        kept[name] = a.copy()
+        return a
+
+    out = ops.multi_head_attention(x, (wq, bq), (wk, bk), (wv, bv), (wo, bo), h, mask[:, None, None, :], keep)
+    assert list(kept) == ["query", "key", "value", "attention_scores", "attention_probs", "attention_context", "attention_output"]
+    probs = kept["attention_probs"]
+    np.testing.assert_array_equal(kept["attention_output"], out)
     q, k, v = x @ wq + bq, x @ wk + bk, x @ wv + bv
     ctx = np.zeros((B, S, A))
     for b in range(B):
