@@ -38,7 +38,7 @@ _ERF_TABLES = {
 # Elementwise chains (erf, the GELUs) run over blocks of this many elements, so that the
 # temporaries of a block stay in the CPU cache instead of streaming whole activations through
 # memory once per step. The result does not depend on it.
-BLOCK = 1 << 15
+BLOCK = 1 << 16
 
 
 # NumPy runs elementwise loops on one core but releases the GIL inside them, so independent
@@ -216,7 +216,11 @@ def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     The leading axes are flattened so the product is one [N, In] @ [In, Out] GEMM (NumPy would
     otherwise run one smaller GEMM per leading index)."""
     y = np.matmul(x.reshape(-1, x.shape[-1]), kernel)  # [N, Out]
-    y += bias
+
+    def add_bias(first: int, last: int) -> None:  # rows first:last (spread over THREADS)
+        y[first:last] += bias
+
+    _parallel(add_bias, y.shape[0], min_size=64)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
