@@ -536,7 +536,7 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
     want_trace = keys is not None and any("/" in k for k in keys)
     policy = model.dtype_policy if dtype is None else get_policy(dtype)
     options = dict(output_hidden_states=want_hidden, output_attentions=want_att, trace=True if want_trace else None)
-    if policy == model.dtype_policy:  # the model's own fused, cast weights, prepared once
+    if policy == model.dtype_policy:  # the model's own cast weights, prepared once
         out = model(inputs, **options)
     else:
         out = forward(model.weights, model.config, inputs, dtype=policy, **options)
