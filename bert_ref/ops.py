@@ -49,6 +49,17 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist (a task submitted to it would wait
+    forever): start afresh with a new pool on first use."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _parallel(fn, n: int, min_size: int = 1) -> None:
     """Call `fn(start, stop)` on up to THREADS contiguous slices of `range(n)`, concurrently.
 

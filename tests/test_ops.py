@@ -1,6 +1,8 @@
 """The NumPy ops, against independent references (math.erf, closed forms, float64 evaluations)."""
 
 import math
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -200,3 +202,19 @@ def test_ops_keep_their_input_dtype(dtype):
     assert ops.layer_norm(x, g, b, 1e-12).dtype == dtype
     assert ops.dense(x, np.ones((12, 4), dtype), np.zeros(4, dtype)).dtype == dtype
     assert ops.masked_softmax(x.reshape(1, 1, 2, 12).copy(), np.ones((1, 1, 1, 12), bool)).dtype == dtype
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threaded_ops_work_in_a_forked_child():
+    # The parent's worker threads do not exist in a fork; the child must not wait on them forever.
+    x = np.linspace(-3, 3, 8 * ops.BLOCK)  # enough blocks to use every thread
+    expected = ops.gelu(x)  # starts the parent's pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(ops.gelu(x).tobytes() == expected.tobytes()))
+    child.start()
+    child.join(60)  # the gelu takes milliseconds; 60 s means it hung
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) is True
