@@ -14,14 +14,17 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 
 from . import _erf_table
 
-# The large finite negative number added to masked attention scores before the softmax (never
-# -inf, so a fully masked row stays finite), as keras does for float32/float64 scores.
+# The large finite negative number given to masked attention scores before the softmax (never
+# -inf, so a fully masked row stays finite): keras' -1e9, and -3e4 for float16 scores (whose
+# largest finite magnitude is 65504; -1e9 would round to -inf there).
 MASK_NEGATIVE = -1e9
+MASK_NEGATIVE_FLOAT16 = -3e4
 
 _SQRT_2_OVER_PI = 0.7978845608028654  # sqrt(2 / pi)
 _GELU_CUBIC = 0.044715
@@ -92,6 +95,29 @@ def _in_blocks(fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def _is_half(dtype: np.dtype) -> bool:
+    """float16, or bfloat16 (from ml_dtypes, whose dtype kind is not "f")."""
+    return (dtype.kind == "f" and dtype.itemsize == 2) or dtype.name == "bfloat16"
+
+
+def _elementwise(block: Callable, x: Any, out: np.ndarray | None, in_place: bool = True) -> np.ndarray:
+    """Apply `block(x_block, out_block)` (float32 or float64 blocks) to all of `x`, into `out`.
+
+    `x` in float32/float64 is computed in its own dtype; half precision (float16, bfloat16) in
+    float32 and rounded back; integers and bools in float64 (as NumPy's ufuncs promote them).
+    `out` (default: a new array of that result dtype) may be `x` itself when `in_place` (the
+    block then reads and writes the same buffer), and may have any layout and float dtype."""
+    x = np.asarray(x)
+    half = _is_half(x.dtype)
+    work = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float32 if half else np.float64)
+    if out is None:
+        out = np.empty(x.shape, x.dtype if half else work)
+    if x.dtype == work and out.dtype == work and out.flags.c_contiguous and (in_place or out is not x):
+        return _in_blocks(block, x, out)
+    out[...] = _in_blocks(block, x.astype(work), np.empty(x.shape, work))
+    return out
+
+
 def _erf_block(x: np.ndarray, out: np.ndarray) -> None:
     """erf of a 1-D block into `out` (see `erf`). `x` is float32 or float64; `out` is not `x`."""
     dtype = x.dtype
@@ -132,13 +158,9 @@ def erf(x: np.ndarray) -> np.ndarray:
     coefficients; the arithmetic (and so every bit of the result) is the readable form's.
 
     Accuracy against `math.erf` on [-10, 10]: <= 4.5e-16 in float64, <= 2.4e-7 in float32.
-    Other float dtypes (float16, bfloat16) are evaluated in float32 and rounded back.
+    Other dtypes: see `_elementwise` (half precision in float32, integers in float64).
     """
-    x = np.asarray(x)
-    dtype = x.dtype if x.dtype in _ERF_TABLES else np.dtype(np.float32)
-    xw = x.astype(dtype, copy=False)
-    y = _in_blocks(_erf_block, xw, np.empty(xw.shape, dtype))
-    return y.astype(x.dtype, copy=False)
+    return _elementwise(_erf_block, x, None, in_place=False)
 
 
 def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
@@ -153,16 +175,11 @@ def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
 def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Exact GELU, `0.5 * x * (1 + erf(x / sqrt(2)))` (Hugging Face `hidden_act: "gelu"`).
 
-    [...] -> [...], same dtype as `x` (float32 or float64). Evaluated in cache-sized blocks; pass
-    `out=x` to overwrite `x`. `(x * (1 + e)) * 0.5` equals `(0.5 * x) * (1 + e)` bit for bit
-    (halving is exact).
+    [...] -> [...], same dtype as `x` (see `_elementwise` for dtypes other than float32/float64).
+    Evaluated in cache-sized blocks; pass `out=x` to overwrite `x`. `(x * (1 + e)) * 0.5` equals
+    `(0.5 * x) * (1 + e)` bit for bit (halving is exact).
     """
-    x = np.asarray(x)
-    if x.dtype not in _ERF_TABLES:  # half precision: compute in float32, round back
-        return gelu(x.astype(np.float32)).astype(x.dtype)
-    if out is None:
-        out = np.empty(x.shape, x.dtype)
-    return _in_blocks(_gelu_block, x, out)
+    return _elementwise(_gelu_block, x, out)
 
 
 def _gelu_approximate_block(x: np.ndarray, out: np.ndarray) -> None:
@@ -182,14 +199,11 @@ def gelu_approximate(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     """tanh-approximate GELU, keras-hub's BERT activation (HF `gelu_new` / `gelu_pytorch_tanh`).
 
     Readable form: `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))`.
-    [...] -> [...], same dtype as `x`. Computed with one temporary and in-place ufuncs, in
-    cache-sized blocks; pass `out=x` to overwrite `x`. `x*x*x` is used, never `x**3` (a slow
-    generic power on float32).
+    [...] -> [...], same dtype as `x` (see `_elementwise` for dtypes other than float32/float64).
+    Computed with one temporary and in-place ufuncs, in cache-sized blocks; pass `out=x` to
+    overwrite `x`. `x*x*x` is used, never `x**3` (a slow generic power on float32).
     """
-    x = np.asarray(x)
-    if out is None:
-        out = np.empty(x.shape, x.dtype)
-    return _in_blocks(_gelu_approximate_block, x, out)
+    return _elementwise(_gelu_approximate_block, x, out)
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_approximate": gelu_approximate}
@@ -204,8 +218,11 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
     """Layer normalisation over the last axis. [..., H], [H], [H] -> [...,  H].
 
     `(x - mean) / sqrt(var + epsilon) * gamma + beta`, with the biased variance, computed in the
-    dtype of `x` — callers pass at least float32 (see `bert_ref.precision`).
+    dtype of `x`, and in float32 (rounded back) when `x` is float16 or bfloat16 — layer norm always
+    runs in at least float32, as keras' does (see `bert_ref.precision`).
     """
+    if _is_half(x.dtype):
+        return layer_norm(x.astype(np.float32), gamma, beta, epsilon).astype(x.dtype)
     rows = x.reshape(-1, x.shape[-1])  # [N, H]
     out = np.empty(rows.shape, x.dtype)
 
@@ -240,13 +257,16 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     [B, h, S, S] scores, [B, 1, 1, S] bool mask (True = may attend) -> [B, h, S, S] probabilities.
 
-    Readable form, as keras does it: `p = softmax(scores + (1 - mask) * -1e9); p = p * mask`.
-    The additive mask is a large finite negative number, never -inf, so the result stays finite
+    Readable form: `p = softmax(scores + (1 - mask) * -1e9); p = p * mask`. keras replaces the
+    masked scores by -1e9 (`where(mask, scores, -1e9)`) instead of adding it; either way their
+    `exp` underflows to exactly 0 next to any valid key's, so the results are the same.
+    The mask value is a large finite negative number, never -inf, so the result stays finite
     even when a whole row is masked; the final multiply then sets masked keys to exactly 0, so a
     fully padded row attends to nothing (all zeros) instead of uniformly to the padding.
     The max is subtracted before `exp` for stability. Batch rows are spread over THREADS threads.
     """
-    negative = np.where(mask, scores.dtype.type(0), scores.dtype.type(MASK_NEGATIVE))  # [B, 1, 1, S]
+    large = MASK_NEGATIVE_FLOAT16 if scores.dtype == np.float16 else MASK_NEGATIVE
+    negative = np.where(mask, scores.dtype.type(0), scores.dtype.type(large))  # [B, 1, 1, S]
     # Split along the batch axis, or along the heads when the batch is smaller than THREADS.
     axis = 0 if scores.shape[0] >= THREADS else 1
 

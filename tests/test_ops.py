@@ -218,3 +218,62 @@ def test_threaded_ops_work_in_a_forked_child():
     if alive:
         child.kill()
     assert not alive and queue.get(timeout=5) is True
+
+
+def test_elementwise_ops_compute_integer_inputs_in_float64():
+    # As NumPy's ufuncs do (np.tanh of ints is float64); never a result truncated back to ints.
+    ints = np.array([[-3, -1, 0, 1, 2]])
+    for f in (ops.erf, ops.gelu, ops.gelu_approximate):
+        y = f(ints)
+        assert y.dtype == np.float64, f.__name__
+        np.testing.assert_array_equal(y, f(ints.astype(np.float64)))
+
+
+@pytest.mark.parametrize("f", [ops.gelu, ops.gelu_approximate])
+def test_gelus_write_into_any_out_array(f):
+    x = np.linspace(-3, 3, 12)
+    expected = f(x)
+    out = np.zeros((4, 3)).T  # Fortran-ordered: not C-contiguous
+    assert f(x.reshape(3, 4), out=out) is out
+    np.testing.assert_array_equal(out, expected.reshape(3, 4))
+    half = np.zeros(12, np.float16)
+    assert f(x.astype(np.float16), out=half) is half
+    np.testing.assert_array_equal(half, f(x.astype(np.float16).astype(np.float32)).astype(np.float16))
+
+
+def _half_dtypes():
+    dtypes = [np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+    except ImportError:  # bfloat16 is the optional [bf16] extra
+        return dtypes
+    return dtypes + [np.dtype(ml_dtypes.bfloat16)]
+
+
+@pytest.mark.parametrize("half", _half_dtypes(), ids=str)
+def test_half_precision_inputs_are_computed_in_float32_and_rounded_back(half):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2, 3, 8)) * 3).astype(half)
+    x32 = x.astype(np.float32)
+    for f in (ops.erf, ops.gelu, ops.gelu_approximate):
+        y = f(x)
+        assert y.dtype == half, f.__name__
+        np.testing.assert_array_equal(y.astype(np.float32), f(x32).astype(half).astype(np.float32))
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    y = ops.layer_norm(x, g, b, 1e-12)
+    assert y.dtype == half
+    np.testing.assert_array_equal(y.astype(np.float32), ops.layer_norm(x32, g, b, 1e-12).astype(half).astype(np.float32))
+    # values whose squares overflow float16 (max 65504): the variance is still finite
+    wide = np.array([[300.0, -300.0, 0.0, 0.0]], half)
+    np.testing.assert_allclose(ops.layer_norm(wide, np.ones(4), np.zeros(4), 1e-12).astype(np.float32),
+                               [[np.sqrt(2), -np.sqrt(2), 0, 0]], rtol=4e-3)  # float16 spacing at 1.4: 9.8e-4
+
+
+def test_masked_softmax_in_float16_stays_finite_for_a_fully_masked_row():
+    # -1e9 is -inf in float16; keras uses -3e4 for float16 scores, and so do we.
+    scores = np.array([[[[1.0, 2.0, 0.5]]], [[[1.0, 2.0, 0.5]]]], np.float16)
+    mask = np.array([[1, 1, 0], [0, 0, 0]], bool)[:, None, None, :]
+    p = ops.masked_softmax(scores, mask)
+    assert p.dtype == np.float16 and np.isfinite(p).all()
+    assert np.all(p[1] == 0)
+    np.testing.assert_allclose(p[0, 0, 0].astype(np.float64), [1 / (1 + math.e), math.e / (1 + math.e), 0], atol=1e-3)
