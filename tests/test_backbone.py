@@ -288,3 +288,11 @@ def test_bad_inputs_are_clear_errors(model, bad, exc, message):
 def test_inputs_must_be_a_dict(model):
     with pytest.raises(TypeError, match="inputs must be a dict"):
         model([[1, 2, 3]])
+
+
+def test_zero_layers_return_the_embeddings_layer_norm():
+    m = BertBackbone(**dict(SMALL, num_layers=0), seed=0)
+    out = m(inputs(), output_hidden_states=True, output_attentions=True)
+    assert len(out["hidden_states"]) == 1 and out["attention_probs"] == []
+    np.testing.assert_array_equal(out["sequence_output"], out["hidden_states"][0])
+    assert out["pooled_output"].shape == (2, 8) and np.isfinite(out["pooled_output"]).all()
