@@ -257,23 +257,22 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     [B, h, S, S] scores, [B, 1, 1, S] bool mask (True = may attend) -> [B, h, S, S] probabilities.
 
-    Readable form: `p = softmax(scores + (1 - mask) * -1e9); p = p * mask`. keras replaces the
-    masked scores by -1e9 (`where(mask, scores, -1e9)`) instead of adding it; either way their
-    `exp` underflows to exactly 0 next to any valid key's, so the results are the same.
-    The mask value is a large finite negative number, never -inf, so the result stays finite
-    even when a whole row is masked; the final multiply then sets masked keys to exactly 0, so a
-    fully padded row attends to nothing (all zeros) instead of uniformly to the padding.
-    The max is subtracted before `exp` for stability. Batch rows are spread over THREADS threads.
+    Readable form, as keras does it: `p = softmax(where(mask, scores, -1e9)); p = p * mask`
+    (-3e4 for float16 scores, where -1e9 would round to -inf). The masked value is a large finite
+    negative number, never -inf, so the result stays finite even when a whole row is masked; the
+    final multiply then sets masked keys to exactly 0, so a fully padded row attends to nothing
+    (all zeros) instead of uniformly to the padding. The max is subtracted before `exp` for
+    stability. Batch rows are spread over THREADS threads.
     """
-    large = MASK_NEGATIVE_FLOAT16 if scores.dtype == np.float16 else MASK_NEGATIVE
-    negative = np.where(mask, scores.dtype.type(0), scores.dtype.type(large))  # [B, 1, 1, S]
+    large = scores.dtype.type(MASK_NEGATIVE_FLOAT16 if scores.dtype == np.float16 else MASK_NEGATIVE)
+    masked = ~mask  # [B, 1, 1, S]
     # Split along the batch axis, or along the heads when the batch is smaller than THREADS.
     axis = 0 if scores.shape[0] >= THREADS else 1
 
     def run(first: int, last: int) -> None:
         part = (slice(first, last),) if axis == 0 else (slice(None), slice(first, last))
-        s, m, n = scores[part], mask[part[:1]], negative[part[:1]]
-        s += n
+        s, m = scores[part], mask[part[:1]]
+        np.copyto(s, large, where=masked[part[:1]])  # where(mask, s, large), in place
         s -= s.max(axis=-1, keepdims=True)
         np.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)
