@@ -37,20 +37,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-try:
-    from _provenance import provenance
-except ImportError:  # pragma: no cover - fallback when tools/_provenance.py is absent
-    def provenance() -> dict:
-        from importlib import metadata
-        import platform
-
-        out = {"python": platform.python_version(), "backend": os.environ.get("KERAS_BACKEND")}
-        for dist in ("numpy", "keras", "keras-hub", "jax", "transformers", "torch", "tokenizers"):
-            try:
-                out[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                out[dist] = None
-        return out
+from _provenance import provenance  # noqa: E402
+from _random_weights import random_weight  # noqa: E402
 
 GENERATOR = "KERAS_BACKEND=jax python tools/make_checkpoint_golden.py"
 
@@ -89,19 +77,9 @@ MINILM_TOLERANCE_FLOAT32 = 5e-5
 
 
 def _randomize(model, rng: np.random.Generator) -> None:
-    """Replace every variable of a keras model with seeded random values (all distinct)."""
+    """Replace every variable of a keras model with seeded random values (see tools/_random_weights.py)."""
     for var in model.weights:
-        path, shape = var.path, tuple(var.shape)
-        leaf = path.rsplit("/", 1)[-1]
-        if leaf == "gamma":
-            value = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif leaf in ("beta", "bias"):
-            value = 0.1 * rng.standard_normal(shape)
-        elif leaf == "embeddings":
-            value = 0.5 * rng.standard_normal(shape)
-        else:  # kernels: scale by fan-in so activations stay O(1)
-            value = rng.standard_normal(shape) / np.sqrt(shape[0])
-        var.assign(value.astype("float32"))
+        var.assign(random_weight(var.path.rsplit("/", 1)[-1], tuple(var.shape), rng))
 
 
 def _h5_mapping(weights_path: Path, model) -> dict[str, dict]:

@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bert_ref.config import BertConfig  # noqa: E402  (names and shapes only)
 from _provenance import provenance  # noqa: E402
+from _random_weights import random_weight  # noqa: E402
 
 GENERATOR = "KERAS_BACKEND=jax python tools/make_golden.py"
 
@@ -197,22 +198,8 @@ def canonical_config(cfg: dict) -> BertConfig:
 
 
 def draw_weights(config: BertConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Every tensor random: gamma ~ 1 + 0.1 N, beta/bias ~ 0.1 N, kernel ~ N/sqrt(in), emb ~ 0.5 N."""
-    weights = {}
-    for name, shape in config.weight_shapes().items():
-        leaf = name.rsplit("/", 1)[1]
-        if leaf == "gamma":
-            w = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif leaf in ("beta", "bias"):
-            w = 0.1 * rng.standard_normal(shape)
-        elif leaf == "embeddings":
-            w = 0.5 * rng.standard_normal(shape)
-        elif leaf == "kernel":
-            w = rng.standard_normal(shape) / np.sqrt(shape[0])
-        else:  # pragma: no cover - a new weight kind must be given a distribution on purpose
-            raise ValueError(f"no distribution for weight {name!r}")
-        weights[name] = w.astype(np.float32)
-    return weights
+    """Every canonical tensor random (see tools/_random_weights.py)."""
+    return {name: random_weight(name.rsplit("/", 1)[1], shape, rng) for name, shape in config.weight_shapes().items()}
 
 
 def draw_inputs(case: dict, config: BertConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
