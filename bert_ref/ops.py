@@ -141,7 +141,7 @@ def _erf_block(x: np.ndarray, out: np.ndarray) -> None:
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """The error function, elementwise, in the dtype of `x` (float32 or float64).
+    """The error function, elementwise. [...] -> [...], in the dtype of `x` (float32 or float64).
 
     `erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt`. NumPy has none, so: erf is odd, and on
     |x| in [0, X) it is a polynomial per interval of width 1/2 (Chebyshev fits made in 50-digit
