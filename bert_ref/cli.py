@@ -4,6 +4,8 @@
     bert-ref info PRESET                     config, parameter count, files, where it was loaded from
     bert-ref run PRESET --input IN --output OUT [--dtype D] [--hidden-states] [--attentions] [--trace]
     bert-ref compare PRESET --input IN --candidate CAND [--atol A] [--rtol R] [--truth] [--json]
+    bert-ref run PRESET --dataset IN --out DIR [--outputs ...] [--shard-size N] [--scheduler S] [--workers N]
+    bert-ref compare PRESET --dataset IN --candidate DIR_OR_FILES [--reference RUN_DIR]   (see bert_ref.scale)
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
     bert-ref example [PRESET]                keras-hub's example input through a preset
@@ -31,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, scale
 from .backbone import BertBackbone
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare, compare_to_truth, oracle_outputs
 from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_inputs, read_outputs, write_arrays
@@ -190,18 +192,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
-    p.add_argument("--input", "-i", required=True, metavar="IN",
+    p.add_argument("--input", "-i", metavar="IN",
                    help="inputs file (.npz, .safetensors or .json) with token_ids [, segment_ids, padding_mask]")
-    p.add_argument("--output", "-o", required=True, metavar="OUT",
+    p.add_argument("--output", "-o", metavar="OUT",
                    help="where to write the outputs (.npz, .safetensors or .json)")
     _dtype_arg(p, None, "dtype policy (default float32; float64 is the truth)")
     p.add_argument("--hidden-states", action="store_true", help="also write hidden_states.{i} (num_layers + 1 arrays)")
     p.add_argument("--attentions", action="store_true", help="also write attention_probs.{i} (one per layer)")
     p.add_argument("--trace", action="store_true",
                    help="also write every named intermediate (embeddings/..., transformer_layer_{i}/...)")
+    scale.add_run_arguments(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.dataset is not None:
+        return scale.cli_run(args)
+    if args.input is None or args.output is None:
+        raise UsageError("give --input IN and --output OUT (or --dataset IN and --out DIR)")
     inputs = read_inputs(args.input)
     if Path(args.output).suffix.lower() not in SUFFIXES:
         raise UsageError(f"{args.output}: unsupported file type; use one of {', '.join(SUFFIXES)}")
@@ -225,7 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
-    p.add_argument("--input", "-i", required=True, metavar="IN", help="the inputs the candidate was run on")
+    p.add_argument("--input", "-i", metavar="IN", help="the inputs the candidate was run on")
     p.add_argument("--candidate", "-c", required=True, metavar="CAND",
                    help="the candidate's outputs: any of sequence_output, pooled_output, hidden_states.{i}, "
                         "attention_probs.{i}, trace names")
@@ -238,9 +245,14 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-floor", action="store_true",
                    help="skip the float64 run that measures the float32 floor")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    scale.add_compare_arguments(p)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.dataset is not None:
+        return scale.cli_compare(args)
+    if args.input is None:
+        raise UsageError("give --input IN (or --dataset IN)")
     if not (args.atol >= 0 and args.rtol >= 0):
         raise UsageError(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
     if args.truth and args.dtype is not None:
