@@ -238,7 +238,7 @@ def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str,
     t_start = time.time()
     _, arrays, timings = compute_outputs(job, start, stop)
     t = time.perf_counter()
-    data = save(arrays, metadata={"format": RUN_FORMAT, "shard": str(shard), "records": f"{start}:{stop}"})
+    data = save(arrays)  # no metadata: its order in the header varies, and the bytes should not
     path = Path(job.out) / shard_name(shard)
     _write_atomic(path, data)
     timings["write_s"] = time.perf_counter() - t
@@ -542,6 +542,9 @@ def run_dataset(
         computed = [e for k, e in enumerate(entries) if k in set(pending) and e is not None]
         n_rec = sum(e["records"][1] - e["records"][0] for e in computed)
         manifest["complete"] = all(e is not None for e in entries)
+        if manifest["complete"]:
+            for stale in out.glob("*.tmp-*"):  # left by a worker killed mid-shard
+                stale.unlink()
         manifest["timings"] = {"wall_s": round(wall, 3), "shards_computed": len(computed), "shards_skipped": skipped,
                                "records_computed": n_rec,
                                "records_per_s": round(n_rec / wall, 3) if computed and wall > 0 else None,
