@@ -239,6 +239,24 @@ def test_left_padded_token_ids_are_refused(data, tmp_path):
                     progress=False)
 
 
+def test_parquet_text_column_reads_like_jsonl(data, tmp_path):
+    pa = need("pyarrow", 'pip install "bert-ref[parquet]"')
+    import pyarrow.parquet as pq
+
+    recs = texts(data)[:10]
+    pq.write_table(pa.table({"text": [r["text"] for r in recs],
+                             "text_pair": [r.get("text_pair") for r in recs]}), tmp_path / "d.parquet")
+    run_dataset(str(data / "tiny"), tmp_path / "d.parquet", tmp_path / "pq", dtype="float64", shard_size=4,
+                scheduler="synchronous", progress=False)
+    run_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "js", dtype="float64", shard_size=4,
+                scheduler="synchronous", progress=False)
+    a, b = shards(tmp_path / "pq"), shards(tmp_path / "js")
+    assert sorted(a) == [0, 1, 2] and a[2]["record_index"].tolist() == [8, 9]
+    for k in (0, 1):  # the same records in the same shards: the same bytes
+        for key in a[k]:
+            np.testing.assert_array_equal(a[k][key], b[k][key])
+
+
 # -- compare ----------------------------------------------------------------------------------------
 
 
