@@ -230,21 +230,79 @@ def _write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+def _rss() -> int | None:
+    """This process's resident set size in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss() -> int | None:
+    """The peak resident set size of this process so far, in bytes, or None."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _safetensors_parts(arrays: Mapping[str, np.ndarray]) -> list[Any]:
+    """A safetensors file as a list of buffers (header, then each array's bytes, no copies). The
+    arrays are in a fixed order (widest dtype first, so every array is aligned; then by name) and
+    there is no `__metadata__`: the same arrays always give the same bytes."""
+    from .checkpoints.safetensors_io import _code_for
+
+    header, offset, parts = {}, 0, []
+    for name in sorted(arrays, key=lambda k: (-np.asarray(arrays[k]).dtype.itemsize, k)):  # aligned, as safetensors
+        a = np.ascontiguousarray(arrays[name])
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        header[name] = {"dtype": _code_for(a.dtype), "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        parts.append(memoryview(a.reshape(-1).view(np.uint8)))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as the safetensors writer does
+    return [len(text).to_bytes(8, "little"), text] + parts
+
+
+def _write_atomic(path: Path, data: bytes | Sequence[Any]) -> str:
+    """Write `data` (bytes, or a list of buffers) to `path` through a temporary name; its sha256."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as f:
+            for part in ([data] if isinstance(data, bytes) else data):
+                f.write(part)
+                h.update(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return h.hexdigest()
+
+
 def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str, Any]:
     """The Dask task: compute records `[start, stop)` and write `shard-{shard}.safetensors` into
     `job.out` (temporary name, then rename). Returns the manifest entry of the shard."""
-    from safetensors.numpy import save
-
     t_start = time.time()
+    rss_start = _rss()
     _, arrays, timings = compute_outputs(job, start, stop)
     t = time.perf_counter()
-    data = save(arrays)  # no metadata: its order in the header varies, and the bytes should not
     path = Path(job.out) / shard_name(shard)
-    _write_atomic(path, data)
+    parts = _safetensors_parts(arrays)
+    sha = _write_atomic(path, parts)
     timings["write_s"] = time.perf_counter() - t
     timings["task_s"] = time.time() - t_start
-    return {"shard": shard, "records": [start, stop], "file": path.name, "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data), "worker": f"{socket.gethostname()}:{os.getpid()}", "started": t_start,
+    return {"shard": shard, "records": [start, stop], "file": path.name, "sha256": sha,
+            "bytes": sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts),
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "started": t_start,
+            "rss_start_bytes": rss_start, "peak_rss_bytes": _peak_rss(),
             "timings": {k: round(v, 6) for k, v in timings.items()}}
 
 
