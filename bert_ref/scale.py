@@ -230,24 +230,27 @@ def _write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+def _proc_status(field: str) -> int | None:
+    """A size field of /proc/self/status (Linux) in bytes, or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _rss() -> int | None:
     """This process's resident set size in bytes (Linux), or None."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+    return _proc_status("VmRSS")
 
 
 def _peak_rss() -> int | None:
-    """The peak resident set size of this process so far, in bytes, or None."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    except (ImportError, OSError):
-        return None
-    return peak if sys.platform == "darwin" else peak * 1024
+    """This process's peak resident set size in bytes (Linux's VmHWM), or None. (Not getrusage's
+    ru_maxrss: a spawned process inherits its parent's through fork and exec.)"""
+    return _proc_status("VmHWM")
 
 
 def _safetensors_parts(arrays: Mapping[str, np.ndarray]) -> list[Any]:
@@ -380,6 +383,8 @@ class _Engine:
         options: dict[str, Any] = {"scheduler": {"local": "threads"}.get(self.scheduler, self.scheduler)}
         if self.scheduler != "synchronous":
             options["num_workers"] = self.workers
+        if self.scheduler == "processes":
+            options["chunksize"] = 1  # one shard per dispatch (dask batches 6 by default: 1 process did all)
         saved = {k: os.environ.get(k) for k in _BLAS_ENV}
         if self.scheduler == "processes":  # spawned workers read these before NumPy starts its BLAS
             os.environ.update({k: str(self.threads) for k in _BLAS_ENV})
