@@ -218,8 +218,8 @@ def main(argv=None) -> None:
             continue
         for w, peak in r["peak_rss_mib"].items():
             base = r["rss_before_first_shard_mib"][w]
-            print(f"  {name} {w}: peak RSS {peak:.0f} MiB ({peak / mem['target_mib']:.2f} x target); "
-                  f"{base:.0f} MiB before its first shard (interpreter, NumPy, Dask)")
+            print(f"  {name} {w}: peak RSS {peak:.0f} MiB; {base:.0f} MiB before its first shard (interpreter, "
+                  f"NumPy, Dask); peak - that = {peak - base:.0f} MiB = {(peak - base) / mem['target_mib']:.2f} x target")
     speedup = runs["2 workers x 1 thread (processes)"]["steady_records_per_s"] / one["steady_records_per_s"]
     per_core = one["steady_records_per_s"]
     print(f"\n2 workers / 1 worker (steady state): {speedup:.2f}x (target >= 1.7x)")
