@@ -182,10 +182,102 @@ def _tokenizer(job: ScaleJob) -> Any:
     return _WORKER[key]
 
 
-def compute_outputs(job: ScaleJob, start: int, stop: int) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
+class _Arrays:
+    """Where `compute_outputs` puts the outputs: arrays in memory (see `_ShardFile` for a file)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+        self.arrays = {k: np.zeros(shape, dtype) for k, (dtype, shape) in specs.items()}
+
+    def put(self, key: str, row: int, value: np.ndarray) -> None:
+        """Record `row`'s values: [m, H] (its first m positions) or [H]."""
+        self.arrays[key][row, : value.shape[0]] = value
+
+    def put_all(self, key: str, value: np.ndarray) -> None:
+        self.arrays[key][...] = value
+
+
+def _pwrite(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class _ShardFile:
+    """A safetensors file written in place as the outputs are computed, so that no shard-sized
+    buffer is held in memory: the header first (shapes are known in advance), then each record's
+    rows at their offsets (`os.pwrite`; never-written positions read as 0). `commit` flushes it,
+    hashes it and renames it from its temporary name to `path`.
+
+    The arrays are in a fixed order (widest dtype first, so every array is aligned; then by name)
+    and there is no `__metadata__`: the same arrays always give the same bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.fd: int | None = None
+
+    def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+        from .checkpoints.safetensors_io import _code_for
+
+        header, offset = {}, 0
+        self.layout: dict[str, tuple[int, int, np.dtype]] = {}  # key -> (data offset, bytes per row, dtype)
+        for name in sorted(specs, key=lambda k: (-np.dtype(specs[k][0]).itemsize, k)):
+            dtype, shape = np.dtype(specs[name][0]), tuple(specs[name][1])
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": _code_for(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self.layout[name] = (offset, nbytes // shape[0] if shape and shape[0] else 0, dtype)
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as the safetensors writer does
+        self.start = 8 + len(text)
+        self.size = self.start + offset
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _pwrite(self.fd, len(text).to_bytes(8, "little") + text, 0)
+        os.ftruncate(self.fd, self.size)
+
+    def _at(self, key: str, row: int, value: np.ndarray) -> tuple[np.ndarray, int]:
+        offset, row_bytes, dtype = self.layout[key]
+        value = np.ascontiguousarray(value, dtype=dtype)
+        if value.dtype.byteorder == ">":
+            value = value.astype(value.dtype.newbyteorder("<"))
+        return value, self.start + offset + row * row_bytes
+
+    def put(self, key: str, row: int, value: np.ndarray) -> None:
+        value, at = self._at(key, row, value)
+        _pwrite(self.fd, value.reshape(-1).view(np.uint8), at)
+
+    def put_all(self, key: str, value: np.ndarray) -> None:
+        value, at = self._at(key, 0, value)
+        _pwrite(self.fd, value.reshape(-1).view(np.uint8), at)
+
+    def commit(self) -> tuple[str, int]:
+        """Flush, hash (reading the file back) and rename into place; (sha256, bytes)."""
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        sha = file_sha256(self.tmp)
+        os.replace(self.tmp, self.path)
+        return sha, self.size
+
+    def close(self) -> None:
+        """Remove the temporary file unless committed."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+def compute_outputs(job: ScaleJob, start: int, stop: int, sink: Any = None) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
     """Records `[start, stop)` through the model: (records, arrays in record order, timings).
 
-    The arrays are `record_index`, `length` and the outputs (see the module docstring)."""
+    The arrays are `record_index`, `length` and the outputs (see the module docstring). With a
+    `sink` (a `_ShardFile`) they are written there as they are computed and the returned dict is
+    empty."""
     from .files import flatten_outputs
 
     _set_threads(job.threads)
@@ -195,39 +287,31 @@ def compute_outputs(job: ScaleJob, start: int, stop: int) -> tuple[Records, dict
     records = job.dataset.read(start, stop, vocabulary_size=config.vocabulary_size, num_segments=config.num_segments,
                                max_length=job.max_length, tokenizer=lambda: _tokenizer(job), truncate=job.truncate)
     t1 = time.perf_counter()
-    n, width = len(records.index), int(records.lengths.max())
-    want_hidden = "hidden_states" in job.outputs
-    arrays: dict[str, np.ndarray] = {"record_index": records.index.astype(np.int64),
-                                     "length": records.lengths.astype(np.int32)}
+    n, width, hidden = len(records.index), int(records.lengths.max()), config.hidden_dim
+    dtype = model.dtype_policy.compute_dtype
+    specs: dict[str, tuple[Any, tuple[int, ...]]] = {"record_index": (np.int64, (n,)), "length": (np.int32, (n,))}
+    if "sequence_output" in job.outputs:
+        specs["sequence_output"] = (dtype, (n, width, hidden))
+    if "pooled_output" in job.outputs:
+        specs["pooled_output"] = (dtype, (n, hidden))
+    if "hidden_states" in job.outputs:
+        specs.update({f"hidden_states.{i}": (dtype, (n, width, hidden)) for i in range(config.num_layers + 1)})
+    out = sink if sink is not None else _Arrays()
+    out.open(specs)
+    out.put_all("record_index", records.index.astype(np.int64))
+    out.put_all("length", records.lengths.astype(np.int32))
     for rows in length_batches(records.lengths, job.batch_tokens):
-        result = flatten_outputs(model(pad_batch(records, rows), output_hidden_states=want_hidden))
-        for key, value in result.items():
-            if key.split(".")[0] not in job.outputs:
+        result = flatten_outputs(model(pad_batch(records, rows), output_hidden_states="hidden_states" in job.outputs))
+        for key in specs:
+            if key in ("record_index", "length"):
                 continue
-            if key not in arrays:  # [n, L, H] or [n, H], zero where nothing is computed
-                arrays[key] = np.zeros((n, width) + value.shape[2:] if value.ndim == 3 else (n,) + value.shape[1:],
-                                       value.dtype)
-            if value.ndim == 3:
-                for j, r in enumerate(rows):
-                    m = int(records.lengths[r])
-                    arrays[key][r, :m] = value[j, :m]
-            else:
-                arrays[key][rows] = value
+            value = result[key]  # [b, L_batch, H] or [b, H]
+            if value.dtype != np.dtype(dtype):
+                raise TypeError(f"{key} came out as {value.dtype}; the {job.policy} policy computes in {np.dtype(dtype)}")
+            for j, r in enumerate(rows):
+                out.put(key, int(r), value[j, : int(records.lengths[r])] if value.ndim == 3 else value[j])
     t2 = time.perf_counter()
-    return records, arrays, {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return records, (out.arrays if sink is None else {}), {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
 
 
 def _proc_status(field: str) -> int | None:
@@ -253,41 +337,18 @@ def _peak_rss() -> int | None:
     return _proc_status("VmHWM")
 
 
-def _safetensors_parts(arrays: Mapping[str, np.ndarray]) -> list[Any]:
-    """A safetensors file as a list of buffers (header, then each array's bytes, no copies). The
-    arrays are in a fixed order (widest dtype first, so every array is aligned; then by name) and
-    there is no `__metadata__`: the same arrays always give the same bytes."""
-    from .checkpoints.safetensors_io import _code_for
-
-    header, offset, parts = {}, 0, []
-    for name in sorted(arrays, key=lambda k: (-np.asarray(arrays[k]).dtype.itemsize, k)):  # aligned, as safetensors
-        a = np.ascontiguousarray(arrays[name])
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        header[name] = {"dtype": _code_for(a.dtype), "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        parts.append(memoryview(a.reshape(-1).view(np.uint8)))
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as the safetensors writer does
-    return [len(text).to_bytes(8, "little"), text] + parts
-
-
-def _write_atomic(path: Path, data: bytes | Sequence[Any]) -> str:
-    """Write `data` (bytes, or a list of buffers) to `path` through a temporary name; its sha256."""
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary name (a reader never sees a partial file)."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    h = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
-            for part in ([data] if isinstance(data, bytes) else data):
-                f.write(part)
-                h.update(part)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return h.hexdigest()
 
 
 def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str, Any]:
@@ -295,15 +356,17 @@ def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str,
     `job.out` (temporary name, then rename). Returns the manifest entry of the shard."""
     t_start = time.time()
     rss_start = _rss()
-    _, arrays, timings = compute_outputs(job, start, stop)
-    t = time.perf_counter()
     path = Path(job.out) / shard_name(shard)
-    parts = _safetensors_parts(arrays)
-    sha = _write_atomic(path, parts)
-    timings["write_s"] = time.perf_counter() - t
+    sink = _ShardFile(path)
+    try:
+        _, _, timings = compute_outputs(job, start, stop, sink)
+        t = time.perf_counter()
+        sha, size = sink.commit()
+        timings["commit_s"] = time.perf_counter() - t
+    finally:
+        sink.close()
     timings["task_s"] = time.time() - t_start
-    return {"shard": shard, "records": [start, stop], "file": path.name, "sha256": sha,
-            "bytes": sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts),
+    return {"shard": shard, "records": [start, stop], "file": path.name, "sha256": sha, "bytes": size,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "started": t_start,
             "rss_start_bytes": rss_start, "peak_rss_bytes": _peak_rss(),
             "timings": {k: round(v, 6) for k, v in timings.items()}}
@@ -425,7 +488,8 @@ class _Progress:
     def __init__(self, total: int, initial: int, enabled: bool | None):
         self.bar = None
         if enabled is None:
-            enabled = sys.stderr.isatty()
+            quiet = os.environ.get("BERT_REF_QUIET", "").strip().lower() in ("1", "true", "yes", "on")
+            enabled = sys.stderr.isatty() and not quiet
         if enabled:
             try:
                 from tqdm import tqdm
@@ -530,6 +594,7 @@ def run_dataset(
     >>> manifest = run_dataset("bert_tiny_en_uncased", "dev.jsonl", "truth/", dtype="float64")  # doctest: +SKIP
     >>> manifest["timings"]["records_per_s"]                                                     # doctest: +SKIP
     """
+    _need_dask()
     engine = _Engine(scheduler, workers, threads)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -539,8 +604,6 @@ def run_dataset(
                               out=str(out.resolve()))
     fields["shard_size"] = int(shard_size)
     shards = job.dataset.shards(shard_size)
-    if engine.scheduler in ("processes",) or engine.distributed:
-        _need_dask()
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     previous = None
@@ -805,6 +868,17 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand_files: 
     return {"shard": shard, "stats": stats, "seconds": time.perf_counter() - t0}
 
 
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no spelling for them)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
 @dataclasses.dataclass
 class DatasetReport:
     """Statistics of a candidate's outputs against the reference over a whole dataset.
@@ -829,8 +903,6 @@ class DatasetReport:
         return next((k for k, e in self.entries.items() if not e["passed"]), None)
 
     def to_dict(self) -> dict[str, Any]:
-        from .compare import _json_safe
-
         return _json_safe({"passed": self.passed, "first_failure": self.first_failure, "atol": self.atol,
                            "rtol": self.rtol, "records": self.num_records, "reference": self.reference_name,
                            "candidate": self.candidate_name, "entries": self.entries})

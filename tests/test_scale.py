@@ -320,26 +320,29 @@ def test_worker_killed_mid_shard_the_job_completes_with_the_shard_recomputed(dat
     marker = tmp_path / "killed"
 
     def install_fault(marker=str(marker)):
-        """In each worker: the first shard write (across workers) writes half a temp file, then the
-        process dies, as a machine that goes down mid-shard."""
+        """In each worker: the first shard (across workers) writes its header and dies, as a machine
+        that goes down mid-shard."""
         import os as _os
 
         import bert_ref.scale as scale
 
-        real = scale._write_atomic
+        real = scale._pwrite
 
-        def dying_write(path, data):
+        def dying_pwrite(fd, data, offset):
+            real(fd, data, offset)
             try:
-                fd = _os.open(marker, _os.O_CREAT | _os.O_EXCL | _os.O_WRONLY)
+                m = _os.open(marker, _os.O_CREAT | _os.O_EXCL | _os.O_WRONLY)
             except FileExistsError:
-                return real(path, data)
-            _os.write(fd, path.name.encode())
-            _os.close(fd)
-            with open(f"{path}.tmp-{_os.getpid()}-dead", "wb") as f:
-                f.write(data[0])  # the header, no data
+                return
+            try:
+                name = _os.path.basename(_os.readlink(f"/proc/self/fd/{fd}"))  # Linux
+            except OSError:
+                name = "shard-?"
+            _os.write(m, name.encode())
+            _os.close(m)
             _os._exit(1)
 
-        scale._write_atomic = dying_write
+        scale._pwrite = dying_pwrite
 
     client = distributed.Client(cluster.scheduler_address)
     try:
@@ -360,6 +363,28 @@ def test_invalid_record_on_a_cluster_names_the_record(data, tmp_path, cluster):
     with pytest.raises(DatasetError, match=r"record \d+ \(data\.jsonl:\d+\): \d+ tokens after packing"):
         run_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "run", sequence_length=6, shard_size=8,
                     scheduler=cluster.scheduler_address, progress=False)
+
+
+FORKED_RUN = """
+import sys, dask, numpy as np
+from bert_ref import BertBackbone
+from bert_ref.scale import run_dataset
+preset, dataset, out = sys.argv[1:]
+model = BertBackbone.from_preset(preset, dtype="float64")
+model({"token_ids": np.full((64, 24), 7)})  # this process's thread pool now exists
+with dask.config.set({"multiprocessing.context": "fork"}):
+    m = run_dataset(preset, dataset, out, dtype="float64", shard_size=16, scheduler="processes", workers=2,
+                    progress=False)
+print("complete" if m["complete"] else "incomplete")
+"""
+
+
+def test_forked_process_workers_do_not_hang(data, tmp_path):
+    """A forward in the parent first, then forked workers run forwards (a hang fails on the timeout)."""
+    r = subprocess.run([sys.executable, "-c", FORKED_RUN, str(data / "tiny"), str(data / "data.jsonl"),
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "complete", r.stderr
+    check_against_single_forward(data, tmp_path / "run")
 
 
 # -- the command line (processes scheduler: spawned workers must not hang) ---------------------------
