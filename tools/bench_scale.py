@@ -4,7 +4,7 @@ overhead per shard, and each worker's peak memory.
 Run from the repository root with the `scale` extra installed:
 
     python tools/bench_scale.py [--records 2000] [--shard-size 256] [--distributed] [--json FILE]
-    python tools/bench_scale.py --quick          # 400 records: checks the tool works (~1 minute)
+    python tools/bench_scale.py --quick          # 400 records, shards of 64: checks the tool works (~1 minute)
 
 The model is a float64 BERT-small shape (4 layers, hidden 512, 8 heads, intermediate 2048,
 vocabulary 30522; keras-hub's random initialisation, seed 0), saved as a native preset in float64 so
@@ -166,13 +166,15 @@ def memory_target(preset: Path, data: Path, shard_size: int, batch_tokens: int) 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=2000)
-    p.add_argument("--quick", action="store_true", help="400 records: check that the tool works")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    p.add_argument("--quick", action="store_true", help="400 records in shards of 64: check that the tool works")
+    p.add_argument("--shard-size", type=int, default=None, help=f"default {DEFAULT_SHARD_SIZE} (64 with --quick)")
     p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     p.add_argument("--distributed", action="store_true", help="also a distributed.LocalCluster of 2 workers")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     records = 400 if args.quick else args.records
+    if args.shard_size is None:
+        args.shard_size = 64 if args.quick else DEFAULT_SHARD_SIZE
     print(f"machine: {machine()}")
     print(f"model: float64 BERT-small (4 layers, hidden 512, 8 heads, intermediate 2048), random weights; "
           f"{records} records of 16..128 tokens; shard size {args.shard_size}, batch tokens {args.batch_tokens}")
