@@ -300,6 +300,23 @@ def test_compare_refuses_a_reference_with_a_corrupt_shard(data, tmp_path):
                         progress=False)
 
 
+def test_compare_names_records_the_candidate_lacks(data, tmp_path):
+    np.savez(tmp_path / "part.npz", pooled_output=np.zeros((30, 16)), record_index=np.arange(30))
+    with pytest.raises(DatasetError, match=r"no outputs for 10 of 40 records \(the first is record 30\)"):
+        compare_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "part.npz", scheduler="synchronous",
+                        progress=False)
+
+
+def test_local_thread_workers_give_the_synchronous_bytes(data, tmp_path):
+    a = run_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "a", dtype="float64", shard_size=8,
+                    scheduler="synchronous", progress=False)
+    b = run_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "b", dtype="float64", shard_size=8,
+                    scheduler="local", workers=2, progress=False)
+    assert b["settings"]["workers"] == 2 and b["settings"]["threads_per_worker"] == 1
+    # Each element is computed the same way whatever the threads: bit-identical shards.
+    assert [e["sha256"] for e in b["shards"]] == [e["sha256"] for e in a["shards"]]
+
+
 # -- Dask distributed: a 2-worker local cluster -----------------------------------------------------
 
 
@@ -412,6 +429,17 @@ def test_cli_run_on_processes_then_compare_and_resume(data, tmp_path):
     r = cli("run", data / "tiny", "--dataset", data / "data.jsonl", "--out", out, "--dtype", "float32",
             "--shard-size", "16", "--scheduler", "synchronous")
     assert r.returncode == 0 and "3 of 3 shards verified by sha256 and skipped, 0 to compute" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "x.npz"], "--dataset runs take --out and --outputs, not --input"),
+    (["--scheduler", "bogus"], "--scheduler 'bogus': use local, processes, synchronous, or a Dask scheduler address"),
+    (["--outputs", "attention_probs"], "choose from sequence_output, pooled_output, hidden_states"),
+    (["--shard-size", "0"], "shard size must be a positive integer"),
+])
+def test_cli_dataset_usage_errors(data, tmp_path, args, message):
+    r = cli("run", data / "tiny", "--dataset", data / "data.jsonl", "--out", tmp_path / "run", *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
 
 
 def test_cli_bad_record_is_a_one_line_usage_error(data, tmp_path):
