@@ -8,7 +8,9 @@ A dataset is a sequence of *records*, each one BERT input row. Four layouts are 
 * **plain text** (`.txt` or any other suffix): one text per line;
 * **token ids**: an `.npz` or `.safetensors` file with `token_ids` [N, S] (and optionally
   `segment_ids`, `padding_mask`), or a directory of such files (read in file-name order);
-* **Parquet** (`.parquet`, the `parquet` extra): a `text` column (and optionally `text_pair`).
+* **Parquet** (`.parquet`, the `parquet` extra): a `text` column (and optionally `text_pair`);
+  each shard reads the table and slices it, which suits evaluation sets (for millions of rows,
+  JSONL or token ids are read by byte range instead).
 
 Blank lines are not records. Record indices count from 0 in file order; every error about a record
 names its index and where it came from (`data.jsonl:17`, `ids.npz row 5`).

@@ -50,6 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL
 from .dataset import Dataset, DatasetError, Records, file_sha256, length_batches, open_dataset, pad_batch
 
 __all__ = ["run_dataset", "compare_dataset", "ScaleJob", "compute_shard", "verify_shard", "MANIFEST",
@@ -959,8 +960,8 @@ def compare_dataset(
     *,
     reference: str | os.PathLike | None = None,
     dtype: Any = None,
-    atol: float = 1e-5,
-    rtol: float = 1e-4,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
     shard_size: int = DEFAULT_SHARD_SIZE,
     scheduler: str = "local",
     workers: int | None = None,

@@ -126,7 +126,16 @@ def test_run_writes_shards_equal_to_single_record_forwards(data, tmp_path):
     m = run_dataset(str(data / "tiny"), data / "data.jsonl", out, dtype="float64", shard_size=16,
                     scheduler="synchronous", progress=False)
     assert m["complete"] and [e["records"] for e in m["shards"]] == [[0, 16], [16, 32], [32, 40]]
-    assert m["job"]["policy"] == "float64" and len(m["job"]["weights_sha256"]) == 64
+    import hashlib
+
+    import bert_ref
+
+    assert m["job"]["policy"] == "float64" and m["bert_ref_version"] == bert_ref.__version__
+    assert m["job"]["weights_sha256"] == hashlib.sha256((data / "tiny" / "model.safetensors").read_bytes()).hexdigest()
+    assert m["job"]["dataset_sha256"] and m["job"]["num_records"] == 40 and m["job"]["shard_size"] == 16
+    for e in m["shards"]:
+        assert e["sha256"] == hashlib.sha256((out / e["file"]).read_bytes()).hexdigest()
+        assert {"load_s", "read_s", "compute_s", "commit_s", "task_s"} <= set(e["timings"])
     assert all(verify_shard(out, e) is None for e in m["shards"])
     assert not list(out.glob("*.tmp-*"))
     check_against_single_forward(data, out)
