@@ -50,7 +50,7 @@ EXAMPLE_PRESET = "bert_tiny_en_uncased"
 EXAMPLE_SEED = 0
 
 #: Modules that add subcommands: each defines `add_commands(register)` (see `register`).
-EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli",)
+EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli", "bert_ref.trace_cli")
 
 
 class UsageError(Exception):
