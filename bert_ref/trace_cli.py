@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,12 +102,14 @@ def format_trace(tr: TextTrace, *, per_token: bool = False) -> list[str]:
     tokens = tr.tokens
     s = len(tokens)
     lines = [f"tokens ({s}; segment in brackets):",
-             "  " + "  ".join(f"{i}:{t}[{int(g)}]" for i, (t, g) in enumerate(zip(tokens, tr.segment_ids)))]
+             "  " + "  ".join(f"{i}:{t}[{int(g)}]"
+                              for i, (t, g) in enumerate(zip(tokens, tr.segment_ids, strict=True)))]
     if tr.truncated:
         lines.append(f"  (cut to max_sequence_length = {tr.model.config.max_sequence_length} positions)")
     width = max(len(n) for n in tr.trace)
     lines.append("")
-    lines.append(f"{'step':<{width}}  {'shape':<14} {'mean':>10} {'std':>10} {'min':>10} {'max':>10}  largest token (L2)")
+    columns = f"{'shape':<14} {'mean':>10} {'std':>10} {'min':>10} {'max':>10}"
+    lines.append(f"{'step':<{width}}  {columns}  largest token (L2)")
     for name in step_names(tr.model.config.num_layers):
         x = np.asarray(tr.trace[name])[0].astype(np.float64)  # drop the batch axis of 1
         stats = f"{x.mean():>+10.4f} {x.std():>10.4f} {x.min():>+10.4f} {x.max():>+10.4f}"
@@ -119,7 +122,7 @@ def format_trace(tr: TextTrace, *, per_token: bool = False) -> list[str]:
             where = f"  {_label(tokens, j)} ({norms[j]:.3g})"
         lines.append(f"{name:<{width}}  {shape:<14} {stats}{where}")
         if per_position and per_token:
-            lines.append(" " * (width + 2) + "  ".join(f"{t} {n:.3g}" for t, n in zip(tokens, norms)))
+            lines.append(" " * (width + 2) + "  ".join(f"{t} {n:.3g}" for t, n in zip(tokens, norms, strict=True)))
         if name.endswith("/attention_probs"):
             top = x[:, 0, :].argmax(axis=-1)  # [h]: the key each head's [CLS] query weighs most
             lines.append(" " * (width + 2) + f"{tokens[0]} attends most to: " + ", ".join(
@@ -189,7 +192,7 @@ def plot_hidden_norms(hidden_states: Sequence[np.ndarray], tokens: Sequence[str]
     fig = _pyplot_free_figure((7.5, 4.2))
     ax = fig.subplots()
     x = np.arange(norms.shape[0])
-    for i, t in enumerate(tokens):
+    for i in range(len(tokens)):
         ax.plot(x, norms[:, i], marker="o", markersize=3, linewidth=1, label=_label(tokens, i))
     ax.set_xticks(x)
     ax.set_xticklabels(["emb"] + [str(i) for i in range(1, len(x))])
@@ -268,7 +271,7 @@ def _run_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(register) -> None:
+def add_commands(register: Callable[..., None]) -> None:
     register("trace", "every named step of the forward on a text, labelled by token", _configure_trace, _run_trace,
              "Run PRESET on TEXT (and PAIR) and print each named step of the forward with its shape, "
              "statistics and largest token; --plot DIR writes attention heatmaps and a hidden-state norm "

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need, run_bert_ref
 
 from bert_ref import BertBackbone, BertTokenizer
 from bert_ref.cli import main
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER
-from bert_ref.trace_cli import run_text, step_names
-from needs import need, run_bert_ref
+from bert_ref.trace_cli import run_text, step_names, write_plots
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "minilm"
 PAIR = ("The cat sat on the mat.", "A cat was sitting on a rug.")
@@ -41,7 +41,7 @@ def test_trace_of_a_golden_sentence_matches_transformers(minilm):
     tr = run_text(model, tokenizer, manifest["sentences"][0])
     assert tr.tokens == [tokenizer.id_to_token(int(i)) for i in ids]  # same packing as transformers'
     assert len(tr.hidden_states) == 7
-    for i, (ours, theirs) in enumerate(zip(tr.hidden_states, golden)):
+    for i, (ours, theirs) in enumerate(zip(tr.hidden_states, golden, strict=True)):
         err = np.abs(ours.astype(np.float64) - theirs).max()
         assert err <= manifest["tolerance"]["float32"], (i, err)
     # The trace's named steps are the same arrays the outputs are made of.
@@ -56,7 +56,8 @@ def test_trace_prints_every_step_labelled_by_token(minilm_dir):
     assert "loaded from" in lines[0] and "6 layers, 12 heads, hidden 384" in lines[0]
     assert "0:[CLS][0]  1:the[0]  2:cat[0]" in r.stdout and "9:a[1]  10:cat[1]" in r.stdout
     assert "17:[SEP][1]" in r.stdout
-    names = [line.split()[0] for line in lines if line.startswith(("embeddings/", "transformer_layer_", "pooled_output"))]
+    steps = ("embeddings/", "transformer_layer_", "pooled_output")
+    names = [line.split()[0] for line in lines if line.startswith(steps)]
     assert names == step_names(6)
     assert len(names) == len(TRACE_EMBEDDINGS) + 6 * len(TRACE_LAYER) + 1
     step = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in names}
@@ -86,12 +87,15 @@ def test_trace_plot_writes_heatmaps_and_norms(minilm_dir, tmp_path):
     assert f"wrote {out / 'attention_layer_0.png'}" in r.stderr
 
 
-def test_trace_plot_all_layers_by_default(minilm_dir, tmp_path):
+def test_trace_plot_draws_every_layer_by_default(minilm, tmp_path):
     need("matplotlib", MATPLOTLIB_INSTALL)
-    r = run_bert_ref("trace", minilm_dir, "short", "--plot", tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"attention_layer_{i}.png" for i in range(6)] + ["hidden_state_norms.png"])
+    _, tokenizer = minilm
+    small = BertBackbone(vocabulary_size=tokenizer.vocabulary_size(), num_layers=3, num_heads=2, hidden_dim=8,
+                         intermediate_dim=16, max_sequence_length=16, seed=0)  # quick to draw
+    paths = write_plots(run_text(small, tokenizer, "short"), tmp_path / "new")
+    assert [p.name for p in paths] == ["attention_layer_0.png", "attention_layer_1.png", "attention_layer_2.png",
+                                       "hidden_state_norms.png"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == sorted(p.name for p in paths)
 
 
 def test_trace_plot_without_matplotlib_says_how_to_install(minilm_dir, tmp_path, monkeypatch, capsys):
