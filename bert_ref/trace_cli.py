@@ -60,7 +60,13 @@ class TextTrace:
 def run_text(model: BertBackbone, tokenizer: BertTokenizer, text: str, pair: str | None = None) -> TextTrace:
     """Tokenize `text` (and `pair`), pack it without padding and run `model` with tracing on.
 
-    Example:
+    Args:
+        model: the backbone.
+        tokenizer: a tokenizer with the model's vocabulary (same `vocabulary_size`).
+        text: segment 0.
+        pair: optional segment 1.
+
+    Examples:
         >>> tr = run_text(model, tokenizer, "The cat sat.")              # doctest: +SKIP
         >>> tr.tokens                                                    # doctest: +SKIP
         ['[CLS]', 'the', 'cat', 'sat', '.', '[SEP]']
@@ -98,7 +104,12 @@ def _label(tokens: Sequence[str], i: int) -> str:
 
 
 def format_trace(tr: TextTrace, *, per_token: bool = False) -> list[str]:
-    """The lines `bert-ref trace` prints (see the module docstring)."""
+    """The lines `bert-ref trace` prints (see the module docstring).
+
+    Args:
+        tr: `run_text`'s result.
+        per_token: add each token's L2 norm under every per-position step.
+    """
     tokens = tr.tokens
     s = len(tokens)
     lines = [f"tokens ({s}; segment in brackets):",
@@ -158,7 +169,15 @@ def _save_png(fig: Any, path: Path, dpi: int) -> Path:
 
 
 def plot_attention(probs: np.ndarray, tokens: Sequence[str], layer: int, path: Path, *, dpi: int = 80) -> Path:
-    """One layer's attention: a heatmap per head. probs [h, S, S] (query rows, key columns)."""
+    """One layer's attention as a PNG: a heatmap per head, labelled by token.
+
+    Args:
+        probs: [h, S, S] attention probabilities (query rows, key columns).
+        tokens: the S token labels.
+        layer: the layer number (for the title).
+        path: the PNG to write (atomically).
+        dpi: resolution.
+    """
     heads, s = probs.shape[0], probs.shape[-1]
     cols = min(heads, 4)
     rows = -(-heads // cols)
@@ -187,7 +206,14 @@ def plot_attention(probs: np.ndarray, tokens: Sequence[str], layer: int, path: P
 
 def plot_hidden_norms(hidden_states: Sequence[np.ndarray], tokens: Sequence[str], path: Path, *,
                       dpi: int = 80) -> Path:
-    """Each token's L2 norm per hidden state. hidden_states: num_layers + 1 arrays [S, H]."""
+    """Each token's L2 norm per hidden state, as a PNG line plot.
+
+    Args:
+        hidden_states: num_layers + 1 arrays [S, H] (the embeddings, then each layer's output).
+        tokens: the S token labels.
+        path: the PNG to write (atomically).
+        dpi: resolution.
+    """
     norms = np.stack([np.sqrt((np.asarray(h, np.float64) ** 2).sum(-1)) for h in hidden_states])  # [L+1, S]
     fig = _pyplot_free_figure((7.5, 4.2))
     ax = fig.subplots()
@@ -207,8 +233,18 @@ def plot_hidden_norms(hidden_states: Sequence[np.ndarray], tokens: Sequence[str]
 
 def write_plots(tr: TextTrace, directory: str | os.PathLike, layers: Sequence[int] | None = None, *,
                 dpi: int = 80) -> list[Path]:
-    """Write `attention_layer_{i}.png` for each of `layers` (default: all) and
-    `hidden_state_norms.png` into `directory` (created if missing). Returns the paths written."""
+    """Write `attention_layer_{i}.png` for each of `layers` and `hidden_state_norms.png`.
+
+    Args:
+        tr: `run_text`'s result.
+        directory: where to write (created if missing).
+        layers: the layers to draw attention for (default: all).
+        dpi: resolution.
+
+    Returns:
+        The paths written. A missing matplotlib is an `ImportError` saying how to install it,
+        raised before anything is created.
+    """
     n = len(tr.attention_probs)
     layers = list(range(n)) if layers is None else list(layers)
     for i in layers:
