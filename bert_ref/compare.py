@@ -46,6 +46,7 @@ is 1.3x the float32 floor". `compare_to_truth` does all of this for a model and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from typing import Any, Iterator, Mapping, Sequence
@@ -73,7 +74,17 @@ class Stats:
 
     All errors are computed in float64. `worst_index` is the full index of the element furthest
     over its tolerance (`tolerance_ratio` = its `|c - r| / (atol + rtol * |r|)`; <= 1 passes),
-    or None when the set is empty."""
+    or None when the set is empty; `worst_error` and `worst_tolerance` are that one element's
+    `|c - r|` and `atol + rtol * |r|`.
+
+    `rel_error_over_cut` is the worst `|c - r| / |r|` over the elements with `|r| >= magnitude_cut`
+    (10% of the reference's RMS value over the set): the relative error of values of ordinary
+    size, which near-zero values cannot inflate. `min_cosine` is the worst cosine similarity of
+    candidate and reference vectors along the last axis (channels; keys for attention), at
+    `min_cosine_index` (the index without the last axis).
+
+    A NaN or infinity in the candidate makes the element's error NaN: `max_abs_error`,
+    `rms_error` and `tolerance_ratio` are then NaN, `nonfinite` counts them and the set fails."""
 
     count: int
     max_abs_error: float
@@ -84,12 +95,19 @@ class Stats:
     worst_index: tuple[int, ...] | None
     worst_reference: float | None
     worst_candidate: float | None
-    mismatched_nonfinite: int
+    nonfinite: int
     passed: bool
+    worst_error: float | None = None
+    worst_tolerance: float | None = None
+    rel_error_over_cut: float = 0.0
+    magnitude_cut: float = 0.0
+    min_cosine: float = 1.0
+    min_cosine_index: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["worst_index"] = list(self.worst_index) if self.worst_index is not None else None
+        d["min_cosine_index"] = list(self.min_cosine_index) if self.min_cosine_index is not None else None
         return d
 
 
@@ -108,8 +126,14 @@ class Entry:
             padded elements).
         passed: valid elements within tolerance (and padded ones, with `check_padded`).
         floor: `Stats` of the floor outputs vs the reference at valid elements, or None.
-        floor_ratio: `valid.max_abs_error / floor.max_abs_error` (None without a floor; inf
-            when the floor is exact and the candidate is not; 1.0 when both are exact).
+        floor_scale: the floor's size: `floor.max_abs_error`, but at least one rounding of the
+            largest reference value in the floor's precision (`unit_roundoff * max|r|`), so that
+            an output the floor computes exactly (an embedding lookup) still has a scale.
+        floor_ratio: `valid.max_abs_error / floor_scale` (None without a floor; 1.0 when both
+            are 0, inf when only the floor is).
+        rms_floor_ratio: `valid.rms_error / floor.rms_error`, the same for the RMS error.
+        atol, rtol: the tolerance this output was checked with (in floor-ratio mode,
+            atol = K * floor_scale and rtol = 0).
     """
 
     key: str
@@ -122,6 +146,10 @@ class Entry:
     passed: bool
     floor: Stats | None = None
     floor_ratio: float | None = None
+    floor_scale: float | None = None
+    rms_floor_ratio: float | None = None
+    atol: float = 0.0
+    rtol: float = 0.0
 
     def where(self, index: Sequence[int] | None = None) -> str:
         """An index spelled with axis names: "batch 0, position 5, channel 17"."""
@@ -136,7 +164,8 @@ class Entry:
             "axes": list(self.axes), "passed": self.passed, "valid": self.valid.to_dict(),
             "padded": self.padded.to_dict() if self.padded is not None else None,
             "floor": self.floor.to_dict() if self.floor is not None else None,
-            "floor_ratio": self.floor_ratio,
+            "floor_ratio": self.floor_ratio, "floor_scale": self.floor_scale,
+            "rms_floor_ratio": self.rms_floor_ratio, "atol": self.atol, "rtol": self.rtol,
         }
 
 
@@ -144,15 +173,22 @@ class Entry:
 class Report:
     """Entries in the order the network computes them, and the verdict.
 
-    `report["hidden_states.2"]` is that key's `Entry`; iterating yields the entries."""
+    `report["hidden_states.2"]` is that key's `Entry`; iterating yields the entries. `atol` and
+    `rtol` are numbers, or per-kind mappings (see `parse_tolerance`); with `floor_ratio_limit`
+    (K) the check was the floor-ratio mode: an output passes when its max abs error is at most
+    K times the floor's (`Entry.floor_scale`). `precision` names the precision the floor was
+    measured in."""
 
     entries: tuple[Entry, ...]
-    atol: float
-    rtol: float
+    atol: Any
+    rtol: Any
     check_padded: bool
     reference_name: str = "reference"
     candidate_name: str = "candidate"
     floor_name: str | None = None
+    floor_ratio_limit: float | None = None
+    precision: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -166,6 +202,11 @@ class Report:
     def first_failure(self) -> Entry | None:
         """The earliest output (in computation order) over tolerance, or None."""
         return next((e for e in self.entries if not e.passed), None)
+
+    @property
+    def floor_label(self) -> str:
+        """The floor column's heading: "<precision> floor"."""
+        return f"{_short(self.precision or 'float32')} floor"
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries)
@@ -184,74 +225,116 @@ class Report:
         first = self.first_failure
         return _json_safe({
             "passed": self.passed,
-            "atol": self.atol, "rtol": self.rtol, "check_padded": self.check_padded,
+            "atol": _plain(self.atol), "rtol": _plain(self.rtol), "check_padded": self.check_padded,
+            "floor_ratio_limit": self.floor_ratio_limit, "precision": self.precision,
             "reference": self.reference_name, "candidate": self.candidate_name, "floor": self.floor_name,
+            "notes": list(self.notes),
             "compared": len(self.entries), "failed": len(self.failures),
             "first_failure": None if first is None else {
                 "key": first.key, "stage": first.stage, "layer": first.layer,
                 "index": list(first.valid.worst_index) if first.valid.worst_index is not None else None,
-                "where": first.where(),
+                "where": first.where(), "sentence": self._first_sentence(first),
             },
             "entries": [e.to_dict() for e in self.entries],
         })
 
-    def summary(self) -> str:
-        """One or two lines: the verdict, and where the divergence starts."""
-        rule = f"|candidate - reference| <= atol + rtol*|reference|, atol={self.atol:g}, rtol={self.rtol:g}"
-        scope = "valid and padded positions" if self.check_padded else "valid positions"
-        if self.passed:
-            return f"PASS: all {len(self.entries)} outputs within tolerance ({rule}) at {scope}."
-        first = self.first_failure
+    def _rule(self) -> str:
+        if self.floor_ratio_limit is not None:
+            return (f"max abs error <= {self.floor_ratio_limit:g} x the {self.floor_label} "
+                    f"(our {self.precision or 'float32'} run's max abs error against the float64 truth)")
+        return (f"|candidate - reference| <= atol + rtol*|reference|, atol={_spec(self.atol)}, "
+                f"rtol={_spec(self.rtol)}")
+
+    def _first_sentence(self, first: Entry) -> str:
+        """One sentence about one element: the worst element of the first failing output."""
         stats = first.valid if not first.valid.passed else first.padded
         which = "" if stats is first.valid else "padded "
         at = first.where(stats.worst_index)
-        return (
-            f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({rule}) at {scope}.\n"
-            f"First over tolerance: {first.key} ({_stage_phrase(first)}): max abs error "
-            f"{stats.max_abs_error:.3e} ({stats.tolerance_ratio:.3g}x its tolerance) at {which}{at} "
-            f"(reference {_num(stats.worst_reference, '.7g')}, candidate {_num(stats.worst_candidate, '.7g')})."
-        )
+        head = f"First over tolerance: {first.key} ({_stage_phrase(first)}): "
+        if stats.nonfinite:
+            return (head + f"{stats.nonfinite} non-finite candidate value(s) at {which}positions; the first at {at} "
+                    f"(reference {_num(stats.worst_reference, '.7g')}, candidate {_num(stats.worst_candidate, '.7g')}), "
+                    "error nan.")
+        values = (f"at {which}{at} the reference is {_num(stats.worst_reference, '.7g')} and the candidate "
+                  f"{_num(stats.worst_candidate, '.7g')}: error {_num(stats.worst_error, '.3e')}")
+        if self.floor_ratio_limit is not None:
+            return (head + values + f", the output's max abs error, = {_ratio(first.floor_ratio)} the "
+                    f"{self.floor_label} ({_num(first.floor_scale, '.3e')}; the limit is {self.floor_ratio_limit:g}x).")
+        return (head + values + f" = {stats.tolerance_ratio:.3g}x its tolerance "
+                f"{_num(stats.worst_tolerance, '.3e')} (atol {first.atol:g} + rtol {first.rtol:g} * |reference|).")
+
+    def summary(self) -> str:
+        """One or two lines: the verdict, and one element where the divergence starts."""
+        scope = "valid and padded positions" if self.check_padded else "valid positions"
+        if self.passed:
+            return f"PASS: all {len(self.entries)} outputs within tolerance ({self._rule()}) at {scope}."
+        first = self.first_failure
+        return (f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({self._rule()}) at {scope}.\n"
+                + self._first_sentence(first))
 
     def format_table(self) -> str:
         """A plain-text table, one row per output in computation order, then `summary()`."""
         has_floor = any(e.floor is not None for e in self.entries)
         has_padded = any(e.padded is not None for e in self.entries)
-        head = ["key", "stage", "max abs", "max rel", "max ulp", "worst element (valid)"]
+        head = ["key", "stage", "max abs", "rms", "rel>cut", "min cos", "worst element (valid)"]
         if has_padded:
             head.append("padded max abs")
         if has_floor:
-            head += ["f32 floor", "x floor"]
+            head += [self.floor_label, "x floor"]
         head.append("result")
         rows = [head]
         for e in self.entries:
             v = e.valid
-            row = [e.key, e.stage, _num(v.max_abs_error), _num(v.max_rel_error), _num(v.max_ulp_error, ".3g"),
-                   _compact_where(e)]
+            row = [e.key, e.stage, _num(v.max_abs_error), _num(v.rms_error), _num(v.rel_error_over_cut),
+                   _cos(v.min_cosine), _compact_where(e)]
             if has_padded:
                 row.append(_num(e.padded.max_abs_error) if e.padded is not None else "-")
             if has_floor:
-                row += [_num(e.floor.max_abs_error) if e.floor is not None else "-",
-                        _ratio(e.floor_ratio)]
+                row += [_num(e.floor_scale) if e.floor is not None else "-", _ratio(e.floor_ratio)]
             row.append("ok" if e.passed else "FAIL")
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i < 2 or i == 5 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        lines = ["  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         title = f"{self.candidate_name} vs {self.reference_name}"
         if has_floor:
-            title += f"; f32 floor = {self.floor_name}"
-        return title + "\n" + "\n".join(lines) + "\n" + self.summary()
+            title += f"; {self.floor_label} = {self.floor_name}"
+        notes = "".join(f"note: {n}\n" for n in self.notes)
+        return notes + title + "\n" + "\n".join(lines) + "\n" + self.summary()
 
     def __str__(self) -> str:
         return self.format_table()
+
+
+_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "tf32": "tf32", "int8": "int8"}
+
+
+def _short(precision: str) -> str:
+    return _SHORT.get(precision, precision)
+
+
+def _plain(spec: Any) -> Any:
+    return dict(spec) if isinstance(spec, Mapping) else spec
+
+
+def _spec(spec: Any) -> str:
+    if isinstance(spec, Mapping):
+        return ",".join(f"{v:g}" if k == "default" else f"{k}={v:g}" for k, v in spec.items())
+    return f"{spec:g}"
+
+
+def _cos(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return "1" if x == 1.0 else f"{x:.6f}"
 
 
 def _num(x: float | None, fmt: str = ".2e") -> str:
     if x is None:
         return "-"
     if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
+        return str(x)  # "nan", "inf", "-inf"
     if x == 0:
         return "0"
     return format(x, fmt)
@@ -267,7 +350,7 @@ def _ratio(x: float | None) -> str:
 
 def _compact_where(e: Entry) -> str:
     idx = e.valid.worst_index
-    if idx is None or e.valid.tolerance_ratio == 0:
+    if idx is None or e.valid.max_abs_error == 0:
         return "-"
     return "(" + ", ".join(str(i) for i in idx) + ")"
 
@@ -366,11 +449,14 @@ class _Elementwise:
 
     ref: np.ndarray  # the two sides as given
     cand: np.ndarray
-    err: np.ndarray  # |c - r|; 0 for equal non-finite pairs (both NaN, the same infinity), else inf
-    ratio: np.ndarray  # err / (atol + rtol * |r|): <= 1 passes
+    r: np.ndarray  # the two sides in float64
+    c: np.ndarray
+    err: np.ndarray  # |c - r|; NaN where the candidate is not finite (or the reference is not and differs)
+    tol: np.ndarray  # atol + rtol * |r|
+    ratio: np.ndarray  # err / tol: <= 1 passes (NaN fails)
     rel: np.ndarray  # err / |r| (0/0 = 0, x/0 = inf)
     ulp: np.ndarray  # err / spacing(float32(|r|))
-    mismatched: np.ndarray  # bool: a non-finite value the other side does not hold
+    nonfinite: np.ndarray  # bool: a non-finite candidate value (or a non-finite reference value it does not share)
 
 
 def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> _Elementwise:
@@ -378,21 +464,36 @@ def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) ->
     c = cand.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(c - r)
-    finite = np.isfinite(r) & np.isfinite(c)
-    if finite.all():
-        mismatched = np.zeros(err.shape, bool)
+    c_finite = np.isfinite(c)
+    r_finite = np.isfinite(r)
+    if c_finite.all() and r_finite.all():
+        nonfinite = np.zeros(err.shape, bool)
     else:
-        same = (np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c))
-        err = np.where(finite, err, np.where(same, 0.0, np.inf))
-        mismatched = ~finite & ~same
-    a = np.abs(r)
+        # A NaN/inf in the candidate always fails; a reference's own inf/NaN (never ours in float32
+        # or float64) is matched only by the same value.
+        same = ~r_finite & ((np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c)))
+        nonfinite = (~c_finite & ~same) | (~r_finite & ~same)
+        err = np.where(nonfinite, np.nan, np.where(same, 0.0, err))
+    a = np.abs(np.where(r_finite, r, 0.0))
     tol = atol + rtol * a
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
-        rel = np.where(a > 0, err / np.where(a > 0, a, 1.0), np.where(err > 0, np.inf, 0.0))
+        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, err))
+        rel = np.where(a > 0, err / np.where(a > 0, a, 1.0), np.where(err > 0, np.inf, err))
         spacing = np.spacing(np.minimum(a, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
-        ulp = np.where(err > 0, err / spacing, 0.0)
-    return _Elementwise(ref, cand, err, ratio, rel, ulp, mismatched)
+        ulp = np.where(err > 0, err / spacing, err)
+    return _Elementwise(ref, cand, r, c, err, tol, ratio, rel, ulp, nonfinite)
+
+
+def _cosines(e: _Elementwise) -> np.ndarray:
+    """Cosine similarity of candidate and reference along the last axis: [..., n] -> [...].
+    Two zero vectors have cosine 1, one zero vector 0; a non-finite candidate value gives NaN."""
+    dot = np.einsum("...i,...i->...", e.c, e.r)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        nc, nr = np.sqrt(np.einsum("...i,...i->...", e.c, e.c)), np.sqrt(np.einsum("...i,...i->...", e.r, e.r))
+        cos = np.where((nc > 0) & (nr > 0), dot / np.where((nc > 0) & (nr > 0), nc * nr, 1.0),
+                       np.where((nc == 0) & (nr == 0), 1.0, 0.0))
+    bad = e.nonfinite.any(axis=-1) if e.nonfinite.ndim else e.nonfinite
+    return np.where(bad, np.nan, np.clip(cos, -1.0, 1.0))
 
 
 def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
@@ -406,28 +507,55 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
         if not select.any():
             return None
     sel_err, sel_ratio = err[select], ratio[select]
-    # Worst element: furthest over tolerance; among infinite ratios, the largest error.
-    key = np.where(select, ratio, -1.0)
-    top = key.max()
-    if math.isinf(top):
-        flat = int(np.argmax(np.where(select & np.isinf(ratio), err, -1.0)))
+    nonfinite = int(e.nonfinite[select].sum())
+    # Worst element: the first non-finite one; else furthest over tolerance, and among infinite
+    # ratios (zero tolerance) the largest error.
+    if nonfinite:
+        flat = int(np.argmax(select & e.nonfinite))
     else:
-        flat = int(np.argmax(key))
+        key = np.where(select, ratio, -1.0)
+        if math.isinf(key.max()):
+            flat = int(np.argmax(np.where(select & np.isinf(ratio), err, -1.0)))
+        else:
+            flat = int(np.argmax(key))
     index = tuple(int(i) for i in np.unravel_index(flat, err.shape))
     with np.errstate(over="ignore", invalid="ignore"):
         rms = float(np.sqrt(np.mean(np.square(sel_err)))) if sel_err.size else 0.0
+        a = np.abs(np.where(np.isfinite(e.r), e.r, 0.0))[select]
+        cut = 0.1 * float(np.sqrt(np.mean(np.square(a)))) if a.size else 0.0
+    big = a >= cut if cut > 0 else a > 0
+    rel_cut = float(e.rel[select][big].max()) if big.any() else 0.0
+    cos_index = None
+    min_cos = 1.0
+    if err.ndim >= 1 and err.shape[-1] > 0:
+        cos = _cosines(e)
+        pos_select = select[..., 0] if err.ndim > 1 else select[0]
+        if err.ndim == 1:
+            min_cos, cos_index = float(cos), ()
+        elif pos_select.any():
+            masked = np.where(pos_select, np.nan_to_num(cos, nan=-np.inf), np.inf)
+            at = np.unravel_index(int(np.argmin(masked)), cos.shape)
+            cos_index = tuple(int(i) for i in at)
+            min_cos = float(cos[at])
+    any_nan = bool(np.isnan(sel_err).any())
     return Stats(
         count=int(select.sum()),
-        max_abs_error=float(sel_err.max()),
-        max_rel_error=float(e.rel[select].max()),
-        max_ulp_error=float(e.ulp[select].max()),
-        rms_error=rms,
-        tolerance_ratio=float(sel_ratio.max()),
+        max_abs_error=math.nan if any_nan else float(sel_err.max()),
+        max_rel_error=math.nan if any_nan else float(e.rel[select].max()),
+        max_ulp_error=math.nan if any_nan else float(e.ulp[select].max()),
+        rms_error=math.nan if any_nan else rms,
+        tolerance_ratio=math.nan if any_nan else float(sel_ratio.max()),
         worst_index=index,
         worst_reference=float(e.ref[index]),
         worst_candidate=float(e.cand[index]),
-        mismatched_nonfinite=int(e.mismatched[select].sum()),
-        passed=bool(sel_ratio.max() <= 1.0),
+        nonfinite=nonfinite,
+        passed=bool(not any_nan and sel_ratio.max() <= 1.0),
+        worst_error=float(err[index]),
+        worst_tolerance=float(e.tol[index]),
+        rel_error_over_cut=math.nan if any_nan else rel_cut,
+        magnitude_cut=cut,
+        min_cosine=min_cos,
+        min_cosine_index=cos_index,
     )
 
 
@@ -437,25 +565,116 @@ def _as_flat(outputs: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
     return flatten_outputs(outputs)
 
 
+# ----------------------------------------------------------------------------------------------
+# Tolerances per kind of output
+
+#: Kinds of output a per-kind tolerance can name (besides an exact key and "default").
+TOLERANCE_KINDS = ("hidden_states", "attention_probs", "attention_scores", "pooled_output", "sequence_output",
+                   *(t for t in TRACE_LAYER if t not in ("attention_probs", "attention_scores")), *TRACE_EMBEDDINGS)
+
+#: The unit roundoff (half the spacing of 1.0) of each precision: the smallest floor an output can have.
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -11, "float16": 2.0 ** -11,
+                 "bfloat16": 2.0 ** -8, "int8": 1.0 / 254}
+
+
+def _kinds(key: str) -> list[str]:
+    """Names a tolerance for `key` may be given under, most specific first."""
+    base = key.rsplit("/", 1)[-1].split(".")[0]
+    names = [key]
+    if base != key:
+        names.append(base)
+    if key == "sequence_output" or base in ("hidden_states",):
+        names.append("hidden_states")
+    if key in TRACE_POOLER:
+        names.append("pooled")
+    return names
+
+
+def parse_tolerance(text: str | float | Mapping[str, float], what: str = "atol") -> float | dict[str, float]:
+    """A tolerance: a number, or `"[default,]kind=value,..."` such as
+    `"1e-5,hidden_states=1e-2,attention_probs=1e-3"` (a mapping with key "default" for the rest).
+
+    Kinds: an output key (`hidden_states.3`), or `hidden_states` (also covers `sequence_output`),
+    `attention_probs`, `attention_scores`, `pooled_output` (or `pooled`), a trace name
+    (`query`, `feedforward_output`, `embeddings/sum`, ...).
+
+    Raises:
+        ValueError: a value that is not a number >= 0, or an unknown kind (the message lists them).
+    """
+    if isinstance(text, Mapping):
+        items = list(text.items())
+    elif isinstance(text, (int, float)):
+        items = [("default", float(text))]
+    else:
+        items = []
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            k, sep, v = part.partition("=")
+            items.append((k.strip(), v.strip()) if sep else ("default", k))
+    out: dict[str, float] = {}
+    for k, v in items:
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {k}={v!r} is not a number") from None
+        if not value >= 0:
+            raise ValueError(f"atol and rtol must be >= 0, got {what} " + (f"{k}={v}" if k != "default" else f"{v}"))
+        if k == "pooled":
+            k = "pooled_output"
+        if k != "default" and k not in TOLERANCE_KINDS and not _is_key(k):
+            close = difflib.get_close_matches(k, TOLERANCE_KINDS, n=1)
+            raise ValueError(f"{what}: unknown kind {k!r}; use an output key or one of {', '.join(TOLERANCE_KINDS)}"
+                             + (f" (closest: {close[0]!r})" if close else ""))
+        out[k] = value
+    if list(out) == ["default"]:
+        return out["default"]
+    return out
+
+
+def _is_key(k: str) -> bool:
+    try:
+        _placement(k)
+        return True
+    except ValueError:
+        return False
+
+
+def _tolerance_for(spec: float | Mapping[str, float], key: str, default: float) -> float:
+    if not isinstance(spec, Mapping):
+        return float(spec)
+    if "pooled" in spec and "pooled_output" not in spec:
+        spec = {**spec, "pooled_output": spec["pooled"]}
+    for name in _kinds(key):
+        if name in spec:
+            return float(spec[name])
+    return float(spec.get("default", default))
+
+
 def compare(
     reference: Mapping[str, Any],
     candidate: Mapping[str, Any],
     *,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    atol: float | Mapping[str, float] | str = DEFAULT_ATOL,
+    rtol: float | Mapping[str, float] | str = DEFAULT_RTOL,
     padding_mask: Any = None,
     check_padded: bool = False,
     floor: Mapping[str, Any] | None = None,
     floor_reference: Mapping[str, Any] | None = None,
+    floor_ratio: float | None = None,
+    precision: str | None = None,
     reference_name: str = "reference",
     candidate_name: str = "candidate",
     floor_name: str = "floor",
+    notes: Sequence[str] = (),
 ) -> Report:
     """Compare every output of `candidate` with `reference`'s; see the module docstring.
 
     Args:
         reference, candidate: mappings of output keys to arrays, or `forward`'s results.
-        atol, rtol: an element passes when `|c - r| <= atol + rtol * |r|`.
+        atol, rtol: an element passes when `|c - r| <= atol + rtol * |r|`. A number, or per kind
+            of output: a mapping or a string like `"1e-5,hidden_states=1e-2"` (see `parse_tolerance`).
         padding_mask: [B, S] (1/True = real token). None: every position is valid.
         check_padded: also fail on padded positions.
         floor: optional third outputs compared with `reference` at valid positions, reported next
@@ -463,17 +682,25 @@ def compare(
         floor_reference: compare `floor` with these instead of `reference` (e.g. reference = our
             float32, floor = our float32, floor_reference = our float64: the candidate's distance
             from our float32 is then shown next to float32's own distance from the truth).
+        floor_ratio: K, the floor-ratio mode (needs `floor`): an output passes when its max abs
+            error is at most K times `Entry.floor_scale`; `atol` and `rtol` are then not used.
+        precision: the floor's precision ("float16", "bfloat16", "tf32", "int8", "float32",
+            "float64"): labels the floor column and sets the smallest floor (`UNIT_ROUNDOFF`).
         reference_name, candidate_name, floor_name: labels for the printed report.
+        notes: lines printed above the table (how the candidate file was read, ...).
 
     Returns:
         A `Report`, entries in computation order.
 
     Raises:
         ValueError: a key of `candidate` unknown or absent from `reference`, mismatched shapes,
-            negative tolerances, or a `padding_mask` that does not fit.
+            negative tolerances, a `floor_ratio` without a floor, or a `padding_mask` that does not fit.
     """
-    if not (atol >= 0 and rtol >= 0):
-        raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
+    atol_spec, rtol_spec = parse_tolerance(atol, "atol"), parse_tolerance(rtol, "rtol")
+    if floor_ratio is not None and (floor is None or not floor_ratio > 0):
+        raise ValueError(f"floor_ratio={floor_ratio}: the floor-ratio mode needs a floor and K > 0")
+    if precision is not None and precision not in UNIT_ROUNDOFF:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(UNIT_ROUNDOFF)}")
     ref = _as_flat(reference, "reference")
     cand = _as_flat(candidate, "candidate")
     flo = _as_flat(floor, "floor") if floor is not None else {}
@@ -490,6 +717,11 @@ def compare(
     missing = [k for _, k in placed if k not in ref]
     if missing:
         raise ValueError(f"{reference_name} has no {', '.join(missing)} to compare with (it has: {', '.join(ref)})")
+    if floor_ratio is not None:
+        absent = [k for _, k in placed if k not in flo or k not in flo_ref]
+        if absent:
+            raise ValueError(f"the floor-ratio mode needs a floor for every output; {floor_name} has no {', '.join(absent)}")
+    u = UNIT_ROUNDOFF[precision or "float32"]
     entries = []
     for (_, stage, layer), key in placed:
         r, c = np.asarray(ref[key]), np.asarray(cand[key])
@@ -498,26 +730,39 @@ def compare(
         if c.dtype.kind not in "fiub" and c.dtype.name != "bfloat16":
             raise ValueError(f"{key}: {candidate_name} has dtype {c.dtype}; expected numbers")
         valid = _valid_mask(key, r.shape, mask)
-        elementwise = _elementwise(r, c, atol, rtol)
-        v_stats = _stats(elementwise, valid)
-        p_stats = None if valid is None else _stats(elementwise, ~valid)
-        if v_stats is None:  # no valid element (a fully padded batch): nothing can fail there
-            v_stats = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 0, True)
-        passed = v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
-        f_stats = f_ratio = None
+        f_stats = f_ratio = f_scale = rms_ratio = None
         if key in flo and key in flo_ref:
             f, fr = np.asarray(flo[key]), np.asarray(flo_ref[key])
             if f.shape != r.shape or fr.shape != r.shape:
                 raise ValueError(f"{key}: {floor_name} outputs have shapes {f.shape} and {fr.shape}, "
                                  f"{reference_name} has shape {r.shape}")
-            f_stats = _stats(_elementwise(fr, f, atol, rtol), valid)
+            f_stats = _stats(_elementwise(fr, f, 0.0, 0.0), valid)
             if f_stats is not None:
-                a, b = v_stats.max_abs_error, f_stats.max_abs_error
-                f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else math.inf)
+                fr64 = np.abs(fr.astype(np.float64))
+                biggest = float(np.broadcast_to(valid, fr.shape).choose(0.0, fr64).max()) if valid is not None else float(fr64.max())
+                f_scale = max(f_stats.max_abs_error, u * biggest)
+        if floor_ratio is not None:
+            k_atol, k_rtol = (floor_ratio * f_scale if f_scale is not None else 0.0), 0.0
+        else:
+            k_atol = _tolerance_for(atol_spec, key, DEFAULT_ATOL)
+            k_rtol = _tolerance_for(rtol_spec, key, DEFAULT_RTOL)
+        elementwise = _elementwise(r, c, k_atol, k_rtol)
+        v_stats = _stats(elementwise, valid)
+        p_stats = None if valid is None else _stats(elementwise, ~valid)
+        if v_stats is None:  # no valid element (a fully padded batch): nothing can fail there
+            v_stats = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 0, True)
+        # A NaN or inf in the candidate fails the output wherever it is, padded positions included.
+        passed = (v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
+                  and (p_stats is None or p_stats.nonfinite == 0))
+        if f_stats is not None:
+            a, b = v_stats.max_abs_error, f_scale
+            f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
+            a, b = v_stats.rms_error, f_stats.rms_error
+            rms_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
         entries.append(Entry(key, stage, layer, tuple(r.shape), _axes(key, r.ndim), v_stats, p_stats, passed,
-                             f_stats, f_ratio))
-    return Report(tuple(entries), float(atol), float(rtol), bool(check_padded), reference_name, candidate_name,
-                  floor_name if floor is not None else None)
+                             f_stats, f_ratio, f_scale, rms_ratio, k_atol, k_rtol))
+    return Report(tuple(entries), atol_spec, rtol_spec, bool(check_padded), reference_name, candidate_name,
+                  floor_name if floor is not None else None, floor_ratio, precision, tuple(notes))
 
 
 # ----------------------------------------------------------------------------------------------
