@@ -128,8 +128,9 @@ class Entry:
         passed: valid elements within tolerance (and padded ones, with `check_padded`).
         floor: `Stats` of the floor outputs vs the reference at valid elements, or None.
         floor_scale: the floor's size: `floor.max_abs_error`, but at least one rounding of the
-            largest reference value in the floor's precision (`unit_roundoff * max|r|`), so that
-            an output the floor computes exactly (an embedding lookup) still has a scale.
+            largest reference value in the dtype the precision stores outputs in
+            (`UNIT_ROUNDOFF[precision] * max|r|`), so that an output the floor computes exactly
+            (an embedding lookup in float32) still has a scale.
         floor_ratio: `valid.max_abs_error / floor_scale` (None without a floor; 1.0 when both
             are 0, inf when only the floor is).
         rms_floor_ratio: `valid.rms_error / floor.rms_error`, the same for the RMS error.
@@ -573,9 +574,11 @@ def _as_flat(outputs: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
 TOLERANCE_KINDS = ("hidden_states", "attention_probs", "attention_scores", "pooled_output", "sequence_output",
                    *(t for t in TRACE_LAYER if t not in ("attention_probs", "attention_scores")), *TRACE_EMBEDDINGS)
 
-#: The unit roundoff (half the spacing of 1.0) of each precision: the smallest floor an output can have.
-UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -11, "float16": 2.0 ** -11,
-                 "bfloat16": 2.0 ** -8, "int8": 1.0 / 254}
+#: The unit roundoff (half the spacing of 1.0) of the dtype each precision stores its outputs in
+#: (float32 for tf32 and int8, which round only the inputs of matrix products): one rounding of an
+#: output's largest value is the smallest floor it can have.
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -24, "float16": 2.0 ** -11,
+                 "bfloat16": 2.0 ** -8, "int8": 2.0 ** -24}
 
 
 def _kinds(key: str) -> list[str]:
