@@ -27,8 +27,9 @@ Each candidate is written to `--out-dir/<name>.safetensors` with Hugging Face's 
 script prints, per candidate, the largest floor ratio over its outputs and over the hidden states
 (the verdict's quantity), the output where it occurs, and the verdict at K; `--json FILE` keeps
 them. With `--fixture` it also writes the small torch-written bfloat16 file
-`golden/ports/torch_bf16.safetensors` that tests/test_compare_files.py reads (with provenance in
-`golden/ports/torch_bf16.json`).
+`golden/ports/torch_bf16.safetensors` that tests/test_compare_files.py reads, and the wrong-op
+candidate `golden/ports/cpu_wrong_op_float32.safetensors` that tests/test_ports_golden.py reads
+(provenance in the `.json` next to each).
 """
 
 from __future__ import annotations
@@ -208,6 +209,17 @@ def main(argv=None) -> int:
                 "shape": list(t.shape), "first_bits": t.view(torch.int16).numpy().view(np.uint16).ravel()[:8].tolist(),
                 "provenance": provenance()}
         (out / "torch_bf16.json").write_text(json.dumps(meta, indent=2) + "\n")
+        wrong = candidates["wrong_op_float32"][1]
+        hs = wrong["hidden_states"]
+        save_file({"last_hidden_state": wrong["last_hidden_state"].contiguous(),
+                   "pooler_output": wrong["pooler_output"].contiguous(),
+                   f"hidden_states.{a.wrong_layer + 1}": hs[a.wrong_layer + 1].contiguous()},
+                  str(out / "cpu_wrong_op_float32.safetensors"))
+        meta = {"generator": GENERATOR + " --fixture",
+                "what": f"transformers BertModel (float32, CPU, eager attention), all-MiniLM-L6-v2, with tanh GELU "
+                        f"instead of the exact GELU in layer {a.wrong_layer} only; inputs of golden/minilm/outputs.npz",
+                "wrong_layer": a.wrong_layer, "provenance": provenance()}
+        (out / "cpu_wrong_op_float32.json").write_text(json.dumps(meta, indent=2) + "\n")
     rows = judge(a.model, inputs, arrays, a.k)
     b, s = inputs["token_ids"].shape
     print(f"{a.model.name if a.model.name != 'model' else 'all-MiniLM-L6-v2'}, inputs {b} x {s}; verdict at K = {a.k:g} "
