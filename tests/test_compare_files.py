@@ -199,3 +199,28 @@ def test_compare_per_kind_atol_on_the_command_line(work, env, tmp_path):
     assert {e["key"]: e["atol"] for e in rep["entries"]} == {"attention_probs.0": 1e-6, "sequence_output": 1e-2}
     r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz", "--atol", "hiden_states=1")
     assert r.returncode == 2 and "closest: 'hidden_states'" in r.stderr
+
+
+def test_compare_layer_norm_epsilon_override(work, env, tmp_path):
+    d, model, inputs = work
+    other = BertBackbone(**{**model.config.to_dict(), "layer_norm_epsilon": 1e-3}, weights=model.weights)
+    np.savez(tmp_path / "eps.npz", sequence_output=other(inputs)["sequence_output"])
+    r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "eps.npz")
+    assert r.returncode == 1, r.stdout + r.stderr
+    r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "eps.npz", "--layer-norm-epsilon", "1e-3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "note: layer_norm_epsilon overridden: 0.001 (the preset says 1e-12)" in r.stdout
+
+
+def test_compare_truth_with_dtype_labels_the_floor_with_that_precision(work, env):
+    d, _, _ = work
+    if not (d / "bf.npz").exists():
+        assert run_bert_ref("run", d / "tiny", "-i", d / "in.npz", "-o", d / "bf.npz", "--dtype", "bfloat16").returncode == 0
+    r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bf.npz", "--truth", "--dtype", "float16",
+                     "--atol", "1", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["precision"] == "float16" and rep["floor"] == "our float16 vs float64 truth"
+    assert rep["floor_ratio_limit"] is None and rep["atol"] == 1.0  # --atol given: the absolute check
+    table = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bf.npz", "--truth", "--dtype", "float16")
+    assert table.returncode in (0, 1) and "f16 floor = our float16 vs float64 truth" in table.stdout
