@@ -96,6 +96,27 @@ class Policy:
             w = np.asarray(w).astype(self.compute_dtype, copy=False)
         return np.asarray(w).astype(self.work_dtype, copy=False)
 
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        """A dense kernel ([in, out]: q/k/v, attention output, both FFN layers, pooler) as the math
+        uses it. `prepare` calls it once per kernel. Default: `weight(w)`."""
+        return self.weight(w)
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        """The activation input of a dense layer as its GEMM uses it (the forward calls it on the
+        input of q/k/v, attention output, FFN intermediate, FFN output and pooler). Default: `x`."""
+        return x
+
+    def matmul_input(self, x: np.ndarray) -> np.ndarray:
+        """An operand of one of the two attention matmuls as it uses it (q and k for the scores,
+        the probabilities and v for the context; q before its 1/sqrt(d) scale). Default: `x`."""
+        return x
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        """Whether `dense_input`/`matmul_input` change values. When true, the forward computes with
+        the plain ops of `bert_ref.ops`: the fast paths of `bert_ref.kernels` do not apply them."""
+        return False
+
     def norm_weight(self, w: np.ndarray) -> np.ndarray:
         """A layer-norm gamma/beta as the math uses it. keras does not autocast these: under the
         mixed policies they stay in float32 (the variable dtype); no rounding to the compute dtype."""
