@@ -126,24 +126,6 @@ class Policy:
         """A final output, in the compute dtype."""
         return x.astype(self.compute_dtype, copy=False)
 
-    def kernel(self, w: np.ndarray) -> np.ndarray:
-        """A dense kernel as the matmul uses it (at `prepare`): `weight(w)` unless the policy
-        quantises or rounds kernels."""
-        return self.weight(w)
-
-    def dense_input(self, x: np.ndarray) -> np.ndarray:
-        """The activation entering a dense layer (q/k/v, attention output, FFN in and out, pooler)."""
-        return x
-
-    def matmul_input(self, x: np.ndarray) -> np.ndarray:
-        """An operand of one of the two attention products (q, k; probabilities, v)."""
-        return x
-
-    @property
-    def rounds_matmul_inputs(self) -> bool:
-        """True when `dense_input` / `matmul_input` change values (fast paths then step aside)."""
-        return False
-
 
 def round_to_tf32(x: np.ndarray) -> np.ndarray:
     """`x` rounded to TF32 (1 sign, 8 exponent, 10 mantissa bits), returned as float32.

@@ -34,8 +34,6 @@ def test_real_gpu_ports_pass_at_the_default_floor_ratio(minilm, name):
     inputs = read_inputs(PORTS / MANIFEST["files"]["inputs"])
     candidate = read_candidate(PORTS / MANIFEST["files"][name])
     precision = MANIFEST["precision"][name]
-    if precision == "tf32":
-        _skip_unless_policy_applied("tf32")
     report = compare_to_truth(minilm, inputs, candidate.arrays, precision=precision)
     assert report.floor_ratio_limit == DEFAULT_FLOOR_RATIO
     assert report.passed, str(report)
@@ -60,16 +58,3 @@ def test_one_wrong_op_fails_at_its_layer(minilm):
     # Measured: ~1100x the float32 floor; 100x K would still fail.
     assert first.floor_ratio > 100 * DEFAULT_FLOOR_RATIO
 
-
-def _skip_unless_policy_applied(name):
-    """TEMPORARY: the encoder applies the tf32/int8 policies' matmul-input rounding only after the
-    ops/encoder restructuring lands."""
-    m = BertBackbone(vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=4, intermediate_dim=8,
-                     max_sequence_length=4, seed=0)
-    ins = {"token_ids": [[1, 2, 3]]}
-    from bert_ref.encoder import forward
-
-    a = forward(m.weights, m.config, ins, dtype=name)["sequence_output"]
-    b = forward(m.weights, m.config, ins, dtype="float32")["sequence_output"]
-    if np.array_equal(a, b):
-        pytest.skip(f"the encoder does not apply the {name} policy yet")
