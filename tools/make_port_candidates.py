@@ -28,8 +28,9 @@ script prints, per candidate, the largest floor ratio over its outputs and over 
 (the verdict's quantity), the output where it occurs, and the verdict at K; `--json FILE` keeps
 them. With `--fixture` it also writes the small torch-written bfloat16 file
 `golden/ports/torch_bf16.safetensors` that tests/test_compare_files.py reads, and the wrong-op
-candidate `golden/ports/cpu_wrong_op_float32.safetensors` that tests/test_ports_golden.py reads
-(provenance in the `.json` next to each).
+candidate `golden/ports/cpu_wrong_op_float32.safetensors` and the int8 port
+`golden/ports/cpu_int8.safetensors` that tests/test_ports_golden.py reads (provenance in the
+`.json` next to each).
 """
 
 from __future__ import annotations
@@ -250,6 +251,16 @@ def main(argv=None) -> int:
                         f"instead of the exact GELU in layer {a.wrong_layer} only; inputs of golden/minilm/outputs.npz",
                 "wrong_layer": a.wrong_layer, "provenance": provenance()}
         (out / "cpu_wrong_op_float32.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if "int8" in candidates:
+            q = candidates["int8"][1]
+            save_file({"last_hidden_state": q["last_hidden_state"].contiguous(),
+                       "pooler_output": q["pooler_output"].contiguous(),
+                       "hidden_states.1": q["hidden_states"][1].contiguous()}, str(out / "cpu_int8.safetensors"))
+            meta = {"generator": GENERATOR + " --fixture",
+                    "what": "transformers BertModel (float32, CPU, eager attention), all-MiniLM-L6-v2, after "
+                            "torch.ao.quantization.quantize_dynamic(model, {Linear}, qint8); inputs of golden/minilm/outputs.npz",
+                    "quantized_engine": torch.backends.quantized.engine, "provenance": provenance()}
+            (out / "cpu_int8.json").write_text(json.dumps(meta, indent=2) + "\n")
     rows = judge(a.model, inputs, arrays, a.k)
     b, s = inputs["token_ids"].shape
     print(f"{a.model.name if a.model.name != 'model' else 'all-MiniLM-L6-v2'}, inputs {b} x {s}; verdict at K = {a.k:g} "
