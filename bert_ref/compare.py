@@ -16,7 +16,16 @@ Both sides are mappings of output keys to arrays — `sequence_output`, `pooled_
 
 **The check.** An element passes when `|candidate - reference| <= atol + rtol * |reference|`
 (NumPy's `allclose` rule, computed in float64); an output passes when all its elements at *valid*
-positions pass. Non-finite values pass only where both sides hold the same one.
+positions pass. `atol` and `rtol` may differ per kind of output (`parse_tolerance`:
+`"1e-5,hidden_states=1e-2,attention_probs=1e-3"`). A NaN or infinity in the candidate fails its
+output wherever it is, padded positions included; its error is NaN (printed `nan`). (A reference's
+own non-finite value — never ours — is matched only by the same value.)
+
+**The floor-ratio check.** With `floor=` and `floor_ratio=K`, an output passes when its max abs
+error is at most K times the floor's (`Entry.floor_scale`): "your error is at most K times what
+this precision costs our own evaluation". `compare_to_truth(..., precision=...)` runs the float64
+truth and the floor in the candidate's precision (float16, bfloat16, tf32, int8, float32) and uses
+this check by default (K = `DEFAULT_FLOOR_RATIO`, chosen from real ports: docs/conformance.md).
 
 **Valid and padded positions.** With `padding_mask` ([B, S], 1 = real token), the elements of
 padded positions are reported separately and do not fail the check unless `check_padded=True`:
@@ -25,22 +34,25 @@ for [B, S, ...] arrays the position axis is 1; for attention probabilities and s
 elements: they must be 0, and a candidate that attends to padding fails); `pooled_output` [B, H]
 is valid when position 0 of its row is.
 
-**Per output**, for valid and padded elements separately: the max absolute error, the max relative
-error `|c - r| / |r|` (0/0 = 0, x/0 = inf), the max error in float32 ulps `|c - r| /
-spacing(float32(|r|))` (large near zero by nature: it is a measure for values of ordinary size,
-which is why the check uses atol), the RMS error, and the worst element — the one furthest over
-its tolerance `atol + rtol * |r|` — with its index, named by axis (batch, position, channel;
-or batch, head, query, key) and both values.
+**Per output**, for valid and padded elements separately: the max absolute error, the RMS error
+(max abs alone is dominated by single outliers at half precision), the max relative error
+`|c - r| / |r|` (0/0 = 0, x/0 = inf) and the worst relative error over the elements with `|r|` at
+least 10% of the output's RMS value (without the near-zero values that make the plain maximum
+meaningless), the max error in float32 ulps `|c - r| / spacing(float32(|r|))`, the worst cosine
+similarity of candidate and reference vectors per position, and the worst element — the one
+furthest over its tolerance `atol + rtol * |r|` — with its index, named by axis (batch, position,
+channel; or batch, head, query, key), both values and its own error. The report's sentence about
+the first failing output describes that one element.
 
 **Order.** Entries are ordered as the network computes them: embeddings (`hidden_states.0`), then
 each `transformer_layer_{i}` (its trace points, `attention_probs.{i}`, then `hidden_states.{i+1}`,
 its output), then `sequence_output` and `pooled_output`. So `report.first_failure` is where the
 divergence starts.
 
-**The float32 floor.** `floor=` takes a third set of outputs of the same inputs (e.g. our float32
-run when the reference is our float64 run); each entry then also reports the floor's own max
-error against the reference and `floor_ratio` = candidate's max abs error / floor's — "your error
-is 1.3x the float32 floor". `compare_to_truth` does all of this for a model and inputs.
+**The floor.** `floor=` takes a third set of outputs of the same inputs (e.g. our float32 run when
+the reference is our float64 run); each entry then also reports the floor's own error against the
+reference and `floor_ratio` = candidate's max abs error / `floor_scale` — "your error is 1.3x the
+float32 floor". `compare_to_truth` does all of this for a model and inputs.
 """
 
 from __future__ import annotations
