@@ -254,8 +254,8 @@ class Report:
 
     def _rule(self) -> str:
         if self.floor_ratio_limit is not None:
-            return (f"max abs error <= {self.floor_ratio_limit:g} x the {self.floor_label} "
-                    f"(our {self.precision or 'float32'} run's max abs error against the float64 truth)")
+            return (f"max abs error <= {self.floor_ratio_limit:g} x the {self.floor_label}, "
+                    f"the max abs error of {self.floor_name}")
         return (f"|candidate - reference| <= atol + rtol*|reference|, atol={_spec(self.atol)}, "
                 f"rtol={_spec(self.rtol)}")
 
@@ -902,7 +902,9 @@ def compare_to_truth(
 
     The truth is our float64 policy on `model`'s weights; the floor is our policy of the
     candidate's precision on the same weights (float16, bfloat16, tf32, int8, float32 — see
-    `bert_ref.precision`) against the truth: the error that precision has by nature.
+    `bert_ref.precision`) against the truth: the error that precision has by nature. For float64,
+    whose run is the truth itself, the floor is the float32 floor times 2^-29 (the ratio of the
+    two unit roundoffs).
 
     Args:
         precision: the candidate's precision (`PRECISIONS`); None: `detect_precision` from its dtypes.
@@ -929,8 +931,18 @@ def compare_to_truth(
     if floor_ratio is None and atol is None and rtol is None and (given or precision in ("float16", "bfloat16")):
         floor_ratio = DEFAULT_FLOOR_RATIO
     truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
-    floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision], cache=cache)
+    floor_name = f"our {precision} vs float64 truth"
+    if precision == "float64":
+        # Our float64 run is the truth itself: its error cannot be measured against it. The floor is
+        # modelled as the float32 floor scaled by the ratio of the unit roundoffs (2^-53 / 2^-24):
+        # the same algorithm's rounding error scales with the unit roundoff.
+        f32 = oracle_outputs(model, inputs, flat, dtype="float32", cache=cache)
+        scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"]
+        floor = {k: truth[k] + (f32[k].astype(np.float64) - truth[k]) * scale for k in f32}
+        floor_name = "our float32 vs float64 truth x 2^-29"
+    else:
+        floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision], cache=cache)
     return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
                    padding_mask=inputs.get("padding_mask"), check_padded=check_padded, floor=floor,
                    floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
-                   candidate_name=candidate_name, floor_name=f"our {precision} vs float64 truth", notes=notes)
+                   candidate_name=candidate_name, floor_name=floor_name, notes=notes)

@@ -70,9 +70,10 @@ def test_floors_grow_as_precision_shrinks(model, inputs):
     cand = _ours(model, inputs, "float32")
     floors = {p: compare_to_truth(model, inputs, cand, precision=p)["sequence_output"].floor.max_abs_error
               for p in ("float64", "float32", "float16", "bfloat16")}
-    # float64 vs itself is exact; float32 keeps 24 bits, float16 11, bfloat16 8: each floor is at
-    # least 4x the previous one (the bit counts say ~8x and ~2^13x; 4x leaves room for chance).
-    assert floors["float64"] == 0.0
+    # float64's run is the truth itself: its floor is modelled as the float32 floor x 2^-29.
+    # float32 keeps 24 bits, float16 11, bfloat16 8: each floor is at least 4x the previous one
+    # (the bit counts say ~2^13x and ~8x; 4x leaves room for chance).
+    assert floors["float64"] == pytest.approx(floors["float32"] * 2.0 ** -29, rel=1e-6)
     assert 0 < floors["float32"] * 4 < floors["float16"] and floors["float16"] * 4 < floors["bfloat16"]
 
 

@@ -70,3 +70,17 @@ def test_torch_dynamic_int8_port_passes_against_the_int8_floor(minilm):
     assert report.passed, str(report)
     # ... and as a float32 port it is far out: the int8 error is real.
     assert min(e.floor_ratio for e in compare_to_truth(minilm, inputs, candidate, precision="float32")) > 100
+
+
+def test_float64_port_passes_against_the_modelled_float64_floor(minilm):
+    # golden/minilm: transformers `model.double()` (tools/make_checkpoint_golden.py). Our float64 run
+    # is the truth, so the float64 floor is the float32 floor x 2^-29; measured 0.75-2.0x of it.
+    d = np.load(PORTS.parent / "minilm" / "outputs.npz")
+    inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
+    candidate = {"sequence_output": d["float64/last_hidden_state"], "pooled_output": d["float64/pooler_output"]}
+    candidate.update({f"hidden_states.{i}": d[f"float64/hidden_states/{i}"] for i in range(6)})
+    report = compare_to_truth(minilm, inputs, candidate)  # float64 read from the dtypes: absolute check
+    assert report.precision == "float64" and report.floor_ratio_limit is None and report.passed
+    report = compare_to_truth(minilm, inputs, candidate, precision="float64")
+    assert report.floor_ratio_limit == DEFAULT_FLOOR_RATIO and report.passed, str(report)
+    assert "f64 floor = our float32 vs float64 truth x 2^-29" in str(report)
