@@ -261,7 +261,7 @@ class Report:
 
     def _first_sentence(self, first: Entry) -> str:
         """One sentence about one element: the worst element of the first failing output."""
-        stats = first.valid if not first.valid.passed else first.padded
+        stats = first.valid if not first.valid.passed or first.padded is None else first.padded
         which = "" if stats is first.valid else "padded "
         at = first.where(stats.worst_index)
         head = f"First over tolerance: {first.key} ({_stage_phrase(first)}): "
@@ -283,6 +283,7 @@ class Report:
         if self.passed:
             return f"PASS: all {len(self.entries)} outputs within tolerance ({self._rule()}) at {scope}."
         first = self.first_failure
+        assert first is not None
         return (f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({self._rule()}) at {scope}.\n"
                 + self._first_sentence(first))
 
@@ -539,7 +540,7 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
         cut = 0.1 * float(np.sqrt(np.mean(np.square(a)))) if a.size else 0.0
     big = a >= cut if cut > 0 else a > 0
     rel_cut = float(e.rel[select][big].max()) if big.any() else 0.0
-    cos_index = None
+    cos_index: tuple[int, ...] | None = None
     min_cos = 1.0
     if err.ndim >= 1 and err.shape[-1] > 0:
         cos = _cosines(e)
@@ -617,6 +618,7 @@ def parse_tolerance(text: str | float | Mapping[str, float], what: str = "atol")
     Raises:
         ValueError: a value that is not a number >= 0, or an unknown kind (the message lists them).
     """
+    items: list[tuple[str, Any]]
     if isinstance(text, Mapping):
         items = list(text.items())
     elif isinstance(text, (int, float)):
@@ -770,7 +772,7 @@ def compare(
         # A NaN or inf in the candidate fails the output wherever it is, padded positions included.
         passed = (v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
                   and (p_stats is None or p_stats.nonfinite == 0))
-        if f_stats is not None:
+        if f_stats is not None and f_scale is not None:
             a, b = v_stats.max_abs_error, f_scale
             f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
             a, b = v_stats.rms_error, f_stats.rms_error
@@ -808,7 +810,7 @@ def detect_precision(candidate: Mapping[str, Any]) -> str:
 def expected_shapes(config: Any, batch: int, seq: int, keys: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """The shape each output key has for a [batch, seq] input under `config` (a `BertConfig`)."""
     h, heads, inter = config.hidden_dim, config.num_heads, config.intermediate_dim
-    out = {}
+    out: dict[str, tuple[int, ...]] = {}
     for key in keys:
         base = key.rsplit("/", 1)[-1].split(".")[0]
         if key in TRACE_POOLER:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .compare import check_candidate, compare, compare_to_truth, oracle_outputs
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, check_candidate, compare, compare_to_truth, oracle_outputs
 from .files import OUTPUT_ALIASES, flatten_outputs
 
 __all__ = ["assert_close_to_reference"]
@@ -128,7 +128,7 @@ def assert_close_to_reference(
     from .files import check_inputs
 
     model = preset_or_model if isinstance(preset_or_model, BertBackbone) else BertBackbone.from_preset(preset_or_model)
-    changes = {}
+    changes: dict[str, Any] = {}
     if activation is not None:
         changes["activation"] = activation
     if layer_norm_epsilon is not None:
@@ -148,10 +148,8 @@ def assert_close_to_reference(
                                   check_padded=check_padded, notes=notes, cache=cache)
     else:
         reference = oracle_outputs(model, ins, flat, cache=cache)
-        kwargs = {} if atol is None else {"atol": atol}
-        if rtol is not None:
-            kwargs["rtol"] = rtol
-        report = compare(reference, flat, padding_mask=ins.get("padding_mask"), check_padded=check_padded,
-                         reference_name=f"our {model.dtype_policy.name}", notes=notes, **kwargs)
+        report = compare(reference, flat, atol=DEFAULT_ATOL if atol is None else atol,
+                         rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=ins.get("padding_mask"),
+                         check_padded=check_padded, reference_name=f"our {model.dtype_policy.name}", notes=notes)
     if not report.passed:
         raise AssertionError("\n" + report.format_table())
