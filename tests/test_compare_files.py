@@ -224,3 +224,21 @@ def test_compare_truth_with_dtype_labels_the_floor_with_that_precision(work, env
     assert rep["floor_ratio_limit"] is None and rep["atol"] == 1.0  # --atol given: the absolute check
     table = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bf.npz", "--truth", "--dtype", "float16")
     assert table.returncode in (0, 1) and "f16 floor = our float16 vs float64 truth" in table.stdout
+
+
+def test_compare_stores_our_runs_in_the_cache_and_no_cache_does_not(work, tmp_path, monkeypatch):
+    d, model, inputs = work
+    monkeypatch.setenv("BERT_REF_OFFLINE", "1")
+    np.savez(tmp_path / "c.npz", sequence_output=model(inputs)["sequence_output"])
+    cache = tmp_path / "oc"
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(cache))
+    assert run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz", "--no-cache").returncode == 0
+    assert not cache.exists()
+    first = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz")
+    entries = sorted(cache.glob("*.npz"))
+    assert first.returncode == 0 and len(entries) == 2  # our float32 reference and the float64 truth
+    stamps = [p.stat().st_mtime_ns for p in entries]
+    second = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz")
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert sorted(cache.glob("*.npz")) == entries  # read back, nothing new written
+    assert all(p.stat().st_mtime_ns >= s for p, s in zip(entries, stamps))
