@@ -299,18 +299,28 @@ def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activatio
     """The encoder layers of `encoder.forward`, op for op, on the kernels above. [B, S, H] -> [B, S, H]"""
     key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
     for p in params["layers"]:
+        # Each intermediate is freed as soon as it is used (del), so that the next allocation can
+        # reuse its memory: the peak stays near the FFN's [B, S, F] activation plus a few [B, S, H].
         q, k, v = (split_heads(dense(x, *p[name]), heads) for name in ("query", "key", "value"))  # [B, h, S, d]
         probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
+        del q, k
         if attentions is not None:
             attentions.append(probs)
-        residual = dense(attention_context(probs, v), *p["output"])  # [B, S, H]
+        context = attention_context(probs, v)  # [B, S, A]
+        del probs, v
+        residual = dense(context, *p["output"])  # [B, S, H]
+        del context
         residual += x
+        del x
         y = layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps)
-        inner = np.matmul(y.reshape(-1, y.shape[-1]), p["ffn_kernel1"])  # [B*S, F]
-        residual = dense(_bias_activation(inner, p["ffn_bias1"], activation), p["ffn_kernel2"], p["ffn_bias2"])
-        residual = residual.reshape(x.shape)
+        del residual
+        inner = _bias_activation(np.matmul(y.reshape(-1, y.shape[-1]), p["ffn_kernel1"]), p["ffn_bias1"], activation)
+        residual = dense(inner, p["ffn_kernel2"], p["ffn_bias2"]).reshape(y.shape)  # [B*S, F] -> [B, S, H]
+        del inner
         residual += y
+        del y
         x = layer_norm(residual, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps)
+        del residual
         if hidden is not None:
             hidden.append(x)
     return x
