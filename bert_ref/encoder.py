@@ -236,6 +236,20 @@ def _params(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     return weights
 
 
+def _outputs(policy: Policy, x: np.ndarray, pooled: np.ndarray, hidden_states: list | None, attentions: list | None,
+             recorded: dict | None) -> dict[str, Any]:
+    """`forward`'s result, in the compute dtype; hidden states, attention probabilities and the
+    trace only when asked for (None when not)."""
+    out: dict[str, Any] = {"sequence_output": policy.output(x), "pooled_output": policy.output(pooled)}
+    if hidden_states is not None:
+        out["hidden_states"] = [policy.output(h) for h in hidden_states]
+    if attentions is not None:
+        out["attention_probs"] = [policy.output(p) for p in attentions]
+    if recorded is not None:
+        out["trace"] = recorded
+    return out
+
+
 def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertConfig, inputs: Mapping[str, Any], *,
             dtype: Any = None, output_hidden_states: bool = False, output_attentions: bool = False,
             trace: Callable[[str, np.ndarray], None] | bool | None = None) -> dict[str, Any]:
@@ -263,7 +277,8 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     rounds the input of every dense layer (`Policy.dense_input`) and both operands of the two
     attention matmuls (`Policy.matmul_input`); for float32 and float64 all three are the identity.
     The ops come from `bert_ref.kernels` (the same results, faster) unless the policy rounds
-    matmul inputs.
+    matmul inputs; with nothing to trace or round (float32 and float64), `kernels.forward` runs
+    these same steps fused and split over threads, with bit-identical outputs.
 
     Padding: padded *keys* get exactly zero attention weight (keras-hub's semantics, which
     transformers' default sdpa path shares). Padded *positions* still produce outputs, as in both
@@ -276,6 +291,8 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     recorded: dict[str, np.ndarray] = {}
     record = recorded.__setitem__ if trace is True else trace or None
     f = ops if policy.rounds_matmul_inputs else kernels  # kernels: the same math, faster (in place)
+    if f is kernels and record is None and not policy.rounds:  # nothing to trace or round: the steps
+        return kernels.forward(params, config, token_ids, segment_ids, mask, output_hidden_states, output_attentions)
     eps, heads, prefix = config.layer_norm_epsilon, config.num_heads, ""
 
     def step(name: str, value: np.ndarray) -> np.ndarray:
@@ -325,14 +342,8 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     prefix = ""
     pooled = step("pooled_output", f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
 
-    out: dict[str, Any] = {"sequence_output": policy.output(x), "pooled_output": policy.output(pooled)}
-    if output_hidden_states:
-        out["hidden_states"] = [policy.output(h) for h in hidden_states]
-    if output_attentions:
-        out["attention_probs"] = [policy.output(p) for p in attentions]
-    if trace is True:
-        out["trace"] = recorded
-    return out
+    asked = (hidden_states if output_hidden_states else None, attentions if output_attentions else None)
+    return _outputs(policy, x, pooled, *asked, recorded if trace is True else None)
 
 
 def count_params(weights: Mapping[str, np.ndarray]) -> int:

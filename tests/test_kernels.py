@@ -218,3 +218,83 @@ def test_threaded_kernels_work_in_a_forked_child():
     if alive:
         child.kill()
     assert not alive and queue.get(timeout=5) is True
+
+
+def _split_model(dtype, activation):
+    # Large enough that the batch split applies (each part >= kernels.MIN_PART activations) and
+    # that OpenBLAS uses its regular GEMM kernels.
+    model = BertBackbone(vocabulary_size=300, num_layers=2, num_heads=4, hidden_dim=128, intermediate_dim=200,
+                         max_sequence_length=128, activation=activation, seed=11, dtype=dtype)
+    rng = np.random.default_rng(3)
+    mask = np.ones((5, 128), bool)
+    mask[0, 70:] = False
+    mask[2, :] = False  # a fully padded row
+    mask[4, 1:] = False
+    inputs = {"token_ids": rng.integers(0, 300, (5, 128)), "segment_ids": rng.integers(0, 2, (5, 128)), "padding_mask": mask}
+    return model, inputs
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
+def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation):
+    # kernels.forward (no trace: fused, batch split over `threads` parts) against the step-by-step
+    # forward (a trace callable forces the steps) — every output, hidden state and probability.
+    monkeypatch.setattr(kernels, "THREADS", threads)  # 16: one part per sequence
+    model, inputs = _split_model(dtype, activation)
+    if kernels._blas() is not None:
+        assert kernels.batch_parts(5, 128, 128) == min(threads, 5)
+    fast = model(inputs, output_hidden_states=True, output_attentions=True)
+    steps = model(inputs, output_hidden_states=True, output_attentions=True, trace=lambda name, value: None)
+    for key in ("sequence_output", "pooled_output"):
+        _same(fast[key], steps[key])
+    for key in ("hidden_states", "attention_probs"):
+        assert len(fast[key]) == len(steps[key])
+        for a, b in zip(fast[key], steps[key]):
+            _same(a, b)
+    assert not np.isnan(fast["sequence_output"]).any()
+    np.testing.assert_array_equal(fast["attention_probs"][0][2], 0)  # the fully padded row attends to nothing
+
+
+def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
+    blas = kernels._blas()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose thread count can be set: no batch split")
+    monkeypatch.setattr(kernels, "THREADS", 2)
+    model, inputs = _split_model("float32", "gelu")
+    before = blas[1]()
+    model(inputs)
+    assert blas[1]() == before
+    # an error in a part's thread reaches the caller, and the thread count is restored all the same
+    bad = dict(model.prepared_weights())
+    bad["layers"] = [dict(bad["layers"][0], ffn_kernel1=np.zeros((3, 3), np.float32))]
+    with pytest.raises(ValueError):
+        kernels.forward(bad, model.config, inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"].astype(bool),
+                        False, False)
+    assert blas[1]() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_batch_split_works_in_a_forked_child(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 2)
+    model, inputs = _split_model("float32", "gelu_approximate")
+    expected = model(inputs)["sequence_output"]  # runs the split in the parent first
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(model(inputs)["sequence_output"].tobytes() == expected.tobytes()))
+    child.start()
+    child.join(120)  # the forward takes well under a second; 120 s means it hung
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) is True
+
+
+def test_one_core_runs_no_threads(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 1)
+    assert kernels.batch_parts(8, 128, 768) == 1
+    started = []
+    monkeypatch.setattr(kernels.threading.Thread, "start", lambda self: started.append(self))
+    model, inputs = _split_model("float32", "gelu")
+    model(inputs)
+    assert started == []
