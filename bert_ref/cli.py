@@ -3,7 +3,8 @@
     bert-ref presets                         built-in presets, parameter counts, descriptions
     bert-ref info PRESET                     config, parameter count, files, where it was loaded from
     bert-ref run PRESET --input IN --output OUT [--dtype D] [--hidden-states] [--attentions] [--trace]
-    bert-ref compare PRESET --input IN --candidate CAND [--atol A] [--rtol R] [--truth] [--json]
+    bert-ref compare PRESET --input IN --candidate CAND [--precision P] [--floor-ratio K] [--atol A] [--rtol R]
+                     [--truth] [--activation G] [--layer-norm-epsilon E] [--json] [--junit FILE]
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
     bert-ref example [PRESET]                a sentence pair through real weights (installed MiniLM by default)
@@ -33,8 +34,9 @@ import numpy as np
 
 from . import __version__
 from .backbone import BertBackbone
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare, compare_to_truth, oracle_outputs
-from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_inputs, read_outputs, write_arrays
+from .compare import (DEFAULT_ATOL, DEFAULT_FLOOR_RATIO, DEFAULT_RTOL, PRECISIONS, check_candidate, compare,
+                      compare_to_truth, detect_precision, oracle_outputs, parse_tolerance)
+from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_candidate, read_inputs, write_arrays
 from .precision import POLICY_NAMES
 from .presets import PRESETS, preset_config
 
@@ -227,53 +229,116 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
-    p.add_argument("--input", "-i", required=True, metavar="IN", help="the inputs the candidate was run on")
+    p.add_argument("--input", "-i", required=True, metavar="IN",
+                   help="the inputs the candidate was run on (token_ids/input_ids, segment_ids/token_type_ids, "
+                        "padding_mask/attention_mask)")
     p.add_argument("--candidate", "-c", required=True, metavar="CAND",
-                   help="the candidate's outputs: any of sequence_output, pooled_output, hidden_states.{i}, "
-                        "attention_probs.{i}, trace names")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+                   help="the candidate's outputs (.npz, .safetensors, .json, or .npy for one output): any of "
+                        "sequence_output, pooled_output, hidden_states.{i}, attention_probs.{i}, trace names, or "
+                        "Hugging Face's last_hidden_state, pooler_output, hidden_states [L+1,B,S,H], attentions")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
+                   help="the candidate's precision: compare with the float64 truth, next to our own error in that "
+                        "precision (the floor), in the floor-ratio mode unless --atol/--rtol are given "
+                        "(default: from the candidate's dtypes)")
+    p.add_argument("--floor-ratio", type=float, default=None, metavar="K",
+                   help=f"an output passes when its max abs error against the truth is at most K x the floor "
+                        f"(default mode and K={DEFAULT_FLOOR_RATIO:g} when a precision is given or detected)")
+    p.add_argument("--atol", default=None, metavar="A",
+                   help=f"absolute tolerance (default {DEFAULT_ATOL:g}); per kind: "
+                        "'1e-5,hidden_states=1e-2,attention_probs=1e-3'")
+    p.add_argument("--rtol", default=None, metavar="R",
+                   help=f"relative tolerance (default {DEFAULT_RTOL:g}); per kind like --atol")
     p.add_argument("--truth", action="store_true",
                    help="compare against our float64 policy (the truth) instead of our float32 output")
-    _dtype_arg(p, None, "policy of the reference run when not --truth (default float32)")
+    _dtype_arg(p, None, "policy of the reference run (default float32); with --truth, the policy whose error "
+                        "against the truth is shown as the floor")
+    p.add_argument("--activation", choices=("gelu", "gelu_approximate"), default=None,
+                   help="override the preset's activation (test the hypothesis 'my port uses the other GELU')")
+    p.add_argument("--layer-norm-epsilon", type=float, default=None, metavar="EPS",
+                   help="override the preset's layer-norm epsilon")
     p.add_argument("--check-padded", action="store_true", help="padded positions fail the check too")
     p.add_argument("--no-floor", action="store_true",
-                   help="skip the float64 run that measures the float32 floor")
+                   help="skip the float64 run that measures the float32 floor (absolute mode only)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the on-disk cache of our runs (see BERT_REF_ORACLE_CACHE)")
+    p.add_argument("--junit", metavar="FILE", default=None,
+                   help="also write a JUnit XML report (one test case per output) to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
+_DTYPE_PRECISION = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16",
+                    "mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "tf32": "tf32", "int8": "int8"}
+
+
+def _override(model: BertBackbone, args: argparse.Namespace) -> tuple[BertBackbone, list[str]]:
+    changes = {}
+    if args.activation is not None and args.activation != model.config.activation:
+        changes["activation"] = args.activation
+    if args.layer_norm_epsilon is not None:
+        if not args.layer_norm_epsilon > 0:
+            raise UsageError(f"--layer-norm-epsilon must be > 0, got {args.layer_norm_epsilon}")
+        if args.layer_norm_epsilon != model.config.layer_norm_epsilon:
+            changes["layer_norm_epsilon"] = args.layer_norm_epsilon
+    if not changes:
+        return model, []
+    config = model.config.to_dict()
+    notes = [f"{k} overridden: {v} (the preset says {config[k]})" for k, v in changes.items()]
+    config.update(changes)
+    new = BertBackbone(**config, dtype=model.dtype_policy, weights=model.weights)
+    new.source = model.source
+    return new, notes
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    if not (args.atol >= 0 and args.rtol >= 0):
-        raise UsageError(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
-    if args.truth and args.dtype is not None:
-        raise UsageError("--dtype chooses the reference policy; with --truth the reference is float64")
-    candidate = read_outputs(args.candidate)
+    atol = rtol = None
+    try:
+        if args.atol is not None:
+            atol = parse_tolerance(args.atol, "atol")
+        if args.rtol is not None:
+            rtol = parse_tolerance(args.rtol, "rtol")
+    except ValueError as e:
+        raise UsageError(f"--{str(e)}") from None
+    if args.floor_ratio is not None and not args.floor_ratio > 0:
+        raise UsageError(f"--floor-ratio must be > 0, got {args.floor_ratio}")
+    if args.floor_ratio is not None and (atol is not None or rtol is not None):
+        raise UsageError("--floor-ratio and --atol/--rtol are two different checks; give one")
+    read = read_candidate(args.candidate)
+    candidate = read.arrays
     inputs = read_inputs(args.input)
-    model = _load(args.preset, args.dtype)
-    layers = model.config.num_layers
-    for key in candidate:
-        kind, _, idx = key.partition(".")
-        if kind in ("hidden_states", "attention_probs"):
-            top = layers if kind == "hidden_states" else layers - 1
-            if int(idx) > top:
-                raise UsageError(f"{args.candidate}: key {key!r} but {args.preset} has {layers} layers "
-                                 f"({kind}.0 .. {kind}.{top})")
-        elif key.startswith("transformer_layer_") and int(key[len("transformer_layer_"):].split("/")[0]) >= layers:
-            raise UsageError(f"{args.candidate}: key {key!r} but {args.preset} has {layers} layers")
+    detected = detect_precision(candidate)
+    precision = args.precision
+    if precision is None and args.truth and args.dtype is not None:
+        precision = _DTYPE_PRECISION[args.dtype]
+    truth_mode = (args.truth or precision is not None or args.floor_ratio is not None
+                  or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
+    model = _load(args.preset, None if truth_mode else args.dtype)
+    model, notes = _override(model, args)
+    notes = list(read.notes) + notes
+    check_candidate(candidate, model.config, inputs, args.candidate)
     name = Path(args.candidate).name
-    if args.truth:
-        report = compare_to_truth(model, inputs, candidate, atol=args.atol, rtol=args.rtol,
-                                  check_padded=args.check_padded, candidate_name=name)
+    cache = not args.no_cache
+    if truth_mode:
+        if precision is None and detected != "float32":
+            notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
+        report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=args.floor_ratio,
+                                  atol=atol, rtol=rtol, check_padded=args.check_padded, candidate_name=name,
+                                  notes=notes, cache=cache)
     else:
-        reference = oracle_outputs(model, inputs, candidate)
+        reference = oracle_outputs(model, inputs, candidate, cache=cache)
         floor_kwargs: dict[str, Any] = {}
         if not args.no_floor:
-            ours32 = reference if model.dtype_policy.name == "float32" else oracle_outputs(model, inputs, candidate, dtype="float32")
-            floor_kwargs = dict(floor=ours32, floor_reference=oracle_outputs(model, inputs, candidate, dtype="float64"),
-                                floor_name="our float32 vs float64 truth")
-        report = compare(reference, candidate, atol=args.atol, rtol=args.rtol,
+            ours32 = reference if model.dtype_policy.name == "float32" else oracle_outputs(
+                model, inputs, candidate, dtype="float32", cache=cache)
+            floor_kwargs = dict(floor=ours32, floor_reference=oracle_outputs(model, inputs, candidate, dtype="float64",
+                                                                             cache=cache),
+                                floor_name="our float32 vs float64 truth", precision="float32")
+        report = compare(reference, candidate, atol=DEFAULT_ATOL if atol is None else atol,
+                         rtol=DEFAULT_RTOL if rtol is None else rtol,
                          padding_mask=inputs.get("padding_mask"), check_padded=args.check_padded,
-                         reference_name=f"our {model.dtype_policy.name}", candidate_name=name, **floor_kwargs)
+                         reference_name=f"our {model.dtype_policy.name}", candidate_name=name, notes=notes,
+                         **floor_kwargs)
+    if args.junit:
+        write_junit(args.junit, report, f"{args.preset} vs {name}")
     if args.json:
         d = report.to_dict()
         d["preset"] = args.preset
@@ -286,7 +351,45 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _say(f"preset {args.preset} (loaded from {_where(model)}); inputs {b} x {s}, {padded} padded positions"
              + ("" if args.check_padded or not padded else " (reported, not checked; --check-padded checks them)"))
         _say(report.format_table())
+        if not report.passed and not truth_mode and args.precision is None:
+            _say(f"(The candidate is stored in {detected}. If it is a TF32, int8, float16 or bfloat16 port, "
+                 "--precision compares it with the float64 truth next to that precision's floor.)")
     return 0 if report.passed else 1
+
+
+def write_junit(path: str | os.PathLike, report: Any, suite: str) -> Path:
+    """A JUnit XML file for `report`: one test case per output (in computation order), a failure
+    element with the output's errors for each one over tolerance, the whole table as system-out.
+    Written to a temporary name and renamed."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"--junit {path}: directory {path.parent} does not exist")
+    cases = []
+    for e in report:
+        v = e.valid
+        attrs = f"classname={quoteattr('bert_ref.compare.' + suite)} name={quoteattr(e.key)}"
+        if e.passed:
+            cases.append(f"    <testcase {attrs}/>")
+            continue
+        stats = v if not v.passed else (e.padded or v)
+        msg = (f"{e.key} ({e.stage}): max abs error {stats.max_abs_error:.3e}, rms {stats.rms_error:.3e}, "
+               f"worst at {e.where(stats.worst_index)} (reference {stats.worst_reference}, candidate "
+               f"{stats.worst_candidate})" + (f", {e.floor_ratio:.3g}x the floor" if e.floor_ratio is not None else ""))
+        cases.append(f"    <testcase {attrs}>\n      <failure message={quoteattr(msg)} type=\"OverTolerance\">"
+                     f"{escape(msg)}</failure>\n    </testcase>")
+    text = ('<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n'
+            f"  <testsuite name={quoteattr(suite)} tests=\"{len(report)}\" failures=\"{len(report.failures)}\" "
+            'errors="0" skipped="0">\n' + "\n".join(cases) + "\n"
+            f"    <system-out>{escape(report.format_table())}</system-out>\n  </testsuite>\n</testsuites>\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
