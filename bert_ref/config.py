@@ -3,8 +3,9 @@
 `BertConfig` holds exactly what determines the math of a forward pass. The storage/compute dtype is
 not part of it: that is a *policy* (see `bert_ref.precision`) chosen when the model is built or run.
 
-Canonical weight names follow keras-hub's variable paths (see DESIGN.md); every kernel is 2-D
-`(in, out)` so the math reads `x @ kernel + bias`.
+Canonical weight names follow keras-hub's variable paths (listed by `BertConfig.weight_shapes()`
+and in the README, section "The API"); every kernel is 2-D `(in, out)` so the math reads
+`x @ kernel + bias`.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class Dataset:
     files: tuple = ()
     first: int = 0  # `offsets` and `lines` start at this record (see `part`)
 
-    def part(self, start: int, stop: int) -> "Dataset":
+    def part(self, start: int, stop: int) -> Dataset:
         """The same dataset, carrying only what records `[start, stop)` need (what a worker gets)."""
         if self.offsets is None:
             return self
@@ -147,7 +148,8 @@ class Dataset:
             if tokenizer is None:
                 raise ValueError(f"{self.path}: a text dataset needs the preset's tokenizer")
             recs = _read_text_records(self, start, stop, tokenizer(), max_length, truncate)
-        for i, ids, segs, n, src in zip(recs.index, recs.token_ids, recs.segment_ids, recs.lengths, recs.sources):
+        fields = (recs.index, recs.token_ids, recs.segment_ids, recs.lengths, recs.sources)
+        for i, ids, segs, n, src in zip(*fields, strict=True):
             where = f"record {int(i)} ({src})"
             if n > max_length:
                 raise DatasetError(f"{where}: {int(n)} tokens; the longest record allowed is {max_length} "
@@ -188,7 +190,8 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in ARRAY_SUFFIXES)
         if not files:
-            raise DatasetError(f"{p}: a dataset directory must hold .npz or .safetensors files of token ids; found none")
+            raise DatasetError(f"{p}: a dataset directory must hold .npz or .safetensors files of token ids; "
+                               "found none")
         return _open_arrays(p, files)
     suffix = p.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
@@ -234,7 +237,7 @@ def _array_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     try:
         if path.suffix.lower() == ".npz":
             return _npz_header(path)
-        from .checkpoints.safetensors_io import read_header, _numpy_dtype
+        from .checkpoints.safetensors_io import _numpy_dtype, read_header
 
         header, _, _ = read_header(path)
         return {k: (tuple(v["shape"]), _numpy_dtype(v["dtype"], f"{path}: {k}")) for k, v in header.items()}
@@ -276,7 +279,8 @@ def _open_parquet(p: Path) -> Dataset:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError(f"{p}: reading Parquet needs pyarrow; install it with `pip install \"bert-ref[parquet]\"`") from None
+        raise ImportError(f"{p}: reading Parquet needs pyarrow; install it with "
+                          '`pip install "bert-ref[parquet]"`') from None
     try:
         meta = pq.ParquetFile(p)
     except Exception as e:  # pyarrow raises its own error types
@@ -303,7 +307,7 @@ def _text_items(ds: Dataset, start: int, stop: int) -> list[tuple[int, str, Any,
         texts = table.column("text").to_pylist()
         pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else [None] * len(texts)
         name = Path(ds.path).name
-        return [(start + i, f"{name} row {start + i}", t, q) for i, (t, q) in enumerate(zip(texts, pairs))]
+        return [(start + i, f"{name} row {start + i}", t, q) for i, (t, q) in enumerate(zip(texts, pairs, strict=True))]
     begin, end = int(ds.offsets[start - ds.first]), int(ds.offsets[stop - ds.first])
     with open(ds.path, "rb") as f:
         f.seek(begin)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import ops
+from . import kernels, ops
 from .config import BertConfig
 from .precision import Policy, get_policy
 
@@ -46,7 +46,7 @@ def init_weights(config: BertConfig, seed: int | None = None, dtype: Any = np.fl
     weights = {}
     for name, shape in config.weight_shapes().items():
         if name.endswith("/gamma"):
-            w = np.ones(shape)
+            w: np.ndarray = np.ones(shape)
         elif name.endswith("/bias") or name.endswith("/beta"):
             w = np.zeros(shape)
         else:
@@ -109,11 +109,13 @@ class PreparedWeights(dict):
 
 
 def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
-    """Group and cast the weights for one policy (see `PreparedWeights`)."""
-    w, norm = policy.weight, policy.norm_weight
+    """Group and cast the weights for one policy (see `PreparedWeights`): dense kernels with
+    `policy.kernel`, biases and embeddings with `policy.weight`, layer-norm parameters with
+    `policy.norm_weight`."""
+    w, kernel, norm = policy.weight, policy.kernel, policy.norm_weight
 
     def dense(path: str) -> tuple[np.ndarray, np.ndarray]:
-        return w(weights[path + "/kernel"]), w(weights[path + "/bias"])
+        return kernel(weights[path + "/kernel"]), w(weights[path + "/bias"])
 
     layers = []
     for i in range(config.num_layers):
@@ -126,9 +128,9 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
             "output": dense(att + "attention_output"),
             "attention_norm_gamma": norm(weights[p + "self_attention_layer_norm/gamma"]),
             "attention_norm_beta": norm(weights[p + "self_attention_layer_norm/beta"]),
-            "ffn_kernel1": w(weights[p + "feedforward_intermediate_dense/kernel"]),
+            "ffn_kernel1": kernel(weights[p + "feedforward_intermediate_dense/kernel"]),
             "ffn_bias1": w(weights[p + "feedforward_intermediate_dense/bias"]),
-            "ffn_kernel2": w(weights[p + "feedforward_output_dense/kernel"]),
+            "ffn_kernel2": kernel(weights[p + "feedforward_output_dense/kernel"]),
             "ffn_bias2": w(weights[p + "feedforward_output_dense/bias"]),
             "ffn_norm_gamma": norm(weights[p + "feedforward_layer_norm/gamma"]),
             "ffn_norm_beta": norm(weights[p + "feedforward_layer_norm/beta"]),
@@ -140,7 +142,7 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
         "norm_gamma": norm(weights["embeddings_layer_norm/gamma"]),
         "norm_beta": norm(weights["embeddings_layer_norm/beta"]),
         "layers": layers,
-        "pooler_kernel": w(weights["pooled_dense/kernel"]),
+        "pooler_kernel": kernel(weights["pooled_dense/kernel"]),
         "pooler_bias": w(weights["pooled_dense/bias"]),
     }, policy, config)
 
@@ -222,33 +224,35 @@ def validate_inputs(inputs: Mapping[str, Any], config: BertConfig) -> tuple[np.n
 # Forward
 
 
-def _make_hook(policy: Policy, trace: Callable[[str, np.ndarray], None] | None, prefix: str, keep_probs: list | None = None):
-    """The hook the ops call at each named intermediate: round (policy), record a copy (trace), and
-    keep the attention probabilities (appended to `keep_probs`, when given)."""
-    if trace is None and not policy.rounds and keep_probs is None:
-        return ops.no_hook
-
-    def hook(name: str, x: np.ndarray) -> np.ndarray:
-        x = policy.round(x)
-        if trace is not None:
-            trace(prefix + name, policy.output(x).copy())
-        if keep_probs is not None and name == "attention_probs":
-            keep_probs.append(x)  # not modified after this point: no copy needed
-        return x
-
-    return hook
+def _params(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertConfig, policy: Policy) -> PreparedWeights:
+    """`weights` prepared for `policy`: validated and prepared here, or reused when already prepared."""
+    if not isinstance(weights, PreparedWeights):
+        return prepare(check_weights(weights, config), config, policy)
+    if weights.policy != policy or weights.config != config:
+        raise ValueError(
+            f"prepared weights are for policy {weights.policy.name!r} and {weights.config}; "
+            f"called with policy {policy.name!r} and {config}"
+        )
+    return weights
 
 
-def forward(
-    weights: Mapping[str, np.ndarray] | PreparedWeights,
-    config: BertConfig,
-    inputs: Mapping[str, Any],
-    *,
-    dtype: Any = None,
-    output_hidden_states: bool = False,
-    output_attentions: bool = False,
-    trace: Callable[[str, np.ndarray], None] | bool | None = None,
-) -> dict[str, Any]:
+def _outputs(policy: Policy, x: np.ndarray, pooled: np.ndarray, hidden_states: list | None, attentions: list | None,
+             recorded: dict | None) -> dict[str, Any]:
+    """`forward`'s result, in the compute dtype; hidden states, attention probabilities and the
+    trace only when asked for (None when not)."""
+    out: dict[str, Any] = {"sequence_output": policy.output(x), "pooled_output": policy.output(pooled)}
+    if hidden_states is not None:
+        out["hidden_states"] = [policy.output(h) for h in hidden_states]
+    if attentions is not None:
+        out["attention_probs"] = [policy.output(p) for p in attentions]
+    if recorded is not None:
+        out["trace"] = recorded
+    return out
+
+
+def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertConfig, inputs: Mapping[str, Any], *,
+            dtype: Any = None, output_hidden_states: bool = False, output_attentions: bool = False,
+            trace: Callable[[str, np.ndarray], None] | bool | None = None) -> dict[str, Any]:
     """Run the encoder. A pure function: nothing is stored between calls.
 
     Args:
@@ -268,60 +272,78 @@ def forward(
     Returns:
         `{"sequence_output": [B, S, H], "pooled_output": [B, H], ...}` in the compute dtype.
 
+    The model is the ops of `bert_ref.ops` composed step by named step; each `step(name, value)`
+    is where the policy rounds to its compute dtype and where the trace records. The policy also
+    rounds the input of every dense layer (`Policy.dense_input`) and both operands of the two
+    attention matmuls (`Policy.matmul_input`); for float32 and float64 all three are the identity.
+    The ops come from `bert_ref.kernels` (the same results, faster) unless the policy rounds
+    matmul inputs; with nothing to trace or round (float32 and float64), `kernels.forward` runs
+    these same steps fused and split over threads, with bit-identical outputs.
+
     Padding: padded *keys* get exactly zero attention weight (keras-hub's semantics, which
     transformers' default sdpa path shares). Padded *positions* still produce outputs, as in both
     anchors; a row that is entirely padding attends to nothing (its attention context is 0) and
     stays finite.
     """
     policy = get_policy(dtype)
-    if isinstance(weights, PreparedWeights):
-        if weights.policy != policy or weights.config != config:
-            raise ValueError(
-                f"prepared weights are for policy {weights.policy.name!r} and {weights.config}; "
-                f"called with policy {policy.name!r} and {config}"
-            )
-        params = weights
-    else:
-        params = prepare(check_weights(weights, config), config, policy)
+    params = _params(weights, config, policy)
     token_ids, segment_ids, mask = validate_inputs(inputs, config)
-    batch, seq = token_ids.shape
+    recorded: dict[str, np.ndarray] = {}
+    record = recorded.__setitem__ if trace is True else trace or None
+    f = ops if policy.rounds_matmul_inputs else kernels  # kernels: the same math, faster (in place)
+    if f is kernels and record is None and not policy.rounds:  # nothing to trace or round: the steps
+        return kernels.forward(params, config, token_ids, segment_ids, mask, output_hidden_states, output_attentions)
+    eps, heads, prefix = config.layer_norm_epsilon, config.num_heads, ""
 
-    recorded: dict[str, np.ndarray] | None = None
-    if trace is True:
-        recorded = {}
-        trace = recorded.__setitem__
-    elif trace is False:
-        trace = None
-    hook = _make_hook(policy, trace, "")
+    def step(name: str, value: np.ndarray) -> np.ndarray:
+        """A named step: round to the policy's compute dtype; record a copy in the trace."""
+        value = policy.round(value)
+        if record is not None:
+            record(prefix + name, policy.output(value).copy())
+        return value
+
+    def self_attention(x: np.ndarray, p: dict) -> np.ndarray:  # [B, S, H] -> [B, S, H]
+        h = policy.dense_input(x)
+        q = step("query", f.dense(h, *p["query"]))  # [B, S, A]
+        k = step("key", f.dense(h, *p["key"]))
+        v = step("value", f.dense(h, *p["value"]))
+        q, k, v = (policy.matmul_input(f.split_heads(a, heads)) for a in (q, k, v))  # [B, h, S, d]
+        scores = step("attention_scores", f.attention_scores(q, k))  # [B, h, S, S]
+        probs = step("attention_probs", f.masked_softmax(scores, mask[:, None, None, :]))
+        if output_attentions:
+            attentions.append(probs)
+        context = step("attention_context", f.attention_context(policy.matmul_input(probs), v))  # [B, S, A]
+        return step("attention_output", f.dense(policy.dense_input(context), *p["output"]))
+
+    def feed_forward(y: np.ndarray, p: dict) -> np.ndarray:  # [B, S, H] -> [B, S, F] -> [B, S, H]
+        inner = step("feedforward_intermediate", f.dense(policy.dense_input(y), p["ffn_kernel1"], p["ffn_bias1"]))
+        inner = step("feedforward_activation", f.ACTIVATIONS[config.activation](inner))
+        return step("feedforward_output", f.dense(policy.dense_input(inner), p["ffn_kernel2"], p["ffn_bias2"]))
 
     # Embeddings. [B, S] ids -> [B, S, H]; summed in keras' order ((token + position) + segment).
-    x = hook("embeddings/token", ops.embedding(params["token"], token_ids))
-    position = hook("embeddings/position", np.broadcast_to(params["position"][:seq], x.shape))
-    segment = hook("embeddings/segment", ops.embedding(params["segment"], segment_ids))
-    x = policy.round(x + position)
-    x += segment
-    x = hook("embeddings/sum", x)
-    x = hook("embeddings/layer_norm", ops.layer_norm(x, params["norm_gamma"], params["norm_beta"], config.layer_norm_epsilon))
+    token = step("embeddings/token", f.embedding(params["token"], token_ids))
+    position = step("embeddings/position", np.broadcast_to(params["position"][: token_ids.shape[1]], token.shape))
+    segment = step("embeddings/segment", f.embedding(params["segment"], segment_ids))
+    x = step("embeddings/sum", policy.round(token + position) + segment)
+    x = step("embeddings/layer_norm", f.layer_norm(x, params["norm_gamma"], params["norm_beta"], eps))
+    hidden_states, attentions = [x], list[np.ndarray]()
 
-    hidden_states = [x] if output_hidden_states else None
-    attentions = [] if output_attentions else None
-    key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
-    for i, layer in enumerate(params["layers"]):
-        layer_hook = _make_hook(policy, trace, f"transformer_layer_{i}/", attentions)
-        x = ops.encoder_layer(x, layer, config.num_heads, key_mask, config.activation, config.layer_norm_epsilon, layer_hook)
-        if hidden_states is not None:
+    # num_layers post-LN encoder layers. [B, S, H] -> [B, S, H]
+    for i, p in enumerate(params["layers"]):
+        prefix = f"transformer_layer_{i}/"
+        residual = step("attention_residual", self_attention(x, p) + x)
+        y = step("self_attention_layer_norm", f.layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps))
+        residual = step("feedforward_residual", feed_forward(y, p) + y)
+        x = step("feedforward_layer_norm", f.layer_norm(residual, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps))
+        if output_hidden_states:
             hidden_states.append(x)
 
-    pooled = hook("pooled_output", ops.pooler(x, params["pooler_kernel"], params["pooler_bias"]))
+    # Pooler: the [CLS] position. [B, S, H] -> [B, H]
+    prefix = ""
+    pooled = step("pooled_output", f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
 
-    out: dict[str, Any] = {"sequence_output": policy.output(x), "pooled_output": policy.output(pooled)}
-    if hidden_states is not None:
-        out["hidden_states"] = [policy.output(h) for h in hidden_states]
-    if attentions is not None:
-        out["attention_probs"] = [policy.output(p) for p in attentions]
-    if recorded is not None:
-        out["trace"] = recorded
-    return out
+    asked = (hidden_states if output_hidden_states else None, attentions if output_attentions else None)
+    return _outputs(policy, x, pooled, *asked, recorded if trace is True else None)
 
 
 def count_params(weights: Mapping[str, np.ndarray]) -> int:

@@ -8,6 +8,24 @@ Two kinds of file:
   [B, S, H], `attention_probs.{i}` [B, heads, S, S], and optionally trace points by their names
   (`embeddings/sum`, `transformer_layer_0/query`, ...; see `bert_ref.encoder.TRACE_LAYER`).
 
+What ports write is accepted too (`read_candidate` reports each translation as a note):
+
+* Hugging Face / ONNX output names: `last_hidden_state` (= `sequence_output`), `pooler_output`
+  (= `pooled_output`), `hidden_states` stacked as [L + 1, B, S, H] and `attentions` stacked as
+  [L, B, heads, S, S] (split into `hidden_states.{i}` / `attention_probs.{i}`), and
+  `hidden_states.{i}` / `attentions.{i}` one by one;
+* input arrays stored next to the outputs (`input_ids`, `token_type_ids`, `attention_mask`,
+  `position_ids`, `token_ids`, `segment_ids`, `padding_mask`) are ignored;
+* a `.npy` file holds one output: the one its file name says (`last_hidden_state.npy`,
+  `pooled_output.npy`, `hidden_states.npy`, ...), else `sequence_output` when 3-D and
+  `pooled_output` when 2-D;
+* inputs files may use Hugging Face's input names `input_ids`, `token_type_ids`, `attention_mask`.
+
+bfloat16 arrays are read from `.safetensors` (dtype `BF16`, as torch and bert-ref write them) and
+from `.npz` (NumPy stores ml_dtypes' bfloat16 as the 2-byte void type `V2`, which is read back as
+bfloat16). Both need the `ml_dtypes` package; without it the error names the file, the key and
+the install command.
+
 A `.json` file is one object mapping each key to a nested list of numbers:
 
     {"token_ids": [[101, 7592, 102]], "padding_mask": [[1, 1, 1]]}
@@ -19,6 +37,8 @@ and what would be right.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 import re
@@ -31,7 +51,16 @@ import numpy as np
 from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER
 
 SUFFIXES = (".npz", ".safetensors", ".json")
+OUTPUT_SUFFIXES = SUFFIXES + (".npy",)
 INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
+#: Hugging Face's input names, read as ours.
+INPUT_ALIASES = {"input_ids": "token_ids", "token_type_ids": "segment_ids", "attention_mask": "padding_mask"}
+#: Inputs that ports store next to their outputs: ignored in an outputs file (with a note).
+STORED_INPUT_KEYS = INPUT_KEYS + tuple(INPUT_ALIASES) + ("position_ids",)
+#: Hugging Face / ONNX output names of single outputs.
+OUTPUT_ALIASES = {"last_hidden_state": "sequence_output", "pooler_output": "pooled_output"}
+BF16_INSTALL = 'pip install ml_dtypes  (or pip install "bert-ref[bf16]")'
+
 _OUTPUT_KEY = re.compile(r"^(sequence_output|pooled_output|(hidden_states|attention_probs)\.(0|[1-9][0-9]*))$")
 _TRACE_KEY = re.compile(
     "^(" + "|".join(map(re.escape, TRACE_EMBEDDINGS)) + "|transformer_layer_(0|[1-9][0-9]*)/("
@@ -45,11 +74,43 @@ class ArrayFileError(ValueError):
     """A file of arrays is missing, unreadable, or does not hold what it must."""
 
 
-def _suffix(path: Path) -> str:
+def _suffix(path: Path, allowed: tuple[str, ...] = SUFFIXES) -> str:
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ArrayFileError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of {', '.join(SUFFIXES)}")
+    if suffix not in allowed:
+        raise ArrayFileError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of {', '.join(allowed)}")
     return suffix
+
+
+def _bfloat16(path: Path, key: str) -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ArrayFileError(f"{path}: key {key!r} holds bfloat16 values, which need the ml_dtypes package: "
+                             f"{BF16_INSTALL}") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _safetensors_bf16_key(path: Path) -> str | None:
+    """The first key of a `.safetensors` file whose dtype is BF16 (read from its JSON header), or None."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    return next((k for k, v in header.items() if isinstance(v, dict) and v.get("dtype") == "BF16"), None)
+
+
+def _npz_arrays(path: Path, data: Any) -> dict[str, np.ndarray]:
+    out = {}
+    for key in data.files:
+        arr = data[key]
+        if arr.dtype == np.dtype("V2"):  # how np.savez stores ml_dtypes.bfloat16
+            arr = arr.view(_bfloat16(path, key))
+        out[key] = arr
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -57,10 +118,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays in a `.npz`, `.safetensors` or `.json` file, by key (file order)."""
+def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -> dict[str, np.ndarray]:
+    """All arrays in a `.npz`, `.safetensors` or `.json` file, by key (file order).
+
+    With ".npy" among `suffixes`, a `.npy` file is read as one array under the key "" (empty)."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = _suffix(path, suffixes)
     if not path.exists():
         raise ArrayFileError(f"{path}: no such file")
     if not path.is_file():
@@ -70,8 +133,18 @@ def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as data:
                 if not isinstance(data, np.lib.npyio.NpzFile):
                     raise ArrayFileError(f"{path}: not a .npz archive (it holds a single .npy array)")
-                return {key: data[key] for key in data.files}
+                return _npz_arrays(path, data)
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):
+                raise ArrayFileError(f"{path}: not a .npy array")
+            if arr.dtype == np.dtype("V2"):
+                arr = arr.view(_bfloat16(path, path.stem))
+            return {"": arr}
         if suffix == ".safetensors":
+            bf16_key = _safetensors_bf16_key(path)
+            if bf16_key is not None:
+                _bfloat16(path, bf16_key)  # a clear error when ml_dtypes is missing
             from safetensors.numpy import load_file
 
             return dict(load_file(str(path)))
@@ -136,11 +209,20 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
 def check_inputs(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> dict[str, np.ndarray]:
     """Check an inputs mapping's keys, dtypes and shapes; return it with `padding_mask` as bool.
 
-    Range checks (token ids below the vocabulary size, ...) need a config: `forward` does them."""
+    Hugging Face's names (`input_ids`, `token_type_ids`, `attention_mask`) are read as ours. Range
+    checks (token ids below the vocabulary size, ...) need a config: `forward` does them."""
+    renamed = {}
+    for k, v in arrays.items():
+        name = INPUT_ALIASES.get(k, k)
+        if name in renamed:
+            raise ArrayFileError(f"{source}: both {name!r} and its Hugging Face name "
+                                 f"{next(a for a, b in INPUT_ALIASES.items() if b == name)!r}; keep one")
+        renamed[name] = v
+    arrays = renamed
     unknown = [k for k in arrays if k not in INPUT_KEYS]
     if unknown:
         raise ArrayFileError(f"{source}: unexpected key(s) {unknown}; an inputs file holds {list(INPUT_KEYS)} "
-                             "(token_ids required)")
+                             f"(token_ids required; Hugging Face's {list(INPUT_ALIASES)} are accepted too)")
     if "token_ids" not in arrays:
         raise ArrayFileError(f"{source}: missing key 'token_ids' (found {list(arrays)}); an inputs file holds "
                              f"{list(INPUT_KEYS)}")
@@ -202,14 +284,104 @@ def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return flat
 
 
-def read_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """An outputs file: every key must be an output key (see `is_output_key`) holding floats."""
-    arrays = read_arrays(path)
-    if not arrays:
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """An outputs file as read: `arrays` by our output keys, and `notes` saying what was translated
+    (an alias, a stacked array split, inputs ignored)."""
+
+    arrays: dict[str, np.ndarray]
+    notes: tuple[str, ...]
+
+
+def _valid_names(key: str) -> list[str]:
+    """Names a misspelt `key` may have meant: ours, the aliases, and indexed names with its index."""
+    digits = re.findall(r"\d+", key)
+    i = digits[0] if digits else "0"
+    names = ["sequence_output", "pooled_output", f"hidden_states.{i}", f"attention_probs.{i}", "hidden_states",
+             "attentions", f"attentions.{i}", *OUTPUT_ALIASES, *TRACE_EMBEDDINGS]
+    names += [f"transformer_layer_{i}/{t}" for t in TRACE_LAYER]
+    return names
+
+
+def unknown_key_message(key: str) -> str:
+    """"unexpected key 'X'; expected ... (closest match: 'Y')"."""
+    close = difflib.get_close_matches(key, _valid_names(key), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unexpected key {key!r}; expected {OUTPUT_KEYS_HELP}, or Hugging Face's last_hidden_state, "
+            f"pooler_output, hidden_states [L+1, B, S, H], attentions [L, B, heads, S, S].{hint}")
+
+
+def _is_float(arr: np.ndarray) -> bool:
+    return arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
+
+
+def read_candidate(path: str | os.PathLike) -> Candidate:
+    """An outputs file, with Hugging Face / ONNX names and `.npy` accepted (see the module docstring).
+
+    Every key must be an output key (see `is_output_key`) or an alias, holding floats; input arrays
+    stored with the outputs are dropped with a note."""
+    path = Path(path)
+    raw = read_arrays(path, OUTPUT_SUFFIXES)
+    notes: list[str] = []
+    if "" in raw:  # a .npy file: one array, named by the file
+        arr = raw.pop("")
+        stem = path.stem
+        if is_output_key(stem) or stem in OUTPUT_ALIASES or stem in ("hidden_states", "attentions"):
+            name = stem
+        elif arr.ndim == 3:
+            name = "sequence_output"
+        elif arr.ndim == 2:
+            name = "pooled_output"
+        else:
+            raise ArrayFileError(f"{path}: a .npy file holds one output: name the file after it "
+                                 f"(e.g. sequence_output.npy, hidden_states.npy) or store a 3-D sequence_output "
+                                 f"[B, S, H] or a 2-D pooled_output [B, H]; got shape {arr.shape}")
+        if name != stem:
+            notes.append(f"{path.name}: a single array of shape {arr.shape}, read as {name}")
+        raw = {name: arr}
+    if not raw:
         raise ArrayFileError(f"{path}: holds no arrays; expected {OUTPUT_KEYS_HELP}")
-    for key, arr in arrays.items():
-        if not is_output_key(key):
-            raise ArrayFileError(f"{path}: unexpected key {key!r}; expected {OUTPUT_KEYS_HELP}")
-        if arr.dtype.kind != "f" and arr.dtype.name != "bfloat16":
+    out: dict[str, np.ndarray] = {}
+    ignored = []
+
+    def put(key: str, arr: np.ndarray, source: str) -> None:
+        if key in out:
+            raise ArrayFileError(f"{path}: {key} is given twice (as {source} and under another name); keep one")
+        out[key] = arr
+
+    for key, arr in raw.items():
+        if key in STORED_INPUT_KEYS:
+            ignored.append(key)
+            continue
+        if not is_output_key(key) and key not in OUTPUT_ALIASES and key not in ("hidden_states", "attentions") \
+                and not re.fullmatch(r"attentions\.(0|[1-9][0-9]*)", key):
+            raise ArrayFileError(f"{path}: {unknown_key_message(key)}")
+        if not _is_float(arr):
             raise ArrayFileError(f"{path}: {key} has dtype {arr.dtype}; expected floating point values")
-    return arrays
+        if key in OUTPUT_ALIASES:
+            put(OUTPUT_ALIASES[key], arr, key)
+            notes.append(f"{key} read as {OUTPUT_ALIASES[key]}")
+        elif key in ("hidden_states", "attentions"):
+            name, ndim = ("hidden_states", 4) if key == "hidden_states" else ("attention_probs", 5)
+            want = "[L+1, batch, sequence, hidden]" if key == "hidden_states" else "[L, batch, heads, sequence, sequence]"
+            if arr.ndim != ndim:
+                raise ArrayFileError(f"{path}: {key} has shape {arr.shape}; a stacked {key} array is {ndim}-D {want}")
+            for i in range(arr.shape[0]):
+                put(f"{name}.{i}", arr[i], key)
+            notes.append(f"{key} {tuple(arr.shape)} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
+        elif key.startswith("attentions."):
+            name = "attention_probs." + key.split(".")[1]
+            put(name, arr, key)
+            notes.append(f"{key} read as {name}")
+        else:
+            put(key, arr, key)
+    if ignored:
+        notes.append(f"ignored the inputs stored with the outputs: {', '.join(ignored)}")
+    if not out:
+        raise ArrayFileError(f"{path}: holds no outputs (only inputs {ignored}); expected {OUTPUT_KEYS_HELP}")
+    return Candidate(out, tuple(notes))
+
+
+def read_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An outputs file's arrays by our output keys (see `read_candidate`, which also gives the notes)."""
+    return read_candidate(path).arrays

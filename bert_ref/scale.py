@@ -44,8 +44,9 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -167,10 +168,15 @@ def _set_threads(threads: int | None) -> None:
         _WORKER["limits"] = threadpool_limits(limits=threads)
     except ImportError:
         pass
-    from . import ops
+    import importlib
 
-    if hasattr(ops, "THREADS"):
-        ops.THREADS = threads
+    for name in ("bert_ref.kernels", "bert_ref.ops"):  # the fast paths' thread count (batch split, row chunks)
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "THREADS"):
+            module.THREADS = threads
     _WORKER["threads"] = threads
 
 
@@ -290,7 +296,8 @@ class _ShardFile:
             self.tmp.unlink()
 
 
-def compute_outputs(job: ScaleJob, start: int, stop: int, sink: Any = None) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
+def compute_outputs(job: ScaleJob, start: int, stop: int,
+                    sink: Any = None) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
     """Records `[start, stop)` through the model: (records, arrays in record order, timings).
 
     The arrays are `record_index`, `length` and the outputs (see the module docstring). With a
@@ -325,7 +332,8 @@ def compute_outputs(job: ScaleJob, start: int, stop: int, sink: Any = None) -> t
                 continue
             value = result[key]  # [b, L_batch, H] or [b, H]
             if value.dtype != np.dtype(dtype):
-                raise TypeError(f"{key} came out as {value.dtype}; the {job.policy} policy computes in {np.dtype(dtype)}")
+                raise TypeError(f"{key} came out as {value.dtype}; the {job.policy} policy computes in "
+                                f"{np.dtype(dtype)}")
             for j, r in enumerate(rows):
                 out.put(key, int(r), value[j, : int(records.lengths[r])] if value.ndim == 3 else value[j])
     t2 = time.perf_counter()
@@ -484,7 +492,8 @@ class _Engine:
         try:
             from distributed import Client, as_completed
         except ImportError:
-            raise ImportError('a Dask cluster needs dask.distributed: install it with `pip install "bert-ref[scale]"`') from None
+            raise ImportError("a Dask cluster needs dask.distributed: install it with "
+                              '`pip install "bert-ref[scale]"`') from None
         client = Client(self.scheduler, timeout="30s")
         try:
             token = uuid.uuid4().hex[:8]
@@ -631,11 +640,12 @@ def run_dataset(
             if previous.get("format") != RUN_FORMAT:
                 raise ValueError(f"format {previous.get('format')!r}")
         except (ValueError, OSError) as e:
-            raise ValueError(f"{manifest_path}: not a bert_ref run manifest ({e}); use an empty --out directory") from None
+            raise ValueError(f"{manifest_path}: not a bert_ref run manifest ({e}); "
+                             "use an empty --out directory") from None
         for name in _JOB_FIELDS:
             if previous["job"].get(name) != fields[name]:
-                raise ValueError(f"{out} holds a different run: its {name} is {previous['job'].get(name)!r}, this run's "
-                                 f"is {fields[name]!r}; use another --out directory or delete {out}")
+                raise ValueError(f"{out} holds a different run: its {name} is {previous['job'].get(name)!r}, "
+                                 f"this run's is {fields[name]!r}; use another --out directory or delete {out}")
     elif any(out.glob("shard-*.safetensors")):
         raise ValueError(f"{out} holds shard files but no {MANIFEST}; use another --out directory or delete them")
     for stale in out.glob("*.tmp-*"):  # left by a killed worker
@@ -653,7 +663,8 @@ def run_dataset(
             pending.append(k)
     skipped = len(shards) - len(pending)
     if previous is not None:
-        log(f"resuming {out}: {skipped} of {len(shards)} shards verified by sha256 and skipped, {len(pending)} to compute")
+        log(f"resuming {out}: {skipped} of {len(shards)} shards verified by sha256 and skipped, "
+            f"{len(pending)} to compute")
     manifest = {"format": RUN_FORMAT, "bert_ref_version": __version__, "job": fields,
                 "settings": {"scheduler": engine.scheduler if not engine.distributed else "distributed",
                              "workers": engine.workers, "threads_per_worker": engine.threads,
@@ -694,8 +705,9 @@ def run_dataset(
                                "records_per_s": round(n_rec / wall, 3) if computed and wall > 0 else None,
                                "compute_s": round(sum(e["timings"]["compute_s"] for e in computed), 3)}
         save(force=True)
-    log(f"{out}: {job.dataset.num_records} records in {len(shards)} shards; {len(pending)} computed, {skipped} skipped; "
-        f"{wall:.1f} s" + (f", {manifest['timings']['records_per_s']:.1f} records/s" if computed else ""))
+    log(f"{out}: {job.dataset.num_records} records in {len(shards)} shards; {len(pending)} computed, "
+        f"{skipped} skipped; {wall:.1f} s"
+        + (f", {manifest['timings']['records_per_s']:.1f} records/s" if computed else ""))
     return manifest
 
 
@@ -724,7 +736,8 @@ def _is_dataset_output(key: str) -> bool:
     return kind == "hidden_states" and idx.isdigit() and str(int(idx)) == idx
 
 
-def _index_candidate(paths: Sequence[str | os.PathLike], num_records: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+def _index_candidate(paths: Sequence[str | os.PathLike],
+                     num_records: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """(files, keys, file of each record, row of each record) of a candidate's output files."""
     from .dataset import _array_header
 
@@ -755,7 +768,8 @@ def _index_candidate(paths: Sequence[str | os.PathLike], num_records: int) -> tu
         if keys is None:
             keys = outs
         elif outs != keys:
-            raise DatasetError(f"{f}: holds {outs}, but {files[0]} holds {keys}; every candidate file must hold the same outputs")
+            raise DatasetError(f"{f}: holds {outs}, but {files[0]} holds {keys}; every candidate file must hold "
+                               "the same outputs")
         rows = {header[k][0][0] for k in outs}
         if len(rows) != 1:
             raise DatasetError(f"{f}: outputs have different numbers of records: {sorted(rows)}")
@@ -787,7 +801,8 @@ def _index_candidate(paths: Sequence[str | os.PathLike], num_records: int) -> tu
     return [str(f) for f in files], keys or [], rec_file, rec_row
 
 
-def _candidate_rows(files: Sequence[str], rec_file: np.ndarray, rec_row: np.ndarray, keys: Sequence[str]) -> dict[str, np.ndarray]:
+def _candidate_rows(files: Sequence[str], rec_file: np.ndarray, rec_row: np.ndarray,
+                    keys: Sequence[str]) -> dict[str, np.ndarray]:
     """The candidate's outputs for a list of records, in that order."""
     from .dataset import _ArrayFile, _load_rows
 
@@ -798,7 +813,7 @@ def _candidate_rows(files: Sequence[str], rec_file: np.ndarray, rec_row: np.ndar
         a, b = int(rows.min()), int(rows.max()) + 1
         data = _load_rows(_ArrayFile(files[fi], 0, 0, tuple(keys)), a, b)
         for k in keys:
-            for p, r in zip(pos, rows):
+            for p, r in zip(pos, rows, strict=True):
                 out[k][p] = data[k][r - a]
     result = {}
     for k, parts in out.items():
@@ -825,7 +840,8 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand_files: 
         ref = load_file(str(Path(reference["dir"]) / reference["entry"]["file"]))
         missing = [k for k in keys if k not in ref]
         if missing:
-            raise DatasetError(f"{reference['dir']}: the run holds no {missing[0]}; rerun it with --outputs including it")
+            raise DatasetError(f"{reference['dir']}: the run holds no {missing[0]}; rerun it with --outputs "
+                               "including it")
         sources = None
     else:
         records, ref, _ = compute_outputs(job, start, stop)
@@ -838,14 +854,16 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand_files: 
         if key not in _SEQUENCE_KEYS and not key.startswith("hidden_states."):
             valid = np.ones(r.shape[:1], bool)
             if c.shape[1:] != r.shape[1:]:
-                raise DatasetError(f"{key}: the candidate's records have shape {c.shape[1:]}, the reference's {r.shape[1:]}")
+                raise DatasetError(f"{key}: the candidate's records have shape {c.shape[1:]}, the reference's "
+                                   f"{r.shape[1:]}")
             rr, cc, rec_of = r.astype(np.float64), c.astype(np.float64), np.arange(r.shape[0])
             elem_rec = np.repeat(rec_of, int(np.prod(r.shape[1:])))
             pos = None
             rr, cc = rr.reshape(-1), cc.reshape(-1)
         else:
             if c.shape[2:] != r.shape[2:]:
-                raise DatasetError(f"{key}: the candidate's positions have shape {c.shape[2:]}, the reference's {r.shape[2:]}")
+                raise DatasetError(f"{key}: the candidate's positions have shape {c.shape[2:]}, the reference's "
+                                   f"{r.shape[2:]}")
             short = np.flatnonzero(lengths > c.shape[1])
             if short.size:
                 j = int(short[0])
@@ -932,8 +950,8 @@ class DatasetReport:
             rows.append([k, f"{e['count']:,}", f"{e['max_abs']:.2e}", f"{e['rms']:.2e}", f"{e['max_ratio']:.3g}",
                          worst, "ok" if e["passed"] else "FAIL"])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-                 for r in rows]
+        lines = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         rule = f"|candidate - reference| <= atol + rtol*|reference|, atol={self.atol:g}, rtol={self.rtol:g}"
         head = f"{self.candidate_name} vs {self.reference_name}, {self.num_records} records, valid positions"
@@ -1079,7 +1097,8 @@ def add_compare_arguments(p: Any) -> None:
     g = p.add_argument_group("dataset comparisons (instead of --input; needs the scale extra)")
     g.add_argument("--dataset", metavar="IN", help="the dataset the candidate was run on (see `run --dataset`)")
     g.add_argument("--reference", metavar="RUN_DIR",
-                   help="read the reference from a `run --dataset` directory (checksums checked) instead of computing it")
+                   help="read the reference from a `run --dataset` directory (checksums checked) instead of "
+                        "computing it")
     g.add_argument("--worst", type=int, default=5, help="worst records reported per output (default 5)")
     _common_arguments(g)
 
@@ -1109,7 +1128,8 @@ def cli_run(args: Any) -> int:
     if args.out is None:
         raise ValueError("--dataset needs --out DIR (the run directory)")
     if args.input is not None or args.output is not None or args.attentions or args.trace or args.hidden_states:
-        raise ValueError("--dataset runs take --out and --outputs, not --input/--output/--attentions/--trace/--hidden-states")
+        raise ValueError("--dataset runs take --out and --outputs, not "
+                         "--input/--output/--attentions/--trace/--hidden-states")
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     manifest = run_dataset(args.preset, args.dataset, args.out, dtype=args.dtype, outputs=outputs,
                            shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers,
@@ -1128,9 +1148,26 @@ def cli_compare(args: Any) -> int:
         raise ValueError("--reference takes its policy from the run; do not combine it with --truth or --dtype")
     if args.worst < 1:
         raise ValueError(f"--worst must be >= 1, got {args.worst}")
+    unsupported = [flag for flag, value in (("--precision", getattr(args, "precision", None)),
+                                            ("--floor-ratio", getattr(args, "floor_ratio", None)),
+                                            ("--activation", getattr(args, "activation", None)),
+                                            ("--layer-norm-epsilon", getattr(args, "layer_norm_epsilon", None)),
+                                            ("--junit", getattr(args, "junit", None))) if value is not None]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not available with --dataset (it takes --atol, --rtol, --truth, "
+                         "--dtype, --json)")
+    tolerances = []
+    for name, given, default in (("atol", args.atol, DEFAULT_ATOL), ("rtol", args.rtol, DEFAULT_RTOL)):
+        try:
+            value = float(given) if given is not None else default
+        except (TypeError, ValueError):
+            raise ValueError(f"--{name} {given!r}: with --dataset give one number (per-output tolerances are for "
+                             "--input)") from None
+        tolerances.append(value)
+    atol, rtol = tolerances
     dtype = "float64" if args.truth else args.dtype
     report = compare_dataset(args.preset, args.dataset, args.candidate, reference=args.reference, dtype=dtype,
-                             atol=args.atol, rtol=args.rtol, shard_size=args.shard_size, scheduler=args.scheduler,
+                             atol=atol, rtol=rtol, shard_size=args.shard_size, scheduler=args.scheduler,
                              workers=args.workers, threads=args.threads, sequence_length=args.sequence_length,
                              truncate=args.truncate, batch_tokens=args.batch_tokens, worst=args.worst,
                              progress=False if args.no_progress else None)

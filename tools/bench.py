@@ -3,23 +3,25 @@
 Run from the repository root with an interpreter that has the `bench` extra (torch, transformers,
 keras-hub, jax; each anchor is skipped when missing):
 
-    KERAS_BACKEND=jax python tools/bench.py [--quick] [--repeats N] [--no-torch] [--no-keras]
-                                            [--no-rss] [--no-load] [--only LABEL ...]
+    KERAS_BACKEND=jax python tools/bench.py [--quick] [--repeats N] [--baseline DIR] [--write-docs]
+                                            [--no-torch] [--no-keras] [--no-rss] [--no-load] [--only LABEL ...]
 
-For each configuration — BERT-base shape at (8, 128) and (1, 512), bert_tiny shape at (32, 128), a
-quarter of every row padded, float32 and float64 — it prints: milliseconds per forward (median of
-the timed runs, after one warm-up run), GFLOP/s (FLOPs of the GEMMs and the two attention matmuls,
-padded positions included, as every implementation computes them), the ratio to the *GEMM floor*
-(the same GEMM shapes timed with `np.matmul` alone, in the same run, on the same weights) and the
-ratios to transformers' `BertModel` (eager and sdpa attention, same weights,
-`torch.set_num_threads(cores)`, `torch.inference_mode`) and to keras-hub's `BertBackbone` on JAX
-(jit-compiled `predict_on_batch`; random weights of the same shapes). All implementations are timed
-in interleaved rounds, so a busy machine slows them alike. Ratios are bert_ref / anchor: < 1 means
-bert_ref is faster.
+The headline rows are the three of the speed target, BERT-base at (8, 128) with the last quarter of
+every row padded: float32 with the tanh GELU, float32 with the exact (erf) GELU, float64 with the
+tanh GELU. Each is timed against transformers' `BertModel` with the *same* GELU form — the fused
+`gelu_pytorch_tanh` for tanh rows, `gelu` for the exact row — in eager and sdpa attention (same
+weights, `torch.set_num_threads(cores)`, `torch.inference_mode`; torch in float64 for the float64
+row), and against keras-hub's `BertBackbone` on JAX for the tanh rows (jit-compiled
+`predict_on_batch`, random weights of the same shapes). Further rows: BERT-base (1, 512) and the
+bert_tiny shape at (32, 128).
 
-Activations: keras-hub's BERT uses the tanh GELU, so the main rows use `gelu_approximate` against
-transformers' `gelu_pytorch_tanh`; one extra row times the exact (erf) GELU against transformers'
-`gelu`. keras-hub is always tanh-GELU.
+Timing: every implementation of a row runs once to warm up, then in interleaved rounds (the order
+rotating each round, 50 ms apart so that BLAS worker threads go idle), so a busy machine slows them
+alike. Per row it prints the median milliseconds of each and the ratio of the medians bert_ref /
+anchor (< 1: bert_ref is faster), and the spread of the per-round ratios (min-max of the pairs).
+`floor` is the same GEMM shapes timed with `np.matmul` alone on the model's weights (a lower bound
+for any NumPy forward). `--baseline DIR` adds another bert_ref checkout (DIR holds its `bert_ref`
+package) to the same rounds, for before/after comparisons.
 
 Then, per configuration in a fresh subprocess (bert_ref and NumPy only): resident memory. The model
 is saved as a native preset and loaded back memory-mapped; `peak RSS` is the process's peak resident
@@ -32,9 +34,10 @@ Finally, load time: a BERT-base-shaped native preset written with `BertBackbone.
 is loaded with `BertBackbone.from_preset` (memory-mapped safetensors: no copy of the weights) and
 the same weights saved with `save_pretrained` are loaded with `transformers.BertModel.from_pretrained`.
 
-The environment variables OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE change which OpenBLAS kernel NumPy
-uses; the header prints them and the kernel threadpoolctl reports. Everything runs in well under
-five minutes on a 2-core machine.
+`--write-docs` replaces the generated tables of docs/performance.md (between its `bench:begin` and
+`bench:end` markers) with this run's. The header records the machine, NumPy's BLAS
+(`np.show_config()`) and its thread count. A full run takes about 6-8 minutes on 2 idle cores;
+`--quick` (the three headline rows, no memory or load time) about 2-3.
 """
 
 from __future__ import annotations
@@ -45,12 +48,15 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -59,7 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bert_ref import BertBackbone  # noqa: E402
+from bert_ref import BertBackbone, kernels  # noqa: E402
 from bert_ref.config import BertConfig  # noqa: E402
 
 BASE = dict(vocabulary_size=30522, num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072,
@@ -67,16 +73,17 @@ BASE = dict(vocabulary_size=30522, num_layers=12, num_heads=12, hidden_dim=768, 
 TINY = dict(vocabulary_size=30522, num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=512,
             max_sequence_length=512, num_segments=2)
 
-# label, architecture, batch, sequence, dtype, activation
+# label, architecture, batch, sequence, dtype, activation; the first three are the headline rows
 CONFIGS = [
-    ("base 8x128 f32", BASE, 8, 128, "float32", "gelu_approximate"),
+    ("base 8x128 f32 tanh", BASE, 8, 128, "float32", "gelu_approximate"),
     ("base 8x128 f32 erf", BASE, 8, 128, "float32", "gelu"),
-    ("base 1x512 f32", BASE, 1, 512, "float32", "gelu_approximate"),
-    ("tiny 32x128 f32", TINY, 32, 128, "float32", "gelu_approximate"),
-    ("base 8x128 f64", BASE, 8, 128, "float64", "gelu_approximate"),
-    ("base 1x512 f64", BASE, 1, 512, "float64", "gelu_approximate"),
-    ("tiny 32x128 f64", TINY, 32, 128, "float64", "gelu_approximate"),
+    ("base 8x128 f64 tanh", BASE, 8, 128, "float64", "gelu_approximate"),
+    ("base 1x512 f32 tanh", BASE, 1, 512, "float32", "gelu_approximate"),
+    ("tiny 32x128 f32 tanh", TINY, 32, 128, "float32", "gelu_approximate"),
+    ("base 1x512 f64 tanh", BASE, 1, 512, "float64", "gelu_approximate"),
+    ("tiny 32x128 f64 tanh", TINY, 32, 128, "float64", "gelu_approximate"),
 ]
+HEADLINE = 3
 HF_ACT = {"gelu_approximate": "gelu_pytorch_tanh", "gelu": "gelu"}
 
 
@@ -100,6 +107,14 @@ def machine() -> list[str]:
         pass
     lines.append(f"cpu: {cpu}; {cores()} cores available; {platform.platform()}")
     lines.append(f"python {platform.python_version()}, numpy {np.__version__}")
+    cfg = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
+    blas = cfg.get("Build Dependencies", {}).get("blas", {})
+    control = kernels._blas()
+    lines.append(f"numpy BLAS (np.show_config): {blas.get('name')} {blas.get('version')}; threads: "
+                 + (f"{control[1]()} (openblas_get_num_threads)" if control else "unknown (no OpenBLAS thread control)"))
+    parts = kernels.batch_parts(8, 128, 768)
+    lines.append(f"bert_ref: kernels.THREADS={kernels.THREADS}; BERT-base 8x128 runs as {parts} batch part(s)"
+                 + (" over threads, OpenBLAS at 1 thread meanwhile" if parts > 1 else ""))
     try:
         import threadpoolctl
 
@@ -108,9 +123,7 @@ def machine() -> list[str]:
                          f"kernel={info.get('architecture')} threads={info.get('num_threads')} "
                          f"({os.path.basename(info.get('filepath', ''))})")
     except ImportError:
-        cfg = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        lines.append(f"blas: {blas.get('name')} {blas.get('version')} (threadpoolctl not installed: kernel unknown)")
+        lines.append("threadpoolctl not installed: OpenBLAS kernel unknown")
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                           "OMP_NUM_THREADS")}
     lines.append("env: " + ", ".join(f"{k}={v}" for k, v in env.items()))
@@ -216,31 +229,43 @@ def keras_runner(arch: dict, inputs: dict, dtype: str):
     return lambda: km.predict_on_batch(feed)
 
 
-def time_interleaved(runners: dict[str, callable], repeats: int, budget_s: float) -> dict[str, float]:
-    """Warm each runner up once, then time them in rounds (order rotating); median seconds per runner."""
+def time_interleaved(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Warm each runner up once, then time `repeats` rounds of all of them (the order rotating each
+    round). Returns each runner's seconds per round."""
     for run in runners.values():
         run()
     times: dict[str, list[float]] = {k: [] for k in runners}
-    start = time.perf_counter()
-    rounds = 0
     names = list(runners)
-    while rounds < repeats or (time.perf_counter() - start < budget_s and rounds < 3 * repeats):
+    for rounds in range(repeats):
         for name in names[rounds % len(names):] + names[: rounds % len(names)]:  # rotate the order
             time.sleep(0.05)  # let the previous runner's worker threads go idle (they spin after work)
             t0 = time.perf_counter()
             runners[name]()
             times[name].append(time.perf_counter() - t0)
-        rounds += 1
-        if rounds >= repeats and time.perf_counter() - start > budget_s:
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
-def bench_speed(label, arch, batch, seq, dtype, act, args) -> dict:
+def load_baseline(path: str):
+    """Import the `bert_ref` package of another checkout (DIR/bert_ref) as `bert_ref_baseline`."""
+    src = Path(path).resolve() / "bert_ref"
+    if not (src / "__init__.py").exists():
+        raise SystemExit(f"--baseline {path}: no bert_ref package at {src}")
+    tmp = Path(tempfile.mkdtemp(prefix="bert_ref_baseline_"))
+    shutil.copytree(src, tmp / "bert_ref_baseline")
+    sys.path.insert(0, str(tmp))
+    import bert_ref_baseline
+
+    return bert_ref_baseline
+
+
+def bench_speed(label, arch, batch, seq, dtype, act, args, baseline=None) -> dict:
     model = BertBackbone(**arch, dtype=dtype, activation=act, seed=0)
     inputs = make_inputs(arch, batch, seq)
     prepared = model.prepared_weights()
     runners = {"bert_ref": lambda: model(inputs), "floor": gemm_floor(prepared, arch, batch, seq, np.dtype(dtype))}
+    if baseline is not None:
+        old = baseline.BertBackbone(**arch, dtype=dtype, activation=act, weights=dict(model.weights))
+        runners["baseline"] = lambda: old(inputs)
     notes = []
     if not args.no_torch:
         for attn in ("eager", "sdpa"):
@@ -254,10 +279,9 @@ def bench_speed(label, arch, batch, seq, dtype, act, args) -> dict:
             runners["keras-hub jax"] = keras_runner(arch, inputs, dtype)
         except Exception as e:  # not installed, or the backend cannot run this dtype
             notes.append(f"keras-hub: {type(e).__name__}: {str(e)[:100]}")
-    big = arch is BASE
-    repeats = args.repeats or (3 if big else 10)
-    result = time_interleaved(runners, repeats, budget_s=0 if big else 2.0)
-    return {"label": label, "times": result, "gflop": flops(arch, batch, seq) / 1e9, "notes": notes}
+    repeats = args.repeats or (5 if arch is BASE else 10)
+    times = time_interleaved(runners, repeats)
+    return {"label": label, "times": times, "gflop": flops(arch, batch, seq) / 1e9, "notes": notes}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,11 +410,48 @@ def bench_load(args) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
+def speed_table(results: list[dict], anchors: list[str]) -> list[str]:
+    """Markdown rows: medians, ratios of medians, and the min-max of the per-round ratios."""
+    head = ["config", "bert_ref ms", "GFLOP/s", "floor ms", "/ floor"]
+    for a in anchors:
+        head += [f"{a} ms", f"/ {a} (pairs min-max)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in results:
+        t = r["times"]
+        ours = statistics.median(t["bert_ref"])
+        cells = [r["label"], f"{1e3 * ours:.1f}", f"{r['gflop'] / ours:.1f}", f"{1e3 * statistics.median(t['floor']):.1f}",
+                 f"{ours / statistics.median(t['floor']):.2f}"]
+        for a in anchors:
+            if a not in t:
+                cells += ["-", "-"]
+                continue
+            pairs = [x / y for x, y in zip(t["bert_ref"], t[a])]
+            cells += [f"{1e3 * statistics.median(t[a]):.1f}",
+                      f"**{ours / statistics.median(t[a]):.2f}** ({min(pairs):.2f}-{max(pairs):.2f})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_docs(path: Path, generated: list[str]) -> None:
+    """Replace the text between the bench markers of `path` with `generated` (temp file + rename)."""
+    begin, end = "<!-- bench:begin (generated by tools/bench.py --write-docs) -->", "<!-- bench:end -->"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: markers {begin!r} and {end!r} not found")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(head + begin + "\n" + "\n".join(generated) + "\n" + end + tail)
+    tmp.replace(path)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=0, help="timed rounds per configuration (default 3 base, 10 tiny)")
-    ap.add_argument("--quick", action="store_true", help="only the float32 configurations")
+    ap.add_argument("--repeats", type=int, default=0, help="timed rounds per configuration (default 5 base, 10 tiny)")
+    ap.add_argument("--quick", action="store_true", help="only the three headline rows; no memory or load time")
     ap.add_argument("--only", nargs="*", help="only configurations whose label contains one of these")
+    ap.add_argument("--baseline", help="also time the bert_ref package of this checkout (before/after)")
+    ap.add_argument("--write-docs", action="store_true", help="write this run's tables into docs/performance.md")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-keras", action="store_true")
     ap.add_argument("--no-rss", action="store_true")
@@ -408,47 +469,67 @@ def main(argv=None) -> None:
         torch.set_num_threads(cores())
     except ImportError:
         pass
-    print("\n".join(machine()), flush=True)
-    configs = [c for c in CONFIGS if not (args.quick and c[4] == "float64")]
+    out: list[str] = []
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    emit("Machine:")
+    emit()
+    emit("```")
+    for line in machine():
+        emit(line)
+    emit("```")
+    configs = CONFIGS[:HEADLINE] if args.quick else CONFIGS
     if args.only:
         configs = [c for c in configs if any(s in c[0] for s in args.only)]
+    if args.quick:
+        args.no_rss = args.no_load = True
+    baseline = load_baseline(args.baseline) if args.baseline else None
 
-    anchors = ["torch eager", "torch sdpa", "keras-hub jax"]
-    print()
-    head = f"| {'config':20} | {'ms/forward':>10} | {'GFLOP/s':>7} | {'/ floor':>7} | " + " | ".join(
-        f"{'/ ' + a:>15}" for a in anchors) + f" | {'floor ms':>8} | " + " | ".join(f"{a + ' ms':>16}" for a in anchors) + " |"
-    print(head)
-    print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|", flush=True)
-    notes = []
+    anchors = ["torch eager", "torch sdpa", "keras-hub jax"] + (["baseline"] if baseline else [])
+    results, notes = [], []
     for label, arch, batch, seq, dtype, act in configs:
-        r = bench_speed(label, arch, batch, seq, dtype, act, args)
+        r = bench_speed(label, arch, batch, seq, dtype, act, args, baseline)
+        results.append(r)
         t = r["times"]
-        ours = t["bert_ref"]
-        cells = [f"{ours / t[a]:15.2f}" if a in t else f"{'-':>15}" for a in anchors]
-        ms = [f"{1e3 * t[a]:16.1f}" if a in t else f"{'-':>16}" for a in anchors]
-        print(f"| {label:20} | {1e3 * ours:10.1f} | {r['gflop'] / ours:7.1f} | {ours / t['floor']:7.2f} | "
-              + " | ".join(cells) + f" | {1e3 * t['floor']:8.1f} | " + " | ".join(ms) + " |", flush=True)
+        print(f"  {label}: " + ", ".join(f"{k} {1e3 * statistics.median(v):.1f} ms" for k, v in t.items()), flush=True)
         notes += [f"{label}: {n}" for n in r["notes"]]
+    rounds = sorted({len(r["times"]["bert_ref"]) for r in results})
+    emit()
+    emit(f"Forward pass (median of {'/'.join(map(str, rounds))} interleaved rounds after a warm-up; ratios are "
+         "bert_ref / anchor, of the medians, and in brackets the min-max of the per-round ratios):")
+    emit()
+    for line in speed_table(results, anchors):
+        emit(line)
     for n in notes:
-        print("note:", n)
+        emit(f"note: {n}")
 
     if not args.no_rss:
-        print("\nResident memory (fresh process per configuration; preset loaded memory-mapped; MB):")
-        print(f"| {'config':20} | {'weights':>8} | {'copied':>9} | {'act':>6} | {'peak RSS':>8} | "
-              f"{'peak / (weights + 3 act)':>24} |")
-        print(f"|{'-' * 22}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 26}|")
+        emit()
+        emit("Resident memory (fresh process per configuration; preset loaded memory-mapped; MB):")
+        emit()
+        emit("| config | weights | copied | act | peak RSS | peak / (weights + 3 act) |")
+        emit("|---|---|---|---|---|---|")
         for label, arch, batch, seq, dtype, act in configs:
             m = bench_rss(arch, batch, seq, dtype, act)
             ratio = m["total"] / (m["weights"] + 3 * m["act"])
-            mb = lambda b: f"{b / 1e6:8.1f}"  # noqa: E731
-            print(f"| {label:20} | {mb(m['weights'])} | {m['copied'] / 1e6:9.1f} | {m['act'] / 1e6:6.1f} | "
-                  f"{mb(m['total'])} | {ratio:24.2f} |" + ("" if m["exact_peak"] else " (ru_maxrss)"), flush=True)
+            emit(f"| {label} | {m['weights'] / 1e6:.1f} | {m['copied'] / 1e6:.1f} | {m['act'] / 1e6:.1f} | "
+                 f"{m['total'] / 1e6:.1f} | {ratio:.2f} |" + ("" if m["exact_peak"] else " (ru_maxrss)"))
 
     if not args.no_load:
-        print("\nLoad time (BERT-base shape, float32):")
+        emit()
+        emit("Load time (BERT-base shape, float32):")
+        emit()
         for line in bench_load(args):
-            print(line)
-    print(f"\ntotal bench time: {time.perf_counter() - start:.0f} s")
+            emit(f"- {line.strip()}")
+    emit()
+    emit(f"Command: `python tools/bench.py{' ' + ' '.join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else ''}`; "
+         f"total bench time: {time.perf_counter() - start:.0f} s.")
+    if args.write_docs:
+        write_docs(ROOT / "docs" / "performance.md", out)
+        print("wrote docs/performance.md")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,16 @@ sys.path.insert(0, str(ROOT))
 
 from bert_ref import BertBackbone, __version__  # noqa: E402
 from bert_ref.dataset import length_batches, open_dataset  # noqa: E402
-from bert_ref.scale import DEFAULT_BATCH_TOKENS, DEFAULT_SHARD_SIZE, ScaleJob, compute_outputs, cores, job_for, run_dataset, weights_sha256  # noqa: E402
+from bert_ref.scale import (  # noqa: E402
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_SHARD_SIZE,
+    ScaleJob,
+    compute_outputs,
+    cores,
+    job_for,
+    run_dataset,
+    weights_sha256,
+)
 
 SMALL = dict(vocabulary_size=30522, num_layers=4, num_heads=8, hidden_dim=512, intermediate_dim=2048,
              max_sequence_length=512)
@@ -122,7 +131,7 @@ def summarize(manifest: dict, wall: float) -> dict:
     gaps = []
     for shards in by_worker.values():
         shards.sort(key=lambda e: e["started"])
-        for x, y in zip(shards, shards[1:]):
+        for x, y in zip(shards, shards[1:], strict=False):
             gaps.append(y["started"] - (x["started"] + x["timings"]["task_s"]))
     compute = [e["timings"]["compute_s"] for e in entries]
     other = [e["timings"]["task_s"] - e["timings"]["compute_s"] - e["timings"]["load_s"] for e in entries]
@@ -133,7 +142,8 @@ def summarize(manifest: dict, wall: float) -> dict:
         "overhead_per_shard_s": statistics.mean(gaps) if gaps else None,
         "in_task_read_write_s": statistics.mean(other),
         "peak_rss_mib": {w: max(e["peak_rss_bytes"] or 0 for e in s) / MiB for w, s in by_worker.items()},
-        "rss_before_first_shard_mib": {w: min(e["rss_start_bytes"] or 0 for e in s) / MiB for w, s in by_worker.items()},
+        "rss_before_first_shard_mib": {w: min(e["rss_start_bytes"] or 0 for e in s) / MiB
+                                       for w, s in by_worker.items()},
     }
 
 
@@ -186,8 +196,8 @@ def main(argv=None) -> None:
         results["memory"] = mem = memory_target(preset, data, args.shard_size, args.batch_tokens)
         runs = {}
         runs["sequential (1 process, all cores)"] = sequential(preset, data, args.shard_size, args.batch_tokens)
-        runs["1 worker x 1 thread (processes)"] = dask_run(preset, data, root / "w1", args.shard_size, args.batch_tokens,
-                                                           scheduler="processes", workers=1)
+        runs["1 worker x 1 thread (processes)"] = dask_run(preset, data, root / "w1", args.shard_size,
+                                                           args.batch_tokens, scheduler="processes", workers=1)
         runs["2 workers x 1 thread (processes)"] = dask_run(preset, data, root / "w2", args.shard_size,
                                                             args.batch_tokens, scheduler="processes", workers=2)
         if args.distributed:
@@ -212,7 +222,8 @@ def main(argv=None) -> None:
               + ("-" if ov is None else f"{ov * 1e3:.1f} ms = {100 * ov / r['mean_compute_s']:.2f}% of compute")
               + f"; read + write inside the task {r['in_task_read_write_s'] * 1e3:.1f} ms; "
                 f"start-up before the first shard {r['startup_s']:.1f} s")
-    print(f"\nmemory: weights {mem['weights_mib']:.0f} MiB (mapped), largest activation {mem['largest_activation_mib']:.0f} MiB "
+    print(f"\nmemory: weights {mem['weights_mib']:.0f} MiB (mapped), "
+          f"largest activation {mem['largest_activation_mib']:.0f} MiB "
           f"-> target weights + 3 x activation = {mem['target_mib']:.0f} MiB; shard output buffers up to "
           f"{mem['shard_outputs_mib']:.0f} MiB")
     for name, r in runs.items():
@@ -221,7 +232,8 @@ def main(argv=None) -> None:
         for w, peak in r["peak_rss_mib"].items():
             base = r["rss_before_first_shard_mib"][w]
             print(f"  {name} {w}: peak RSS {peak:.0f} MiB; {base:.0f} MiB before its first shard (interpreter, "
-                  f"NumPy, Dask); peak - that = {peak - base:.0f} MiB = {(peak - base) / mem['target_mib']:.2f} x target")
+                  f"NumPy, Dask); peak - that = {peak - base:.0f} MiB = "
+                  f"{(peak - base) / mem['target_mib']:.2f} x target")
     speedup = runs["2 workers x 1 thread (processes)"]["steady_records_per_s"] / one["steady_records_per_s"]
     per_core = one["steady_records_per_s"]
     print(f"\n2 workers / 1 worker (steady state): {speedup:.2f}x (target >= 1.7x)")

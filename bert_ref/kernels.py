@@ -1,0 +1,465 @@
+"""Fast paths for the ops of `bert_ref.ops`: the same math, arranged for speed.
+
+Every function here has the name, the signature and the result of its twin in `bert_ref.ops` —
+bit for bit, since each does the same floating-point operations on the same values in the same
+order (tests/test_kernels.py checks each against its twin over hypothesis-drawn shapes and
+dtypes). What differs is only the arrangement:
+
+- elementwise chains (erf, both GELUs) run over blocks of `BLOCK` elements, so that a block's
+  temporaries stay in the CPU cache instead of streaming whole activations through memory once
+  per step;
+- blocks, and the rows of layer norm, softmax and bias adds, are spread over `THREADS` threads
+  (NumPy's loops release the GIL, so disjoint chunks of one array run on several cores at once);
+- they work in place: `layer_norm`, `masked_softmax` and the activations *overwrite their first
+  argument* (when it is a C-contiguous float32/float64 array) and return it. `encoder.forward`
+  passes them only intermediates it owns; call them on a copy otherwise.
+
+The forward uses this module instead of `ops` unless the dtype policy rounds the matmul inputs
+(`Policy.rounds_matmul_inputs`), where only the plain ops apply the rounding at the right places.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .ops import (  # unchanged: no faster form
+    attention_scores,
+    embedding,
+    merge_heads,
+    pooler,
+    split_heads,
+)
+
+__all__ = [
+    "ACTIVATIONS", "BLOCK", "THREADS", "attention_context", "attention_scores", "dense", "embedding", "erf", "gelu",
+    "gelu_approximate", "layer_norm", "masked_softmax", "merge_heads", "pooler", "split_heads",
+]
+
+# Elementwise chains run over blocks of this many elements (64 Ki: a float32 block and its few
+# temporaries fit in a 1-2 MB L2 cache). The result does not depend on it.
+BLOCK = 1 << 16
+
+# Threads for the elementwise work: the cores this process may run on. Chunks are disjoint and
+# each is computed exactly as one sequential loop would, so the results do not depend on THREADS.
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist (a task submitted to it would wait
+    forever): start afresh with a new pool on first use. A fork taken while a forward held
+    OpenBLAS at one thread gets its thread count back."""
+    global _POOL, _POOL_LOCK, _BLAS_LOCK, _blas_users
+    _POOL, _POOL_LOCK, _BLAS_LOCK = None, threading.Lock(), threading.Lock()
+    if _blas_users and isinstance(_BLAS, tuple):
+        _BLAS[0](_blas_saved)
+    _blas_users = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+_LOCAL = threading.local()  # .serial: this thread runs one part of a batch split (see `forward`)
+
+
+def _threads() -> int:
+    """THREADS, or 1 inside one part of a batch split (its sibling parts use the other cores)."""
+    return 1 if getattr(_LOCAL, "serial", False) else THREADS
+
+
+def parallel(fn: Callable[[int, int], None], n: int, min_size: int = 1) -> None:
+    """Call `fn(start, stop)` on up to THREADS contiguous slices of `range(n)`, concurrently.
+
+    Runs in the caller's thread when one slice would do (n < 2 * min_size, THREADS == 1, or
+    inside one part of a batch split)."""
+    parts = min(_threads(), n // max(min_size, 1))
+    if parts <= 1:
+        fn(0, n)
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="bert_ref")
+        pool = _POOL
+    bounds = [n * i // parts for i in range(parts + 1)]
+    for future in [pool.submit(fn, a, b) for a, b in itertools.pairwise(bounds)]:
+        future.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise: erf and the GELUs
+
+
+def _in_blocks(block: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Apply `block(x_block, out_block)` to consecutive 1-D blocks of `BLOCK` elements, spread
+    over THREADS threads. `x` and `out` have the same shape; `out` is C-contiguous (it may be `x`)."""
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+
+    def run(first: int, last: int) -> None:
+        for start in range(first * BLOCK, min(last * BLOCK, flat_x.size), BLOCK):
+            block(flat_x[start : start + BLOCK], flat_out[start : start + BLOCK])
+
+    parallel(run, -(-flat_x.size // BLOCK), min_size=4)
+    return out
+
+
+def _elementwise(block: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray, out: np.ndarray | None,
+                 in_place: bool) -> np.ndarray:
+    """Apply a float32/float64 `block` to all of `x`, with the dtype rules of `ops.elementwise`.
+
+    With `in_place`, a C-contiguous float32/float64 `x` is overwritten when `out` is None."""
+    x = np.asarray(x)
+    work = ops.work_dtype(x.dtype)
+    if out is None and in_place and x.dtype == work and x.flags.c_contiguous and x.flags.writeable:
+        out = x
+    if out is None:
+        out = np.empty(x.shape, x.dtype if ops.is_half(x.dtype) else work)
+    if x.dtype == work and out.dtype == work and out.flags.c_contiguous:
+        return _in_blocks(block, x, out)
+    out[...] = _in_blocks(block, x.astype(work), np.empty(x.shape, work))
+    return out
+
+
+def _erf_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.erf` of a 1-D block into `out` (not `x`), reusing one buffer for the coefficients."""
+    dtype = x.dtype
+    coefficients, limit = ops.ERF_TABLES[dtype]  # [degree + 1, intervals]
+    ax = np.abs(x)
+    interval = np.multiply(ax, dtype.type(2))
+    np.floor(interval, out=interval)
+    np.fmin(interval, dtype.type(coefficients.shape[1] - 1), out=interval)
+    t = ax * dtype.type(4)
+    t -= interval * dtype.type(2) + dtype.type(1)  # 4 * (|x| - midpoint), in [-1, 1]
+    index = interval.astype(np.intp)
+    coefficient = interval  # reused as the buffer for each looked-up coefficient
+    np.take(coefficients[0], index, out=out, mode="clip")  # "clip": indices are in range; no buffering
+    for k in range(1, coefficients.shape[0]):  # Horner: y = y * t + c_k
+        out *= t
+        np.take(coefficients[k], index, out=coefficient, mode="clip")
+        out += coefficient
+    out[ax >= limit] = 1
+    np.copysign(out, x, out=out)
+
+
+def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.gelu` of a 1-D block into `out` (which may be `x`)."""
+    y = np.empty_like(x)
+    _erf_block(np.multiply(x, x.dtype.type(ops._INV_SQRT_2)), y)  # erf(x / sqrt(2))
+    y += 1
+    y *= x
+    np.multiply(y, x.dtype.type(0.5), out=out)
+
+
+def _gelu_approximate_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.gelu_approximate` of a 1-D block into `out` (which may be `x`), with one temporary."""
+    c = x.dtype.type(ops._SQRT_2_OVER_PI)
+    t = np.multiply(x, x)  # x^2
+    t *= c * x.dtype.type(ops._GELU_CUBIC)
+    t += c
+    t *= x  # c * (x + 0.044715 * x^3)
+    np.tanh(t, out=t)
+    t += 1
+    t *= x.dtype.type(0.5)
+    np.multiply(x, t, out=out)
+
+
+def erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`ops.erf`, in cache-sized blocks over threads. [...] -> [...] (does not overwrite `x`)."""
+    return _elementwise(_erf_block, x, out, in_place=False)
+
+
+def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`ops.gelu`, in blocks over threads; overwrites a float32/float64 `x`. [...] -> [...]"""
+    return _elementwise(_gelu_block, x, out, in_place=True)
+
+
+def gelu_approximate(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`ops.gelu_approximate`, in blocks over threads; overwrites a float32/float64 `x`. [...] -> [...]"""
+    return _elementwise(_gelu_approximate_block, x, out, in_place=True)
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_approximate": gelu_approximate}
+
+
+# ----------------------------------------------------------------------------------------------
+# Row-wise: layer norm, dense's bias, masked softmax, attention context
+
+
+def _owned(x: np.ndarray) -> bool:
+    return x.dtype.kind == "f" and x.dtype.itemsize >= 4 and x.flags.c_contiguous and x.flags.writeable
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+    """`ops.layer_norm` over row chunks on THREADS threads, into `x`. [..., H], [H], [H] -> [..., H]"""
+    if not _owned(x) or np.result_type(x, gamma, beta) != x.dtype:
+        return ops.layer_norm(x, gamma, beta, epsilon)
+    rows = x.reshape(-1, x.shape[-1])  # [N, H], a view: written in place
+    eps, n = x.dtype.type(epsilon), x.dtype.type(x.shape[-1])
+
+    def run(first: int, last: int) -> None:
+        r = rows[first:last]
+        r -= r.mean(axis=-1, keepdims=True)  # centred
+        var = np.einsum("ij,ij->i", r, r)[:, None] / n
+        r *= 1 / np.sqrt(var + eps)
+        r *= gamma
+        r += beta
+
+    parallel(run, rows.shape[0], min_size=64)
+    return x
+
+
+def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """`ops.dense`, the bias added in place over row chunks on THREADS threads. [..., In] -> [..., Out]"""
+    y = np.matmul(x.reshape(-1, x.shape[-1]), kernel)  # [N, Out]
+    if np.result_type(y, bias) != y.dtype:
+        y = y + bias
+    else:
+        def add_bias(first: int, last: int) -> None:
+            y[first:last] += bias
+
+        parallel(add_bias, y.shape[0], min_size=64)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`ops.masked_softmax` over batch (or head) chunks on THREADS threads, into `scores`, in one
+    pass fewer. [B, h, S, S], [B, 1, 1, S] bool -> [B, h, S, S]
+
+    The plain op's final multiply by the mask is left out: at a masked key of a row with any
+    valid key, `exp(-1e9 - max)` already is exactly 0 (it underflows for any score above
+    -1e9 + 745), so the multiply changes nothing. A row with no valid key (max = -1e9) would get
+    1/S instead: those batch rows are set to 0 explicitly, as the plain op's multiply leaves them.
+    """
+    if not _owned(scores) or scores.ndim != 4:
+        return ops.masked_softmax(scores, mask)
+    large = scores.dtype.type(ops.MASK_NEGATIVE_FLOAT16 if scores.dtype == np.float16 else ops.MASK_NEGATIVE)
+    mask = np.broadcast_to(mask, (scores.shape[0], 1, 1, scores.shape[3]))
+    masked = ~mask
+    empty = ~np.any(mask, axis=(1, 2, 3))  # [B]: batch rows with no valid key
+    axis = 0 if scores.shape[0] >= _threads() else 1  # split the batch, or the heads of a small batch
+
+    def run(first: int, last: int) -> None:
+        part = (slice(first, last),) if axis == 0 else (slice(None), slice(first, last))
+        s = scores[part]
+        np.copyto(s, large, where=masked[part[:1]])  # where(mask, s, large), in place
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+
+    parallel(run, scores.shape[axis])
+    scores[empty] = 0
+    return scores
+
+
+def attention_context(probs: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """`ops.attention_context`, written by the matmul straight into [B, S, h, d] (no merge copy).
+
+    [B, h, S, S], [B, h, S, d] -> [B, S, h*d]"""
+    b, h, s, d = v.shape
+    out = np.empty((b, s, h, d), np.result_type(probs, v))
+    np.matmul(probs, v, out=out.transpose(0, 2, 1, 3))
+    return out.reshape(b, s, h * d)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole forward, fused: used by `encoder.forward` when nothing is traced or rounded
+
+
+def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.ndarray:
+    """`ACTIVATIONS[activation](y + bias)` for a [N, F] GEMM output, in place: bias and activation
+    applied to one cache-sized block of rows at a time (one pass over memory instead of two)."""
+    block = {"gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}[activation]
+    rows = max(1, BLOCK // y.shape[1])
+
+    def run(first: int, last: int) -> None:
+        for start in range(first * rows, min(last * rows, y.shape[0]), rows):
+            part = y[start : start + rows]
+            part += bias
+            flat = part.reshape(-1)
+            block(flat, flat)
+
+    parallel(run, -(-y.shape[0] // rows), min_size=4)
+    return y
+
+
+def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activation: str, eps: float,
+            hidden: list | None, attentions: list | None) -> np.ndarray:
+    """The encoder layers of `encoder.forward`, op for op, on the kernels above. [B, S, H] -> [B, S, H]"""
+    key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
+    for p in params["layers"]:
+        # Each intermediate is freed as soon as it is used (del), so that the next allocation can
+        # reuse its memory: the peak stays near the FFN's [B, S, F] activation plus a few [B, S, H].
+        q, k, v = (split_heads(dense(x, *p[name]), heads) for name in ("query", "key", "value"))  # [B, h, S, d]
+        probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
+        del q, k
+        if attentions is not None:
+            attentions.append(probs)
+        context = attention_context(probs, v)  # [B, S, A]
+        del probs, v
+        residual = dense(context, *p["output"])  # [B, S, H]
+        del context
+        residual += x
+        del x
+        y = layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps)
+        del residual
+        inner = _bias_activation(np.matmul(y.reshape(-1, y.shape[-1]), p["ffn_kernel1"]), p["ffn_bias1"], activation)
+        residual = dense(inner, p["ffn_kernel2"], p["ffn_bias2"]).reshape(y.shape)  # [B*S, F] -> [B, S, H]
+        del inner
+        residual += y
+        del y
+        x = layer_norm(residual, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps)
+        del residual
+        if hidden is not None:
+            hidden.append(x)
+    return x
+
+
+def _forward_part(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray,
+                  want_hidden: bool, want_attentions: bool) -> dict[str, Any]:
+    """`encoder.forward`'s outputs for these inputs, computed with the kernels in this thread."""
+    x = embedding(params["token"], token_ids)  # [B, S, H]
+    x += params["position"][: token_ids.shape[1]]  # keras' order: (token + position) + segment
+    x += embedding(params["segment"], segment_ids)
+    x = layer_norm(x, params["norm_gamma"], params["norm_beta"], config.layer_norm_epsilon)
+    hidden = [x] if want_hidden else None
+    attentions: list | None = [] if want_attentions else None
+    x = _layers(params, x, mask, config.num_heads, config.activation, config.layer_norm_epsilon, hidden, attentions)
+    out: dict[str, Any] = {"sequence_output": x}
+    if hidden is not None:
+        out["hidden_states"] = hidden
+    if attentions is not None:
+        out["attention_probs"] = attentions
+    return out
+
+
+# OpenBLAS's thread count, controlled through its C API (as threadpoolctl does): (set, get), or
+# False where NumPy's BLAS is not an OpenBLAS we can find (the batch split is then not used).
+_BLAS: tuple[Callable[[int], None], Callable[[], int]] | bool | None = None
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0
+_blas_saved = 1
+
+
+def _find_openblas() -> tuple[Callable[[int], None], Callable[[], int]] | bool:
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_"), ("scipy_openblas", "")):
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+                return setter, getter
+    return False
+
+
+def _blas() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = _find_openblas()
+    return _BLAS if isinstance(_BLAS, tuple) else None
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """OpenBLAS at one thread for the duration (process-wide; nested and concurrent uses share
+    one count, and the last one out restores the thread count it found)."""
+    global _blas_users, _blas_saved
+    blas = _blas()
+    assert blas is not None
+    with _BLAS_LOCK:
+        if _blas_users == 0:
+            _blas_saved = blas[1]()
+            blas[0](1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if _blas_users == 0:
+                blas[0](_blas_saved)
+
+
+# The least activation elements ([tokens, hidden]) one part of a batch split gets. Below it the
+# thread is not worth starting, and OpenBLAS may use its small-matrix kernels, whose rounding can
+# depend on the number of rows (the split would then not be bit-identical).
+MIN_PART = 1 << 14
+
+
+def batch_parts(batch: int, sequence: int, hidden: int) -> int:
+    """How many parts `forward` splits a batch into: one per core, at most one per sequence and
+    one per MIN_PART activations; 1 (no split) on one core, inside a split, or where OpenBLAS's
+    thread count cannot be set."""
+    n = min(_threads(), batch, batch * sequence * hidden // MIN_PART)
+    return n if n > 1 and _blas() is not None else 1
+
+
+def forward(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray,
+            output_hidden_states: bool, output_attentions: bool) -> dict[str, Any]:
+    """`encoder.forward` for the float32 and float64 policies with no trace: the same ops on the
+    same values (bit-identical outputs), arranged for speed.
+
+    - The batch is split into `batch_parts(B)` parts, each run through the whole encoder by its
+      own thread, with OpenBLAS at one thread: no fork/join around each GEMM, and every part's
+      elementwise work runs on its own core. (A GEMM's rows do not depend on the other rows.)
+    - The FFN bias and activation run together over cache-sized blocks (`_bias_activation`).
+    - Every op comes from this module (in place, no merge copy, softmax one pass shorter).
+    """
+    parts = batch_parts(token_ids.shape[0], token_ids.shape[1], config.hidden_dim)
+    args = (output_hidden_states, output_attentions)
+    if parts == 1:
+        whole = _forward_part(params, config, token_ids, segment_ids, mask, *args)
+        whole["pooled_output"] = pooler(whole["sequence_output"], params["pooler_kernel"], params["pooler_bias"])
+        return whole
+    bounds = [token_ids.shape[0] * i // parts for i in range(parts + 1)]
+    results: list[Any] = [None] * parts
+
+    def run(i: int) -> None:
+        _LOCAL.serial = True
+        try:
+            rows = slice(bounds[i], bounds[i + 1])
+            results[i] = _forward_part(params, config, token_ids[rows], segment_ids[rows], mask[rows], *args)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            results[i] = error
+        finally:
+            _LOCAL.serial = False
+
+    with _one_blas_thread():
+        threads = [threading.Thread(target=run, args=(i,), name=f"bert_ref-part{i}") for i in range(1, parts)]
+        for t in threads:
+            t.start()
+        run(0)
+        for t in threads:
+            t.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    out: dict[str, Any] = {}
+    for key in results[0]:
+        if key in ("hidden_states", "attention_probs"):
+            out[key] = [np.concatenate(layer) for layer in zip(*(r[key] for r in results))]
+        else:
+            out[key] = np.concatenate([r[key] for r in results])
+    # The pooler on the whole batch: a GEMM of B rows (one of a single row may round differently).
+    out["pooled_output"] = pooler(out["sequence_output"], params["pooler_kernel"], params["pooler_bias"])
+    return out

@@ -1,0 +1,172 @@
+"""An on-disk cache of the oracle's own runs (the float64 truth, the floors, the reference).
+
+`bert-ref compare` runs our model up to three times (reference, float64 truth, the floor's
+precision); on BERT-base at 8 x 128 that is most of its time. The runs depend only on the model
+(config and weights), the inputs, the policy and the outputs asked for, so each is stored once,
+keyed by a SHA-256 digest of exactly those (and the bert_ref version), and a second compare of
+another candidate on the same inputs reads them back.
+
+Location and size (environment variables):
+
+    BERT_REF_ORACLE_CACHE     the directory (default `<our cache>/oracle`, i.e. `$BERT_REF_CACHE/oracle`,
+                              else `$XDG_CACHE_HOME/bert_ref/oracle`, else `~/.cache/bert_ref/oracle`);
+                              `off` (or 0, false, no) disables the cache.
+    BERT_REF_ORACLE_CACHE_MB  the most it may hold, in MiB (default 2048): after each write the
+                              least recently used entries are removed until it fits.
+
+Each entry is one `.npz` file, written to a temporary name in the same directory and renamed into
+place, so a reader never sees half a file; a file that cannot be read is treated as absent and
+removed. Reading an entry touches it (its modification time orders the eviction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from . import __version__
+
+_OFF = ("off", "0", "false", "no")
+DEFAULT_LIMIT_MB = 2048
+
+_digests: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def cache_root() -> Path | None:
+    """The cache directory, or None when `BERT_REF_ORACLE_CACHE` disables it."""
+    value = os.environ.get("BERT_REF_ORACLE_CACHE", "").strip()
+    if value.lower() in _OFF:
+        return None
+    if value:
+        return Path(value).expanduser()
+    from .hub.settings import cache_dir
+
+    return cache_dir() / "oracle"
+
+
+def limit_bytes() -> int:
+    """`BERT_REF_ORACLE_CACHE_MB` in bytes (default 2048 MiB)."""
+    raw = os.environ.get("BERT_REF_ORACLE_CACHE_MB", "").strip()
+    if not raw:
+        return DEFAULT_LIMIT_MB * 2 ** 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise ValueError(f"BERT_REF_ORACLE_CACHE_MB={raw!r} is not valid: expected a number of MiB >= 0")
+    return int(mb * 2 ** 20)
+
+
+def model_digest(model: Any) -> str:
+    """SHA-256 of a `BertBackbone`'s config and weights (names, dtypes, shapes, bytes); computed once
+    per model object (its weights are read-only)."""
+    try:
+        return _digests[model]
+    except (KeyError, TypeError):
+        pass
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name in sorted(model.weights):
+        w = np.ascontiguousarray(model.weights[name])
+        h.update(f"{name}|{w.dtype.str}|{w.dtype.name}|{w.shape}|".encode())
+        h.update(memoryview(w).cast("B"))
+    digest = h.hexdigest()
+    try:
+        _digests[model] = digest
+    except TypeError:
+        pass
+    return digest
+
+
+def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str, keys: Iterable[str] | None) -> str:
+    """The digest naming one run: model, inputs, policy, the outputs asked for, bert_ref's version."""
+    h = hashlib.sha256()
+    h.update(f"bert_ref {__version__}|{model_digest(model)}|{policy_name}|".encode())
+    h.update(json.dumps(None if keys is None else sorted(keys)).encode())
+    for name in ("token_ids", "segment_ids", "padding_mask"):
+        if name in inputs and inputs[name] is not None:
+            a = np.ascontiguousarray(np.asarray(inputs[name]))
+            a = a.astype(bool) if name == "padding_mask" else a.astype(np.int64)
+            h.update(f"|{name}|{a.shape}|".encode())
+            h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def load(key: str) -> dict[str, np.ndarray] | None:
+    """The arrays stored under `key`, or None (absent, disabled, or unreadable: then removed)."""
+    root = cache_root()
+    if root is None:
+        return None
+    path = root / f"{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {}
+            for k in data.files:
+                a = data[k]
+                if a.dtype == np.dtype("V2"):  # bfloat16, as np.savez stores it
+                    import ml_dtypes
+
+                    a = a.view(ml_dtypes.bfloat16)
+                out[k] = a
+    except Exception:  # a damaged entry is a miss
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+    return out
+
+
+def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
+    """Store `arrays` under `key` (atomically), then evict down to `limit_bytes()`. Failing to
+    write (a read-only disk, no space) is not an error: the run is simply not cached."""
+    root = cache_root()
+    if root is None:
+        return None
+    path = root / f"{key}.npz"
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=root)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        return None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    evict(limit_bytes())
+    return path
+
+
+def evict(limit: int) -> None:
+    """Remove the least recently used entries until the cache holds at most `limit` bytes."""
+    root = cache_root()
+    if root is None or not root.is_dir():
+        return
+    entries = []
+    for p in root.glob("*.npz"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        p.unlink(missing_ok=True)
+        total -= size

@@ -1,0 +1,300 @@
+"""The fast paths of bert_ref.kernels against the plain ops of bert_ref.ops.
+
+Every kernel does the same floating-point operations as its plain op, in the same order, on the
+same values (only the blocking, the threads and the buffers differ), so every check here is
+bit-identical: no tolerance. Shapes and block sizes are drawn so that arrays span several blocks
+and several threads' chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bert_ref import BertBackbone, kernels, ops
+from bert_ref.precision import Policy, get_policy
+
+FLOATS = st.sampled_from([np.float32, np.float64])
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b, strict=True)
+    assert a.tobytes() == b.tobytes()  # also -0.0 vs 0.0 and NaN payloads
+
+
+class _Block:
+    """Run with a different `kernels.BLOCK` (small blocks: many blocks and threads on small arrays)."""
+
+    def __init__(self, block: int):
+        self.block = block
+
+    def __enter__(self) -> None:
+        self.saved, kernels.BLOCK = kernels.BLOCK, self.block
+
+    def __exit__(self, *exc: object) -> None:
+        kernels.BLOCK = self.saved
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int64]),
+    block=st.sampled_from([1, 7, 64, 1 << 16]),
+)
+def test_erf_and_gelus_are_bit_identical_to_the_plain_ops(data, dtype, block):
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=40))
+    if np.dtype(dtype).kind == "i":
+        elements = st.integers(-6, 6)
+    else:
+        elements = st.floats(-12, 12, width=16 if dtype == np.float16 else 32)
+    x = data.draw(hnp.arrays(dtype, shape, elements=elements))
+    with _Block(block):
+        for name in ("erf", "gelu", "gelu_approximate"):
+            expected = getattr(ops, name)(x)
+            _same(getattr(kernels, name)(x.copy()), expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(x=hnp.arrays(np.float32, st.integers(1, 5000), elements=st.floats(-8, 8, width=32)))
+def test_gelus_overwrite_their_input_and_honour_out(x):
+    for name in ("gelu", "gelu_approximate"):
+        expected = getattr(ops, name)(x)
+        work = x.copy()
+        assert getattr(kernels, name)(work) is work  # in place: the forward hands over its buffer
+        _same(work, expected)
+        out = np.zeros((2, x.size), np.float64)[:, ::1].T[:, 0]  # strided, float64
+        assert getattr(kernels, name)(x, out=out) is out
+        _same(out, expected.astype(np.float64))
+    y = x.copy()
+    kernels.erf(y)
+    _same(y, x)  # erf leaves its input alone
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), dtype=FLOATS, rows=st.integers(1, 300), width=st.integers(1, 70))
+def test_layer_norm_is_bit_identical_to_the_plain_op(data, dtype, rows, width):
+    elements = st.floats(-50, 50, width=32)
+    x = data.draw(hnp.arrays(dtype, (rows, width), elements=elements))
+    gamma = data.draw(hnp.arrays(dtype, width, elements=elements))
+    beta = data.draw(hnp.arrays(dtype, width, elements=elements))
+    eps = data.draw(st.sampled_from([1e-12, 1e-5, 1e-3]))
+    expected = ops.layer_norm(x.reshape(1, rows, width), gamma, beta, eps)
+    work = x.reshape(1, rows, width).copy()
+    assert kernels.layer_norm(work, gamma, beta, eps) is work
+    _same(work, expected)
+
+
+def test_layer_norm_of_half_precision_or_views_falls_back_to_the_plain_op():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 8)).astype(np.float16)
+    g, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    _same(kernels.layer_norm(x, g, b, 1e-5), ops.layer_norm(x, g, b, 1e-5))
+    view = rng.standard_normal((4, 6, 8)).transpose(0, 2, 1)  # [4, 8, 6], not C-contiguous: left alone
+    before = view.copy()
+    expected = ops.layer_norm(view, np.ones(6), np.zeros(6), 1e-5)
+    _same(kernels.layer_norm(view, np.ones(6), np.zeros(6), 1e-5), expected)
+    _same(view, before)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), dtype=FLOATS, lead=st.tuples(st.integers(0, 5), st.integers(1, 60)),
+       n_in=st.integers(1, 20), n_out=st.integers(1, 20))
+def test_dense_is_bit_identical_to_the_plain_op(data, dtype, lead, n_in, n_out):
+    elements = st.floats(-4, 4, width=32)
+    x = data.draw(hnp.arrays(dtype, (*lead, n_in), elements=elements))
+    kernel = data.draw(hnp.arrays(dtype, (n_in, n_out), elements=elements))
+    bias = data.draw(hnp.arrays(dtype, n_out, elements=elements))
+    _same(kernels.dense(x, kernel, bias), ops.dense(x, kernel, bias))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+       batch=st.integers(1, 5), heads=st.integers(1, 4), seq=st.integers(1, 20))
+def test_masked_softmax_is_bit_identical_to_the_plain_op(data, dtype, batch, heads, seq):
+    scores = data.draw(hnp.arrays(dtype, (batch, heads, seq, seq), elements=st.floats(-30, 30, width=16)))
+    mask = data.draw(hnp.arrays(bool, (batch, 1, 1, seq)))  # all-masked rows included
+    expected = ops.masked_softmax(scores, mask)
+    work = scores.copy()
+    result = kernels.masked_softmax(work, mask)
+    _same(result, expected)
+    if dtype != np.float16:
+        assert result is work  # in place
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), dtype=FLOATS, batch=st.integers(1, 4), heads=st.integers(1, 4),
+       seq=st.integers(1, 12), d=st.integers(1, 8))
+def test_attention_context_is_bit_identical_to_the_plain_op(data, dtype, batch, heads, seq, d):
+    elements = st.floats(-4, 4, width=32)
+    probs = data.draw(hnp.arrays(dtype, (batch, heads, seq, seq), elements=elements))
+    v = data.draw(hnp.arrays(dtype, (batch, seq, heads * d), elements=elements))
+    v_heads = ops.split_heads(v, heads)  # the strided view the forward passes
+    _same(kernels.attention_context(probs, v_heads), ops.attention_context(probs, v_heads))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlainPolicy(Policy):
+    """float32 that claims to round its matmul inputs (by the identity): the forward then runs
+    on the plain ops of bert_ref.ops instead of bert_ref.kernels."""
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
+def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, activation):
+    base = get_policy(dtype)
+    plain = _PlainPolicy(base.name, base.variable_dtype, base.compute_dtype, base.work_dtype)
+    model = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=3, hidden_dim=24, intermediate_dim=40,
+                         max_sequence_length=70, activation=activation, seed=5, dtype=dtype)
+    rng = np.random.default_rng(1)
+    mask = np.ones((5, 70), bool)
+    mask[1, 30:] = False
+    mask[3, :] = False  # a fully padded row
+    inputs = {"token_ids": rng.integers(0, 50, (5, 70)), "segment_ids": rng.integers(0, 2, (5, 70)), "padding_mask": mask}
+    from bert_ref.encoder import forward
+
+    with _Block(64):  # many blocks and threads even at this size
+        fast = forward(dict(model.weights), model.config, inputs, dtype=base, output_attentions=True, trace=True)
+    slow = forward(dict(model.weights), model.config, inputs, dtype=plain, output_attentions=True, trace=True)
+    assert list(fast["trace"]) == list(slow["trace"])
+    for name in fast["trace"]:
+        _same(fast["trace"][name], slow["trace"][name])
+    for a, b in zip(fast["attention_probs"], slow["attention_probs"]):
+        _same(a, b)
+    _same(fast["sequence_output"], slow["sequence_output"])
+    _same(fast["pooled_output"], slow["pooled_output"])
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
+def test_forward_is_the_plain_encoder_layers_composed(activation):
+    # encoder.forward (kernels, step by step) against ops.encoder_layer (plain, one call per layer).
+    model = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=48,
+                         max_sequence_length=16, activation=activation, seed=2)
+    rng = np.random.default_rng(2)
+    mask = np.ones((3, 16), bool)
+    mask[0, 9:] = False
+    inputs = {"token_ids": rng.integers(0, 50, (3, 16)), "padding_mask": mask}
+    out = model(inputs, output_hidden_states=True)
+    prepared = model.prepared_weights()
+    x = out["hidden_states"][0]
+    for i, layer in enumerate(prepared["layers"]):
+        x = ops.encoder_layer(x, layer, 4, mask[:, None, None, :], activation, model.config.layer_norm_epsilon)
+        _same(out["hidden_states"][i + 1], x)
+    _same(out["pooled_output"], ops.pooler(x, prepared["pooler_kernel"], prepared["pooler_bias"]))
+
+
+def test_one_thread_gives_the_same_results_and_starts_no_pool(monkeypatch):
+    x = np.linspace(-5, 5, 9 * 64, dtype=np.float32)
+    expected = ops.gelu(x)
+    monkeypatch.setattr(kernels, "THREADS", 1)
+    monkeypatch.setattr(kernels, "_POOL", None)
+    with _Block(64):
+        _same(kernels.gelu(x.copy()), expected)
+    assert kernels._POOL is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threaded_kernels_work_in_a_forked_child():
+    # The parent's worker threads do not exist in a fork; the child must not wait on them forever.
+    x = np.linspace(-3, 3, 8 * kernels.BLOCK)  # enough blocks to use every thread
+    expected = kernels.gelu(x.copy())  # starts the parent's pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(kernels.gelu(x.copy()).tobytes() == expected.tobytes()))
+    child.start()
+    child.join(60)  # the gelu takes milliseconds; 60 s means it hung
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) is True
+
+
+def _split_model(dtype, activation):
+    # Large enough that the batch split applies (each part >= kernels.MIN_PART activations) and
+    # that OpenBLAS uses its regular GEMM kernels.
+    model = BertBackbone(vocabulary_size=300, num_layers=2, num_heads=4, hidden_dim=128, intermediate_dim=200,
+                         max_sequence_length=128, activation=activation, seed=11, dtype=dtype)
+    rng = np.random.default_rng(3)
+    mask = np.ones((5, 128), bool)
+    mask[0, 70:] = False
+    mask[2, :] = False  # a fully padded row
+    mask[4, 1:] = False
+    inputs = {"token_ids": rng.integers(0, 300, (5, 128)), "segment_ids": rng.integers(0, 2, (5, 128)), "padding_mask": mask}
+    return model, inputs
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
+def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation):
+    # kernels.forward (no trace: fused, batch split over `threads` parts) against the step-by-step
+    # forward (a trace callable forces the steps) — every output, hidden state and probability.
+    monkeypatch.setattr(kernels, "THREADS", threads)  # 16: one part per sequence
+    model, inputs = _split_model(dtype, activation)
+    if kernels._blas() is not None:
+        assert kernels.batch_parts(5, 128, 128) == min(threads, 5)
+    fast = model(inputs, output_hidden_states=True, output_attentions=True)
+    steps = model(inputs, output_hidden_states=True, output_attentions=True, trace=lambda name, value: None)
+    for key in ("sequence_output", "pooled_output"):
+        _same(fast[key], steps[key])
+    for key in ("hidden_states", "attention_probs"):
+        assert len(fast[key]) == len(steps[key])
+        for a, b in zip(fast[key], steps[key]):
+            _same(a, b)
+    assert not np.isnan(fast["sequence_output"]).any()
+    np.testing.assert_array_equal(fast["attention_probs"][0][2], 0)  # the fully padded row attends to nothing
+
+
+def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
+    blas = kernels._blas()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose thread count can be set: no batch split")
+    monkeypatch.setattr(kernels, "THREADS", 2)
+    model, inputs = _split_model("float32", "gelu")
+    before = blas[1]()
+    model(inputs)
+    assert blas[1]() == before
+    # an error in a part's thread reaches the caller, and the thread count is restored all the same
+    bad = dict(model.prepared_weights())
+    bad["layers"] = [dict(bad["layers"][0], ffn_kernel1=np.zeros((3, 3), np.float32))]
+    with pytest.raises(ValueError):
+        kernels.forward(bad, model.config, inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"].astype(bool),
+                        False, False)
+    assert blas[1]() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_batch_split_works_in_a_forked_child(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 2)
+    model, inputs = _split_model("float32", "gelu_approximate")
+    expected = model(inputs)["sequence_output"]  # runs the split in the parent first
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(model(inputs)["sequence_output"].tobytes() == expected.tobytes()))
+    child.start()
+    child.join(120)  # the forward takes well under a second; 120 s means it hung
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) is True
+
+
+def test_one_core_runs_no_threads(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 1)
+    assert kernels.batch_parts(8, 128, 768) == 1
+    started = []
+    monkeypatch.setattr(kernels.threading.Thread, "start", lambda self: started.append(self))
+    model, inputs = _split_model("float32", "gelu")
+    model(inputs)
+    assert started == []
