@@ -308,17 +308,20 @@ def _text_items(ds: Dataset, start: int, stop: int) -> list[tuple[int, str, Any,
         pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else [None] * len(texts)
         name = Path(ds.path).name
         return [(start + i, f"{name} row {start + i}", t, q) for i, (t, q) in enumerate(zip(texts, pairs, strict=True))]
-    begin, end = int(ds.offsets[start - ds.first]), int(ds.offsets[stop - ds.first])
+    offsets, lines = ds.offsets, ds.lines
+    if offsets is None or lines is None:
+        raise ValueError(f"{ds.path}: not indexed as a text dataset")
+    begin, end = int(offsets[start - ds.first]), int(offsets[stop - ds.first])
     with open(ds.path, "rb") as f:
         f.seek(begin)
         data = f.read(end - begin)
     name = Path(ds.path).name
-    items = []
+    items: list[tuple[int, str, Any, Any]] = []
     record = start
     for raw in data.splitlines():
         if not raw.strip():
             continue
-        src = f"{name}:{int(ds.lines[record - ds.first])}" if record < stop else name
+        src = f"{name}:{int(lines[record - ds.first])}" if record < stop else name
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -426,7 +429,7 @@ def _read_array_records(ds: Dataset, start: int, stop: int) -> Records:
 # Batching
 
 
-def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
+def length_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     """Group records into batches of similar length: positions into `lengths`, sorted by length
     (stable), cut so that `len(batch) * max length in batch <= batch_tokens` (a record longer than
     `batch_tokens` is a batch of its own).
@@ -436,11 +439,12 @@ def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray
     """
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
-    lengths = np.asarray(lengths)
-    order = np.argsort(lengths, kind="stable")
-    batches, current = [], []
+    sizes = np.asarray(lengths)
+    order = np.argsort(sizes, kind="stable")
+    batches: list[np.ndarray] = []
+    current: list[int] = []
     for i in order:
-        n = int(lengths[i])
+        n = int(sizes[i])
         if current and (len(current) + 1) * n > batch_tokens:
             batches.append(np.array(current, np.int64))
             current = []

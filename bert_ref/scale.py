@@ -120,7 +120,7 @@ class ScaleJob:
     out: str | None = None
 
 
-_WORKER: dict[str, Any] = {}  # per-process cache: models, tokenizers, the thread setting
+_WORKER: dict[Any, Any] = {}  # per-process cache: models, tokenizers, the thread setting
 
 
 def weight_files(directory: str | os.PathLike) -> list[Path]:
@@ -176,7 +176,7 @@ def _set_threads(threads: int | None) -> None:
         except ImportError:
             continue
         if hasattr(module, "THREADS"):
-            module.THREADS = threads
+            setattr(module, "THREADS", threads)  # noqa: B010 - not every module of this name has it
     _WORKER["threads"] = threads
 
 
@@ -263,6 +263,11 @@ class _ShardFile:
         _pwrite(self.fd, len(text).to_bytes(8, "little") + text, 0)
         os.ftruncate(self.fd, self.size)
 
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise ValueError(f"{self.tmp}: not open")
+        return self.fd
+
     def _at(self, key: str, row: int, value: np.ndarray) -> tuple[np.ndarray, int]:
         offset, row_bytes, dtype = self.layout[key]
         value = np.ascontiguousarray(value, dtype=dtype)
@@ -272,16 +277,17 @@ class _ShardFile:
 
     def put(self, key: str, row: int, value: np.ndarray) -> None:
         value, at = self._at(key, row, value)
-        _pwrite(self.fd, value.reshape(-1).view(np.uint8), at)
+        _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
 
     def put_all(self, key: str, value: np.ndarray) -> None:
         value, at = self._at(key, 0, value)
-        _pwrite(self.fd, value.reshape(-1).view(np.uint8), at)
+        _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
 
     def commit(self) -> tuple[str, int]:
         """Flush, hash (reading the file back) and rename into place; (sha256, bytes)."""
-        os.fsync(self.fd)
-        os.close(self.fd)
+        fd = self._fd()
+        os.fsync(fd)
+        os.close(fd)
         self.fd = None
         sha = file_sha256(self.tmp)
         os.replace(self.tmp, self.path)
@@ -382,6 +388,8 @@ def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str,
     `job.out` (temporary name, then rename). Returns the manifest entry of the shard."""
     t_start = time.time()
     rss_start = _rss()
+    if job.out is None:
+        raise ValueError("compute_shard needs a job with an output directory (job.out)")
     path = Path(job.out) / shard_name(shard)
     sink = _ShardFile(path)
     try:
@@ -432,6 +440,7 @@ class _Engine:
         if threads is not None and threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         n = cores()
+        self.workers: int | None
         if scheduler == "synchronous":
             self.workers = 1
         elif scheduler == "local":
@@ -440,7 +449,7 @@ class _Engine:
             self.workers = workers or n
         else:
             self.workers = workers  # the cluster's
-        if threads is None and not self.distributed:
+        if threads is None and not self.distributed and self.workers is not None:
             threads = max(1, n // self.workers)
         self.threads = threads if threads is not None else (1 if self.distributed else None)
 
@@ -665,7 +674,7 @@ def run_dataset(
     if previous is not None:
         log(f"resuming {out}: {skipped} of {len(shards)} shards verified by sha256 and skipped, "
             f"{len(pending)} to compute")
-    manifest = {"format": RUN_FORMAT, "bert_ref_version": __version__, "job": fields,
+    manifest: dict[str, Any] = {"format": RUN_FORMAT, "bert_ref_version": __version__, "job": fields,
                 "settings": {"scheduler": engine.scheduler if not engine.distributed else "distributed",
                              "workers": engine.workers, "threads_per_worker": engine.threads,
                              "batch_tokens": batch_tokens, "host": socket.gethostname(), "cores": cores()},
@@ -958,7 +967,7 @@ class DatasetReport:
         if self.passed:
             tail = f"PASS: all {len(self.entries)} outputs within tolerance ({rule})."
         else:
-            k = self.first_failure
+            k = self.first_failure or ""
             e = self.entries[k]
             we = e["worst_element"]
             where = f"record {we['record']}" + (f", position {we['position']}" if we["position"] is not None else "") \
@@ -1019,7 +1028,7 @@ def compare_dataset(
         if not ref_manifest.get("complete"):
             raise DatasetError(f"--reference {reference}: the run is not complete; rerun `bert-ref run` to finish it")
         rj = ref_manifest["job"]
-        dtype, shard_size = rj["policy"], rj["shard_size"]
+        dtype, shard_size = rj["policy"], int(rj["shard_size"])
         sequence_length, truncate = rj["sequence_length"], rj["truncate"]
     job, fields, _ = _prepare(preset, dataset, dtype=dtype, sequence_length=sequence_length, truncate=truncate,
                               outputs=OUTPUT_CHOICES, batch_tokens=batch_tokens, threads=engine.threads, out=None)
@@ -1039,11 +1048,11 @@ def compare_dataset(
     job = dataclasses.replace(job, outputs=wanted)
     shards = job.dataset.shards(shard_size)
     tasks = []
-    for k, (a, b) in enumerate(shards):
+    for i, (a, b) in enumerate(shards):
         ref = None
-        if ref_manifest is not None:
-            ref = {"dir": str(Path(reference).resolve()), "entry": ref_manifest["shards"][k]}
-        tasks.append((job_for(job, a, b), k, a, b, files, rec_file[a:b], rec_row[a:b], keys, atol, rtol, worst, ref))
+        if ref_manifest is not None and reference is not None:
+            ref = {"dir": str(Path(reference).resolve()), "entry": ref_manifest["shards"][i]}
+        tasks.append((job_for(job, a, b), i, a, b, files, rec_file[a:b], rec_row[a:b], keys, atol, rtol, worst, ref))
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     bar = _Progress(job.dataset.num_records, 0, progress)
 
@@ -1057,7 +1066,7 @@ def compare_dataset(
         bar.close()
     entries = {}
     for key in keys:
-        parts = [r["stats"][key] for r in results]
+        parts = [r["stats"][key] for r in results if r is not None]
         count = sum(p["count"] for p in parts)
         sum_sq = sum(p["sum_sq"] for p in parts)
         top = max(parts, key=lambda p: p["max_ratio"])
