@@ -3,7 +3,7 @@ overhead per shard, and each worker's peak memory.
 
 Run from the repository root with the `scale` extra installed:
 
-    python tools/bench_scale.py [--records 2000] [--shard-size 256] [--distributed] [--json FILE]
+    python tools/bench_scale.py [--records 2000] [--shard-size 256] [--rounds 1] [--distributed] [--json FILE]
     python tools/bench_scale.py --quick          # 400 records, shards of 64: checks the tool works (~1 minute)
 
 The model is a float64 BERT-small shape (4 layers, hidden 512, 8 heads, intermediate 2048,
@@ -18,7 +18,9 @@ Runs, one after the other, all in the float64 policy with the default batching:
 * **1 worker** and **2 workers**: `run_dataset(..., scheduler="processes", threads=1)`, Dask's local
   process pool; with `--distributed` also a `distributed.LocalCluster` of 2 single-thread workers.
 
-For each it prints records/s end to end (process start, imports, preset load and writes included)
+With `--rounds N` the three runs are repeated N times, interleaved, so that a machine busy with
+other work slows each kind of run alike; the summary gives the per-round ratios and their median.
+For each run it prints records/s end to end (process start, imports, preset load and writes included)
 and in steady state (records / time from the first shard's start to the last one's end), and the
 speed-up over 1 worker. *Scheduler overhead per shard* is the idle time between one shard's end and
 the next shard's start on the same worker, as a share of the mean shard compute time. *Peak RSS per
@@ -173,6 +175,27 @@ def memory_target(preset: Path, data: Path, shard_size: int, batch_tokens: int) 
             "target_mib": (weights + 3 * largest) / MiB, "shard_outputs_mib": out_buf / MiB}
 
 
+def report_round(i: int, runs: dict, mem: dict) -> None:
+    one = runs["1 worker x 1 thread (processes)"]
+    print(f"\nround {i + 1}")
+    print(f"{'run':<38} {'wall s':>7} {'rec/s':>7} {'steady rec/s':>13} {'x 1 worker (steady)':>20}")
+    for name, r in runs.items():
+        print(f"{name:<38} {r['wall_s']:7.1f} {r['records_per_s']:7.1f} {r['steady_records_per_s']:13.1f} "
+              f"{r['steady_records_per_s'] / one['steady_records_per_s']:20.2f}")
+    for name, r in runs.items():
+        if "overhead_per_shard_s" not in r:
+            continue
+        ov = r["overhead_per_shard_s"]
+        print(f"  {name}: compute {r['mean_compute_s']:.2f} s per shard; scheduler gap "
+              + ("-" if ov is None else f"{ov * 1e3:.1f} ms = {100 * ov / r['mean_compute_s']:.2f}% of compute")
+              + f"; read + write inside the task {r['in_task_read_write_s'] * 1e3:.1f} ms; "
+                f"start-up before the first shard {r['startup_s']:.1f} s")
+        for w, peak in r["peak_rss_mib"].items():
+            base = r["rss_before_first_shard_mib"][w]
+            print(f"    {w}: peak RSS {peak:.0f} MiB; {base:.0f} MiB before its first shard (interpreter, NumPy, "
+                  f"Dask); peak - that = {peak - base:.0f} MiB = {(peak - base) / mem['target_mib']:.2f} x target")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=2000)
@@ -180,6 +203,7 @@ def main(argv=None) -> None:
     p.add_argument("--shard-size", type=int, default=None, help=f"default {DEFAULT_SHARD_SIZE} (64 with --quick)")
     p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     p.add_argument("--distributed", action="store_true", help="also a distributed.LocalCluster of 2 workers")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all the runs (default 1)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     records = 400 if args.quick else args.records
@@ -194,50 +218,43 @@ def main(argv=None) -> None:
         root = Path(tmp)
         preset, data = make_data(root, records)
         results["memory"] = mem = memory_target(preset, data, args.shard_size, args.batch_tokens)
-        runs = {}
-        runs["sequential (1 process, all cores)"] = sequential(preset, data, args.shard_size, args.batch_tokens)
-        runs["1 worker x 1 thread (processes)"] = dask_run(preset, data, root / "w1", args.shard_size,
-                                                           args.batch_tokens, scheduler="processes", workers=1)
-        runs["2 workers x 1 thread (processes)"] = dask_run(preset, data, root / "w2", args.shard_size,
-                                                            args.batch_tokens, scheduler="processes", workers=2)
-        if args.distributed:
-            from distributed import LocalCluster
+        print(f"memory target: weights {mem['weights_mib']:.0f} MiB (mapped) + 3 x largest activation "
+              f"{mem['largest_activation_mib']:.0f} MiB = {mem['target_mib']:.0f} MiB; shard outputs up to "
+              f"{mem['shard_outputs_mib']:.0f} MiB (written to disk as computed)")
+        rounds = []
+        for i in range(args.rounds):  # interleaved rounds: a busy machine slows every kind of run alike
+            runs = {}
+            runs["sequential (1 process, all cores)"] = sequential(preset, data, args.shard_size, args.batch_tokens)
+            runs["1 worker x 1 thread (processes)"] = dask_run(preset, data, root / f"w1-{i}", args.shard_size,
+                                                               args.batch_tokens, scheduler="processes", workers=1)
+            runs["2 workers x 1 thread (processes)"] = dask_run(preset, data, root / f"w2-{i}", args.shard_size,
+                                                                args.batch_tokens, scheduler="processes", workers=2)
+            if args.distributed:
+                from distributed import LocalCluster
 
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                              dashboard_address=None, silence_logs=50) as cluster:
-                runs["2 workers x 1 thread (LocalCluster)"] = dask_run(
-                    preset, data, root / "d2", args.shard_size, args.batch_tokens, scheduler=cluster.scheduler_address)
-    results["runs"] = runs
-    one = runs["1 worker x 1 thread (processes)"]
-    print(f"\n{'run':<38} {'wall s':>7} {'rec/s':>7} {'steady rec/s':>13} {'x 1 worker (steady)':>20}")
-    for name, r in runs.items():
-        print(f"{name:<38} {r['wall_s']:7.1f} {r['records_per_s']:7.1f} {r['steady_records_per_s']:13.1f} "
-              f"{r['steady_records_per_s'] / one['steady_records_per_s']:20.2f}")
-    print("\nper shard (mean):")
-    for name, r in runs.items():
-        if "overhead_per_shard_s" not in r:
-            continue
-        ov = r["overhead_per_shard_s"]
-        print(f"  {name}: compute {r['mean_compute_s']:.2f} s; scheduler gap "
-              + ("-" if ov is None else f"{ov * 1e3:.1f} ms = {100 * ov / r['mean_compute_s']:.2f}% of compute")
-              + f"; read + write inside the task {r['in_task_read_write_s'] * 1e3:.1f} ms; "
-                f"start-up before the first shard {r['startup_s']:.1f} s")
-    print(f"\nmemory: weights {mem['weights_mib']:.0f} MiB (mapped), "
-          f"largest activation {mem['largest_activation_mib']:.0f} MiB "
-          f"-> target weights + 3 x activation = {mem['target_mib']:.0f} MiB; shard output buffers up to "
-          f"{mem['shard_outputs_mib']:.0f} MiB")
-    for name, r in runs.items():
-        if "peak_rss_mib" not in r:
-            continue
-        for w, peak in r["peak_rss_mib"].items():
-            base = r["rss_before_first_shard_mib"][w]
-            print(f"  {name} {w}: peak RSS {peak:.0f} MiB; {base:.0f} MiB before its first shard (interpreter, "
-                  f"NumPy, Dask); peak - that = {peak - base:.0f} MiB = "
-                  f"{(peak - base) / mem['target_mib']:.2f} x target")
-    speedup = runs["2 workers x 1 thread (processes)"]["steady_records_per_s"] / one["steady_records_per_s"]
-    per_core = one["steady_records_per_s"]
-    print(f"\n2 workers / 1 worker (steady state): {speedup:.2f}x (target >= 1.7x)")
-    print(f"paper extrapolation: {per_core:.1f} records/s per core -> x cores (e.g. 64 cores: "
+                with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=50) as cluster:
+                    runs["2 workers x 1 thread (LocalCluster)"] = dask_run(
+                        preset, data, root / f"d2-{i}", args.shard_size, args.batch_tokens,
+                        scheduler=cluster.scheduler_address)
+            rounds.append(runs)
+            report_round(i, runs, mem)
+    results["rounds"] = rounds
+    one_name, two_name = "1 worker x 1 thread (processes)", "2 workers x 1 thread (processes)"
+    ratios = [r[two_name]["steady_records_per_s"] / r[one_name]["steady_records_per_s"] for r in rounds]
+    per_core = statistics.median(r[one_name]["steady_records_per_s"] for r in rounds)
+    overhead = [r[n]["overhead_per_shard_s"] / r[n]["mean_compute_s"] for r in rounds for n in r
+                if r[n].get("overhead_per_shard_s") is not None]
+    peaks = [(peak - r[n]["rss_before_first_shard_mib"][w]) / mem["target_mib"]
+             for r in rounds for n in r for w, peak in r[n].get("peak_rss_mib", {}).items()]
+    print(f"\nover {len(rounds)} round(s):")
+    print(f"  2 workers / 1 worker (steady state): {', '.join(f'{x:.2f}' for x in ratios)}; "
+          f"median {statistics.median(ratios):.2f}x (target >= 1.7x)")
+    if overhead:
+        print(f"  scheduler gap per shard: {100 * min(overhead):.2f}-{100 * max(overhead):.2f}% of shard compute "
+              "(target < 2%)")
+    print(f"  peak RSS net of the interpreter: {min(peaks):.2f}-{max(peaks):.2f} x target")
+    print(f"  paper extrapolation: {per_core:.1f} records/s per core (median) -> x cores (e.g. 64 cores: "
           f"{per_core * 64:.0f} records/s, 10^6 records in {1e6 / (per_core * 64) / 60:.0f} min), "
           "if the shared storage keeps up")
     print(f"total bench time {time.time() - t_all:.0f} s")
