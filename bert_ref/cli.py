@@ -5,6 +5,8 @@
     bert-ref run PRESET --input IN --output OUT [--dtype D] [--hidden-states] [--attentions] [--trace]
     bert-ref compare PRESET --input IN --candidate CAND [--precision P] [--floor-ratio K] [--atol A] [--rtol R]
                      [--truth] [--activation G] [--layer-norm-epsilon E] [--json] [--junit FILE]
+    bert-ref run PRESET --dataset IN --out DIR [--outputs ...] [--shard-size N] [--scheduler S] [--workers N]
+    bert-ref compare PRESET --dataset IN --candidate DIR_OR_FILE [--reference RUN_DIR]   (see bert_ref.scale)
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
     bert-ref example [PRESET]                a sentence pair through real weights (installed MiniLM by default)
@@ -32,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, scale
 from .backbone import BertBackbone
 from .compare import (DEFAULT_ATOL, DEFAULT_FLOOR_RATIO, DEFAULT_RTOL, PRECISIONS, check_candidate, compare,
                       compare_to_truth, detect_precision, oracle_outputs, parse_tolerance)
@@ -194,18 +196,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
-    p.add_argument("--input", "-i", required=True, metavar="IN",
+    p.add_argument("--input", "-i", metavar="IN",
                    help="inputs file (.npz, .safetensors or .json) with token_ids [, segment_ids, padding_mask]")
-    p.add_argument("--output", "-o", required=True, metavar="OUT",
+    p.add_argument("--output", "-o", metavar="OUT",
                    help="where to write the outputs (.npz, .safetensors or .json)")
     _dtype_arg(p, None, "dtype policy (default float32; float64 is the truth)")
     p.add_argument("--hidden-states", action="store_true", help="also write hidden_states.{i} (num_layers + 1 arrays)")
     p.add_argument("--attentions", action="store_true", help="also write attention_probs.{i} (one per layer)")
     p.add_argument("--trace", action="store_true",
                    help="also write every named intermediate (embeddings/..., transformer_layer_{i}/...)")
+    scale.add_run_arguments(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.dataset is not None:
+        return scale.cli_run(args)
+    if args.input is None or args.output is None:
+        raise UsageError("give --input IN and --output OUT (or --dataset IN and --out DIR)")
     inputs = read_inputs(args.input)
     if Path(args.output).suffix.lower() not in SUFFIXES:
         raise UsageError(f"{args.output}: unsupported file type; use one of {', '.join(SUFFIXES)}")
@@ -229,7 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
-    p.add_argument("--input", "-i", required=True, metavar="IN",
+    p.add_argument("--input", "-i", metavar="IN",
                    help="the inputs the candidate was run on (token_ids/input_ids, segment_ids/token_type_ids, "
                         "padding_mask/attention_mask)")
     p.add_argument("--candidate", "-c", required=True, metavar="CAND",
@@ -264,6 +271,7 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="FILE", default=None,
                    help="also write a JUnit XML report (one test case per output) to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    scale.add_compare_arguments(p)
 
 
 _DTYPE_PRECISION = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16",
@@ -290,6 +298,10 @@ def _override(model: BertBackbone, args: argparse.Namespace) -> tuple[BertBackbo
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.dataset is not None:
+        return scale.cli_compare(args)
+    if args.input is None:
+        raise UsageError("give --input IN (or --dataset IN)")
     atol = rtol = None
     try:
         if args.atol is not None:
