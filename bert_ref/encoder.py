@@ -291,7 +291,7 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     recorded: dict[str, np.ndarray] = {}
     record = recorded.__setitem__ if trace is True else trace or None
     f = ops if policy.rounds_matmul_inputs else kernels  # kernels: the same math, faster (in place)
-    if f is kernels and record is None and not policy.rounds:  # nothing to trace or round: the steps
+    if f is kernels and record is None and not policy.rounds:  # nothing to trace or round: these steps, fused
         return kernels.forward(params, config, token_ids, segment_ids, mask, output_hidden_states, output_attentions)
     eps, heads, prefix = config.layer_norm_epsilon, config.num_heads, ""
 

@@ -358,7 +358,7 @@ def _find_openblas() -> tuple[Callable[[int], None], Callable[[], int]] | bool:
             paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
     except OSError:
         return False
-    for path in sorted(paths):
+    for path in sorted(paths, key=lambda p: ("numpy" not in p, p)):  # NumPy's own OpenBLAS first
         try:
             lib = ctypes.CDLL(path)
         except OSError:
