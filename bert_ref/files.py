@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import limits
 from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER
 
 SUFFIXES = (".npz", ".safetensors", ".json")
@@ -75,10 +76,11 @@ def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
             from safetensors.numpy import load_file
 
             return dict(load_file(str(path)))
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+        obj = limits.load_file(path)
     except ArrayFileError:
         raise
+    except limits.LimitError as e:
+        raise ArrayFileError(str(e)) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
         raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
     except Exception as e:  # the safetensors reader raises its own (non-ValueError) error type

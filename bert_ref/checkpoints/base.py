@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import encoder
+from .. import encoder, limits
 from ..config import BertConfig
 
 
@@ -45,12 +45,14 @@ class Checkpoint:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a clear error naming the file when it is not JSON."""
+    """Parse a JSON file within `bert_ref.limits`' size and depth; a clear error naming the file
+    when it is not JSON, too large or too deep."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return limits.load_file(path)
     except FileNotFoundError:
         raise
+    except limits.LimitError as e:
+        raise CheckpointError(str(e)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
@@ -86,9 +88,36 @@ def check_weights(config: BertConfig, weights: Mapping[str, np.ndarray], source:
     `source` names the file the weights came from. Readers whose files use other names (keras-hub's
     h5 paths, Hugging Face's module names) report mismatches in those names before calling this."""
     try:
-        return encoder.check_weights(weights, config, source=source)
+        checked = encoder.check_weights(weights, config, source=source)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{e}; the config: {_arch(config)}") from None
+    for name, w in checked.items():
+        check_finite(w, name, source)
+    return checked
+
+
+def check_finite(w: np.ndarray, name: str, source: str) -> None:
+    """A `CheckpointError` naming `name`, the first position and the count when `w` holds NaN or inf.
+
+    One pass per tensor, without a temporary mask: the float64 sum of float16/32 values is finite
+    exactly when every value is (|sum| <= 3.4e38 * size cannot overflow float64), and NaN or inf
+    propagate through it. Only a non-finite sum (or a float64 tensor) pays for the element-wise
+    `isfinite` that locates the first bad value.
+    """
+    if w.size == 0:
+        return
+    if w.dtype.kind == "f" and w.dtype.itemsize <= 4:
+        if np.isfinite(np.add.reduce(w, axis=None, dtype=np.float64)):
+            return
+    values = w if w.dtype.kind == "f" else w.astype(np.float32)  # bfloat16 / float8 (ml_dtypes)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise CheckpointError(
+        f"{source}: tensor {name} holds {int(bad.sum())} non-finite value(s) (NaN or inf), the first "
+        f"{name}[{', '.join(map(str, first))}] = {values[first]}; a checkpoint's weights must be finite"
+    )
 
 
 def list_names(items: list[str], limit: int = 8) -> str:
