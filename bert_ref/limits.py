@@ -7,7 +7,7 @@ overrides it (a positive integer; sizes in bytes, times in seconds):
     BERT_REF_MAX_PARAMS            20000000000  parameters a config implies (bert-large: 3.4e8)
     BERT_REF_MAX_JSON_BYTES        67108864     size of any JSON file or response read (64 MiB)
     BERT_REF_MAX_JSON_DEPTH        64           nesting of [ ] and { } in any JSON read
-    BERT_REF_MAX_INPUT_BYTES       4294967296   declared size of the arrays of an inputs/outputs file (4 GiB)
+    BERT_REF_MAX_INPUT_BYTES       1073741824   declared size of the arrays of an inputs/outputs file (1 GiB)
     BERT_REF_MAX_ACTIVATION_BYTES  half of RAM  estimated peak activations of one forward pass
     BERT_REF_MAX_SEQUENCE_LENGTH   1048576      `--sequence-length` of `tokenize` / `embed`
     BERT_REF_MAX_DOWNLOAD_BYTES    68719476736  a downloaded file whose size the server does not state (64 GiB)
@@ -46,7 +46,7 @@ LIMITS: dict[str, tuple[str, Any, str]] = {
     "params": ("BERT_REF_MAX_PARAMS", 20_000_000_000, "parameters a config implies"),
     "json_bytes": ("BERT_REF_MAX_JSON_BYTES", 64 << 20, "bytes of a JSON document"),
     "json_depth": ("BERT_REF_MAX_JSON_DEPTH", 64, "nesting depth of a JSON document"),
-    "input_bytes": ("BERT_REF_MAX_INPUT_BYTES", 4 << 30, "declared bytes of the arrays of a file"),
+    "input_bytes": ("BERT_REF_MAX_INPUT_BYTES", 1 << 30, "declared bytes of the arrays of a file"),
     "activation_bytes": ("BERT_REF_MAX_ACTIVATION_BYTES", None, "estimated activation bytes of a forward pass"),
     "sequence_length": ("BERT_REF_MAX_SEQUENCE_LENGTH", 1 << 20, "--sequence-length"),
     "download_bytes": ("BERT_REF_MAX_DOWNLOAD_BYTES", 64 << 30, "bytes of a download of unstated size"),
@@ -131,4 +131,41 @@ def load_file(path: str | os.PathLike, source: str | None = None) -> Any:
     return loads(raw, source)
 
 
-__all__ = ["LIMITS", "LimitError", "check", "env_name", "json_depth", "limit", "load_file", "loads"]
+# ----------------------------------------------------------------------------------------------
+# Activations
+
+
+def forward_bytes(config: Any, batch: int, sequence: int, itemsize: int, *, hidden_states: bool = False,
+                  attentions: bool = False, trace: bool = False) -> int:
+    """An estimate (within ~2x) of the peak bytes one forward pass holds at once.
+
+    Working set of one layer: the residual stream, queries/keys/values, context and layer-norm
+    temporaries (~8 x [B, S, H]), the feed-forward's intermediate and its activation (2 x [B, S, F]),
+    and scores, probabilities and mask (3 x [B, heads, S, S]); plus what is kept for the caller:
+    the outputs, and with `hidden_states` / `attentions` / `trace` every layer's."""
+    b, s, h, f = batch, sequence, config.hidden_dim, config.intermediate_dim
+    heads, layers = config.num_heads, config.num_layers
+    work = b * s * (8 * h + 2 * f) + 3 * b * heads * s * s
+    kept = b * s * h + b * h
+    if hidden_states:
+        kept += (layers + 1) * b * s * h
+    if attentions:
+        kept += layers * b * heads * s * s
+    if trace:
+        kept += layers * (b * s * (10 * h + 2 * f) + 3 * b * heads * s * s)
+    return itemsize * (work + kept)
+
+
+def check_forward(config: Any, batch: int, sequence: int, itemsize: int, policy: str, **kept: bool) -> None:
+    """`LimitError` with the estimate and a suggestion when `forward_bytes` exceeds the limit."""
+    need = forward_bytes(config, batch, sequence, itemsize, **kept)
+    cap = limit("activation_bytes")
+    if need > cap:
+        raise LimitError(
+            f"inputs of batch {batch:,} x sequence {sequence:,} need an estimated {need / 1e9:,.1f} GB of "
+            f"activations ({policy} policy), over the limit of {cap / 1e9:,.1f} GB "
+            f"({env_name('activation_bytes')}, default half of physical memory); run the inputs in "
+            "smaller batches, or raise the limit")
+
+
+__all__ = ["LIMITS", "LimitError", "check", "check_forward", "forward_bytes", "env_name", "json_depth", "limit", "load_file", "loads"]

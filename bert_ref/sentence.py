@@ -231,7 +231,7 @@ class SentenceEncoder:
             chunk = batch[start:start + batch_size]
             if self.lowercase_input:
                 chunk = [t.lower() for t in chunk]
-            ids = [self.tokenizer.encode(t)[: self.max_sequence_length - 2] for t in chunk]
+            ids = [self.tokenizer.encode(t, self.max_sequence_length - 2) for t in chunk]
             length = max(len(x) for x in ids) + 2
             t = self.tokenizer
             inputs = pack([ids], sequence_length=length, cls_id=t.cls_token_id,

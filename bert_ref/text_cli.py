@@ -88,6 +88,10 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     texts = _texts(args)
     if args.pair is not None and args.sequence_length is None:
         raise _TextError("--pair needs --sequence-length")
+    if args.sequence_length is not None:
+        from . import limits
+
+        limits.check("sequence_length", args.sequence_length, "--sequence-length")
     tok = BertTokenizer.from_preset(args.preset)
     out = sys.stdout
     for text in texts:

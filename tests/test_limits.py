@@ -81,7 +81,7 @@ def test_a_config_asking_for_a_million_layers_is_refused_before_anything_is_size
     # and `run` died with MemoryError. The limit is checked first, in closed form.
     (tmp_path / "config.json").write_text(json.dumps(_hf_config(num_hidden_layers=10**6, hidden_size=384,
                                                                  num_attention_heads=12, intermediate_size=1536)))
-    with pytest.raises(CheckpointError, match=r"config\.json: num_layers is 1,000,000, over the limit of 1,024 "
+    with pytest.raises(CheckpointError, match=r"config\.json: field 'num_hidden_layers': num_layers is 1,000,000, over the limit of 1,024 "
                                               r"\(set BERT_REF_MAX_LAYERS"):
         load_preset_dir(tmp_path, load_weights=False)
 

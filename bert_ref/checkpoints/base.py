@@ -120,6 +120,40 @@ def check_finite(w: np.ndarray, name: str, source: str) -> None:
     )
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file although it exists (a FIFO, a device, a directory, a
+    link to one), else None (a regular file, or nothing there at all)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        kind = "a directory"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO (named pipe)"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "not a regular file"
+    return f"{path} is {kind}" + (" (through a symbolic link)" if path.is_symlink() else "") + \
+        "; a checkpoint file must be a regular file"
+
+
+def check_regular_file(path: Path, missing: str) -> None:
+    """A `CheckpointError`: `missing` when `path` does not exist, what it is when it is not a file."""
+    why = not_a_regular_file(path)
+    if why is not None:
+        raise CheckpointError(why)
+    if not path.is_file():
+        raise CheckpointError(missing)
+
+
 def list_names(items: list[str], limit: int = 8) -> str:
     """The first `limit` of `items`, comma-separated, then " ..." if there are more."""
     return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")

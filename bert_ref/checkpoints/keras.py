@@ -45,7 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_weights, list_names, read_json
+from .base import Checkpoint, CheckpointError, check_regular_file, check_weights, list_names, read_json
 from .native import CLASS_NAME, config_from_json, read_keras_layout
 
 CONFIG_FILE = "config.json"
@@ -329,8 +329,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     weights = None
     if load_weights:
         weights_path = directory / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise CheckpointError(f"{directory}: keras-hub preset has no {WEIGHTS_FILE}")
+        check_regular_file(weights_path, f"{directory}: keras-hub preset has no {WEIGHTS_FILE}")
         weights = _read_weights(config, weights_path)
         files.append(weights_path)
     return Checkpoint(config, weights, "keras", directory, tuple(files), metadata)
