@@ -510,7 +510,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return status
     except BrokenPipeError:
         raise
-    except (UsageError, ArrayFileError, ValueError, TypeError, OSError, ImportError) as e:
+    except (UsageError, ArrayFileError, ValueError, TypeError, OSError, ImportError, NotImplementedError) as e:
         return fail(str(e) or type(e).__name__)
     except MemoryError:
         return fail("out of memory: the inputs (or the model) are larger than this machine can hold; run "

@@ -298,11 +298,26 @@ def read_vocabulary(path: str | os.PathLike) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
+def wordpiece_vocabulary(path: str | os.PathLike) -> list[str]:
+    """The tokens of a `tokenizers` WordPiece `tokenizer.json` (`model.vocab`), in id order."""
+    fast = read_optional_json(Path(path))
+    vocab = fast.get("model", {}).get("vocab") if isinstance(fast, dict) else None
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise ValueError(f"{path}: model.vocab must map tokens to integer ids")
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        gap = next(i for i, v in enumerate(ids) if v != i)
+        raise ValueError(f"{path}: model.vocab ids must be 0 .. {len(ids) - 1} without gaps; id {gap} is missing")
+    return tokens
+
+
 def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | None]:
     """The vocabulary file and lowercase flag of a preset directory.
 
     Hugging Face layout: `vocab.txt` + `tokenizer_config.json` (`do_lower_case`), or the normalizer
-    of `tokenizer.json`. keras-hub layout: `assets/tokenizer/vocabulary.txt` + `tokenizer.json`
+    of `tokenizer.json`; without `vocab.txt` (transformers >= 5 does not write one), the WordPiece
+    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout: `assets/tokenizer/vocabulary.txt` + `tokenizer.json`
     (`config.lowercase`). The flag is None when no file states it.
     """
     d = Path(directory)
@@ -324,6 +339,18 @@ def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | N
             if isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
                 lowercase = bool(norm.get("lowercase", True))
         return d / "vocab.txt", lowercase
+    if (d / "tokenizer.json").is_file():  # transformers >= 5 saves no vocab.txt
+        fast = read_optional_json(d / "tokenizer.json")
+        model = fast.get("model") if isinstance(fast, dict) else None
+        if isinstance(model, dict) and model.get("type") == "WordPiece":
+            lowercase = None
+            cfg = read_optional_json(d / "tokenizer_config.json")
+            norm = fast.get("normalizer")
+            if isinstance(cfg, dict) and "do_lower_case" in cfg:
+                lowercase = bool(cfg["do_lower_case"])
+            elif isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
+                lowercase = bool(norm.get("lowercase", True))
+            return d / "tokenizer.json", lowercase
     raise FileNotFoundError(
         f"{d} holds no BERT vocabulary: expected vocab.txt (Hugging Face) or "
         "assets/tokenizer/vocabulary.txt (keras-hub)")
@@ -405,6 +432,8 @@ class BertTokenizer:
         directory = hub.resolve(preset)
         vocab, lowercase = preset_tokenizer_files(directory)
         is_keras = vocab.name == "vocabulary.txt"
+        if vocab.name == "tokenizer.json":
+            vocab = wordpiece_vocabulary(vocab)
         options = {"lowercase": bool(lowercase) if lowercase is not None else False,
                    "special_tokens_in_strings": not is_keras}
         options.update(kwargs)
