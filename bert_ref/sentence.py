@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ _ST_POOLING_FLAGS = {
 }
 _ST_MODULES_OK = {"Transformer", "Pooling", "Dense", "Normalize"}
 # `torch.nn` activations a Dense module may name (its `activation_function`) -> x -> f(x) in float64.
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "torch.nn.modules.activation.Tanh": np.tanh,
     "torch.nn.modules.linear.Identity": lambda x: x,
     "torch.nn.modules.activation.ReLU": lambda x: np.maximum(x, 0.0),
@@ -130,7 +130,8 @@ def read_sentence_settings(directory: str | os.PathLike) -> SentenceSettings:
     than silently producing different vectors; `ValueError` naming the file and field for a bad one.
     """
     d = Path(directory)
-    pooling = normalize = max_len = None
+    pooling: str | tuple[str, ...] | None = None
+    normalize = max_len = None
     lower = False
     dense: list[DenseLayer] = []
     modules = read_optional_json(d / "modules.json")
@@ -240,7 +241,7 @@ def _read_dense(directory: Path) -> DenseLayer:
                               "(safe_serialization=True) to write model.safetensors")
     check_regular_file(weights_path, f"{directory}: the Dense module has no model.safetensors")
     tensors, _ = read_safetensors(weights_path)
-    expected = {"linear.weight": (n_out, n_in)}
+    expected: dict[str, tuple[int, ...]] = {"linear.weight": (n_out, n_in)}
     if has_bias:
         expected["linear.bias"] = (n_out,)
     if use_residual and n_in != n_out:
@@ -372,7 +373,7 @@ class SentenceEncoder:
             dense=settings.dense,
         )
 
-    def encode(self, texts: str | Sequence[str], *, pooling: str | None = None,
+    def encode(self, texts: str | Sequence[str], *, pooling: str | tuple[str, ...] | None = None,
                normalize: bool | None = None, batch_size: int = 32) -> np.ndarray:
         """Vectors of `texts`: (len(texts), hidden_dim), or (hidden_dim,) for a single string.
 

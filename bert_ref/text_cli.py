@@ -1,6 +1,6 @@
 """`bert-ref embed` and `bert-ref tokenize`: text in, vectors or word pieces out.
 
-    bert-ref embed PRESET "text" ["text" ...] [--output OUT] [--pooling mean|cls|max|pooled]
+    bert-ref embed PRESET "text" ["text" ...] [--output OUT] [--pooling MODE]
                    [--normalize | --no-normalize] [--dtype D] [--batch-size N]
     bert-ref tokenize PRESET ["text" ...] [--sequence-length N] [--pair "text"]
 

@@ -432,12 +432,11 @@ class BertTokenizer:
         directory = hub.resolve(preset)
         vocab, lowercase = preset_tokenizer_files(directory)
         is_keras = vocab.name == "vocabulary.txt"
-        if vocab.name == "tokenizer.json":
-            vocab = wordpiece_vocabulary(vocab)
+        tokens: Path | list[str] = wordpiece_vocabulary(vocab) if vocab.name == "tokenizer.json" else vocab
         options = {"lowercase": bool(lowercase) if lowercase is not None else False,
                    "special_tokens_in_strings": not is_keras}
         options.update(kwargs)
-        return cls(vocab, **options)
+        return cls(tokens, **options)
 
     # -- vocabulary ---------------------------------------------------------------------------
 

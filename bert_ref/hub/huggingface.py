@@ -14,7 +14,6 @@ the network. A branch name is fetched once and then served from the cache; pin a
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from urllib.parse import quote

@@ -21,7 +21,6 @@ Behaviour:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
