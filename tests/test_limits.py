@@ -129,3 +129,15 @@ def test_a_large_json_is_refused(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(_hf_config(padding=" " * 2000)))
     with pytest.raises(ValueError, match=r"config\.json: the JSON document is over the limit of 1,000 bytes"):
         load_preset_dir(tmp_path)
+
+
+def test_a_deep_safetensors_header_is_refused_before_parsing(tmp_path):
+    import struct
+
+    from bert_ref.checkpoints import SafetensorsError, read_safetensors
+
+    header = b'{"__metadata__": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(SafetensorsError, match=r"x\.safetensors: corrupt safetensors file: the header JSON is nested "
+                                               r"100001 levels deep"):
+        read_safetensors(tmp_path / "x.safetensors")
