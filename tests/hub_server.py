@@ -82,6 +82,7 @@ class FakeHub:
         self.kaggle_auth: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.handler_errors: list = []
 
     # -- content ------------------------------------------------------------------------------
     def add_hf_repo(self, repo_id: str, files: dict[str, bytes], *, revision: str = "main",
@@ -130,6 +131,10 @@ class FakeHub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        # A client that gives up (timeouts, limits, a fault test) makes the handler's final flush
+        # fail; socketserver would print that traceback to stderr, possibly while a later test
+        # checks stderr. Record it instead.
+        self._server.handle_error = lambda request, address: self.handler_errors.append(address)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                          daemon=True).start()
         return self
