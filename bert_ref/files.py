@@ -76,7 +76,7 @@ def _check_npz(path: Path) -> None:
     total = 0
     with zf:
         infos = zf.infolist()
-        limits.check("input_bytes", len(infos), f"{path}: the number of arrays")
+        limits.check("archive_entries", len(infos), f"{path}: the number of arrays")
         for info in infos:
             key = info.filename.removesuffix(".npy")
             with zf.open(info) as member:

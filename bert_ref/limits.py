@@ -13,7 +13,7 @@ overrides it (a positive integer; sizes in bytes, times in seconds):
     BERT_REF_MAX_DOWNLOAD_BYTES    68719476736  a downloaded file whose size the server does not state (64 GiB)
     BERT_REF_DOWNLOAD_DEADLINE     7200         seconds one file's download may take in all
     BERT_REF_MAX_ARCHIVE_BYTES     68719476736  bytes extracted from one archive (64 GiB)
-    BERT_REF_MAX_ARCHIVE_ENTRIES   10000        entries of one archive
+    BERT_REF_MAX_ARCHIVE_ENTRIES   10000        entries of one archive (Kaggle download, .npz file)
 
 A limit that is hit raises `LimitError` (a `ValueError`) naming the file or field, the amount
 and the limit, and the variable that raises it.
