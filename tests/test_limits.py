@@ -141,3 +141,15 @@ def test_a_deep_safetensors_header_is_refused_before_parsing(tmp_path):
     with pytest.raises(SafetensorsError, match=r"x\.safetensors: corrupt safetensors file: the header JSON is nested "
                                                r"100001 levels deep"):
         read_safetensors(tmp_path / "x.safetensors")
+
+
+def test_a_config_too_large_for_its_weight_file_is_named_before_any_tensor(tmp_path):
+    # 12 layers of hidden 384 imply 22 million parameters; the file holds one float.
+    from safetensors.numpy import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(num_hidden_layers=12, hidden_size=384,
+                                                                 num_attention_heads=12, intermediate_size=1536)))
+    save_file({"embeddings.word_embeddings.weight": np.zeros(1, np.float32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"config\.json implies 21,\d{3},\d{3} parameters, at least .* bytes even "
+                                              r"stored in 8 bits, but model\.safetensors holds \d+ bytes"):
+        load_preset_dir(tmp_path)

@@ -96,6 +96,19 @@ def check_weights(config: BertConfig, weights: Mapping[str, np.ndarray], source:
     return checked
 
 
+def check_weight_bytes(config: BertConfig, files: list[Path], config_source: str) -> None:
+    """A `CheckpointError` when the weight files are too small for the parameters the config
+    implies (at least one byte each, even in an 8-bit format): the config does not describe them.
+    Costs a `stat` per file, before any tensor is looked at."""
+    have = sum(f.stat().st_size for f in files)
+    need = config.implied_params()
+    if need > have:
+        names = ", ".join(f.name for f in files)
+        raise CheckpointError(
+            f"{config_source} implies {need:,} parameters, at least {need:,} bytes even stored in 8 bits, but "
+            f"{names} hold{'s' if len(files) == 1 else ''} {have:,} bytes: the config does not describe these weights")
+
+
 def check_finite(w: np.ndarray, name: str, source: str) -> None:
     """A `CheckpointError` naming `name`, the first position and the count when `w` holds NaN or inf.
 

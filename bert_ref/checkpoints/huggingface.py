@@ -45,7 +45,7 @@ import numpy as np
 
 from ..config import BertConfig
 from .base import (
-    Checkpoint, CheckpointError, check_field, check_regular_file, check_weights, list_names, not_a_regular_file,
+    Checkpoint, CheckpointError, check_field, check_regular_file, check_weight_bytes, check_weights, list_names, not_a_regular_file,
     read_config, read_json,
 )
 from .safetensors_io import read_safetensors
@@ -268,6 +268,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     weights = None
     if load_weights:
         tensors, origin, weight_files = _read_tensors(directory)
+        check_weight_bytes(config, [f for f in weight_files if f.suffix == ".safetensors"], str(config_path))
         files.extend(weight_files)
         prefixed = any(k.startswith("bert.") for k in tensors)
         mapped: dict[str, np.ndarray] = {}

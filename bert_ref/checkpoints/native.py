@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_regular_file, check_weights, dtype_name, read_config, read_json_object
+from .base import Checkpoint, CheckpointError, check_regular_file, check_weight_bytes, check_weights, dtype_name, read_config, read_json_object
 from .safetensors_io import read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -118,6 +118,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     if load_weights:
         weights_path = directory / WEIGHTS_FILE
         check_regular_file(weights_path, f"{directory}: native preset has no {WEIGHTS_FILE}")
+        check_weight_bytes(config, [weights_path], str(directory / CONFIG_FILE))
         tensors, _ = read_safetensors(weights_path)
         weights = check_weights(config, tensors, str(weights_path))
         files.append(weights_path)
