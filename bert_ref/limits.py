@@ -137,15 +137,17 @@ def load_file(path: str | os.PathLike, source: str | None = None) -> Any:
 
 def forward_bytes(config: Any, batch: int, sequence: int, itemsize: int, *, hidden_states: bool = False,
                   attentions: bool = False, trace: bool = False) -> int:
-    """An estimate (within ~2x) of the peak bytes one forward pass holds at once.
+    """An estimate of the peak bytes one forward pass holds at once (NumPy allocations).
 
-    Working set of one layer: the residual stream, queries/keys/values, context and layer-norm
-    temporaries (~8 x [B, S, H]), the feed-forward's intermediate and its activation (2 x [B, S, F]),
-    and scores, probabilities and mask (3 x [B, heads, S, S]); plus what is kept for the caller:
-    the outputs, and with `hidden_states` / `attentions` / `trace` every layer's."""
+    Working set of one layer: about four [B, S, H] arrays (residual stream, queries, keys, values or
+    context), the feed-forward's intermediate [B, S, F] and the attention scores [B, heads, S, S];
+    plus what is kept for the caller: the outputs, and with `hidden_states` / `attentions` /
+    `trace` every layer's. Against tracemalloc's peak on all-MiniLM-L6-v2 (float32): 1.18x at
+    batch 64 x 128, 1.09x at 16 x 512; with hidden states and attentions kept 1.15x at 8 x 128,
+    1.17x at 4 x 512 (an over-estimate, as a limit should be)."""
     b, s, h, f = batch, sequence, config.hidden_dim, config.intermediate_dim
     heads, layers = config.num_heads, config.num_layers
-    work = b * s * (8 * h + 2 * f) + 3 * b * heads * s * s
+    work = b * s * (4 * h + f) + b * heads * s * s
     kept = b * s * h + b * h
     if hidden_states:
         kept += (layers + 1) * b * s * h
