@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import encoder
+from . import encoder, limits
 from .config import BertConfig
 from .precision import get_policy
 from .presets import PRESETS, preset_config
@@ -203,7 +203,18 @@ class BertBackbone:
         output_attentions: bool = False,
         trace: Any = None,
     ) -> dict[str, Any]:
-        """Run the encoder; see `bert_ref.forward` for the arguments and the outputs."""
+        """Run the encoder; see `bert_ref.forward` for the arguments and the outputs.
+
+        Inputs whose activations would not fit in memory are refused before any work (a
+        `bert_ref.limits.LimitError` giving the estimate; see BERT_REF_MAX_ACTIVATION_BYTES)."""
+        ids = inputs.get("token_ids") if isinstance(inputs, Mapping) else None
+        shape = np.shape(ids) if ids is not None else ()
+        if len(shape) == 2:
+            policy = self.dtype_policy
+            itemsize = max(np.dtype(policy.compute_dtype).itemsize, 4)  # softmax / layer norm: >= float32
+            limits.check_forward(self.config, int(shape[0]), int(shape[1]), itemsize, policy.name,
+                                 hidden_states=output_hidden_states, attentions=output_attentions,
+                                 trace=trace is not None and trace is not False)
         return encoder.forward(
             self.prepared_weights(), self.config, inputs, dtype=self.dtype_policy,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, trace=trace,

@@ -14,8 +14,11 @@
     bert-ref tokenize PRESET [TEXT ...]      WordPiece tokens and ids (stdin when no TEXT)
 
 Exit status: 0 success (for `compare`: every output within tolerance), 1 `compare` found an output
-over tolerance, 2 bad usage, a bad file or a preset that cannot be loaded (one line on stderr says
-why). Files are `.npz`, `.safetensors` or `.json` (see `bert_ref.files`).
+over tolerance, 2 bad usage, a bad file, a preset that cannot be loaded, a limit reached or memory
+exhausted (one line on stderr says why, naming the file and field; never a traceback), 141 the
+reader of standard output went away (`bert-ref presets | head -1`; nothing is printed). Every file
+written (outputs, embeddings, converted presets) is written under a temporary name and renamed into
+place when complete. Files are `.npz`, `.safetensors` or `.json` (see `bert_ref.files`).
 
 Other modules add subcommands through `register` (list them in `EXTENSION_MODULES`; each defines
 `add_commands(register)`).
@@ -24,6 +27,7 @@ Other modules add subcommands through `register` (list them in `EXTENSION_MODULE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -609,6 +613,23 @@ register("example", "run a sentence pair through real weights", _configure_examp
          "on the machine and no network it falls back to random weights, and says so.")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser that lets options and positionals mix (`tokenize PRESET
+    --sequence-length 10 "text"`), as `parse_intermixed_args` does; argparse only offers that on
+    the top-level parser, not through subparsers."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in EXTENSION_MODULES:
         importlib.import_module(module).add_commands(register)
@@ -616,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="bert_ref: a pure-NumPy reference BERT encoder and conformance oracle.",
         epilog=f"`{PROG} COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_IntermixedParser)
     for cmd in _COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
         cmd.configure(p)
@@ -625,20 +646,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`bert-ref presets | head -1`): stop quietly, as Unix tools do.
+        # stdout is pointed at /dev/null so that the interpreter's final flush does not complain.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a tool stopped by a closed pipe
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        return int(args._run(args))
-    except (UsageError, ArrayFileError, ValueError, TypeError, OSError, ImportError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__
+
+    def fail(message: str) -> int:
+        message = " ".join(message.split())
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+    try:
+        status = int(args._run(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        raise
+    except (UsageError, ArrayFileError, ValueError, TypeError, OSError, ImportError, NotImplementedError) as e:
+        return fail(str(e) or type(e).__name__)
+    except MemoryError:
+        return fail("out of memory: the inputs (or the model) are larger than this machine can hold; run "
+                    "smaller batches (see BERT_REF_MAX_ACTIVATION_BYTES in the README)")
+    except RecursionError:
+        return fail("a file is nested too deeply to read (RecursionError)")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError":  # the safetensors package's own error type
+            return fail(f"safetensors: {e}")
+        if os.environ.get("BERT_REF_DEBUG", "").strip().lower() in ("1", "true", "yes"):
+            raise
+        return fail(f"unexpected {type(e).__name__}: {e} (set BERT_REF_DEBUG=1 for the traceback)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,10 +11,14 @@ and in the README, section "The API"); every kernel is 2-D `(in, out)` so the ma
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, Mapping
 
+from . import limits
+
 ACTIVATIONS = ("gelu_approximate", "gelu")
+_FLOAT32_TINY = 2.0 ** -126  # the smallest normal float32 (numpy.finfo(numpy.float32).tiny)
 
 # keras-hub `BertBackbone.get_config()` keys, in keras-hub's order.
 KERAS_CONFIG_KEYS = (
@@ -82,6 +86,10 @@ class BertConfig:
             ("num_segments", 1),
         ):
             object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum))
+        # Bounded before anything is sized from the config (a 300-byte config.json must not make
+        # weight_shapes() list a million layers): see bert_ref.limits.
+        limits.check("layers", self.num_layers, "num_layers")
+        limits.check("params", self.implied_params(), "the parameter count the config implies")
         if self.hidden_dim // self.num_heads == 0:
             raise ValueError(
                 f"hidden_dim // num_heads must be >= 1 (it is the per-head key_dim), got "
@@ -95,8 +103,16 @@ class BertConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         eps = self.layer_norm_epsilon
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (float(eps) > 0.0):
-            raise ValueError(f"layer_norm_epsilon must be a positive number, got {eps!r}")
+        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(float(eps))
+                or not float(eps) > 0.0):
+            raise ValueError(f"layer_norm_epsilon must be a positive number (finite: not NaN or inf), got {eps!r}")
+        if not float(eps) >= _FLOAT32_TINY:
+            # Layer norm runs in at least float32, where this epsilon would round to 0 (or to a
+            # subnormal): a constant row would then divide by zero instead of being held at 0.
+            raise ValueError(
+                f"layer_norm_epsilon = {eps!r} underflows in float32 (layer norm computes in at least "
+                f"float32); it must be >= {_FLOAT32_TINY:.4g}, the smallest normal float32"
+            )
         object.__setattr__(self, "layer_norm_epsilon", float(eps))
 
     @property
@@ -137,6 +153,14 @@ class BertConfig:
         shapes["pooled_dense/kernel"] = (h, h)
         shapes["pooled_dense/bias"] = (h,)
         return shapes
+
+    def implied_params(self) -> int:
+        """`count_params()` in closed form, without listing the weights (for limits)."""
+        h, f = self.hidden_dim, self.intermediate_dim
+        a = (h // self.num_heads) * self.num_heads if self.num_heads else 0
+        embeddings = (self.vocabulary_size + self.max_sequence_length + self.num_segments) * h + 2 * h
+        layer = 3 * (h * a + a) + (a * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+        return embeddings + self.num_layers * layer + h * h + h
 
     def count_params(self) -> int:
         """Total number of scalars in all weights (keras' `count_params()`)."""

@@ -37,10 +37,12 @@ and what would be right.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
 import os
+import tempfile
 import re
 import zipfile
 from pathlib import Path
@@ -48,6 +50,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import limits
 from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER
 
 SUFFIXES = (".npz", ".safetensors", ".json")
@@ -97,8 +100,8 @@ def _safetensors_bf16_key(path: Path) -> str | None:
             n = int.from_bytes(f.read(8), "little")
             if not 0 < n < 100_000_000:
                 return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError):
+            header = limits.loads(f.read(n), f"{path}: safetensors header")
+    except (OSError, ValueError):  # incl. limits.LimitError: the reader below reports the file
         return None
     return next((k for k, v in header.items() if isinstance(v, dict) and v.get("dtype") == "BF16"), None)
 
@@ -118,6 +121,45 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _check_npz(path: Path) -> None:
+    """Before anything is inflated: `path` is a zip of `.npy` members whose declared arrays (the
+    shape and dtype in each member's header) total at most BERT_REF_MAX_INPUT_BYTES, and no member
+    inflates to more than its header declares (a deflate bomb)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ArrayFileError(f"{path}: not a .npz archive: it is a single .npy array (save with numpy.savez "
+                             "to name the arrays token_ids, segment_ids, padding_mask)")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ArrayFileError(f"{path}: cannot read as .npz (not a zip archive: truncated, or another format)") from None
+    total = 0
+    with zf:
+        infos = zf.infolist()
+        limits.check("archive_entries", len(infos), f"{path}: the number of arrays")
+        for info in infos:
+            key = info.filename.removesuffix(".npy")
+            with zf.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
+                    shape, _, dtype = read_header(member)
+                except (ValueError, EOFError, SyntaxError) as e:
+                    raise ArrayFileError(f"{path}: key {key!r} is not a .npy array ({_one_line(e)})") from None
+                header_bytes = member.tell()
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if info.file_size > header_bytes + declared:
+                raise ArrayFileError(f"{path}: key {key!r} inflates to {info.file_size:,} bytes but its header "
+                                     f"declares {declared:,} bytes of {dtype} {shape}; the file is corrupt")
+            total += declared
+            limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
+                         " bytes")
+
+
 def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -> dict[str, np.ndarray]:
     """All arrays in a `.npz`, `.safetensors` or `.json` file, by key (file order).
 
@@ -130,11 +172,13 @@ def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -
         raise ArrayFileError(f"{path}: not a file")
     try:
         if suffix == ".npz":
+            _check_npz(path)
             with np.load(path, allow_pickle=False) as data:
                 if not isinstance(data, np.lib.npyio.NpzFile):
                     raise ArrayFileError(f"{path}: not a .npz archive (it holds a single .npy array)")
                 return _npz_arrays(path, data)
         if suffix == ".npy":
+            limits.check("input_bytes", path.stat().st_size, f"{path}: the file", " bytes")
             arr = np.load(path, allow_pickle=False)
             if not isinstance(arr, np.ndarray):
                 raise ArrayFileError(f"{path}: not a .npy array")
@@ -147,11 +191,16 @@ def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -
                 _bfloat16(path, bf16_key)  # a clear error when ml_dtypes is missing
             from safetensors.numpy import load_file
 
+            limits.check("input_bytes", path.stat().st_size, f"{path}: the file", " bytes")
             return dict(load_file(str(path)))
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+        obj = limits.load_file(path)
     except ArrayFileError:
         raise
+    except limits.LimitError as e:
+        raise ArrayFileError(str(e)) from None
+    except MemoryError:
+        raise ArrayFileError(f"{path}: out of memory while reading it; its arrays are larger than this machine "
+                             "can hold") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
         raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
     except Exception as e:  # the safetensors reader raises its own (non-ValueError) error type
@@ -188,18 +237,44 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     if path.parent and not path.parent.exists():
         raise ArrayFileError(f"{path}: directory {path.parent} does not exist")
-    if suffix == ".npz":
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
-    elif suffix == ".safetensors":
-        from safetensors.numpy import save_file
+    # Written to a temporary name in the same directory and renamed into place when complete: a
+    # failure (a full disk) never leaves a truncated file that looks like output.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                    suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".npz":
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+        elif suffix == ".safetensors":
+            from safetensors.numpy import save_file
 
-        save_file(arrays, str(path))
-    else:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
-            f.write("\n")
+            os.close(fd)
+            try:
+                save_file(arrays, str(tmp))
+            except Exception as e:  # the safetensors package raises its own error type
+                if type(e).__name__ == "SafetensorError":
+                    raise OSError(_one_line(e)) from None
+                raise
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
+                f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise ArrayFileError(f"{path}: cannot write ({_one_line(e)}); nothing was written") from None
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`bert-ref embed` and `bert-ref tokenize`: text in, vectors or word pieces out.
 
-    bert-ref embed PRESET "text" ["text" ...] [--output OUT] [--pooling mean|cls|max|pooled]
+    bert-ref embed PRESET "text" ["text" ...] [--output OUT] [--pooling MODE]
                    [--normalize | --no-normalize] [--dtype D] [--batch-size N]
     bert-ref tokenize PRESET ["text" ...] [--sequence-length N] [--pair "text"]
 
@@ -88,6 +88,10 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     texts = _texts(args)
     if args.pair is not None and args.sequence_length is None:
         raise _TextError("--pair needs --sequence-length")
+    if args.sequence_length is not None:
+        from . import limits
+
+        limits.check("sequence_length", args.sequence_length, "--sequence-length")
     tok = BertTokenizer.from_preset(args.preset)
     out = sys.stdout
     for text in texts:

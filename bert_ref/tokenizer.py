@@ -171,8 +171,13 @@ def pre_tokenize(text: str) -> list[str]:
 
 
 def wordpiece(word: str, vocabulary: dict[str, int], *, unk_token: str = UNK,
-              max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD) -> list[str]:
+              max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD,
+              max_piece_chars: int | None = None) -> list[str]:
     """Greedy longest-match-first WordPiece of one word; `[unk_token]` if any part has no match.
+
+    `max_piece_chars` (the longest vocabulary entry, without "##"; `BertTokenizer` passes it) only
+    skips candidates longer than any entry, so the result is the same; it bounds the cost of a
+    word of n characters by n x max_piece_chars lookups instead of n^2 / 2.
 
     >>> wordpiece("unaffable", {"un": 0, "##aff": 1, "##able": 2})
     ['un', '##aff', '##able']
@@ -182,7 +187,7 @@ def wordpiece(word: str, vocabulary: dict[str, int], *, unk_token: str = UNK,
     pieces: list[str] = []
     start = 0
     while start < len(word):
-        end = len(word)
+        end = len(word) if max_piece_chars is None else min(len(word), start + max_piece_chars)
         while end > start:
             piece = word[start:end] if start == 0 else CONTINUATION + word[start:end]
             if piece in vocabulary:
@@ -283,19 +288,36 @@ def pack(segments: Sequence[Sequence[Sequence[int]]], *, sequence_length: int, c
 
 
 def read_vocabulary(path: str | os.PathLike) -> list[str]:
-    """One token per line, the line number is the id; trailing whitespace is not part of a token."""
-    with open(path, encoding="utf-8") as f:
+    """One token per line, the line number is the id; trailing whitespace is not part of a token.
+
+    A UTF-8 byte order mark at the start (some editors write one) is not part of the first token."""
+    with open(path, encoding="utf-8-sig") as f:
         lines = f.read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip() for line in lines]
 
 
+def wordpiece_vocabulary(path: str | os.PathLike) -> list[str]:
+    """The tokens of a `tokenizers` WordPiece `tokenizer.json` (`model.vocab`), in id order."""
+    fast = read_optional_json(Path(path))
+    vocab = fast.get("model", {}).get("vocab") if isinstance(fast, dict) else None
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise ValueError(f"{path}: model.vocab must map tokens to integer ids")
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        gap = next(i for i, v in enumerate(ids) if v != i)
+        raise ValueError(f"{path}: model.vocab ids must be 0 .. {len(ids) - 1} without gaps; id {gap} is missing")
+    return tokens
+
+
 def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | None]:
     """The vocabulary file and lowercase flag of a preset directory.
 
     Hugging Face layout: `vocab.txt` + `tokenizer_config.json` (`do_lower_case`), or the normalizer
-    of `tokenizer.json`. keras-hub layout: `assets/tokenizer/vocabulary.txt` + `tokenizer.json`
+    of `tokenizer.json`; without `vocab.txt` (transformers >= 5 does not write one), the WordPiece
+    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout: `assets/tokenizer/vocabulary.txt` + `tokenizer.json`
     (`config.lowercase`). The flag is None when no file states it.
     """
     d = Path(directory)
@@ -317,6 +339,18 @@ def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | N
             if isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
                 lowercase = bool(norm.get("lowercase", True))
         return d / "vocab.txt", lowercase
+    if (d / "tokenizer.json").is_file():  # transformers >= 5 saves no vocab.txt
+        fast = read_optional_json(d / "tokenizer.json")
+        model = fast.get("model") if isinstance(fast, dict) else None
+        if isinstance(model, dict) and model.get("type") == "WordPiece":
+            lowercase = None
+            cfg = read_optional_json(d / "tokenizer_config.json")
+            norm = fast.get("normalizer")
+            if isinstance(cfg, dict) and "do_lower_case" in cfg:
+                lowercase = bool(cfg["do_lower_case"])
+            elif isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
+                lowercase = bool(norm.get("lowercase", True))
+            return d / "tokenizer.json", lowercase
     raise FileNotFoundError(
         f"{d} holds no BERT vocabulary: expected vocab.txt (Hugging Face) or "
         "assets/tokenizer/vocabulary.txt (keras-hub)")
@@ -365,6 +399,8 @@ class BertTokenizer:
                 f"vocabulary must be a file path or a list of tokens, got {type(vocabulary).__name__}")
         self._tokens = tokens
         self._ids = {t: i for i, t in enumerate(tokens)}  # a repeated token maps to its last line
+        # The longest entry, counting a "##" continuation's prefix (candidates are looked up with it).
+        self._max_piece_chars = max((len(t) for t in tokens), default=1)
         missing = [t for t in REQUIRED_TOKENS if t not in self._ids]
         if missing:
             raise ValueError(
@@ -396,10 +432,11 @@ class BertTokenizer:
         directory = hub.resolve(preset)
         vocab, lowercase = preset_tokenizer_files(directory)
         is_keras = vocab.name == "vocabulary.txt"
+        tokens: Path | list[str] = wordpiece_vocabulary(vocab) if vocab.name == "tokenizer.json" else vocab
         options = {"lowercase": bool(lowercase) if lowercase is not None else False,
                    "special_tokens_in_strings": not is_keras}
         options.update(kwargs)
-        return cls(vocab, **options)
+        return cls(tokens, **options)
 
     # -- vocabulary ---------------------------------------------------------------------------
 
@@ -426,26 +463,41 @@ class BertTokenizer:
 
     # -- text -> tokens -----------------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[str]:
-        """WordPiece tokens of `text`, without [CLS]/[SEP]."""
+    def tokenize(self, text: str, max_tokens: int | None = None) -> list[str]:
+        """WordPiece tokens of `text`, without [CLS]/[SEP].
+
+        With `max_tokens`, the first `max_tokens` of them, and the text after them is not looked at:
+        it is normalized and split in blocks that end at a word boundary (whitespace or
+        punctuation, where normalization and splitting of the parts equal those of the whole), so
+        cutting a 10 MB line to 256 tokens costs a few blocks, not the whole line."""
         _check_text(text, "text")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 0):
+            raise ValueError(f"max_tokens = {max_tokens!r} must be None or an int >= 0")
         if self.special_tokens_in_strings:
             chunks = self._special_pattern.split(text)
         else:
             chunks = [text]
         tokens: list[str] = []
         for i, chunk in enumerate(chunks):
+            if max_tokens is not None and len(tokens) >= max_tokens:
+                break
             if i % 2 == 1:  # a special token written in the text
                 tokens.append(chunk)
                 continue
-            normalized = normalize(chunk, lowercase=self.lowercase, strip_accents=self.strip_accents)
-            for word in pre_tokenize(normalized):
-                tokens += wordpiece(word, self._ids)
-        return tokens
+            for block in ([chunk] if max_tokens is None else _blocks(chunk)):
+                normalized = normalize(block, lowercase=self.lowercase, strip_accents=self.strip_accents)
+                for word in pre_tokenize(normalized):
+                    tokens += wordpiece(word, self._ids, max_piece_chars=self._max_piece_chars)
+                if max_tokens is not None and len(tokens) >= max_tokens:
+                    break
+        return tokens if max_tokens is None else tokens[:max_tokens]
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without [CLS]/[SEP] (packing adds them). `encode("") == []`."""
-        return [self._ids[t] for t in self.tokenize(text)]
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text`, without [CLS]/[SEP] (packing adds them). `encode("") == []`.
+
+        `max_tokens`: only the first that many (see `tokenize`)."""
+        return [self._ids[t] for t in self.tokenize(text, max_tokens)]
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Tokens joined by spaces, "##" continuations glued to the piece before them."""
@@ -478,19 +530,50 @@ class BertTokenizer:
         `truncate_lengths`.
         """
         first = _as_batch(texts, "texts")
-        segments = [[self.encode(t) for t in first]]
+        _check_sequence_length(sequence_length)
+        # No segment keeps more than the positions left after [CLS] and [SEP], and which tokens it
+        # keeps depends only on the first that many of each segment's (a prefix; round robin hands
+        # out one at a time): tokenizing stops there. longest_first compares the full lengths of a
+        # pair, so a pair cut that way is tokenized whole.
+        budget = max(sequence_length - 2, 0) if texts_pair is None or truncate == "round_robin" else None
+        segments = [[self.encode(t, budget) for t in first]]
         if texts_pair is not None:
             second = _as_batch(texts_pair, "texts_pair")
             if len(second) != len(first):
                 raise ValueError(
                     f"texts has {len(first)} entries but texts_pair has {len(second)}")
-            segments.append([self.encode(t) for t in second])
+            segments.append([self.encode(t, budget) for t in second])
         return pack(segments, sequence_length=sequence_length, cls_id=self.cls_token_id,
                     sep_id=self.sep_token_id, pad_id=self.pad_token_id, truncate=truncate)
 
     def __repr__(self) -> str:
         return (f"BertTokenizer(vocabulary_size={len(self._tokens)}, lowercase={self.lowercase}, "
                 f"strip_accents={self.strip_accents})")
+
+
+_BOUNDARY = re.compile("[" + re.escape("".join(sorted(WHITESPACE))) + r"]|[!-/:-@\[-`{-~]")
+_BLOCK_CHARS = 4096
+
+
+def _blocks(text: str):
+    """`text` in consecutive pieces of about `_BLOCK_CHARS` characters, each cut just before a
+    whitespace or ASCII punctuation character (a word boundary, and a starter for NFD), so that
+    normalizing and splitting the pieces gives the words of the whole. A run with no such
+    character is one piece."""
+    start = 0
+    while start < len(text):
+        m = _BOUNDARY.search(text, start + _BLOCK_CHARS) if start + _BLOCK_CHARS < len(text) else None
+        end = m.start() if m else len(text)
+        yield text[start:end]
+        start = end
+
+
+def _check_sequence_length(sequence_length) -> None:
+    from . import limits
+
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, (int, np.integer)):
+        raise TypeError(f"sequence_length must be an int, got {type(sequence_length).__name__}")
+    limits.check("sequence_length", int(sequence_length), "sequence_length")
 
 
 def _check_text(text, name: str) -> None:

@@ -19,7 +19,9 @@ half the body, then sleep) and `hold` (send half the body, wait until `until()` 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -52,6 +54,7 @@ class Fault:
     status: int = 500
     delay: float = 0.0
     until: object = None  # for "hold": a callable; the rest of the body waits until it is true
+    body: bytes | None = None  # for "gzip" / "unsized": sent instead of the file's own bytes
 
 
 @dataclasses.dataclass
@@ -79,6 +82,7 @@ class FakeHub:
         self.kaggle_auth: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.handler_errors: list = []
 
     # -- content ------------------------------------------------------------------------------
     def add_hf_repo(self, repo_id: str, files: dict[str, bytes], *, revision: str = "main",
@@ -99,8 +103,8 @@ class FakeHub:
         self.kaggle.setdefault(handle, {})[version] = archive
 
     def fault(self, match: str, kind: str, *, times: float = math.inf, status: int = 500,
-              delay: float = 0.0, until=None) -> None:
-        self.faults.append(Fault(match, kind, times, status, delay, until))
+              delay: float = 0.0, until=None, body: bytes | None = None) -> None:
+        self.faults.append(Fault(match, kind, times, status, delay, until, body))
 
     def hits(self, match: str) -> list[Request]:
         with self._lock:
@@ -127,6 +131,10 @@ class FakeHub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        # A client that gives up (timeouts, limits, a fault test) makes the handler's final flush
+        # fail; socketserver would print that traceback to stderr, possibly while a later test
+        # checks stderr. Record it instead.
+        self._server.handle_error = lambda request, address: self.handler_errors.append(address)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                          daemon=True).start()
         return self
@@ -158,6 +166,31 @@ class FakeHub:
         resp = self._route(path, h.headers)
         if fault is None or fault.kind == "slow":
             return self._send(h, resp)
+        if fault.kind == "gzip":  # a content-encoded body (sent although identity was asked for)
+            body = gzip.compress(resp.body if fault.body is None else fault.body)
+            return self._send(h, Response(resp.status, {**resp.headers, "Content-Encoding": "gzip"}, body))
+        if fault.kind == "unsized":  # no Content-Length: the body ends when the connection closes
+            body = resp.body if fault.body is None else fault.body
+            h.send_response(resp.status)
+            for k, v in {**resp.headers, "Connection": "close"}.items():
+                h.send_header(k, v)
+            h.end_headers()
+            with contextlib.suppress(OSError):
+                h.wfile.write(body)
+                h.wfile.flush()
+            h.close_connection = True
+            return None
+        if fault.kind == "trickle":  # one byte every `delay` seconds
+            self._send_head(h, resp)
+            try:
+                for i in range(len(resp.body)):
+                    h.wfile.write(resp.body[i:i + 1])
+                    h.wfile.flush()
+                    time.sleep(fault.delay)
+            except OSError:
+                pass
+            h.close_connection = True
+            return None
         if fault.kind == "corrupt" and resp.body:
             body = bytearray(resp.body)
             body[len(body) // 2] ^= 0xFF
@@ -330,7 +363,9 @@ def isolated(tmp_path, monkeypatch):
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY",
                 "BERT_REF_OFFLINE", "HF_HUB_OFFLINE", "BERT_REF_QUIET", "XDG_CACHE_HOME",
                 "HF_TOKEN_PATH", "BERT_REF_HTTP_TIMEOUT", "HTTP_PROXY", "HTTPS_PROXY",
-                "http_proxy", "https_proxy"):
+                "http_proxy", "https_proxy", "BERT_REF_MAX_DOWNLOAD_BYTES", "BERT_REF_DOWNLOAD_DEADLINE",
+                "BERT_REF_MAX_ARCHIVE_BYTES", "BERT_REF_MAX_ARCHIVE_ENTRIES", "BERT_REF_MAX_JSON_BYTES",
+                "BERT_REF_MAX_JSON_DEPTH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("BERT_REF_CACHE", str(tmp_path / "cache"))

@@ -107,9 +107,13 @@ def test_settings_from_sentence_transformers_files(tmp_path):
 
 def test_unsupported_sentence_transformers_modules_are_refused(tmp_path):
     modules = [{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+               {"idx": 1, "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}]
     (tmp_path / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(NotImplementedError, match=r"modules.json\[1\] is a sentence-transformers 'Dense'"):
+    with pytest.raises(NotImplementedError, match=r"modules.json\[1\] is a sentence-transformers 'LayerNorm'"):
+        read_sentence_settings(tmp_path)
+    modules[1] = {"idx": 1, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(NotImplementedError, match=r"modules.json\[1\]: a Dense module is implemented only after the Pooling"):
         read_sentence_settings(tmp_path)
 
 

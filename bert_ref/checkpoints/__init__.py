@@ -84,9 +84,9 @@ def detect_format(path: str | os.PathLike) -> str:
     fmt = format_of_config(config_json, str(config_path))
     if fmt == "huggingface":
         return fmt
-    if (path / native.WEIGHTS_FILE).is_file():
+    if (path / native.WEIGHTS_FILE).exists():
         return "native"
-    if (path / keras.WEIGHTS_FILE).is_file():
+    if (path / keras.WEIGHTS_FILE).exists():
         return "keras"
     return fmt
 

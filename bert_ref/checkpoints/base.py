@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import encoder
+from .. import encoder, limits
 from ..config import BertConfig
 
 
@@ -45,12 +45,14 @@ class Checkpoint:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a clear error naming the file when it is not JSON."""
+    """Parse a JSON file within `bert_ref.limits`' size and depth; a clear error naming the file
+    when it is not JSON, too large or too deep."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return limits.load_file(path)
     except FileNotFoundError:
         raise
+    except limits.LimitError as e:
+        raise CheckpointError(str(e)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
@@ -86,9 +88,83 @@ def check_weights(config: BertConfig, weights: Mapping[str, np.ndarray], source:
     `source` names the file the weights came from. Readers whose files use other names (keras-hub's
     h5 paths, Hugging Face's module names) report mismatches in those names before calling this."""
     try:
-        return encoder.check_weights(weights, config, source=source)
+        checked = encoder.check_weights(weights, config, source=source)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{e}; the config: {_arch(config)}") from None
+    for name, w in checked.items():
+        check_finite(w, name, source)
+    return checked
+
+
+def check_weight_bytes(config: BertConfig, files: list[Path], config_source: str) -> None:
+    """A `CheckpointError` when the weight files are too small for the parameters the config
+    implies (at least one byte each, even in an 8-bit format): the config does not describe them.
+    Costs a `stat` per file, before any tensor is looked at."""
+    have = sum(f.stat().st_size for f in files)
+    need = config.implied_params()
+    if need > have:
+        names = ", ".join(f.name for f in files)
+        raise CheckpointError(
+            f"{config_source} implies {need:,} parameters, at least {need:,} bytes even stored in 8 bits, but "
+            f"{names} hold{'s' if len(files) == 1 else ''} {have:,} bytes: the config does not describe these weights")
+
+
+def check_finite(w: np.ndarray, name: str, source: str) -> None:
+    """A `CheckpointError` naming `name`, the first position and the count when `w` holds NaN or inf.
+
+    One pass per tensor, without a temporary mask: the float64 sum of float16/32 values is finite
+    exactly when every value is (|sum| <= 3.4e38 * size cannot overflow float64), and NaN or inf
+    propagate through it. Only a non-finite sum (or a float64 tensor) pays for the element-wise
+    `isfinite` that locates the first bad value.
+    """
+    if w.size == 0:
+        return
+    if w.dtype.kind == "f" and w.dtype.itemsize <= 4:
+        if np.isfinite(np.add.reduce(w, axis=None, dtype=np.float64)):
+            return
+    values = w if w.dtype.kind == "f" else w.astype(np.float32)  # bfloat16 / float8 (ml_dtypes)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise CheckpointError(
+        f"{source}: tensor {name} holds {int(bad.sum())} non-finite value(s) (NaN or inf), the first "
+        f"{name}[{', '.join(map(str, first))}] = {values[first]}; a checkpoint's weights must be finite"
+    )
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file although it exists (a FIFO, a device, a directory, a
+    link to one), else None (a regular file, or nothing there at all)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        kind = "a directory"
+    elif stat.S_ISFIFO(mode):
+        kind = "a FIFO (named pipe)"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "not a regular file"
+    return f"{path} is {kind}" + (" (through a symbolic link)" if path.is_symlink() else "") + \
+        "; a checkpoint file must be a regular file"
+
+
+def check_regular_file(path: Path, missing: str) -> None:
+    """A `CheckpointError`: `missing` when `path` does not exist, what it is when it is not a file."""
+    why = not_a_regular_file(path)
+    if why is not None:
+        raise CheckpointError(why)
+    if not path.is_file():
+        raise CheckpointError(missing)
 
 
 def list_names(items: list[str], limit: int = 8) -> str:

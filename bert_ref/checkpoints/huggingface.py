@@ -44,7 +44,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_field, check_weights, list_names, read_config, read_json
+from .base import (
+    Checkpoint, CheckpointError, check_field, check_regular_file, check_weight_bytes, check_weights, list_names, not_a_regular_file,
+    read_config, read_json,
+)
 from .safetensors_io import read_safetensors
 
 logger = logging.getLogger(__name__)
@@ -162,8 +165,23 @@ def config_from_json(config_json: Any, source: str) -> BertConfig:
             activation=HIDDEN_ACT[act],
             layer_norm_epsilon=check_field(source, c, "layer_norm_eps", float, 1e-12),
         )
+    except CheckpointError:
+        raise  # already names the file and the field
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: {e}") from None
+        message = str(e)
+        for ours, theirs in _HF_FIELD_NAMES.items():  # name the field as config.json spells it
+            if re.match(rf"{ours}\b", message):
+                message = f"field {theirs!r}: {message}"
+                break
+        raise CheckpointError(f"{source}: {message}") from None
+
+
+_HF_FIELD_NAMES = {
+    "vocabulary_size": "vocab_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+    "hidden_dim": "hidden_size", "intermediate_dim": "intermediate_size", "dropout": "hidden_dropout_prob",
+    "max_sequence_length": "max_position_embeddings", "num_segments": "type_vocab_size",
+    "layer_norm_epsilon": "layer_norm_eps",
+}
 
 
 def canonical_name(name: str) -> tuple[str, bool] | None:
@@ -201,6 +219,10 @@ def _read_tokenizer_metadata(directory: Path, files: list[Path]) -> dict[str, An
 def _read_tensors(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Path], list[Path]]:
     """name -> array (memory-mapped), name -> file it came from, files read."""
     single, index = directory / WEIGHTS_FILE, directory / INDEX_FILE
+    for path in (single, index):
+        why = not_a_regular_file(path)
+        if why is not None:
+            raise CheckpointError(why)
     if single.is_file():
         tensors, _ = read_safetensors(single)
         return tensors, {k: single for k in tensors}, [single]
@@ -211,8 +233,7 @@ def _read_tensors(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Pat
         origin: dict[str, Path] = {}
         for shard in shards:
             path = directory / shard
-            if not path.is_file():
-                raise CheckpointError(f"{index}: shard {shard!r} is listed but {path} does not exist")
+            check_regular_file(path, f"{index}: shard {shard!r} is listed but {path} does not exist")
             part, _ = read_safetensors(path)
             for k, v in part.items():
                 if k in tensors:
@@ -247,6 +268,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     weights = None
     if load_weights:
         tensors, origin, weight_files = _read_tensors(directory)
+        check_weight_bytes(config, [f for f in weight_files if f.suffix == ".safetensors"], str(config_path))
         files.extend(weight_files)
         prefixed = any(k.startswith("bert.") for k in tensors)
         mapped: dict[str, np.ndarray] = {}

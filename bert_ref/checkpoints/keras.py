@@ -26,6 +26,13 @@ Each `vars` group also carries a `name` attribute with the layer's name (`transf
 `pooled_dense`, ...); where present it is checked against the mapping above.
 
 Uncompressed, unchunked datasets (what keras writes) are memory-mapped, not copied.
+
+Every byte of a weight must come from `model.weights.h5` itself. HDF5 can take a dataset's bytes
+from elsewhere: *external storage* (raw bytes of any file on the machine), *virtual datasets*
+(slices of datasets in other files) and *external links* (a name that resolves into another file);
+and filters other than deflate, shuffle and fletcher32 run code from plugins or change values
+(scale-offset). Before any dataset is read, each of these is refused with an error naming the
+dataset; only contiguous, chunked or compact layouts inside the file are read.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_weights, list_names, read_json
+from .base import Checkpoint, CheckpointError, check_regular_file, check_weights, list_names, read_json
 from .native import CLASS_NAME, config_from_json, read_keras_layout
 
 CONFIG_FILE = "config.json"
@@ -160,6 +167,57 @@ def _view(dataset, mm: np.ndarray | None) -> np.ndarray:
     return array
 
 
+# HDF5 filter ids a keras-written (or h5py-rewritten) weights file may use: deflate, shuffle,
+# fletcher32. Anything else (szip, lzf, scale-offset, n-bit, plugins) is refused.
+_ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32"}
+
+
+def _check_storage(h5py, h5file, weights_path: Path) -> None:
+    """Refuse external links, external storage, virtual datasets and unneeded filters, anywhere in
+    the file, before anything is read (see the module docstring)."""
+    bad: list[str] = []
+
+    def visit_link(name, link):
+        if isinstance(link, h5py.ExternalLink):
+            bad.append(f"{name!r} is an external link to {link.filename!r}:{link.path!r}; "
+                       "weights must be stored inside the file")
+        return None
+
+    h5file.visititems_links(visit_link)
+    if bad:
+        raise CheckpointError(f"{weights_path}: {bad[0]}")
+    layouts = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked", h5py.h5d.COMPACT: "compact"}
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset) or bad:
+            return None
+        plist = obj.id.get_create_plist()
+        layout = plist.get_layout()
+        if layout == getattr(h5py.h5d, "VIRTUAL", -1):
+            bad.append(f"dataset {name!r} is a virtual dataset (its bytes come from other files); "
+                       "weights must be stored inside the file")
+        elif layout not in layouts:
+            bad.append(f"dataset {name!r} has HDF5 layout {layout}; expected one of {sorted(layouts.values())}")
+        elif plist.get_external_count():
+            source = plist.get_external(0)[0]
+            source = source.decode(errors="replace") if isinstance(source, bytes) else source
+            bad.append(f"dataset {name!r} uses external storage (its bytes come from {source!r}); "
+                       "weights must be stored inside the file")
+        else:
+            for i in range(plist.get_nfilters()):
+                code, _, _, fname = plist.get_filter(i)
+                if code not in _ALLOWED_FILTERS:
+                    fname = fname.decode(errors="replace") if isinstance(fname, bytes) else fname
+                    bad.append(f"dataset {name!r} uses HDF5 filter {code} ({fname}); allowed filters: "
+                               f"{', '.join(_ALLOWED_FILTERS.values())}")
+                    break
+        return None
+
+    h5file.visititems(visit)
+    if bad:
+        raise CheckpointError(f"{weights_path}: {bad[0]}")
+
+
 def _check_layer_names(h5file, path: str, canonical: str, layer_name: str | None) -> None:
     """Check the `name` attribute keras writes on each `vars` group, where present."""
     group = h5file.get(path.rsplit("/", 1)[0])
@@ -185,54 +243,67 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
     except OSError as e:
         raise CheckpointError(f"{weights_path}: cannot be read as HDF5 ({e}); the file is truncated or corrupt") from None
     with h5file:
-        datasets = _datasets(h5file)
         try:
-            mm = np.memmap(weights_path, dtype=np.uint8, mode="r")
-        except (OSError, ValueError):
-            mm = None
-        weights: dict[str, np.ndarray] = {}
-        for canonical, path in paths.items():
-            if path not in datasets:
-                raise CheckpointError(
-                    f"{weights_path}: missing tensor {path!r} (canonical {canonical!r}) for a "
-                    f"{config.num_layers}-layer BertBackbone"
-                )
-            dataset = datasets[path]
-            expected = _keras_shape(config, canonical)
-            if tuple(dataset.shape) != expected:
-                raise CheckpointError(
-                    f"{weights_path}: tensor {path!r} (canonical {canonical!r}) has shape "
-                    f"{tuple(dataset.shape)}, expected {expected} from config.json"
-                )
-            if dataset.dtype.kind != "f":
-                raise CheckpointError(
-                    f"{weights_path}: tensor {path!r} has dtype {dataset.dtype}, expected a floating dtype"
-                )
-            _check_layer_names(h5file, path, canonical, layer_names.get(canonical))
-            try:
-                array = _view(dataset, mm)
-            except OSError as e:
-                raise CheckpointError(f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
-            weights[canonical] = array.reshape(config.weight_shapes()[canonical])
-        # Encoder groups carry the layer's name; a mismatch means the numbering is not what we assume.
-        for group_name in h5file.get("layers", {}):
-            m = _ENCODER_RE.match(group_name)
-            vars_group = h5file["layers"][group_name].get("vars")
-            attr = vars_group.attrs.get("name") if vars_group is not None else None
-            if m and attr is not None:
-                attr = attr.decode() if isinstance(attr, bytes) else attr
-                index = int(m.group(1) or 0)
-                if encoder_names.get(attr, index) != index:
-                    raise CheckpointError(
-                        f"{weights_path}: layers/{group_name} is named {attr!r}, expected transformer_layer_{index}"
-                    )
-        used = set(paths.values())
-        unexpected = sorted(set(datasets) - used)
-        if unexpected:
+            return _read_open(h5py, h5file, config, weights_path, paths, layer_names, encoder_names)
+        except CheckpointError:
+            raise
+        except (RuntimeError, KeyError, OSError, AttributeError, SystemError, ValueError) as e:
+            # h5py's own errors on a damaged file (a broken B-tree, a dangling object header).
+            text = " ".join(str(e).split()) or type(e).__name__
+            raise CheckpointError(f"{weights_path}: cannot be read as HDF5 ({text}); the file is corrupt") from None
+
+
+def _read_open(h5py, h5file, config: BertConfig, weights_path: Path, paths: dict[str, str],
+               layer_names: dict[str, str], encoder_names: dict[str, int]) -> dict[str, np.ndarray]:
+    _check_storage(h5py, h5file, weights_path)
+    datasets = _datasets(h5file)
+    try:
+        mm = np.memmap(weights_path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError):
+        mm = None
+    weights: dict[str, np.ndarray] = {}
+    for canonical, path in paths.items():
+        if path not in datasets:
             raise CheckpointError(
-                f"{weights_path}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer "
-                f"BertBackbone: {list_names([repr(u) for u in unexpected])}"
+                f"{weights_path}: missing tensor {path!r} (canonical {canonical!r}) for a "
+                f"{config.num_layers}-layer BertBackbone"
             )
+        dataset = datasets[path]
+        expected = _keras_shape(config, canonical)
+        if tuple(dataset.shape) != expected:
+            raise CheckpointError(
+                f"{weights_path}: tensor {path!r} (canonical {canonical!r}) has shape "
+                f"{tuple(dataset.shape)}, expected {expected} from config.json"
+            )
+        if dataset.dtype.kind != "f":
+            raise CheckpointError(
+                f"{weights_path}: tensor {path!r} has dtype {dataset.dtype}, expected a floating dtype"
+            )
+        _check_layer_names(h5file, path, canonical, layer_names.get(canonical))
+        try:
+            array = _view(dataset, mm)
+        except OSError as e:
+            raise CheckpointError(f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
+        weights[canonical] = array.reshape(config.weight_shapes()[canonical])
+    # Encoder groups carry the layer's name; a mismatch means the numbering is not what we assume.
+    for group_name in h5file.get("layers", {}):
+        m = _ENCODER_RE.match(group_name)
+        vars_group = h5file["layers"][group_name].get("vars")
+        attr = vars_group.attrs.get("name") if vars_group is not None else None
+        if m and attr is not None:
+            attr = attr.decode() if isinstance(attr, bytes) else attr
+            index = int(m.group(1) or 0)
+            if encoder_names.get(attr, index) != index:
+                raise CheckpointError(
+                    f"{weights_path}: layers/{group_name} is named {attr!r}, expected transformer_layer_{index}"
+                )
+    used = set(paths.values())
+    unexpected = sorted(set(datasets) - used)
+    if unexpected:
+        raise CheckpointError(
+            f"{weights_path}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer "
+            f"BertBackbone: {list_names([repr(u) for u in unexpected])}"
+        )
     return check_weights(config, weights, str(weights_path))
 
 
@@ -258,8 +329,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     weights = None
     if load_weights:
         weights_path = directory / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise CheckpointError(f"{directory}: keras-hub preset has no {WEIGHTS_FILE}")
+        check_regular_file(weights_path, f"{directory}: keras-hub preset has no {WEIGHTS_FILE}")
         weights = _read_weights(config, weights_path)
         files.append(weights_path)
     return Checkpoint(config, weights, "keras", directory, tuple(files), metadata)

@@ -21,13 +21,14 @@ import datetime
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_weights, dtype_name, read_config, read_json_object
+from .base import Checkpoint, CheckpointError, check_regular_file, check_weight_bytes, check_weights, dtype_name, read_config, read_json_object
 from .safetensors_io import read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -116,8 +117,8 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     weights = None
     if load_weights:
         weights_path = directory / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise CheckpointError(f"{directory}: native preset has no {WEIGHTS_FILE}")
+        check_regular_file(weights_path, f"{directory}: native preset has no {WEIGHTS_FILE}")
+        check_weight_bytes(config, [weights_path], str(directory / CONFIG_FILE))
         tensors, _ = read_safetensors(weights_path)
         weights = check_weights(config, tensors, str(weights_path))
         files.append(weights_path)
@@ -163,8 +164,6 @@ def save_preset(
     lowercase = metadata.get("lowercase")
     if lowercase is not None and not isinstance(lowercase, bool):
         raise TypeError(f"metadata['lowercase'] must be a bool or None, got {lowercase!r}")
-    directory.mkdir(parents=True, exist_ok=True)
-
     inner: dict[str, Any] = {"name": "bert_backbone", "trainable": True}
     if metadata.get("dtype") is not None:
         inner["dtype"] = {
@@ -188,13 +187,35 @@ def save_preset(
     if metadata.get("source") is not None:
         meta["source"] = str(metadata["source"])
 
-    vocabulary = metadata.get("vocabulary")
+    # Everything is written into a staging directory next to `directory`, then moved into place
+    # (config.json last: it is what makes a directory a preset), so that a failure part-way (a full
+    # disk) never leaves half a preset behind.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would become the preset's mode
+    try:
+        _write_preset_files(stage, weights, metadata.get("vocabulary"), meta, config_json)
+        if not directory.exists():
+            os.rename(stage, directory)
+        else:
+            for name in (VOCABULARY_FILE, WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):
+                if (stage / name).exists():
+                    (directory / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(stage / name, directory / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return directory
+
+
+def _write_preset_files(stage: Path, weights: Mapping[str, np.ndarray], vocabulary: Any,
+                        meta: Mapping[str, Any], config_json: Mapping[str, Any]) -> None:
     if vocabulary is not None:
-        target = directory / VOCABULARY_FILE
+        target = stage / VOCABULARY_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(vocabulary, (str, os.PathLike)):
-            if Path(vocabulary).resolve() != target.resolve():
-                shutil.copyfile(vocabulary, target)
+            shutil.copyfile(vocabulary, target)
         elif isinstance(vocabulary, Sequence):
             tokens = list(vocabulary)
             bad = [i for i, t in enumerate(tokens) if not isinstance(t, str) or "\n" in t]
@@ -204,7 +225,6 @@ def save_preset(
         else:
             raise TypeError(f"metadata['vocabulary'] must be a path or a sequence of tokens, got {type(vocabulary).__name__}")
 
-    write_safetensors(directory / WEIGHTS_FILE, weights, {"format": "np"})
-    _write_json(directory / METADATA_FILE, meta)
-    _write_json(directory / CONFIG_FILE, config_json)
-    return directory
+    write_safetensors(stage / WEIGHTS_FILE, weights, {"format": "np"})
+    _write_json(stage / METADATA_FILE, meta)
+    _write_json(stage / CONFIG_FILE, config_json)

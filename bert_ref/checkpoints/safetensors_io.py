@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import limits
+
 # The `safetensors` package refuses headers larger than this; so do we (a corrupt length field
 # would otherwise make us read gigabytes of "JSON").
 MAX_HEADER_BYTES = 100_000_000
@@ -110,6 +112,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
                 f"but the file has {size - 8}"
             )
         raw = f.read(n)
+    depth = limits.json_depth(raw)
+    if depth > 3:  # {name: {"shape": [...]}}: a deeper header is not a safetensors header
+        raise SafetensorsError(f"{path}: corrupt safetensors file: the header JSON is nested {depth} levels deep; "
+                               "a safetensors header has 3")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -14,11 +14,11 @@ the network. A branch name is fetched once and then served from the cache; pin a
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from urllib.parse import quote
 
+from .. import limits
 from . import layout, settings, store
 from .archive import safe_relpath
 from .errors import HubError, OfflineError, RemoteNotFoundError
@@ -104,7 +104,7 @@ class _LocalSource:
 
     def read_json(self, name):
         try:
-            return json.loads((self.root / name).read_text(encoding="utf-8"))
+            return limits.load_file(self.root / name)
         except (OSError, ValueError):
             raise _Incomplete(name) from None
 
@@ -141,7 +141,7 @@ class _RemoteSource:
 
     def read_json(self, name):
         try:
-            data = json.loads((self.stage / name).read_text(encoding="utf-8"))
+            data = limits.load_file(self.stage / name, self.files[name]["url"])
         except ValueError as exc:
             raise HubError(f"{self.files[name]['url']}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):

@@ -21,7 +21,6 @@ Behaviour:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -100,7 +99,9 @@ def kaggle_credentials() -> tuple[str, str] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        from .. import limits
+
+        data = limits.load_file(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable JSON file ({exc}); expected "
                          '{"username": "...", "key": "..."}') from None

@@ -9,6 +9,11 @@ after its size and checksum are verified, so the destination is either absent or
 
 Retried (bounded, exponential backoff): HTTP 408/429/5xx, connection errors, timeouts and bodies
 cut short. Not retried: 401/403/404 and other 4xx, and checksum mismatches.
+
+Bounded (see `bert_ref.limits`): a body is never longer than the size the server announced, or
+than BERT_REF_MAX_DOWNLOAD_BYTES when it announces none; one file's download stops after
+BERT_REF_DOWNLOAD_DEADLINE seconds in all, however slowly the bytes arrive; JSON responses are
+size- and depth-limited; content-encoded (gzip, ...) bodies are refused, never decoded.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import requests
 import urllib3
 
-from .. import __version__
+from .. import __version__, limits
 from . import settings
 from .errors import AuthenticationError, DownloadError, IntegrityError, RemoteNotFoundError
 
@@ -253,14 +258,17 @@ class Fetcher:
         """GET a JSON object, with retries; a clear error if the body is not a JSON object."""
 
         def op() -> dict:
-            with self._get(url, stream=False) as resp:
+            with self._get(url, stream=True) as resp:
                 self._check_status(resp, url)
+                body = self._read_capped(resp, url, limits.limit("json_bytes"), limits.env_name("json_bytes"))
                 try:
-                    data = resp.json()
+                    data = limits.loads(body, url)
+                except limits.LimitError as exc:
+                    raise DownloadError(str(exc), url=url, status=resp.status_code) from None
                 except ValueError:
                     data = None
                 if not isinstance(data, dict):
-                    raise DownloadError(f"{url} did not return a JSON object: {resp.text[:200]!r}",
+                    raise DownloadError(f"{url} did not return a JSON object: {body[:200]!r}",
                                         url=url, status=resp.status_code)
                 return data
 
@@ -281,15 +289,57 @@ class Fetcher:
 
         return self._with_retries(url, op)
 
+    def _body(self, resp: requests.Response, url: str, cap: int, cap_env: str,
+              start: float) -> Iterator[bytes]:
+        """The body's bytes as sent (never transparently decoded), at most `cap` of them, within
+        the per-file deadline (BERT_REF_DOWNLOAD_DEADLINE) counted from `start`."""
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # We ask for identity: sizes and checksums are of the file itself, and a compressed
+            # body could expand without bound (1 MB of gzip is 1 GB of zeros).
+            raise DownloadError(f"{url}: the server sent a body with Content-Encoding {encoding!r} although "
+                                "the request asked for 'identity'; refusing to decode it", url=url,
+                                status=resp.status_code)
+        deadline = limits.limit("download_deadline")
+        raw = resp.raw
+        got = 0
+        while True:
+            # read1 returns what has arrived (up to CHUNK_SIZE), so the deadline is checked even
+            # when a server sends one byte at a time.
+            chunk = raw.read1(CHUNK_SIZE, decode_content=False)
+            if not chunk:
+                return
+            got += len(chunk)
+            if got > cap:
+                raise DownloadError(f"{url}: the body is larger than {cap:,} bytes ({cap_env}); the download "
+                                    "was stopped and discarded", url=url, status=resp.status_code)
+            yield chunk
+            if time.monotonic() - start > deadline:
+                raise DownloadError(f"{url}: the download took longer than {deadline:,} s "
+                                    f"({limits.env_name('download_deadline')}) after {got:,} bytes; it was "
+                                    "stopped and discarded", url=url, status=resp.status_code)
+
+    def _read_capped(self, resp: requests.Response, url: str, cap: int, cap_env: str) -> bytes:
+        return b"".join(self._body(resp, url, cap, cap_env, time.monotonic()))
+
     def _stream(self, resp: requests.Response, url: str, dest: Path, label: str) -> Downloaded:
         want_sha, want_size, want_md5 = expected_sha256(resp), expected_size(resp), expected_md5(resp)
+        start = time.monotonic()
+        hard_cap, cap_env = limits.limit("download_bytes"), limits.env_name("download_bytes")
+        if want_size is not None and want_size > hard_cap:
+            raise DownloadError(f"{url}: the server announces {want_size:,} bytes, over the limit of "
+                                f"{hard_cap:,} ({cap_env}); not downloaded", url=url, status=resp.status_code)
+        # The stated size when there is one (a longer body is not the file announced), else the limit.
+        cap = want_size if want_size is not None else hard_cap
+        if want_size is not None:
+            cap_env = "the size the server announced"
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         tmp = Path(tmp_name)
         try:
             sha, md5, got = hashlib.sha256(), hashlib.md5() if want_md5 else None, 0
             with os.fdopen(fd, "wb") as out, _progress_bar(self.progress, want_size, label) as bar:
                 try:
-                    for chunk in resp.iter_content(CHUNK_SIZE):
+                    for chunk in self._body(resp, url, cap, cap_env, start):
                         out.write(chunk)
                         sha.update(chunk)
                         if md5 is not None:
