@@ -153,13 +153,66 @@ def _erf_block(x: np.ndarray, out: np.ndarray) -> None:
     np.copysign(out, x, out=out)
 
 
-def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
-    """`ops.gelu` of a 1-D block into `out` (which may be `x`)."""
+def _gelu_erf_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.gelu` of a 1-D block into `out` (which may be `x`), bit for bit: the erf table."""
     y = np.empty_like(x)
     _erf_block(np.multiply(x, x.dtype.type(ops._INV_SQRT_2)), y)  # erf(x / sqrt(2))
     y += 1
     y *= x
     np.multiply(y, x.dtype.type(0.5), out=out)
+
+
+# Exact GELU in float32 without the erf table: Phi(-w) = 1 / (1 + exp(w * Q(w^2))) for w = |x|,
+# where w * Q(w^2) = logit(Phi(w)) (odd in w, so Q is a polynomial in w^2). Q, of degree 12 in
+# u = min(w^2, 36), was fitted by least squares on 600 Chebyshev nodes of u in [0, 36] against
+# mpmath's `ncdf` (50 digits), each node weighted by w * Phi(w) * Phi(-w), the factor by which an
+# error in logit(Phi) reaches the GELU. Beyond |x| = 6, Phi(-|x|) < 1e-9 and the clipped u keeps it
+# so. Coefficients lowest power first (float32).
+_GELU_LOGIT_Q = np.array([
+    1.5957692, 0.072671264, -7.4143725e-05, -0.00010408315, 5.5375917e-06, 2.2285344e-07, -5.5186167e-08,
+    4.346196e-09, -2.03158e-10, 6.0617566e-12, -1.1261071e-13, 1.1766767e-15, -5.20973e-18,
+], np.float32)
+_GELU_LOGIT_U_MAX = np.float32(36.0)
+
+
+def _gelu_logit_block(x: np.ndarray, out: np.ndarray) -> None:
+    """Exact GELU of a float32 1-D block into `out` (which may be `x`), in 2 * 12 + 9 float32 passes
+    and one `exp` (the erf table costs eight gathers per element).
+
+    `gelu(x) = x * Phi(x) = max(x, 0) - |x| * Phi(-|x|)`, and `Phi(-w) = 1 / (1 + exp(w * Q(w^2)))`
+    (see `_GELU_LOGIT_Q`). Not bit-identical to `ops.gelu`: measured on 400001 float32 points of
+    [-10, 10] against x * Phi(x) in float64 (tests/test_kernels.py), its error is at most 2.4e-7
+    (ops.gelu: 4.6e-7), at most 7.9e-8 * max(|x|, 1) (ops.gelu: 1.06e-7), and 1.3e-9 where
+    |gelu(x)| < 1e-3 (ops.gelu: 1.0e-7, from the cancellation in 1 + erf).
+    """
+    c = _GELU_LOGIT_Q
+    w = np.abs(x)
+    np.minimum(w, np.float32(1e19), out=w)  # finite (inf / inf would be NaN below); NaN stays NaN
+    u = np.multiply(w, w)
+    np.minimum(u, _GELU_LOGIT_U_MAX, out=u)
+    y = np.multiply(u, c[-1])
+    y += c[-2]
+    for k in range(len(c) - 3, -1, -1):  # Horner: y = Q(u)
+        y *= u
+        y += c[k]
+    y *= w  # logit(Phi(w)) >= 0
+    with np.errstate(over="ignore"):  # exp(y) = inf for w > 25: Phi(-w) = w / inf = 0, as it should
+        np.exp(y, out=y)
+    y += 1
+    np.divide(w, y, out=y)  # |x| * Phi(-|x|)
+    np.maximum(x, np.float32(0), out=out)
+    out -= y
+
+
+def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.gelu` of a 1-D block into `out` (which may be `x`): `_GELU_BLOCKS` by dtype."""
+    _GELU_BLOCKS[x.dtype.type](x, out)
+
+
+# float32: the logit form (within the bound stated there); float64: the erf table (bit for bit).
+_GELU_BLOCKS: dict[type, Callable[[np.ndarray, np.ndarray], None]] = {
+    np.float32: _gelu_logit_block, np.float64: _gelu_erf_block,
+}
 
 
 def _gelu_approximate_block(x: np.ndarray, out: np.ndarray) -> None:
