@@ -348,20 +348,71 @@ def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.nda
     return y
 
 
+# Attention over the valid keys only when every padding mask row is a prefix (right padding):
+# see `_attention_valid_keys`. False: always the full masked softmax (bit-identical to the steps).
+VALID_KEYS = True
+
+
+def _prefix_lengths(mask: np.ndarray) -> np.ndarray | None:
+    """Per batch row, the number of valid keys, if every row of the [B, S] mask is True then False
+    (right padding) and some row is padded; else None."""
+    lengths = mask.sum(axis=1)  # [B]
+    if lengths.min() == mask.shape[1] or not np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None]):
+        return None
+    return lengths
+
+
+def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray,
+                          want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Masked attention for right-padded rows, computed over each row's n valid keys only.
+
+    [B, h, S, d] x3, [B] -> context [B, S, h*d] (and the [B, h, S, S] probabilities, 0 at the
+    padded keys, when `want_probs`). The masked keys' weights are exactly 0 in the full masked
+    softmax, so leaving them out changes no term of the result, only the order of the roundings:
+    the row sums and the context's dot products have n terms instead of S (zeros dropped), which
+    can round differently (tests/test_kernels.py bounds it). No mask fill, and the scores, softmax
+    and context work on S x n instead of S x S. A row with no valid key attends to nothing (0).
+    """
+    b, h, s, d = q.shape
+    out = np.empty((b, s, h, d), np.result_type(q, v))
+    probs = np.zeros((b, h, s, s), out.dtype) if want_probs else None
+    scale = q.dtype.type(1.0 / np.sqrt(d))
+    for i, n in enumerate(lengths.tolist()):
+        if n == 0:
+            out[i] = 0
+            continue
+        scores = np.matmul(q[i] * scale, k[i, :, :n].transpose(0, 2, 1))  # [h, S, n]
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        np.matmul(scores, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
+        if probs is not None:
+            probs[i, :, :, :n] = scores
+    return out.reshape(b, s, h * d), probs
+
+
 def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activation: str, eps: float,
             hidden: list | None, attentions: list | None) -> np.ndarray:
     """The encoder layers of `encoder.forward`, op for op, on the kernels above. [B, S, H] -> [B, S, H]"""
     key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
+    lengths = _prefix_lengths(mask) if VALID_KEYS else None
     for p in params["layers"]:
         # Each intermediate is freed as soon as it is used (del), so that the next allocation can
         # reuse its memory: the peak stays near the FFN's [B, S, F] activation plus a few [B, S, H].
         q, k, v = (split_heads(dense(x, *p[name]), heads) for name in ("query", "key", "value"))  # [B, h, S, d]
-        probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
-        del q, k
-        if attentions is not None:
-            attentions.append(probs)
-        context = attention_context(probs, v)  # [B, S, A]
-        del probs, v
+        if lengths is not None:
+            context, probs = _attention_valid_keys(q, k, v, lengths, attentions is not None)  # [B, S, A]
+            del q, k, v
+            if attentions is not None:
+                attentions.append(probs)
+        else:
+            probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
+            del q, k
+            if attentions is not None:
+                attentions.append(probs)
+            context = attention_context(probs, v)  # [B, S, A]
+            del v
+        del probs
         residual = dense(context, *p["output"])  # [B, S, H]
         del context
         residual += x

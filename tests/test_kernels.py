@@ -40,6 +40,12 @@ def _erf_table_gelu(monkeypatch):
     monkeypatch.setitem(kernels._GELU_BLOCKS, np.float32, kernels._gelu_erf_block)
 
 
+@pytest.fixture
+def _all_keys(monkeypatch):
+    """Attention over all keys with the masked softmax (the steps' arithmetic, bit for bit)."""
+    monkeypatch.setattr(kernels, "VALID_KEYS", False)
+
+
 class _Block:
     """Run with a different `kernels.BLOCK` (small blocks: many blocks and threads on small arrays)."""
 
@@ -207,6 +213,39 @@ def test_attention_context_is_bit_identical_to_the_plain_op(data, dtype, batch, 
     _same(kernels.attention_context(probs, v_heads), ops.attention_context(probs, v_heads))
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), dtype=FLOATS, batch=st.integers(1, 4), heads=st.integers(1, 3), seq=st.integers(1, 40),
+       d=st.integers(1, 9))
+def test_attention_over_valid_keys_is_within_its_bound_of_the_masked_softmax(data, dtype, batch, heads, seq, d):
+    elements = st.floats(-4, 4, width=32)
+    q, k, v = (data.draw(hnp.arrays(dtype, (batch, heads, seq, d), elements=elements)) for _ in range(3))
+    lengths = np.array(data.draw(st.lists(st.integers(0, seq), min_size=batch, max_size=batch)))
+    mask = np.arange(seq) < lengths[:, None]  # [B, S], right padding (rows of no valid key included)
+    expected_probs = ops.masked_softmax(ops.attention_scores(q, k), mask[:, None, None, :])
+    expected = ops.attention_context(expected_probs, v)
+    context, probs = kernels._attention_valid_keys(q, k, v, lengths, want_probs=True)
+    assert context.dtype == probs.dtype == dtype
+    # Only the association of the n-term row sums and context dot products differs (the masked
+    # terms are exact zeros): each side's n-term sum is within (n - 1) u of the exact one
+    # (u = unit roundoff), so the probabilities differ by at most 2 n u relative (sums and divisions),
+    # and the contexts by at most 4 n u * sum_j |p_j| |v_j|.
+    u = np.finfo(dtype).eps / 2
+    n = np.maximum(lengths, 1)[:, None, None, None].astype(np.float64)
+    np.testing.assert_array_equal(probs[~np.broadcast_to(mask[:, None, None, :], probs.shape)], 0)
+    assert np.all(np.abs(probs - expected_probs) <= 2 * n * u * expected_probs)
+    scale = ops.attention_context(np.abs(expected_probs), np.abs(v)).astype(np.float64)  # [B, S, A]
+    n_ctx = np.maximum(lengths, 1)[:, None, None].astype(np.float64)
+    assert np.all(np.abs(context.astype(np.float64) - expected) <= 4 * n_ctx * u * scale)
+
+
+def test_valid_keys_apply_only_to_right_padding():
+    assert kernels._prefix_lengths(np.array([[1, 1, 0], [1, 0, 0]], bool)).tolist() == [2, 1]
+    assert kernels._prefix_lengths(np.array([[1, 1, 0], [0, 0, 0]], bool)).tolist() == [2, 0]
+    assert kernels._prefix_lengths(np.ones((2, 3), bool)) is None  # nothing padded: the full path
+    assert kernels._prefix_lengths(np.array([[0, 1, 1], [1, 1, 1]], bool)) is None  # left padding
+    assert kernels._prefix_lengths(np.array([[1, 0, 1]], bool)) is None  # a hole
+
+
 @dataclasses.dataclass(frozen=True)
 class _PlainPolicy(Policy):
     """float32 that claims to round its matmul inputs (by the identity): the forward then runs
@@ -244,7 +283,7 @@ def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, acti
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
-def test_forward_is_the_plain_encoder_layers_composed(activation, _erf_table_gelu):
+def test_forward_is_the_plain_encoder_layers_composed(activation, _erf_table_gelu, _all_keys):
     # encoder.forward (kernels, step by step) against ops.encoder_layer (plain, one call per layer).
     model = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=48,
                          max_sequence_length=16, activation=activation, seed=2)
@@ -304,7 +343,7 @@ def _split_model(dtype, activation):
 @pytest.mark.parametrize("threads", [1, 2, 3, 16])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
-def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation):
+def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation, _all_keys):
     # kernels.forward (no trace: fused, batch split over `threads` parts) against the step-by-step
     # forward (a trace callable forces the steps) — every output, hidden state and probability.
     monkeypatch.setattr(kernels, "THREADS", threads)  # 16: one part per sequence
@@ -321,6 +360,21 @@ def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype
             _same(a, b)
     assert not np.isnan(fast["sequence_output"]).any()
     np.testing.assert_array_equal(fast["attention_probs"][0][2], 0)  # the fully padded row attends to nothing
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_forward_over_valid_keys_is_close_to_the_steps(dtype):
+    # Right-padded rows (70 valid keys, 0, 1): attention over the valid keys only. Measured: 1.5 ulps
+    # of the largest output (7.2e-7 in float32, 1.3e-15 in float64, at |y| ~ 4), from the
+    # re-associated sums (see the test above) carried through two layers; bound: 4 ulps.
+    model, inputs = _split_model(dtype, "gelu_approximate")
+    assert kernels._prefix_lengths(inputs["padding_mask"]) is not None
+    fast = model(inputs, output_attentions=True)
+    steps = model(inputs, output_attentions=True, trace=lambda name, value: None)
+    y = steps["sequence_output"]
+    assert np.abs(fast["sequence_output"] - y).max() <= 4 * np.spacing(np.abs(y).max())
+    for a, b in zip(fast["attention_probs"], steps["attention_probs"]):
+        np.testing.assert_array_equal(a == 0, b == 0)  # the same keys masked, the same rows empty
 
 
 def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
