@@ -3,7 +3,11 @@
 Every function here has the name, the signature and the result of its twin in `bert_ref.ops` —
 bit for bit, since each does the same floating-point operations on the same values in the same
 order (tests/test_kernels.py checks each against its twin over hypothesis-drawn shapes and
-dtypes). What differs is only the arrangement:
+dtypes) — with one exception: the float32 exact GELU uses another formula
+(`_gelu_logit_block`), more accurate than the plain op's and within a stated, tested bound of it.
+In `forward`, attention over right-padded rows leaves out the padded keys
+(`_attention_valid_keys`), which re-associates two sums (bound stated and tested). Otherwise what
+differs is only the arrangement:
 
 - elementwise chains (erf, both GELUs) run over blocks of `BLOCK` elements, so that a block's
   temporaries stay in the CPU cache instead of streaming whole activations through memory once
@@ -468,7 +472,8 @@ def _find_openblas() -> tuple[Callable[[int], None], Callable[[], int]] | bool:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix, suffix in (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_"), ("scipy_openblas", "")):
+        names = (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_"), ("scipy_openblas", ""))
+        for prefix, suffix in names:
             setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
             getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
             if setter is not None and getter is not None:
@@ -522,13 +527,15 @@ def batch_parts(batch: int, sequence: int, hidden: int) -> int:
 def forward(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray,
             output_hidden_states: bool, output_attentions: bool) -> dict[str, Any]:
     """`encoder.forward` for the float32 and float64 policies with no trace: the same ops on the
-    same values (bit-identical outputs), arranged for speed.
+    same values, arranged for speed (bit-identical to the steps, except that attention over
+    right-padded rows runs over the valid keys only, within a few ulps: `_attention_valid_keys`).
 
     - The batch is split into `batch_parts(B)` parts, each run through the whole encoder by its
       own thread, with OpenBLAS at one thread: no fork/join around each GEMM, and every part's
       elementwise work runs on its own core. (A GEMM's rows do not depend on the other rows.)
     - The FFN bias and activation run together over cache-sized blocks (`_bias_activation`).
     - Every op comes from this module (in place, no merge copy, softmax one pass shorter).
+    - With right padding (`_prefix_lengths`), attention runs over each row's valid keys only.
     """
     parts = batch_parts(token_ids.shape[0], token_ids.shape[1], config.hidden_dim)
     args = (output_hidden_states, output_attentions)
@@ -562,7 +569,7 @@ def forward(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.nd
     out: dict[str, Any] = {}
     for key in results[0]:
         if key in ("hidden_states", "attention_probs"):
-            out[key] = [np.concatenate(layer) for layer in zip(*(r[key] for r in results))]
+            out[key] = [np.concatenate(layer) for layer in zip(*(r[key] for r in results), strict=True)]
         else:
             out[key] = np.concatenate([r[key] for r in results])
     # The pooler on the whole batch: a GEMM of B rows (one of a single row may round differently).

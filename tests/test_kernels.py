@@ -108,7 +108,7 @@ def test_float32_gelu_is_at_least_as_accurate_as_the_plain_op():
     assert new[0] <= 2.45e-7, new
     assert new[1] <= 7.8e-8, new
     assert new[2] <= 9.3e-9, new
-    assert all(n <= p for n, p in zip(new, plain)), (new, plain)
+    assert all(n <= p for n, p in zip(new, plain, strict=True)), (new, plain)
 
 
 @settings(max_examples=60, deadline=None)
@@ -224,7 +224,7 @@ def test_attention_over_valid_keys_is_within_its_bound_of_the_masked_softmax(dat
     expected_probs = ops.masked_softmax(ops.attention_scores(q, k), mask[:, None, None, :])
     expected = ops.attention_context(expected_probs, v)
     context, probs = kernels._attention_valid_keys(q, k, v, lengths, want_probs=True)
-    assert context.dtype == probs.dtype == dtype
+    assert probs is not None and context.dtype == probs.dtype == dtype
     # Only the association of the n-term row sums and context dot products differs (the masked
     # terms are exact zeros): each side's n-term sum is within (n - 1) u of the exact one
     # (u = unit roundoff), so the probabilities differ by at most 2 n u relative (sums and divisions),
@@ -239,8 +239,9 @@ def test_attention_over_valid_keys_is_within_its_bound_of_the_masked_softmax(dat
 
 
 def test_valid_keys_apply_only_to_right_padding():
-    assert kernels._prefix_lengths(np.array([[1, 1, 0], [1, 0, 0]], bool)).tolist() == [2, 1]
-    assert kernels._prefix_lengths(np.array([[1, 1, 0], [0, 0, 0]], bool)).tolist() == [2, 0]
+    for mask, lengths in (([[1, 1, 0], [1, 0, 0]], [2, 1]), ([[1, 1, 0], [0, 0, 0]], [2, 0])):
+        found = kernels._prefix_lengths(np.array(mask, bool))
+        assert found is not None and found.tolist() == lengths
     assert kernels._prefix_lengths(np.ones((2, 3), bool)) is None  # nothing padded: the full path
     assert kernels._prefix_lengths(np.array([[0, 1, 1], [1, 1, 1]], bool)) is None  # left padding
     assert kernels._prefix_lengths(np.array([[1, 0, 1]], bool)) is None  # a hole
@@ -267,7 +268,8 @@ def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, acti
     mask = np.ones((5, 70), bool)
     mask[1, 30:] = False
     mask[3, :] = False  # a fully padded row
-    inputs = {"token_ids": rng.integers(0, 50, (5, 70)), "segment_ids": rng.integers(0, 2, (5, 70)), "padding_mask": mask}
+    inputs = {"token_ids": rng.integers(0, 50, (5, 70)), "segment_ids": rng.integers(0, 2, (5, 70)),
+              "padding_mask": mask}
     from bert_ref.encoder import forward
 
     with _Block(64):  # many blocks and threads even at this size
@@ -276,7 +278,7 @@ def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, acti
     assert list(fast["trace"]) == list(slow["trace"])
     for name in fast["trace"]:
         _same(fast["trace"][name], slow["trace"][name])
-    for a, b in zip(fast["attention_probs"], slow["attention_probs"]):
+    for a, b in zip(fast["attention_probs"], slow["attention_probs"], strict=True):
         _same(a, b)
     _same(fast["sequence_output"], slow["sequence_output"])
     _same(fast["pooled_output"], slow["pooled_output"])
@@ -336,7 +338,8 @@ def _split_model(dtype, activation):
     mask[0, 70:] = False
     mask[2, :] = False  # a fully padded row
     mask[4, 1:] = False
-    inputs = {"token_ids": rng.integers(0, 300, (5, 128)), "segment_ids": rng.integers(0, 2, (5, 128)), "padding_mask": mask}
+    inputs = {"token_ids": rng.integers(0, 300, (5, 128)), "segment_ids": rng.integers(0, 2, (5, 128)),
+              "padding_mask": mask}
     return model, inputs
 
 
@@ -356,7 +359,7 @@ def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype
         _same(fast[key], steps[key])
     for key in ("hidden_states", "attention_probs"):
         assert len(fast[key]) == len(steps[key])
-        for a, b in zip(fast[key], steps[key]):
+        for a, b in zip(fast[key], steps[key], strict=True):
             _same(a, b)
     assert not np.isnan(fast["sequence_output"]).any()
     np.testing.assert_array_equal(fast["attention_probs"][0][2], 0)  # the fully padded row attends to nothing
@@ -373,7 +376,7 @@ def test_fused_forward_over_valid_keys_is_close_to_the_steps(dtype):
     steps = model(inputs, output_attentions=True, trace=lambda name, value: None)
     y = steps["sequence_output"]
     assert np.abs(fast["sequence_output"] - y).max() <= 4 * np.spacing(np.abs(y).max())
-    for a, b in zip(fast["attention_probs"], steps["attention_probs"]):
+    for a, b in zip(fast["attention_probs"], steps["attention_probs"], strict=True):
         np.testing.assert_array_equal(a == 0, b == 0)  # the same keys masked, the same rows empty
 
 
@@ -390,8 +393,8 @@ def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
     bad = dict(model.prepared_weights())
     bad["layers"] = [dict(bad["layers"][0], ffn_kernel1=np.zeros((3, 3), np.float32))]
     with pytest.raises(ValueError):
-        kernels.forward(bad, model.config, inputs["token_ids"], inputs["segment_ids"], inputs["padding_mask"].astype(bool),
-                        False, False)
+        kernels.forward(bad, model.config, inputs["token_ids"], inputs["segment_ids"],
+                        inputs["padding_mask"].astype(bool), False, False)
     assert blas[1]() == before
 
 
