@@ -361,7 +361,7 @@ def _prefix_lengths(mask: np.ndarray) -> np.ndarray | None:
     """Per batch row, the number of valid keys, if every row of the [B, S] mask is True then False
     (right padding) and some row is padded; else None."""
     lengths = mask.sum(axis=1)  # [B]
-    if lengths.min() == mask.shape[1] or not np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None]):
+    if mask.all() or not np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None]):  # (mask.all(): B = 0 too)
         return None
     return lengths
 

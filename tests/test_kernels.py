@@ -243,6 +243,7 @@ def test_valid_keys_apply_only_to_right_padding():
         found = kernels._prefix_lengths(np.array(mask, bool))
         assert found is not None and found.tolist() == lengths
     assert kernels._prefix_lengths(np.ones((2, 3), bool)) is None  # nothing padded: the full path
+    assert kernels._prefix_lengths(np.ones((0, 3), bool)) is None  # an empty batch
     assert kernels._prefix_lengths(np.array([[0, 1, 1], [1, 1, 1]], bool)) is None  # left padding
     assert kernels._prefix_lengths(np.array([[1, 0, 1]], bool)) is None  # a hole
 
