@@ -9,7 +9,7 @@ In `forward`, attention over right-padded rows leaves out the padded keys
 (`_attention_valid_keys`), which re-associates two sums (bound stated and tested). Otherwise what
 differs is only the arrangement:
 
-- elementwise chains (erf, both GELUs) run over blocks of `BLOCK` elements, so that a block's
+- elementwise chains (erf, both GELUs) run over blocks of `BLOCK` float32 elements (1 MiB), so that a block's
   temporaries stay in the CPU cache instead of streaming whole activations through memory once
   per step;
 - blocks, and the rows of layer norm, softmax and bias adds, are spread over `THREADS` threads
@@ -49,9 +49,16 @@ __all__ = [
     "gelu_approximate", "layer_norm", "masked_softmax", "merge_heads", "pooler", "split_heads",
 ]
 
-# Elementwise chains run over blocks of this many elements (64 Ki: a float32 block and its few
-# temporaries fit in a 1-2 MB L2 cache). The result does not depend on it.
-BLOCK = 1 << 16
+# Elementwise chains run over blocks of this many float32 elements (256 Ki: 1 MiB per array; a
+# block and its few temporaries fit in a 2 MB L2 cache); float64 blocks hold half as many, the same
+# bytes. Measured in the forward: 1 MiB blocks beat 256 KiB ones by 2-5% (docs/performance.md).
+# The result does not depend on it.
+BLOCK = 1 << 18
+
+
+def _block_elements(dtype: np.dtype) -> int:
+    """Elements per block for arrays of `dtype`: BLOCK float32 elements' worth of bytes."""
+    return max(1, BLOCK * 4 // dtype.itemsize)
 
 # Threads for the elementwise work: the cores this process may run on. Chunks are disjoint and
 # each is computed exactly as one sequential loop would, so the results do not depend on THREADS.
@@ -107,15 +114,16 @@ def parallel(fn: Callable[[int, int], None], n: int, min_size: int = 1) -> None:
 
 
 def _in_blocks(block: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Apply `block(x_block, out_block)` to consecutive 1-D blocks of `BLOCK` elements, spread
+    """Apply `block(x_block, out_block)` to consecutive 1-D blocks of `_block_elements` elements, spread
     over THREADS threads. `x` and `out` have the same shape; `out` is C-contiguous (it may be `x`)."""
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    size = _block_elements(flat_out.dtype)
 
     def run(first: int, last: int) -> None:
-        for start in range(first * BLOCK, min(last * BLOCK, flat_x.size), BLOCK):
-            block(flat_x[start : start + BLOCK], flat_out[start : start + BLOCK])
+        for start in range(first * size, min(last * size, flat_x.size), size):
+            block(flat_x[start : start + size], flat_out[start : start + size])
 
-    parallel(run, -(-flat_x.size // BLOCK), min_size=4)
+    parallel(run, -(-flat_x.size // size), min_size=4)
     return out
 
 
@@ -339,7 +347,7 @@ def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.nda
     """`ACTIVATIONS[activation](y + bias)` for a [N, F] GEMM output, in place: bias and activation
     applied to one cache-sized block of rows at a time (one pass over memory instead of two)."""
     block = {"gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}[activation]
-    rows = max(1, BLOCK // y.shape[1])
+    rows = max(1, _block_elements(y.dtype) // y.shape[1])
 
     def run(first: int, last: int) -> None:
         for start in range(first * rows, min(last * rows, y.shape[0]), rows):
