@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class TokenEmbedding:
     compute dtype. Ids are range-checked like the backbone's inputs.
     """
 
-    def __init__(self, backbone: "BertBackbone"):
+    def __init__(self, backbone: BertBackbone):
         self._backbone = backbone
 
     @property
@@ -174,7 +175,7 @@ class BertBackbone:
         return {**self.config.to_dict(), "dtype": self.dtype_policy.name}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "BertBackbone":
+    def from_config(cls, config: Mapping[str, Any]) -> BertBackbone:
         config = dict(config)
         dtype = config.pop("dtype", None)
         if isinstance(dtype, Mapping):  # a serialised keras DTypePolicy
@@ -225,7 +226,7 @@ class BertBackbone:
     # -- presets ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None) -> "BertBackbone":
+    def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None) -> BertBackbone:
         """Build a backbone from a preset.
 
         `preset` is a built-in name (see `BertBackbone.presets`), `"kaggle://owner/model/framework/

@@ -34,15 +34,26 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import __version__, scale
 from .backbone import BertBackbone
-from .compare import (DEFAULT_ATOL, DEFAULT_FLOOR_RATIO, DEFAULT_RTOL, PRECISIONS, check_candidate, compare,
-                      compare_to_truth, detect_precision, oracle_outputs, parse_tolerance)
+from .compare import (
+    DEFAULT_ATOL,
+    DEFAULT_FLOOR_RATIO,
+    DEFAULT_RTOL,
+    PRECISIONS,
+    check_candidate,
+    compare,
+    compare_to_truth,
+    detect_precision,
+    oracle_outputs,
+    parse_tolerance,
+)
 from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_candidate, read_inputs, write_arrays
 from .precision import POLICY_NAMES
 from .presets import PRESETS, preset_config

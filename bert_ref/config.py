@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import limits
 
@@ -177,7 +178,7 @@ class BertConfig:
         return {k: getattr(self, k) for k in KERAS_CONFIG_KEYS + EXTRA_CONFIG_KEYS}
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], *, source: str = "config") -> "BertConfig":
+    def from_dict(cls, config: Mapping[str, Any], *, source: str = "config") -> BertConfig:
         """Build from a keras-hub-style config dict; unknown keys are ignored, missing ones named.
 
         `source` names where the dict came from (e.g. a file path) so errors can say so.

@@ -42,11 +42,12 @@ import dataclasses
 import difflib
 import json
 import os
-import tempfile
 import re
+import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

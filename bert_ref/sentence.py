@@ -39,9 +39,9 @@ normalisation run in float64 and the result is returned in the backbone's comput
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -350,7 +350,7 @@ class SentenceEncoder:
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, dtype=None, *, pooling: str | None = None,
                     normalize: bool | None = None, max_sequence_length: int | None = None
-                    ) -> "SentenceEncoder":
+                    ) -> SentenceEncoder:
         """Backbone, tokenizer and sentence-transformers settings of a preset (see the module doc).
 
         Explicit `pooling`, `normalize` and `max_sequence_length` override the preset's settings.

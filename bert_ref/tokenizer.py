@@ -36,8 +36,8 @@ import bisect
 import os
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -420,7 +420,7 @@ class BertTokenizer:
         self.mask_token_id = self._ids.get(MASK)
 
     @classmethod
-    def from_preset(cls, preset: str | os.PathLike, **kwargs) -> "BertTokenizer":
+    def from_preset(cls, preset: str | os.PathLike, **kwargs) -> BertTokenizer:
         """The tokenizer of a preset: a local directory (Hugging Face or keras-hub layout), a
         built-in name, `kaggle://...` or `hf://...` (see `bert_ref.hub.resolve`).
 

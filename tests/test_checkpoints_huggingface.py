@@ -13,8 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bert_ref import BertConfig
-from bert_ref.checkpoints import CheckpointError, detect_format, load_preset_dir
-from bert_ref.checkpoints import huggingface
+from bert_ref.checkpoints import CheckpointError, detect_format, huggingface, load_preset_dir
 
 HF_CONFIG = {
     "architectures": ["BertModel"],

@@ -8,7 +8,8 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from bert_ref.checkpoints import SafetensorsError, read_safetensors, write_safetensors

@@ -8,7 +8,6 @@ kept offline with an empty cache so nothing touches the network.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,19 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, PRESETS
+from bert_ref import PRESETS, BertBackbone
+
 from needs import missing
 
 COMMANDS = ("presets", "info", "run", "compare", "download", "convert", "example", "trace")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("caches")
-    e = dict(os.environ)
-    e.update(BERT_REF_OFFLINE="1", BERT_REF_CACHE=str(root / "bert_ref"), HF_HOME=str(root / "hf"),
-             HF_HUB_CACHE=str(root / "hf" / "hub"), KAGGLEHUB_CACHE=str(root / "kagglehub"), BERT_REF_QUIET="1")
-    return e
 
 
 def cli(env, *args, cwd=None):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from test_cli import assert_usage_error, cli, env  # noqa: F401  (fixture)
+
+from test_cli import assert_usage_error, cli
 
 SMALL = dict(vocabulary_size=60, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=16)
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", "a", "##a"]
@@ -65,8 +66,8 @@ def test_options_may_come_between_the_preset_and_the_texts(env, tmp_path):
     (tmp_path / "p").mkdir()
     BertBackbone(**dict(SMALL, vocabulary_size=len(VOCAB)), seed=0).save_to_preset(tmp_path / "p")
     (tmp_path / "p" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    from bert_ref.checkpoints.native import save_preset
     from bert_ref.checkpoints import load_preset_dir
+    from bert_ref.checkpoints.native import save_preset
 
     ckpt = load_preset_dir(tmp_path / "p")
     save_preset(tmp_path / "q", ckpt.config, ckpt.weights, metadata={"vocabulary": VOCAB, "lowercase": True})

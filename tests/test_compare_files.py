@@ -15,6 +15,7 @@ import pytest
 
 from bert_ref import BertBackbone
 from bert_ref.files import ArrayFileError, read_arrays, read_candidate, read_inputs, write_arrays
+
 from needs import need, run_bert_ref
 
 ml_dtypes = need("ml_dtypes", 'pip install "bert-ref[bf16]"')

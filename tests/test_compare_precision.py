@@ -14,11 +14,11 @@ import os
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, compare, compare_to_truth
-from bert_ref import oracle_cache
+from bert_ref import BertBackbone, compare, compare_to_truth, oracle_cache
 from bert_ref.compare import DEFAULT_FLOOR_RATIO, check_candidate, detect_precision, oracle_outputs, parse_tolerance
 from bert_ref.precision import quantize_symmetric, round_to_tf32
 from bert_ref.testing import assert_close_to_reference
+
 from needs import need
 
 need("ml_dtypes", 'pip install "bert-ref[bf16]"')  # the bfloat16 policy

@@ -11,8 +11,12 @@ import pytest
 
 from bert_ref import hub
 from bert_ref.hub.errors import DownloadError, UnsafeArchiveError
-from hub_server import assert_cache_clean, cache, isolated, server, tar_gz, zip_bytes  # noqa: F401
+
+from hub_server import assert_cache_clean, tar_gz, zip_bytes
 from test_hub import KHANDLE, hf_files, native_files
+
+# Every test runs `isolated` (tests/conftest.py): no credentials or proxies, caches under tmp_path.
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _nothing_cached(cache):

@@ -19,7 +19,8 @@ import pytest
 
 from bert_ref.checkpoints import CheckpointError
 from bert_ref.sentence import SentenceEncoder, read_sentence_settings
-from test_cli import cli, env  # noqa: F401  (fixture)
+
+from test_cli import cli
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sentence_modes"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bert_ref.tokenizer import BertTokenizer, normalize, pre_tokenize
+
 from needs import minilm_model_dir
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tokenizer"

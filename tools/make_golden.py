@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bert_ref.config import BertConfig  # noqa: E402  (names and shapes only)
+
 from _provenance import provenance  # noqa: E402
 from _random_weights import random_weight  # noqa: E402
 

@@ -38,15 +38,24 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..config import BertConfig
 from .base import (
-    Checkpoint, CheckpointError, check_field, check_regular_file, check_weight_bytes, check_weights, list_names, not_a_regular_file,
-    read_config, read_json,
+    Checkpoint,
+    CheckpointError,
+    check_field,
+    check_regular_file,
+    check_weight_bytes,
+    check_weights,
+    list_names,
+    not_a_regular_file,
+    read_config,
+    read_json,
 )
 from .safetensors_io import read_safetensors
 

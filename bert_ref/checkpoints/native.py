@@ -22,13 +22,23 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_regular_file, check_weight_bytes, check_weights, dtype_name, read_config, read_json_object
+from .base import (
+    Checkpoint,
+    CheckpointError,
+    check_regular_file,
+    check_weight_bytes,
+    check_weights,
+    dtype_name,
+    read_config,
+    read_json_object,
+)
 from .safetensors_io import read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"

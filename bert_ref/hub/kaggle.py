@@ -41,7 +41,7 @@ class KaggleHandle:
     def parts(self) -> tuple[str, str, str, str]:
         return (self.owner, self.model, self.framework, self.variation)
 
-    def with_version(self, version: int) -> "KaggleHandle":
+    def with_version(self, version: int) -> KaggleHandle:
         return dataclasses.replace(self, version=version)
 
     def __str__(self) -> str:
