@@ -52,9 +52,11 @@ class TokenEmbedding:
         if reverse:
             hidden = np.asarray(inputs)
             if hidden.dtype.kind != "f" and hidden.dtype.name != "bfloat16":
-                raise TypeError(f"reverse=True expects floating hidden states [..., {self.output_dim}], got dtype {hidden.dtype}")
+                raise TypeError(f"reverse=True expects floating hidden states [..., {self.output_dim}], got dtype "
+                                f"{hidden.dtype}")
             if hidden.ndim < 1 or hidden.shape[-1] != self.output_dim:
-                raise ValueError(f"reverse=True expects hidden states of shape [..., {self.output_dim}], got {hidden.shape}")
+                raise ValueError(f"reverse=True expects hidden states of shape [..., {self.output_dim}], got "
+                                 f"{hidden.shape}")
             logits = np.matmul(policy.weight(hidden), table.T)  # [..., H] @ [H, V] -> [..., V]
             return policy.output(policy.round(logits))
         ids = encoder._as_int_array("token_ids", inputs)
@@ -259,6 +261,7 @@ class BertBackbone:
         and lowercase flag of the preset this model was loaded from are kept."""
         from .checkpoints.native import save_preset
 
-        kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary") if self.preset_metadata.get(k) is not None}
+        kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary")
+                if self.preset_metadata.get(k) is not None}
         metadata = {**kept, "dtype": self.dtype_policy.name, "source": self.source}
         save_preset(preset_dir, self.config, dict(self._weights), metadata=metadata)

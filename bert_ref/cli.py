@@ -146,11 +146,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
                      f"{c['vocabulary_size']:,}", meta["description"]))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for j, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:6], widths[1:6])] + [r[6]]
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:6], widths[1:6], strict=True)] + [r[6]]
         _say("  ".join(cells))
         if j == 0:
             _say("  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    _say("\nAlso accepted wherever PRESET is: a local preset directory, kaggle://owner/model/framework/variation[/version], "
+    _say("\nAlso accepted wherever PRESET is: a local preset directory, "
+         "kaggle://owner/model/framework/variation[/version], "
          "hf://owner/name[@revision].")
     return 0
 

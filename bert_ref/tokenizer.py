@@ -273,7 +273,7 @@ def pack(segments: Sequence[Sequence[Sequence[int]]], *, sequence_length: int, c
         parts = [list(seg[b]) for seg in segments]
         kept = truncate_lengths([len(p) for p in parts], sequence_length - minimum, truncate)
         ids, segs = [cls_id], [0]
-        for k, (part, n) in enumerate(zip(parts, kept)):
+        for k, (part, n) in enumerate(zip(parts, kept, strict=True)):
             ids += part[:n] + [sep_id]
             segs += [k] * (n + 1)
         token_ids[b, : len(ids)] = ids
@@ -317,8 +317,8 @@ def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | N
 
     Hugging Face layout: `vocab.txt` + `tokenizer_config.json` (`do_lower_case`), or the normalizer
     of `tokenizer.json`; without `vocab.txt` (transformers >= 5 does not write one), the WordPiece
-    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout: `assets/tokenizer/vocabulary.txt` + `tokenizer.json`
-    (`config.lowercase`). The flag is None when no file states it.
+    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout:
+    `assets/tokenizer/vocabulary.txt` + `tokenizer.json` (`config.lowercase`). The flag is None when no file states it.
     """
     d = Path(directory)
     keras_vocab = d / "assets" / "tokenizer" / "vocabulary.txt"

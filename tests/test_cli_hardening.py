@@ -154,8 +154,9 @@ def test_a_memory_error_is_one_line(env, work, tmp_path):
     def preexec():
         resource.setrlimit(resource.RLIMIT_AS, (1_000_000_000, 1_000_000_000))
 
-    r = subprocess.run([sys.executable, "-m", "bert_ref", "run", str(work / "tiny"), "--input", str(tmp_path / "big.npz"),
-                        "--output", str(tmp_path / "o.npz"), "--attentions", "--hidden-states"],
+    r = subprocess.run([sys.executable, "-m", "bert_ref", "run", str(work / "tiny"),
+                        "--input", str(tmp_path / "big.npz"), "--output", str(tmp_path / "o.npz"),
+                        "--attentions", "--hidden-states"],
                        capture_output=True, text=True, timeout=120, preexec_fn=preexec,
                        env=dict(env, BERT_REF_MAX_ACTIVATION_BYTES=str(10**15), OPENBLAS_NUM_THREADS="1",
                                 OMP_NUM_THREADS="1"))

@@ -52,7 +52,8 @@ def test_a_body_of_unstated_size_within_the_cap_downloads(server, cache):
 def test_an_announced_size_over_the_limit_is_refused_before_the_body(server, cache, monkeypatch):
     monkeypatch.setenv("BERT_REF_MAX_DOWNLOAD_BYTES", "100")
     server.add_hf_repo("org/huge", hf_files())
-    with pytest.raises(DownloadError, match=r"announces \d+ bytes, over the limit of 100 \(BERT_REF_MAX_DOWNLOAD_BYTES\)"):
+    with pytest.raises(DownloadError, match=r"announces \d+ bytes, over the limit of 100 "
+                                            r"\(BERT_REF_MAX_DOWNLOAD_BYTES\)"):
         hub.resolve("hf://org/huge")
     _nothing_cached(cache)
 

@@ -86,7 +86,8 @@ def _edit_config(path: Path, **changes):
 
 def test_an_unknown_activation_is_named(dense_preset):
     _edit_config(dense_preset / "2_Dense" / "config.json", activation_function="torch.nn.modules.activation.Mish")
-    with pytest.raises(NotImplementedError, match=r"2_Dense/config\.json: activation_function .*Mish.* not implemented"):
+    with pytest.raises(NotImplementedError,
+                       match=r"2_Dense/config\.json: activation_function .*Mish.* not implemented"):
         read_sentence_settings(dense_preset)
 
 

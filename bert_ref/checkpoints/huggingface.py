@@ -8,7 +8,7 @@ Names are mapped to the canonical ones:
     embeddings.token_type_embeddings.weight        -> segment_embedding/embeddings
     embeddings.LayerNorm.{weight,bias}             -> embeddings_layer_norm/{gamma,beta}
     encoder.layer.{i}.attention.self.{query,key,value}.{weight,bias}
-                                                   -> transformer_layer_{i}/self_attention_layer/{query,key,value}/{kernel,bias}
+                          -> transformer_layer_{i}/self_attention_layer/{query,key,value}/{kernel,bias}
     encoder.layer.{i}.attention.output.dense       -> .../self_attention_layer/attention_output
     encoder.layer.{i}.attention.output.LayerNorm   -> transformer_layer_{i}/self_attention_layer_norm
     encoder.layer.{i}.intermediate.dense           -> transformer_layer_{i}/feedforward_intermediate_dense

@@ -12,10 +12,12 @@ keras-hub 0.32) the file holds:
     layers/layer_normalization/vars/{0,1}       embeddings_layer_norm/{gamma,beta}
     layers/dense/vars/{0,1}                     pooled_dense/{kernel,bias}
     layers/transformer_encoder{,_1,_2,...}/     transformer_layer_{0,1,2,...}/
-      _self_attention_layer/{query,key,value}_dense/vars/0   .../self_attention_layer/{query,key,value}/kernel  (hidden, heads, key_dim)
-      _self_attention_layer/{query,key,value}_dense/vars/1   .../bias                                           (heads, key_dim)
-      _self_attention_layer/output_dense/vars/0              .../self_attention_layer/attention_output/kernel   (heads, key_dim, hidden)
-      _self_attention_layer/output_dense/vars/1              .../self_attention_layer/attention_output/bias     (hidden,)
+      _self_attention_layer/{query,key,value}_dense/vars/0   .../self_attention_layer/{query,key,value}/kernel
+                                                               (hidden, heads, key_dim)
+      _self_attention_layer/{query,key,value}_dense/vars/1   .../bias  (heads, key_dim)
+      _self_attention_layer/output_dense/vars/0              .../self_attention_layer/attention_output/kernel
+                                                               (heads, key_dim, hidden)
+      _self_attention_layer/output_dense/vars/1              .../self_attention_layer/attention_output/bias  (hidden,)
       _self_attention_layer_norm/vars/{0,1}                  .../self_attention_layer_norm/{gamma,beta}
       _feedforward_intermediate_dense/vars/{0,1}             .../feedforward_intermediate_dense/{kernel,bias}
       _feedforward_output_dense/vars/{0,1}                   .../feedforward_output_dense/{kernel,bias}
@@ -104,8 +106,10 @@ _LAYER = (
     ("_self_attention_layer/output_dense/vars/1", "self_attention_layer/attention_output/bias", "attention_output"),
     ("_self_attention_layer_norm/vars/0", "self_attention_layer_norm/gamma", "self_attention_layer_norm"),
     ("_self_attention_layer_norm/vars/1", "self_attention_layer_norm/beta", "self_attention_layer_norm"),
-    ("_feedforward_intermediate_dense/vars/0", "feedforward_intermediate_dense/kernel", "feedforward_intermediate_dense"),
-    ("_feedforward_intermediate_dense/vars/1", "feedforward_intermediate_dense/bias", "feedforward_intermediate_dense"),
+    ("_feedforward_intermediate_dense/vars/0", "feedforward_intermediate_dense/kernel",
+     "feedforward_intermediate_dense"),
+    ("_feedforward_intermediate_dense/vars/1", "feedforward_intermediate_dense/bias",
+     "feedforward_intermediate_dense"),
     ("_feedforward_output_dense/vars/0", "feedforward_output_dense/kernel", "feedforward_output_dense"),
     ("_feedforward_output_dense/vars/1", "feedforward_output_dense/bias", "feedforward_output_dense"),
     ("_feedforward_layer_norm/vars/0", "feedforward_layer_norm/gamma", "feedforward_layer_norm"),
@@ -242,7 +246,8 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
     try:
         h5file = h5py.File(weights_path, "r")
     except OSError as e:
-        raise CheckpointError(f"{weights_path}: cannot be read as HDF5 ({e}); the file is truncated or corrupt") from None
+        raise CheckpointError(
+            f"{weights_path}: cannot be read as HDF5 ({e}); the file is truncated or corrupt") from None
     with h5file:
         try:
             return _read_open(h5py, h5file, config, weights_path, paths, layer_names, encoder_names)
@@ -284,7 +289,8 @@ def _read_open(h5py, h5file, config: BertConfig, weights_path: Path, paths: dict
         try:
             array = _view(dataset, mm)
         except OSError as e:
-            raise CheckpointError(f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
+            raise CheckpointError(
+                f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
         weights[canonical] = array.reshape(config.weight_shapes()[canonical])
     # Encoder groups carry the layer's name; a mismatch means the numbering is not what we assume.
     for group_name in h5file.get("layers", {}):

@@ -230,10 +230,12 @@ def _write_preset_files(stage: Path, weights: Mapping[str, np.ndarray], vocabula
             tokens = list(vocabulary)
             bad = [i for i, t in enumerate(tokens) if not isinstance(t, str) or "\n" in t]
             if bad:
-                raise ValueError(f"metadata['vocabulary'][{bad[0]}] must be a string without newlines, got {tokens[bad[0]]!r}")
+                raise ValueError(f"metadata['vocabulary'][{bad[0]}] must be a string without newlines, got "
+                                 f"{tokens[bad[0]]!r}")
             target.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
         else:
-            raise TypeError(f"metadata['vocabulary'] must be a path or a sequence of tokens, got {type(vocabulary).__name__}")
+            raise TypeError("metadata['vocabulary'] must be a path or a sequence of tokens, got "
+                            f"{type(vocabulary).__name__}")
 
     write_safetensors(stage / WEIGHTS_FILE, weights, {"format": "np"})
     _write_json(stage / METADATA_FILE, meta)
