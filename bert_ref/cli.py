@@ -466,6 +466,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if dst.exists() and dst.resolve() == Path(directory).resolve():
         raise UsageError(f"{dst} is the source preset's own directory")
     weights = ckpt.weights
+    assert weights is not None  # load_preset_dir reads the weights unless load_weights=False
     if args.dtype is not None:
         storage = get_policy(args.dtype).variable_dtype
         weights = {k: np.asarray(w).astype(storage) for k, w in weights.items()}
@@ -473,8 +474,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     metadata = {"source": f"{args.src} ({ckpt.format})", "lowercase": md.get("lowercase"),
                 "vocabulary": md.get("vocabulary"), "dtype": args.dtype or md.get("dtype")}
     save_preset(dst, ckpt.config, weights, metadata=metadata)
-    back = checkpoints.load_preset_dir(dst)
-    differ = [k for k in weights if not np.array_equal(np.asarray(weights[k]), back.weights[k])]
+    back = checkpoints.load_preset_dir(dst).weights
+    assert back is not None
+    differ = [k for k in weights if not np.array_equal(np.asarray(weights[k]), back[k])]
     if differ:
         raise UsageError(f"{dst}: read back differs from what was written at {differ[:3]}")
     _say(f"{dst}: native preset from {args.src} ({ckpt.format} format, {ckpt.config.count_params():,} parameters); "
@@ -634,7 +636,9 @@ class _IntermixedParser(argparse.ArgumentParser):
 
     _intermixing = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(  # type: ignore[override]  # one signature for argparse's overloads
+            self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         if self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True

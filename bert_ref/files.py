@@ -248,7 +248,8 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
     try:
         if suffix == ".npz":
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
+                np.savez(f, **arrays)  # type: ignore[arg-type]
         elif suffix == ".safetensors":
             from safetensors.numpy import save_file
 

@@ -238,7 +238,7 @@ def _read_tensors(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Pat
     if index.is_file():
         index_json = read_json(index)
         shards = shard_files(index_json, str(index))
-        tensors: dict[str, np.ndarray] = {}
+        tensors = {}
         origin: dict[str, Path] = {}
         for shard in shards:
             path = directory / shard
