@@ -57,7 +57,9 @@ float32 floor". `compare_to_truth` does all of this for a model and inputs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import difflib
 import math
 import re
@@ -65,6 +67,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import kernels
 from .encoder import TRACE_EMBEDDINGS, TRACE_LAYER, TRACE_POOLER, forward
 from .files import flatten_outputs
 from .precision import get_policy
@@ -472,6 +475,12 @@ class _Elementwise:
     rel: np.ndarray  # err / |r| (0/0 = 0, x/0 = inf)
     ulp: np.ndarray  # err / spacing(float32(|r|))
     nonfinite: np.ndarray  # bool: a non-finite candidate value (or a non-finite reference value it does not share)
+    magnitude: np.ndarray  # |r|, 0 where the reference is not finite
+
+    @functools.cached_property
+    def cosines(self) -> np.ndarray:
+        """`_cosines(self)`, computed once (the valid and the padded summaries share it)."""
+        return _cosines(self)
 
 
 def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) -> _Elementwise:
@@ -483,20 +492,33 @@ def _elementwise(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float) ->
     r_finite = np.isfinite(r)
     if c_finite.all() and r_finite.all():
         nonfinite = np.zeros(err.shape, bool)
+        a = np.abs(r)
     else:
         # A NaN/inf in the candidate always fails; a reference's own inf/NaN (never ours in float32
         # or float64) is matched only by the same value.
         same = ~r_finite & ((np.isnan(r) & np.isnan(c)) | (~np.isnan(r) & (r == c)))
         nonfinite = (~c_finite & ~same) | (~r_finite & ~same)
         err = np.where(nonfinite, np.nan, np.where(same, 0.0, err))
-    a = np.abs(np.where(r_finite, r, 0.0))
+        a = np.abs(np.where(r_finite, r, 0.0))
     tol = atol + rtol * a
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, err))
-        rel = np.where(a > 0, err / np.where(a > 0, a, 1.0), np.where(err > 0, np.inf, err))
-        spacing = np.spacing(np.minimum(a, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
-        ulp = np.where(err > 0, err / spacing, err)
-    return _Elementwise(ref, cand, r, c, err, tol, ratio, rel, ulp, nonfinite)
+        ratio = _divide(err, tol)
+        rel = _divide(err, a)
+        # err / spacing: 0 stays 0 and NaN stays NaN (the spacing is never 0).
+        ulp = err / np.spacing(np.minimum(a, np.finfo(np.float32).max).astype(np.float32)).astype(np.float64)
+    return _Elementwise(ref, cand, r, c, err, tol, ratio, rel, ulp, nonfinite, a)
+
+
+def _divide(err: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """`err / by` where `by > 0`; where `by` is 0: inf for a positive error, else the error (0 or
+    NaN). Called under `np.errstate(divide="ignore", invalid="ignore")`."""
+    if not by.any():  # a zero tolerance everywhere (the floor's own comparison)
+        return np.where(err > 0, np.inf, err)
+    out = err / by
+    zero = by == 0
+    if zero.any():
+        out[zero] = np.where(err[zero] > 0, np.inf, err[zero])
+    return out
 
 
 def _cosines(e: _Elementwise) -> np.ndarray:
@@ -513,7 +535,9 @@ def _cosines(e: _Elementwise) -> np.ndarray:
 
 def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
     """The `Stats` of the elements where `select` (broadcast to the output's shape) is True; None
-    when it selects nothing. `select=None` selects every element."""
+    when it selects nothing. `select=None` selects every element.
+
+    Reductions read the selected elements in place (`where=`), without copying them out."""
     err, ratio = e.err, e.ratio
     if select is None:
         select = np.ones(err.shape, bool)
@@ -521,8 +545,7 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
         select = np.broadcast_to(select, err.shape)
         if not select.any():
             return None
-    sel_err, sel_ratio = err[select], ratio[select]
-    nonfinite = int(e.nonfinite[select].sum())
+    nonfinite = int(np.count_nonzero(e.nonfinite & select))
     # Worst element: the first non-finite one; else furthest over tolerance, and among infinite
     # ratios (zero tolerance) the largest error.
     if nonfinite:
@@ -534,16 +557,19 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
         else:
             flat = int(np.argmax(key))
     index = tuple(int(i) for i in np.unravel_index(flat, err.shape))
+
+    def largest(x: np.ndarray, where: np.ndarray = select) -> float:
+        return float(np.max(x, where=where, initial=-np.inf))
+
     with np.errstate(over="ignore", invalid="ignore"):
-        rms = float(np.sqrt(np.mean(np.square(sel_err)))) if sel_err.size else 0.0
-        a = np.abs(np.where(np.isfinite(e.r), e.r, 0.0))[select]
-        cut = 0.1 * float(np.sqrt(np.mean(np.square(a)))) if a.size else 0.0
-    big = a >= cut if cut > 0 else a > 0
-    rel_cut = float(e.rel[select][big].max()) if big.any() else 0.0
+        rms = float(np.sqrt(np.mean(np.square(err), where=select)))
+        cut = 0.1 * float(np.sqrt(np.mean(np.square(e.magnitude), where=select)))
+    big = select & (e.magnitude >= cut if cut > 0 else e.magnitude > 0)
+    rel_cut = largest(e.rel, big) if big.any() else 0.0
     cos_index: tuple[int, ...] | None = None
     min_cos = 1.0
     if err.ndim >= 1 and err.shape[-1] > 0:
-        cos = _cosines(e)
+        cos = e.cosines
         pos_select = select[..., 0] if err.ndim > 1 else select[0]
         if err.ndim == 1:
             min_cos, cos_index = float(cos), ()
@@ -552,19 +578,19 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
             at = np.unravel_index(int(np.argmin(masked)), cos.shape)
             cos_index = tuple(int(i) for i in at)
             min_cos = float(cos[at])
-    any_nan = bool(np.isnan(sel_err).any())
+    any_nan = bool(np.any(np.isnan(err), where=select))
     return Stats(
-        count=int(select.sum()),
-        max_abs_error=math.nan if any_nan else float(sel_err.max()),
-        max_rel_error=math.nan if any_nan else float(e.rel[select].max()),
-        max_ulp_error=math.nan if any_nan else float(e.ulp[select].max()),
+        count=int(np.count_nonzero(select)),
+        max_abs_error=math.nan if any_nan else largest(err),
+        max_rel_error=math.nan if any_nan else largest(e.rel),
+        max_ulp_error=math.nan if any_nan else largest(e.ulp),
         rms_error=math.nan if any_nan else rms,
-        tolerance_ratio=math.nan if any_nan else float(sel_ratio.max()),
+        tolerance_ratio=math.nan if any_nan else largest(ratio),
         worst_index=index,
         worst_reference=float(e.ref[index]),
         worst_candidate=float(e.cand[index]),
         nonfinite=nonfinite,
-        passed=bool(not any_nan and sel_ratio.max() <= 1.0),
+        passed=bool(not any_nan and largest(ratio) <= 1.0),
         worst_error=float(err[index]),
         worst_tolerance=float(e.tol[index]),
         rel_error_over_cut=math.nan if any_nan else rel_cut,
@@ -740,8 +766,9 @@ def compare(
         if absent:
             raise ValueError(f"the floor-ratio mode needs a floor for every output; {floor_name} has no {', '.join(absent)}")
     u = UNIT_ROUNDOFF[precision or "float32"]
-    entries = []
-    for (_, stage, layer), key in placed:
+
+    def entry(placement: tuple[tuple[int, str, int | None], str]) -> Entry:
+        (_, stage, layer), key = placement
         r, c = np.asarray(ref[key]), np.asarray(cand[key])
         if r.shape != c.shape:
             raise ValueError(f"{key}: {candidate_name} has shape {c.shape}, {reference_name} has shape {r.shape}")
@@ -777,8 +804,17 @@ def compare(
             f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
             a, b = v_stats.rms_error, f_stats.rms_error
             rms_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
-        entries.append(Entry(key, stage, layer, tuple(r.shape), _axes(key, r.ndim), v_stats, p_stats, passed,
-                             f_stats, f_ratio, f_scale, rms_ratio, k_atol, k_rtol))
+        return Entry(key, stage, layer, tuple(r.shape), _axes(key, r.ndim), v_stats, p_stats, passed,
+                             f_stats, f_ratio, f_scale, rms_ratio, k_atol, k_rtol)
+
+    # Outputs are independent, and NumPy releases the GIL in the array passes: summarise them on
+    # the cores' threads (each entry is computed exactly as in a loop; order is kept).
+    workers = min(len(placed), kernels.THREADS)
+    if workers > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bert_ref.compare") as pool:
+            entries = list(pool.map(entry, placed))
+    else:
+        entries = [entry(p) for p in placed]
     return Report(tuple(entries), atol_spec, rtol_spec, bool(check_padded), reference_name, candidate_name,
                   floor_name if floor is not None else None, floor_ratio, precision, tuple(notes))
 

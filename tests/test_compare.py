@@ -63,6 +63,22 @@ def test_perturbed_layer_2_hidden_state_fails_there_with_exact_position(ours, in
     assert "hidden_states.2" in report.summary() and "batch 1, position 4, channel 3" in report.summary()
 
 
+def test_outputs_summarised_on_threads_give_the_report_of_one_thread(ours, inputs, monkeypatch):
+    from bert_ref import kernels
+
+    cand = _copy(ours)
+    rng = np.random.default_rng(3)
+    cand["hidden_states"] = [h + rng.normal(0, 1e-6, h.shape).astype(np.float32) for h in cand["hidden_states"]]
+    cand["hidden_states"][2][1, 4, 3] = np.nan
+    reports = []
+    for threads in (1, 4):
+        monkeypatch.setattr(kernels, "THREADS", threads)
+        reports.append(compare(ours, cand, padding_mask=inputs["padding_mask"], floor=cand, floor_reference=ours))
+    assert [e.key for e in reports[1]] == [e.key for e in reports[0]]
+    assert json.dumps(reports[1].to_dict()) == json.dumps(reports[0].to_dict())
+    assert reports[1].format_table() == reports[0].format_table()
+
+
 def test_first_failure_is_the_earliest_in_computation_order(ours, inputs):
     cand = _copy(ours)
     cand["sequence_output"][0, 0, 0] += 1.0

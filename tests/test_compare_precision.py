@@ -288,6 +288,27 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     assert oracle_cache.cache_root() is None
 
 
+def test_weights_digest_is_kept_for_a_preset_directory_until_its_files_change(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
+    model.save_to_preset(tmp_path / "preset")
+    loaded = BertBackbone.from_preset(tmp_path / "preset")
+    first = oracle_cache.model_digest(loaded)
+    # The same content identified by its bytes, whichever way it was loaded or built.
+    assert first == oracle_cache.model_digest(model)
+    # A second load of the unchanged directory reuses the stored digest: the weights are not hashed.
+    monkeypatch.setattr(oracle_cache, "_hash_weights", lambda w: (_ for _ in ()).throw(AssertionError("hashed")))
+    assert oracle_cache.model_digest(BertBackbone.from_preset(tmp_path / "preset")) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
+    # Other weights written over the same file (same size): its modification time or inode changes,
+    # so the stored digest is not used and the new content gets its own.
+    twin = BertBackbone(**model.config.to_dict(), seed=4)
+    twin.save_to_preset(tmp_path / "preset")
+    assert oracle_cache.model_digest(BertBackbone.from_preset(tmp_path / "preset")) == oracle_cache.model_digest(twin) != first
+    # Weights that could be changed in place are never identified by their files.
+    assert oracle_cache._files_signature(model) is None
+
+
 # -- the assert API -------------------------------------------------------------------------------
 
 
