@@ -13,7 +13,8 @@ Data flow (shapes for batch B, sequence S, hidden H):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,9 @@ INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
 
 #: Names of the trace points of the embeddings, of each layer (prefixed "transformer_layer_{i}/"),
 #: and of the pooler, in the order they are computed. See `forward(trace=...)`.
-TRACE_EMBEDDINGS = ("embeddings/token", "embeddings/position", "embeddings/segment", "embeddings/sum", "embeddings/layer_norm")
+TRACE_EMBEDDINGS = (
+    "embeddings/token", "embeddings/position", "embeddings/segment", "embeddings/sum", "embeddings/layer_norm",
+)
 TRACE_LAYER = (
     "query", "key", "value", "attention_scores", "attention_probs", "attention_context",
     "attention_output", "attention_residual", "self_attention_layer_norm",
@@ -66,7 +69,9 @@ def check_weights(weights: Mapping[str, Any], config: BertConfig, *, source: str
     A missing, unexpected or wrongly shaped tensor is a `ValueError` naming it and the expected
     shape; `source` (e.g. a file name) prefixes the message."""
     if not isinstance(weights, Mapping):
-        raise TypeError(f"{source}: expected a mapping of canonical weight names to arrays, got {type(weights).__name__}")
+        raise TypeError(
+            f"{source}: expected a mapping of canonical weight names to arrays, got {type(weights).__name__}"
+        )
     expected = config.weight_shapes()
     missing = [n for n in expected if n not in weights]
     unexpected = [n for n in weights if n not in expected]
@@ -76,7 +81,8 @@ def check_weights(weights: Mapping[str, Any], config: BertConfig, *, source: str
             parts.append("missing " + ", ".join(f"{n} (expected shape {expected[n]})" for n in missing[:8])
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
         if unexpected:
-            parts.append("unexpected " + ", ".join(unexpected[:8]) + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
+            parts.append("unexpected " + ", ".join(unexpected[:8])
+                         + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
         raise ValueError(f"{source}: " + "; ".join(parts))
     out = {}
     for name, shape in expected.items():
@@ -214,7 +220,8 @@ def validate_inputs(inputs: Mapping[str, Any], config: BertConfig) -> tuple[np.n
         if bad.any():
             pos = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
-                f"padding_mask[{', '.join(map(str, pos))}] = {mask[pos]} is not a valid mask value: use 0/1 or False/True"
+                f"padding_mask[{', '.join(map(str, pos))}] = {mask[pos]} is not a valid mask value: "
+                "use 0/1 or False/True"
             )
         mask = mask != 0
     return token_ids.astype(np.intp, copy=False), segment_ids.astype(np.intp, copy=False), mask
@@ -276,9 +283,11 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     is where the policy rounds to its compute dtype and where the trace records. The policy also
     rounds the input of every dense layer (`Policy.dense_input`) and both operands of the two
     attention matmuls (`Policy.matmul_input`); for float32 and float64 all three are the identity.
-    The ops come from `bert_ref.kernels` (the same results, faster) unless the policy rounds
+    The ops come from `bert_ref.kernels` (the same results, faster; the float32 exact GELU there
+    is a more accurate formula, within a tested bound of `ops.gelu`) unless the policy rounds
     matmul inputs; with nothing to trace or round (float32 and float64), `kernels.forward` runs
-    these same steps fused and split over threads, with bit-identical outputs.
+    these same steps fused and split over threads (bit-identical outputs, except attention over
+    right-padded rows, computed over the valid keys only: within a few ulps).
 
     Padding: padded *keys* get exactly zero attention weight (keras-hub's semantics, which
     transformers' default sdpa path shares). Padded *positions* still produce outputs, as in both
@@ -332,7 +341,8 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     for i, p in enumerate(params["layers"]):
         prefix = f"transformer_layer_{i}/"
         residual = step("attention_residual", self_attention(x, p) + x)
-        y = step("self_attention_layer_norm", f.layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps))
+        y = step("self_attention_layer_norm",
+                 f.layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps))
         residual = step("feedforward_residual", feed_forward(y, p) + y)
         x = step("feedforward_layer_norm", f.layer_norm(residual, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps))
         if output_hidden_states:
@@ -340,7 +350,8 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
 
     # Pooler: the [CLS] position. [B, S, H] -> [B, H]
     prefix = ""
-    pooled = step("pooled_output", f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
+    pooled = step("pooled_output",
+                  f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
 
     asked = (hidden_states if output_hidden_states else None, attentions if output_attentions else None)
     return _outputs(policy, x, pooled, *asked, recorded if trace is True else None)

@@ -3,9 +3,13 @@
 Every function here has the name, the signature and the result of its twin in `bert_ref.ops` —
 bit for bit, since each does the same floating-point operations on the same values in the same
 order (tests/test_kernels.py checks each against its twin over hypothesis-drawn shapes and
-dtypes). What differs is only the arrangement:
+dtypes) — with one exception: the float32 exact GELU uses another formula
+(`_gelu_logit_block`), more accurate than the plain op's and within a stated, tested bound of it.
+In `forward`, attention over right-padded rows leaves out the padded keys
+(`_attention_valid_keys`), which re-associates two sums (bound stated and tested). Otherwise what
+differs is only the arrangement:
 
-- elementwise chains (erf, both GELUs) run over blocks of `BLOCK` elements, so that a block's
+- elementwise chains (erf, both GELUs) run over blocks of `BLOCK` float32 elements (1 MiB), so that a block's
   temporaries stay in the CPU cache instead of streaming whole activations through memory once
   per step;
 - blocks, and the rows of layer norm, softmax and bias adds, are spread over `THREADS` threads
@@ -45,9 +49,16 @@ __all__ = [
     "gelu_approximate", "layer_norm", "masked_softmax", "merge_heads", "pooler", "split_heads",
 ]
 
-# Elementwise chains run over blocks of this many elements (64 Ki: a float32 block and its few
-# temporaries fit in a 1-2 MB L2 cache). The result does not depend on it.
-BLOCK = 1 << 16
+# Elementwise chains run over blocks of this many float32 elements (256 Ki: 1 MiB per array; a
+# block and its few temporaries fit in a 2 MB L2 cache); float64 blocks hold half as many, the same
+# bytes. Measured in the forward: 1 MiB blocks beat 256 KiB ones by 2-5% (docs/performance.md).
+# The result does not depend on it.
+BLOCK = 1 << 18
+
+
+def _block_elements(dtype: np.dtype) -> int:
+    """Elements per block for arrays of `dtype`: BLOCK float32 elements' worth of bytes."""
+    return max(1, BLOCK * 4 // dtype.itemsize)
 
 # Threads for the elementwise work: the cores this process may run on. Chunks are disjoint and
 # each is computed exactly as one sequential loop would, so the results do not depend on THREADS.
@@ -103,15 +114,16 @@ def parallel(fn: Callable[[int, int], None], n: int, min_size: int = 1) -> None:
 
 
 def _in_blocks(block: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Apply `block(x_block, out_block)` to consecutive 1-D blocks of `BLOCK` elements, spread
+    """Apply `block(x_block, out_block)` to consecutive 1-D blocks of `_block_elements` elements, spread
     over THREADS threads. `x` and `out` have the same shape; `out` is C-contiguous (it may be `x`)."""
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    size = _block_elements(flat_out.dtype)
 
     def run(first: int, last: int) -> None:
-        for start in range(first * BLOCK, min(last * BLOCK, flat_x.size), BLOCK):
-            block(flat_x[start : start + BLOCK], flat_out[start : start + BLOCK])
+        for start in range(first * size, min(last * size, flat_x.size), size):
+            block(flat_x[start : start + size], flat_out[start : start + size])
 
-    parallel(run, -(-flat_x.size // BLOCK), min_size=4)
+    parallel(run, -(-flat_x.size // size), min_size=4)
     return out
 
 
@@ -153,13 +165,67 @@ def _erf_block(x: np.ndarray, out: np.ndarray) -> None:
     np.copysign(out, x, out=out)
 
 
-def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
-    """`ops.gelu` of a 1-D block into `out` (which may be `x`)."""
+def _gelu_erf_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.gelu` of a 1-D block into `out` (which may be `x`), bit for bit: the erf table."""
     y = np.empty_like(x)
     _erf_block(np.multiply(x, x.dtype.type(ops._INV_SQRT_2)), y)  # erf(x / sqrt(2))
     y += 1
     y *= x
     np.multiply(y, x.dtype.type(0.5), out=out)
+
+
+# Exact GELU in float32 without the erf table: Phi(-w) = 1 / (1 + exp(w * Q(w^2))) for w = |x|,
+# where w * Q(w^2) = logit(Phi(w)) (odd in w, so Q is a polynomial in w^2). Q, of degree 10 in
+# u = min(w^2, 36), was fitted by least squares on 600 Chebyshev nodes of u in [0, 36] against
+# mpmath's `ncdf` (50 digits), each node weighted by w * Phi(w) * Phi(-w), the factor by which an
+# error in logit(Phi) reaches the GELU. Beyond |x| = 6, Phi(-|x|) < 1e-9 and the clipped u keeps it
+# so. Coefficients lowest power first (float32).
+_GELU_LOGIT_Q = np.array([
+    1.5957692, 0.072670974, -7.3497824e-05, -0.000104696504, 5.8384376e-06, 1.3846794e-07, -4.08571e-08,
+    2.8304852e-09, -1.0271647e-10, 1.9707983e-12, -1.5689237e-14,
+], np.float32)
+_GELU_LOGIT_U_MAX = np.float32(36.0)
+
+
+def _gelu_logit_block(x: np.ndarray, out: np.ndarray) -> None:
+    """Exact GELU of a float32 1-D block into `out` (which may be `x`), in 2 * 10 + 9 float32 passes
+    and one `exp` (the erf table costs eight gathers per element).
+
+    `gelu(x) = x * Phi(x) = max(x, 0) - |x| * Phi(-|x|)`, and `Phi(-w) = 1 / (1 + exp(w * Q(w^2)))`
+    (see `_GELU_LOGIT_Q`). Not bit-identical to `ops.gelu`: measured on 400001 float32 points of
+    [-10, 10] against x * Phi(x) in float64 (tests/test_kernels.py), its error is at most 2.44e-7
+    (ops.gelu: 4.61e-7), at most 7.74e-8 * max(|x|, 1) (ops.gelu: 1.06e-7), and 9.2e-9 where
+    |gelu(x)| < 1e-3 (ops.gelu: 1.0e-7, from the cancellation in 1 + erf); it is within
+    1.2e-7 * max(|x|, 1) of ops.gelu there.
+    """
+    c = _GELU_LOGIT_Q
+    w = np.abs(x)
+    np.minimum(w, np.float32(1e19), out=w)  # finite (inf / inf would be NaN below); NaN stays NaN
+    u = np.multiply(w, w)
+    np.minimum(u, _GELU_LOGIT_U_MAX, out=u)
+    y = np.multiply(u, c[-1])
+    y += c[-2]
+    for k in range(len(c) - 3, -1, -1):  # Horner: y = Q(u)
+        y *= u
+        y += c[k]
+    y *= w  # logit(Phi(w)) >= 0
+    with np.errstate(over="ignore"):  # exp(y) = inf for w > 25: Phi(-w) = w / inf = 0, as it should
+        np.exp(y, out=y)
+    y += 1
+    np.divide(w, y, out=y)  # |x| * Phi(-|x|)
+    np.maximum(x, np.float32(0), out=out)
+    out -= y
+
+
+def _gelu_block(x: np.ndarray, out: np.ndarray) -> None:
+    """`ops.gelu` of a 1-D block into `out` (which may be `x`): `_GELU_BLOCKS` by dtype."""
+    _GELU_BLOCKS[x.dtype.type](x, out)
+
+
+# float32: the logit form (within the bound stated there); float64: the erf table (bit for bit).
+_GELU_BLOCKS: dict[type, Callable[[np.ndarray, np.ndarray], None]] = {
+    np.float32: _gelu_logit_block, np.float64: _gelu_erf_block,
+}
 
 
 def _gelu_approximate_block(x: np.ndarray, out: np.ndarray) -> None:
@@ -281,7 +347,7 @@ def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.nda
     """`ACTIVATIONS[activation](y + bias)` for a [N, F] GEMM output, in place: bias and activation
     applied to one cache-sized block of rows at a time (one pass over memory instead of two)."""
     block = {"gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}[activation]
-    rows = max(1, BLOCK // y.shape[1])
+    rows = max(1, _block_elements(y.dtype) // y.shape[1])
 
     def run(first: int, last: int) -> None:
         for start in range(first * rows, min(last * rows, y.shape[0]), rows):
@@ -294,20 +360,71 @@ def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.nda
     return y
 
 
+# Attention over the valid keys only when every padding mask row is a prefix (right padding):
+# see `_attention_valid_keys`. False: always the full masked softmax (bit-identical to the steps).
+VALID_KEYS = True
+
+
+def _prefix_lengths(mask: np.ndarray) -> np.ndarray | None:
+    """Per batch row, the number of valid keys, if every row of the [B, S] mask is True then False
+    (right padding) and some row is padded; else None."""
+    lengths = mask.sum(axis=1)  # [B]
+    if mask.all() or not np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None]):  # (mask.all(): B = 0 too)
+        return None
+    return lengths
+
+
+def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray,
+                          want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Masked attention for right-padded rows, computed over each row's n valid keys only.
+
+    [B, h, S, d] x3, [B] -> context [B, S, h*d] (and the [B, h, S, S] probabilities, 0 at the
+    padded keys, when `want_probs`). The masked keys' weights are exactly 0 in the full masked
+    softmax, so leaving them out changes no term of the result, only the order of the roundings:
+    the row sums and the context's dot products have n terms instead of S (zeros dropped), which
+    can round differently (tests/test_kernels.py bounds it). No mask fill, and the scores, softmax
+    and context work on S x n instead of S x S. A row with no valid key attends to nothing (0).
+    """
+    b, h, s, d = q.shape
+    out = np.empty((b, s, h, d), np.result_type(q, v))
+    probs = np.zeros((b, h, s, s), out.dtype) if want_probs else None
+    scale = q.dtype.type(1.0 / np.sqrt(d))
+    for i, n in enumerate(lengths.tolist()):
+        if n == 0:
+            out[i] = 0
+            continue
+        scores = np.matmul(q[i] * scale, k[i, :, :n].transpose(0, 2, 1))  # [h, S, n]
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        np.matmul(scores, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
+        if probs is not None:
+            probs[i, :, :, :n] = scores
+    return out.reshape(b, s, h * d), probs
+
+
 def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activation: str, eps: float,
             hidden: list | None, attentions: list | None) -> np.ndarray:
     """The encoder layers of `encoder.forward`, op for op, on the kernels above. [B, S, H] -> [B, S, H]"""
     key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
+    lengths = _prefix_lengths(mask) if VALID_KEYS else None
     for p in params["layers"]:
         # Each intermediate is freed as soon as it is used (del), so that the next allocation can
         # reuse its memory: the peak stays near the FFN's [B, S, F] activation plus a few [B, S, H].
         q, k, v = (split_heads(dense(x, *p[name]), heads) for name in ("query", "key", "value"))  # [B, h, S, d]
-        probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
-        del q, k
-        if attentions is not None:
-            attentions.append(probs)
-        context = attention_context(probs, v)  # [B, S, A]
-        del probs, v
+        if lengths is not None:
+            context, probs = _attention_valid_keys(q, k, v, lengths, attentions is not None)  # [B, S, A]
+            del q, k, v
+            if attentions is not None:
+                attentions.append(probs)
+        else:
+            probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
+            del q, k
+            if attentions is not None:
+                attentions.append(probs)
+            context = attention_context(probs, v)  # [B, S, A]
+            del v
+        del probs
         residual = dense(context, *p["output"])  # [B, S, H]
         del context
         residual += x
@@ -363,7 +480,8 @@ def _find_openblas() -> tuple[Callable[[int], None], Callable[[], int]] | bool:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix, suffix in (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_"), ("scipy_openblas", "")):
+        names = (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_"), ("scipy_openblas", ""))
+        for prefix, suffix in names:
             setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
             getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
             if setter is not None and getter is not None:
@@ -417,13 +535,15 @@ def batch_parts(batch: int, sequence: int, hidden: int) -> int:
 def forward(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray,
             output_hidden_states: bool, output_attentions: bool) -> dict[str, Any]:
     """`encoder.forward` for the float32 and float64 policies with no trace: the same ops on the
-    same values (bit-identical outputs), arranged for speed.
+    same values, arranged for speed (bit-identical to the steps, except that attention over
+    right-padded rows runs over the valid keys only, within a few ulps: `_attention_valid_keys`).
 
     - The batch is split into `batch_parts(B)` parts, each run through the whole encoder by its
       own thread, with OpenBLAS at one thread: no fork/join around each GEMM, and every part's
       elementwise work runs on its own core. (A GEMM's rows do not depend on the other rows.)
     - The FFN bias and activation run together over cache-sized blocks (`_bias_activation`).
     - Every op comes from this module (in place, no merge copy, softmax one pass shorter).
+    - With right padding (`_prefix_lengths`), attention runs over each row's valid keys only.
     """
     parts = batch_parts(token_ids.shape[0], token_ids.shape[1], config.hidden_dim)
     args = (output_hidden_states, output_attentions)
@@ -457,7 +577,7 @@ def forward(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.nd
     out: dict[str, Any] = {}
     for key in results[0]:
         if key in ("hidden_states", "attention_probs"):
-            out[key] = [np.concatenate(layer) for layer in zip(*(r[key] for r in results))]
+            out[key] = [np.concatenate(layer) for layer in zip(*(r[key] for r in results), strict=True)]
         else:
             out[key] = np.concatenate([r[key] for r in results])
     # The pooler on the whole batch: a GEMM of B rows (one of a single row may round differently).
