@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class TokenEmbedding:
     compute dtype. Ids are range-checked like the backbone's inputs.
     """
 
-    def __init__(self, backbone: "BertBackbone"):
+    def __init__(self, backbone: BertBackbone):
         self._backbone = backbone
 
     @property
@@ -51,9 +52,11 @@ class TokenEmbedding:
         if reverse:
             hidden = np.asarray(inputs)
             if hidden.dtype.kind != "f" and hidden.dtype.name != "bfloat16":
-                raise TypeError(f"reverse=True expects floating hidden states [..., {self.output_dim}], got dtype {hidden.dtype}")
+                raise TypeError(f"reverse=True expects floating hidden states [..., {self.output_dim}], got dtype "
+                                f"{hidden.dtype}")
             if hidden.ndim < 1 or hidden.shape[-1] != self.output_dim:
-                raise ValueError(f"reverse=True expects hidden states of shape [..., {self.output_dim}], got {hidden.shape}")
+                raise ValueError(f"reverse=True expects hidden states of shape [..., {self.output_dim}], got "
+                                 f"{hidden.shape}")
             logits = np.matmul(policy.weight(hidden), table.T)  # [..., H] @ [H, V] -> [..., V]
             return policy.output(policy.round(logits))
         ids = encoder._as_int_array("token_ids", inputs)
@@ -174,7 +177,7 @@ class BertBackbone:
         return {**self.config.to_dict(), "dtype": self.dtype_policy.name}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "BertBackbone":
+    def from_config(cls, config: Mapping[str, Any]) -> BertBackbone:
         config = dict(config)
         dtype = config.pop("dtype", None)
         if isinstance(dtype, Mapping):  # a serialised keras DTypePolicy
@@ -225,7 +228,7 @@ class BertBackbone:
     # -- presets ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None) -> "BertBackbone":
+    def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None) -> BertBackbone:
         """Build a backbone from a preset.
 
         `preset` is a built-in name (see `BertBackbone.presets`), `"kaggle://owner/model/framework/
@@ -258,6 +261,7 @@ class BertBackbone:
         and lowercase flag of the preset this model was loaded from are kept."""
         from .checkpoints.native import save_preset
 
-        kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary") if self.preset_metadata.get(k) is not None}
+        kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary")
+                if self.preset_metadata.get(k) is not None}
         metadata = {**kept, "dtype": self.dtype_policy.name, "source": self.source}
         save_preset(preset_dir, self.config, dict(self._weights), metadata=metadata)

@@ -34,15 +34,26 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import __version__, scale
 from .backbone import BertBackbone
-from .compare import (DEFAULT_ATOL, DEFAULT_FLOOR_RATIO, DEFAULT_RTOL, PRECISIONS, check_candidate, compare,
-                      compare_to_truth, detect_precision, oracle_outputs, parse_tolerance)
+from .compare import (
+    DEFAULT_ATOL,
+    DEFAULT_FLOOR_RATIO,
+    DEFAULT_RTOL,
+    PRECISIONS,
+    check_candidate,
+    compare,
+    compare_to_truth,
+    detect_precision,
+    oracle_outputs,
+    parse_tolerance,
+)
 from .files import SUFFIXES, ArrayFileError, flatten_outputs, read_candidate, read_inputs, write_arrays
 from .precision import POLICY_NAMES
 from .presets import PRESETS, preset_config
@@ -135,11 +146,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
                      f"{c['vocabulary_size']:,}", meta["description"]))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for j, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:6], widths[1:6])] + [r[6]]
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:6], widths[1:6], strict=True)] + [r[6]]
         _say("  ".join(cells))
         if j == 0:
             _say("  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    _say("\nAlso accepted wherever PRESET is: a local preset directory, kaggle://owner/model/framework/variation[/version], "
+    _say("\nAlso accepted wherever PRESET is: a local preset directory, "
+         "kaggle://owner/model/framework/variation[/version], "
          "hf://owner/name[@revision].")
     return 0
 
@@ -454,6 +466,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if dst.exists() and dst.resolve() == Path(directory).resolve():
         raise UsageError(f"{dst} is the source preset's own directory")
     weights = ckpt.weights
+    assert weights is not None  # load_preset_dir reads the weights unless load_weights=False
     if args.dtype is not None:
         storage = get_policy(args.dtype).variable_dtype
         weights = {k: np.asarray(w).astype(storage) for k, w in weights.items()}
@@ -461,8 +474,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     metadata = {"source": f"{args.src} ({ckpt.format})", "lowercase": md.get("lowercase"),
                 "vocabulary": md.get("vocabulary"), "dtype": args.dtype or md.get("dtype")}
     save_preset(dst, ckpt.config, weights, metadata=metadata)
-    back = checkpoints.load_preset_dir(dst)
-    differ = [k for k in weights if not np.array_equal(np.asarray(weights[k]), back.weights[k])]
+    back = checkpoints.load_preset_dir(dst).weights
+    assert back is not None
+    differ = [k for k in weights if not np.array_equal(np.asarray(weights[k]), back[k])]
     if differ:
         raise UsageError(f"{dst}: read back differs from what was written at {differ[:3]}")
     _say(f"{dst}: native preset from {args.src} ({ckpt.format} format, {ckpt.config.count_params():,} parameters); "
@@ -622,7 +636,9 @@ class _IntermixedParser(argparse.ArgumentParser):
 
     _intermixing = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(  # type: ignore[override]  # one signature for argparse's overloads
+            self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         if self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True

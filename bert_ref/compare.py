@@ -59,11 +59,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import difflib
+import functools
 import math
 import re
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class Entry:
         index = self.valid.worst_index if index is None else index
         if index is None:
             return "-"
-        return ", ".join(f"{a} {i}" for a, i in zip(self.axes, index))
+        return ", ".join(f"{a} {i}" for a, i in zip(self.axes, index, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -269,9 +270,9 @@ class Report:
         at = first.where(stats.worst_index)
         head = f"First over tolerance: {first.key} ({_stage_phrase(first)}): "
         if stats.nonfinite:
-            return (head + f"{stats.nonfinite} non-finite candidate value(s) at {which}positions; the first at {at} "
-                    f"(reference {_num(stats.worst_reference, '.7g')}, candidate {_num(stats.worst_candidate, '.7g')}), "
-                    "error nan.")
+            return (head + f"{stats.nonfinite} non-finite candidate value(s) at {which}positions; the first at "
+                    f"{at} (reference {_num(stats.worst_reference, '.7g')}, candidate "
+                    f"{_num(stats.worst_candidate, '.7g')}), error nan.")
         values = (f"at {which}{at} the reference is {_num(stats.worst_reference, '.7g')} and the candidate "
                   f"{_num(stats.worst_candidate, '.7g')}: error {_num(stats.worst_error, '.3e')}")
         if self.floor_ratio_limit is not None:
@@ -287,8 +288,8 @@ class Report:
             return f"PASS: all {len(self.entries)} outputs within tolerance ({self._rule()}) at {scope}."
         first = self.first_failure
         assert first is not None
-        return (f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({self._rule()}) at {scope}.\n"
-                + self._first_sentence(first))
+        return (f"FAIL: {len(self.failures)} of {len(self.entries)} outputs over tolerance ({self._rule()}) "
+                f"at {scope}.\n" + self._first_sentence(first))
 
     def format_table(self) -> str:
         """A plain-text table, one row per output in computation order, then `summary()`."""
@@ -312,7 +313,8 @@ class Report:
             row.append("ok" if e.passed else "FAIL")
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        lines = ["  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         title = f"{self.candidate_name} vs {self.reference_name}"
@@ -424,6 +426,7 @@ def _placement(key: str) -> tuple[tuple[float, float], str, int | None]:
 
 def _axes(key: str, ndim: int) -> tuple[str, ...]:
     name = key.rsplit("/", 1)[-1].split(".")[0]
+    names: tuple[str, ...]
     if name in _ATTENTION_NAMES:
         names = ("batch", "head", "query", "key")
     elif key in TRACE_POOLER:
@@ -441,6 +444,7 @@ def _valid_mask(key: str, shape: tuple[int, ...], padding_mask: np.ndarray | Non
         return None
     b, s = padding_mask.shape
     name = key.rsplit("/", 1)[-1].split(".")[0]
+    expected: tuple[int | str, ...]
     if key in TRACE_POOLER:
         expected, valid = (b,), padding_mask[:, 0].reshape(b, *([1] * (len(shape) - 1)))
         ok = len(shape) >= 1 and shape[0] == b
@@ -602,7 +606,8 @@ def _stats(e: _Elementwise, select: np.ndarray | None) -> Stats | None:
 
 def _as_flat(outputs: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
     if not isinstance(outputs, Mapping):
-        raise TypeError(f"{what} must be a mapping of output keys to arrays (or forward's result), got {type(outputs).__name__}")
+        raise TypeError(f"{what} must be a mapping of output keys to arrays (or forward's result), "
+                        f"got {type(outputs).__name__}")
     return flatten_outputs(outputs)
 
 
@@ -764,10 +769,11 @@ def compare(
     if floor_ratio is not None:
         absent = [k for _, k in placed if k not in flo or k not in flo_ref]
         if absent:
-            raise ValueError(f"the floor-ratio mode needs a floor for every output; {floor_name} has no {', '.join(absent)}")
+            raise ValueError(f"the floor-ratio mode needs a floor for every output; {floor_name} has no "
+                             f"{', '.join(absent)}")
     u = UNIT_ROUNDOFF[precision or "float32"]
 
-    def entry(placement: tuple[tuple[int, str, int | None], str]) -> Entry:
+    def entry(placement: tuple[tuple[tuple[float, float], str, int | None], str]) -> Entry:
         (_, stage, layer), key = placement
         r, c = np.asarray(ref[key]), np.asarray(cand[key])
         if r.shape != c.shape:
@@ -784,7 +790,8 @@ def compare(
             f_stats = _stats(_elementwise(fr, f, 0.0, 0.0), valid)
             if f_stats is not None:
                 fr64 = np.abs(fr.astype(np.float64))
-                biggest = float(np.broadcast_to(valid, fr.shape).choose(0.0, fr64).max()) if valid is not None else float(fr64.max())
+                biggest = (float(np.broadcast_to(valid, fr.shape).choose(0.0, fr64).max()) if valid is not None
+                           else float(fr64.max()))
                 f_scale = max(f_stats.max_abs_error, u * biggest)
         if floor_ratio is not None:
             k_atol, k_rtol = (floor_ratio * f_scale if f_scale is not None else 0.0), 0.0
@@ -860,7 +867,8 @@ def expected_shapes(config: Any, batch: int, seq: int, keys: Iterable[str]) -> d
     return out
 
 
-def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[str, Any], source: str = "candidate") -> None:
+def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[str, Any],
+                    source: str = "candidate") -> None:
     """Check a candidate's keys and shapes against the model and the inputs, before running anything.
 
     Raises:
@@ -909,7 +917,8 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
     want_hidden = keys is not None and any(k.startswith("hidden_states.") for k in keys)
     want_att = keys is not None and any(k.startswith("attention_probs.") for k in keys)
     want_trace = keys is not None and any("/" in k for k in keys)
-    options = dict(output_hidden_states=want_hidden, output_attentions=want_att, trace=True if want_trace else None)
+    options: dict[str, Any] = dict(output_hidden_states=want_hidden, output_attentions=want_att,
+                                   trace=True if want_trace else None)
     if policy == model.dtype_policy:  # the model's own cast weights, prepared once
         out = model(inputs, **options)
     else:
@@ -980,7 +989,8 @@ def compare_to_truth(
         floor_name = "our float32 vs float64 truth x 2^-29"
     else:
         floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision], cache=cache)
-    return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol, rtol=DEFAULT_RTOL if rtol is None else rtol,
-                   padding_mask=inputs.get("padding_mask"), check_padded=check_padded, floor=floor,
+    return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol,
+                   rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=inputs.get("padding_mask"),
+                   check_padded=check_padded, floor=floor,
                    floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
                    candidate_name=candidate_name, floor_name=floor_name, notes=notes)

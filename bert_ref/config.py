@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import limits
 
@@ -95,14 +96,15 @@ class BertConfig:
                 f"hidden_dim // num_heads must be >= 1 (it is the per-head key_dim), got "
                 f"hidden_dim={self.hidden_dim}, num_heads={self.num_heads}"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not (
-            0.0 <= float(self.dropout) < 1.0
+        dropout: object = self.dropout  # checked at run time: any type may have been passed
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not (
+            0.0 <= float(dropout) < 1.0
         ):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        object.__setattr__(self, "dropout", float(self.dropout))
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        object.__setattr__(self, "dropout", float(dropout))
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        eps = self.layer_norm_epsilon
+        eps: object = self.layer_norm_epsilon  # checked at run time, like dropout
         if (isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(float(eps))
                 or not float(eps) > 0.0):
             raise ValueError(f"layer_norm_epsilon must be a positive number (finite: not NaN or inf), got {eps!r}")
@@ -177,7 +179,7 @@ class BertConfig:
         return {k: getattr(self, k) for k in KERAS_CONFIG_KEYS + EXTRA_CONFIG_KEYS}
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], *, source: str = "config") -> "BertConfig":
+    def from_dict(cls, config: Mapping[str, Any], *, source: str = "config") -> BertConfig:
         """Build from a keras-hub-style config dict; unknown keys are ignored, missing ones named.
 
         `source` names where the dict came from (e.g. a file path) so errors can say so.

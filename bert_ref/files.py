@@ -42,11 +42,12 @@ import dataclasses
 import difflib
 import json
 import os
-import tempfile
 import re
+import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,8 @@ class ArrayFileError(ValueError):
 def _suffix(path: Path, allowed: tuple[str, ...] = SUFFIXES) -> str:
     suffix = path.suffix.lower()
     if suffix not in allowed:
-        raise ArrayFileError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of {', '.join(allowed)}")
+        raise ArrayFileError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of "
+                             f"{', '.join(allowed)}")
     return suffix
 
 
@@ -216,7 +218,8 @@ def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -
         except ValueError as e:
             raise ArrayFileError(f"{path}: key {key!r} is not a rectangular nested list ({_one_line(e)})") from None
         if arr.dtype == object or arr.dtype.kind not in "biuf":
-            raise ArrayFileError(f"{path}: key {key!r} must be a rectangular nested list of numbers, got {arr.dtype} values")
+            raise ArrayFileError(f"{path}: key {key!r} must be a rectangular nested list of numbers, "
+                                 f"got {arr.dtype} values")
         out[key] = arr
     return out
 
@@ -245,7 +248,8 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
     try:
         if suffix == ".npz":
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
+                np.savez(f, **arrays)  # type: ignore[arg-type]
         elif suffix == ".safetensors":
             from safetensors.numpy import save_file
 
@@ -316,12 +320,14 @@ def check_inputs(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> di
         if shape is None:
             shape = arr.shape
         elif arr.shape != shape:
-            raise ArrayFileError(f"{source}: {key} has shape {arr.shape} but token_ids has shape {shape}; they must match")
+            raise ArrayFileError(f"{source}: {key} has shape {arr.shape} but token_ids has shape {shape}; "
+                                 "they must match")
         if key == "padding_mask" and arr.dtype.kind != "b":
             bad = (arr != 0) & (arr != 1)
             if bad.any():
                 pos = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
-                raise ArrayFileError(f"{source}: padding_mask[{pos}] = {arr[tuple(np.argwhere(bad)[0])]}; expected 0 or 1")
+                raise ArrayFileError(f"{source}: padding_mask[{pos}] = {arr[tuple(np.argwhere(bad)[0])]}; "
+                                     "expected 0 or 1")
             arr = arr != 0
         out[key] = arr
     return out
@@ -438,7 +444,8 @@ def read_candidate(path: str | os.PathLike) -> Candidate:
             notes.append(f"{key} read as {OUTPUT_ALIASES[key]}")
         elif key in ("hidden_states", "attentions"):
             name, ndim = ("hidden_states", 4) if key == "hidden_states" else ("attention_probs", 5)
-            want = "[L+1, batch, sequence, hidden]" if key == "hidden_states" else "[L, batch, heads, sequence, sequence]"
+            want = ("[L+1, batch, sequence, hidden]" if key == "hidden_states"
+                    else "[L, batch, heads, sequence, sequence]")
             if arr.ndim != ndim:
                 raise ArrayFileError(f"{path}: {key} has shape {arr.shape}; a stacked {key} array is {ndim}-D {want}")
             for i in range(arr.shape[0]):

@@ -170,4 +170,5 @@ def check_forward(config: Any, batch: int, sequence: int, itemsize: int, policy:
             "smaller batches, or raise the limit")
 
 
-__all__ = ["LIMITS", "LimitError", "check", "check_forward", "forward_bytes", "env_name", "json_depth", "limit", "load_file", "loads"]
+__all__ = ["LIMITS", "LimitError", "check", "check_forward", "forward_bytes", "env_name", "json_depth", "limit",
+           "load_file", "loads"]

@@ -26,8 +26,9 @@ import json
 import os
 import tempfile
 import weakref
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from . import __version__
 _OFF = ("off", "0", "false", "no")
 DEFAULT_LIMIT_MB = 2048
 
-_digests: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_digests: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def cache_root() -> Path | None:
@@ -93,7 +94,7 @@ def _hash_weights(weights: Mapping[str, Any]) -> str:
     for name in sorted(weights):
         w = np.ascontiguousarray(weights[name])
         h.update(f"{name}|{w.dtype.str}|{w.dtype.name}|{w.shape}|".encode())
-        h.update(memoryview(w).cast("B"))
+        h.update(w.data.cast("B"))
     return h.hexdigest()
 
 
@@ -154,7 +155,7 @@ def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str, keys: Ite
             a = np.ascontiguousarray(np.asarray(inputs[name]))
             a = a.astype(bool) if name == "padding_mask" else a.astype(np.int64)
             h.update(f"|{name}|{a.shape}|".encode())
-            h.update(memoryview(a).cast("B"))
+            h.update(a.data.cast("B"))
     return h.hexdigest()
 
 
@@ -198,7 +199,8 @@ def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=root)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+            # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
+            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
         os.replace(tmp, path)
         tmp = None
     except OSError:

@@ -6,14 +6,16 @@ count and the Kaggle handle keras-hub resolves the name to. Downloading lives in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from .config import BertConfig
 
 _EN = "Trained on English Wikipedia + BooksCorpus."
 
 
-def _entry(description: str, params: int, handle: str, **arch: int) -> dict:
+def _entry(description: str, params: int, handle: str, **arch: Any) -> Mapping[str, Any]:
     config = BertConfig(**arch)
     return MappingProxyType(
         {

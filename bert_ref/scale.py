@@ -474,7 +474,7 @@ class _Engine:
             names[d.key] = i
             delayed.append(d)
 
-        def posttask(key, result, dsk, state, worker_id):
+        def posttask(key: object, result: Any, dsk: object, state: object, worker_id: object) -> None:
             if key in names:
                 done(names[key], result)
 

@@ -39,14 +39,18 @@ normalisation run in float64 and the result is returned in the backbone's comput
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .checkpoints.base import CheckpointError, check_regular_file, read_optional_json
 from .tokenizer import BertTokenizer, pack
+
+if TYPE_CHECKING:
+    from .backbone import BertBackbone
 
 __all__ = ["DenseLayer", "SentenceEncoder", "SentenceSettings", "read_sentence_settings", "pool", "POOLING_MODES"]
 
@@ -217,7 +221,7 @@ def _read_dense(directory: Path) -> DenseLayer:
     if not isinstance(config, dict):
         raise FileNotFoundError(f"the Dense module's configuration {path} is missing")
 
-    def field(key, kind, default=None):
+    def field(key: str, kind: type, default: Any = None) -> Any:
         value = config.get(key, default)
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
             raise ValueError(f"{path}: {key} must be {'true or false' if kind is bool else 'a ' + kind.__name__}, "
@@ -297,7 +301,7 @@ def pool(sequence_output: np.ndarray, padding_mask: np.ndarray, mode: str | Sequ
     return sums / np.maximum(counts, 1e-9)                               # [B, H]
 
 
-def _check_pooling(pooling) -> None:
+def _check_pooling(pooling: object) -> None:
     modes = (pooling,) if isinstance(pooling, str) else pooling
     if not isinstance(modes, (tuple, list)) or not modes or any(m not in POOLING_MODES for m in modes):
         raise ValueError(f"pooling={pooling!r} is not one of {POOLING_MODES} (or a tuple of them)")
@@ -324,9 +328,9 @@ class SentenceEncoder:
         dense: `DenseLayer`s applied in order after pooling (sentence-transformers' Dense modules).
     """
 
-    def __init__(self, backbone, tokenizer: BertTokenizer, *, pooling: str | tuple[str, ...] = "mean",
+    def __init__(self, backbone: BertBackbone, tokenizer: BertTokenizer, *, pooling: str | tuple[str, ...] = "mean",
                  normalize: bool = False, max_sequence_length: int | None = None,
-                 lowercase_input: bool = False, dense: Sequence[DenseLayer] = ()):
+                 lowercase_input: bool = False, dense: Sequence[DenseLayer] = ()) -> None:
         _check_pooling(pooling)
         limit = backbone.config.max_sequence_length
         if max_sequence_length is None:
@@ -348,9 +352,10 @@ class SentenceEncoder:
         self.dense = tuple(dense)
 
     @classmethod
-    def from_preset(cls, preset: str | os.PathLike, dtype=None, *, pooling: str | None = None,
+    def from_preset(cls, preset: str | os.PathLike, dtype: Any = None, *,
+                    pooling: str | tuple[str, ...] | None = None,
                     normalize: bool | None = None, max_sequence_length: int | None = None
-                    ) -> "SentenceEncoder":
+                    ) -> SentenceEncoder:
         """Backbone, tokenizer and sentence-transformers settings of a preset (see the module doc).
 
         Explicit `pooling`, `normalize` and `max_sequence_length` override the preset's settings.
@@ -367,7 +372,7 @@ class SentenceEncoder:
         return cls(
             backbone, tokenizer,
             pooling=pooling or settings.pooling or "mean",
-            normalize=settings.normalize if normalize is None else normalize,
+            normalize=bool(settings.normalize) if normalize is None else normalize,
             max_sequence_length=max_sequence_length,
             lowercase_input=settings.do_lower_case,
             dense=settings.dense,
@@ -380,18 +385,19 @@ class SentenceEncoder:
         Texts are batched `batch_size` at a time, each batch padded to its longest text.
         """
         single = isinstance(texts, str)
-        batch = [texts] if single else texts
-        if isinstance(batch, np.ndarray):
-            batch = batch.tolist()
-        if not isinstance(batch, Sequence):
+        given: object = [texts] if single else texts
+        if isinstance(given, np.ndarray):
+            given = given.tolist()
+        if not isinstance(given, Sequence):
             raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-        if len(batch) == 0:
+        if len(given) == 0:
             raise ValueError("texts is empty: give at least one text")
-        for i, t in enumerate(batch):
+        for i, t in enumerate(given):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
             if t == "":
                 raise ValueError(f"texts[{i}] is an empty string: there is nothing to embed")
+        batch = cast(Sequence[str], given)  # every item checked above
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size = {batch_size!r} must be an int >= 1")
         pooling = self.pooling if pooling is None else pooling
@@ -405,9 +411,9 @@ class SentenceEncoder:
                 chunk = [t.lower() for t in chunk]
             ids = [self.tokenizer.encode(t, self.max_sequence_length - 2) for t in chunk]
             length = max(len(x) for x in ids) + 2
-            t = self.tokenizer
-            inputs = pack([ids], sequence_length=length, cls_id=t.cls_token_id,
-                          sep_id=t.sep_token_id, pad_id=t.pad_token_id)
+            tok = self.tokenizer
+            inputs = pack([ids], sequence_length=length, cls_id=tok.cls_token_id,
+                          sep_id=tok.sep_token_id, pad_id=tok.pad_token_id)
             result = self.backbone(inputs)
             vectors = pool(result["sequence_output"], inputs["padding_mask"], pooling,
                            result.get("pooled_output"))                 # [B, H * modes]

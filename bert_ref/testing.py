@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +143,8 @@ def assert_close_to_reference(
 
     detected = detect_precision(flat)
     use_truth = truth if truth is not None else (
-        precision is not None or floor_ratio is not None or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
+        precision is not None or floor_ratio is not None
+        or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
     if use_truth:
         report = compare_to_truth(model, ins, flat, precision=precision, floor_ratio=floor_ratio, atol=atol, rtol=rtol,
                                   check_padded=check_padded, notes=notes, cache=cache)

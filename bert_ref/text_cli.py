@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -105,7 +106,7 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(register) -> None:
+def add_commands(register: Callable[..., None]) -> None:
     register("embed", "sentence embeddings of texts", _configure_embed, _run_embed,
              "Embed each TEXT (or each non-blank stdin line) with PRESET: tokenize, run the backbone, "
              "pool and optionally normalise, following the preset's sentence-transformers settings "

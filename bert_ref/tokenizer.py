@@ -36,8 +36,9 @@ import bisect
 import os
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -273,7 +274,7 @@ def pack(segments: Sequence[Sequence[Sequence[int]]], *, sequence_length: int, c
         parts = [list(seg[b]) for seg in segments]
         kept = truncate_lengths([len(p) for p in parts], sequence_length - minimum, truncate)
         ids, segs = [cls_id], [0]
-        for k, (part, n) in enumerate(zip(parts, kept)):
+        for k, (part, n) in enumerate(zip(parts, kept, strict=True)):
             ids += part[:n] + [sep_id]
             segs += [k] * (n + 1)
         token_ids[b, : len(ids)] = ids
@@ -317,8 +318,8 @@ def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | N
 
     Hugging Face layout: `vocab.txt` + `tokenizer_config.json` (`do_lower_case`), or the normalizer
     of `tokenizer.json`; without `vocab.txt` (transformers >= 5 does not write one), the WordPiece
-    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout: `assets/tokenizer/vocabulary.txt` + `tokenizer.json`
-    (`config.lowercase`). The flag is None when no file states it.
+    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout:
+    `assets/tokenizer/vocabulary.txt` + `tokenizer.json` (`config.lowercase`). The flag is None when no file states it.
     """
     d = Path(directory)
     keras_vocab = d / "assets" / "tokenizer" / "vocabulary.txt"
@@ -381,15 +382,16 @@ class BertTokenizer:
     """
 
     def __init__(self, vocabulary: str | os.PathLike | Sequence[str], lowercase: bool = False, *,
-                 strip_accents: bool | None = None, special_tokens_in_strings: bool = False):
-        if isinstance(vocabulary, (str, os.PathLike)):
-            path = Path(vocabulary)
+                 strip_accents: bool | None = None, special_tokens_in_strings: bool = False) -> None:
+        given: object = vocabulary  # checked at run time, bytes included
+        if isinstance(given, (str, os.PathLike)):
+            path = Path(given)
             if not path.is_file():
                 raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
             tokens = read_vocabulary(path)
             where = f"vocabulary file {str(path)!r}"
-        elif isinstance(vocabulary, Sequence) and not isinstance(vocabulary, bytes):
-            tokens = list(vocabulary)
+        elif isinstance(given, Sequence) and not isinstance(given, bytes):
+            tokens = list(given)
             for i, t in enumerate(tokens):
                 if not isinstance(t, str):
                     raise TypeError(f"vocabulary[{i}] must be a str, got {type(t).__name__}")
@@ -420,7 +422,7 @@ class BertTokenizer:
         self.mask_token_id = self._ids.get(MASK)
 
     @classmethod
-    def from_preset(cls, preset: str | os.PathLike, **kwargs) -> "BertTokenizer":
+    def from_preset(cls, preset: str | os.PathLike, **kwargs: Any) -> BertTokenizer:
         """The tokenizer of a preset: a local directory (Hugging Face or keras-hub layout), a
         built-in name, `kaggle://...` or `hf://...` (see `bert_ref.hub.resolve`).
 
@@ -555,7 +557,7 @@ _BOUNDARY = re.compile("[" + re.escape("".join(sorted(WHITESPACE))) + r"]|[!-/:-
 _BLOCK_CHARS = 4096
 
 
-def _blocks(text: str):
+def _blocks(text: str) -> Iterator[str]:
     """`text` in consecutive pieces of about `_BLOCK_CHARS` characters, each cut just before a
     whitespace or ASCII punctuation character (a word boundary, and a starter for NFD), so that
     normalizing and splitting the pieces gives the words of the whole. A run with no such
@@ -568,7 +570,7 @@ def _blocks(text: str):
         start = end
 
 
-def _check_sequence_length(sequence_length) -> None:
+def _check_sequence_length(sequence_length: object) -> None:
     from . import limits
 
     if isinstance(sequence_length, bool) or not isinstance(sequence_length, (int, np.integer)):
@@ -576,12 +578,12 @@ def _check_sequence_length(sequence_length) -> None:
     limits.check("sequence_length", int(sequence_length), "sequence_length")
 
 
-def _check_text(text, name: str) -> None:
+def _check_text(text: object, name: str) -> None:
     if not isinstance(text, str):
         raise TypeError(f"{name} must be a str, got {type(text).__name__}")
 
 
-def _as_batch(texts, name: str) -> list[str]:
+def _as_batch(texts: object, name: str) -> list[str]:
     if isinstance(texts, str):
         return [texts]
     if isinstance(texts, np.ndarray):

@@ -35,8 +35,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import pytest
-
 from bert_ref.hub import store
 
 LFS_SUFFIXES = (".safetensors", ".h5", ".bin")
@@ -117,7 +115,7 @@ class FakeHub:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -322,7 +320,7 @@ def zip_bytes(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None
     return buf.getvalue()
 
 
-# -- helpers and fixtures shared by tests/test_hub*.py -------------------------------------------
+# -- helpers shared by tests/test_hub*.py (the fixtures are in conftest.py) -------------------------------------------
 def dir_contents(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
             if p.is_file() and p.name != store.MARKER}
@@ -356,37 +354,3 @@ def make_hf_cache(root: Path, repo: str, files: dict[str, bytes], ref: str = "ma
         (snap / name).parent.mkdir(parents=True, exist_ok=True)
         (snap / name).symlink_to(os.path.relpath(blob, (snap / name).parent))
     return snap
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY",
-                "BERT_REF_OFFLINE", "HF_HUB_OFFLINE", "BERT_REF_QUIET", "XDG_CACHE_HOME",
-                "HF_TOKEN_PATH", "BERT_REF_HTTP_TIMEOUT", "HTTP_PROXY", "HTTPS_PROXY",
-                "http_proxy", "https_proxy", "BERT_REF_MAX_DOWNLOAD_BYTES", "BERT_REF_DOWNLOAD_DEADLINE",
-                "BERT_REF_MAX_ARCHIVE_BYTES", "BERT_REF_MAX_ARCHIVE_ENTRIES", "BERT_REF_MAX_JSON_BYTES",
-                "BERT_REF_MAX_JSON_DEPTH"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("BERT_REF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_hub"))
-    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle_config"))
-    monkeypatch.setenv("BERT_REF_HTTP_RETRIES", "3")
-    monkeypatch.setenv("BERT_REF_HTTP_BACKOFF", "0.01")
-    return tmp_path
-
-
-@pytest.fixture
-def server(monkeypatch):
-    fake = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.setenv("KAGGLE_API_ENDPOINT", fake.url)
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def cache(isolated) -> Path:
-    return isolated / "cache"

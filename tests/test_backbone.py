@@ -123,7 +123,8 @@ def test_weights_missing_extra_and_misshaped_are_named():
     good = dict(BertBackbone(**SMALL, seed=0).weights)
     missing = dict(good)
     del missing["transformer_layer_1/feedforward_output_dense/bias"]
-    with pytest.raises(ValueError, match=re.escape("missing transformer_layer_1/feedforward_output_dense/bias (expected shape (8,))")):
+    with pytest.raises(ValueError, match=re.escape("missing transformer_layer_1/feedforward_output_dense/bias "
+                                                   "(expected shape (8,))")):
         BertBackbone(**SMALL, weights=missing)
     extra = dict(good, **{"cls/bias": np.zeros(3)})
     with pytest.raises(ValueError, match="unexpected cls/bias"):
@@ -264,9 +265,11 @@ def test_unknown_policy_is_an_error():
 @pytest.mark.parametrize("bad, exc, message", [
     ({"token_ids": [[1, -1, 2]]}, ValueError, r"token_ids[0, 1] = -1 is outside [0, 40): vocabulary_size is 40"),
     ({"token_ids": [[1, 2], [3, 40]]}, ValueError, r"token_ids[1, 1] = 40 is outside [0, 40): vocabulary_size is 40"),
-    ({"token_ids": [[1, 2]], "segment_ids": [[0, 3]]}, ValueError, r"segment_ids[0, 1] = 3 is outside [0, 3): num_segments is 3"),
+    ({"token_ids": [[1, 2]], "segment_ids": [[0, 3]]}, ValueError, r"segment_ids[0, 1] = 3 is outside [0, 3): "
+                                                                   r"num_segments is 3"),
     ({"token_ids": [[1, 2]], "segment_ids": [[-1, 0]]}, ValueError, r"segment_ids[0, 0] = -1 is outside [0, 3)"),
-    ({"token_ids": [[1, 2]], "padding_mask": [[1, 2]]}, ValueError, r"padding_mask[0, 1] = 2 is not a valid mask value"),
+    ({"token_ids": [[1, 2]], "padding_mask": [[1, 2]]}, ValueError,
+     r"padding_mask[0, 1] = 2 is not a valid mask value"),
     ({"token_ids": [[1, 2]], "padding_mask": [[0.5, 1]]}, ValueError, r"padding_mask[0, 0] = 0.5"),
     ({"token_ids": [[1, 2]], "padding_mask": [["a", "b"]]}, TypeError, r"padding_mask must be bool or 0/1 numbers"),
     ({"token_ids": [[1.0, 2.0]]}, TypeError, r"token_ids must hold integers, got dtype float64"),
@@ -276,9 +279,12 @@ def test_unknown_policy_is_an_error():
     ({"token_ids": [1, 2, 3]}, ValueError, r"token_ids must be 2-D (batch, sequence), got shape (3,)"),
     ({"token_ids": [[[1]]]}, ValueError, r"token_ids must be 2-D (batch, sequence), got shape (1, 1, 1)"),
     ({"token_ids": [[1, 2]], "segment_ids": [0, 0]}, ValueError, r"segment_ids must be 2-D"),
-    ({"token_ids": [[1, 2]], "segment_ids": [[0, 0, 0]]}, ValueError, r"segment_ids has shape (1, 3) but token_ids has shape (1, 2)"),
-    ({"token_ids": [[1, 2]], "padding_mask": [[1], [1]]}, ValueError, r"padding_mask has shape (2, 1) but token_ids has shape (1, 2)"),
-    ({"token_ids": np.ones((1, 11), int)}, ValueError, r"sequence length 11 exceeds max_sequence_length 10 (valid lengths are 1..10)"),
+    ({"token_ids": [[1, 2]], "segment_ids": [[0, 0, 0]]}, ValueError, r"segment_ids has shape (1, 3) but token_ids "
+                                                                      r"has shape (1, 2)"),
+    ({"token_ids": [[1, 2]], "padding_mask": [[1], [1]]}, ValueError, r"padding_mask has shape (2, 1) but token_ids "
+                                                                      r"has shape (1, 2)"),
+    ({"token_ids": np.ones((1, 11), int)}, ValueError, r"sequence length 11 exceeds max_sequence_length 10 (valid "
+                                                       r"lengths are 1..10)"),
     ({"token_ids": np.ones((2, 0), int)}, ValueError, r"sequence length is 0"),
     ({"token_ids": [[1]], "mask": [[1]]}, ValueError, r"unknown input key(s) ['mask']"),
     ({"segment_ids": [[1]]}, ValueError, r"inputs must contain 'token_ids'"),

@@ -13,8 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bert_ref import BertConfig
-from bert_ref.checkpoints import CheckpointError, detect_format, load_preset_dir
-from bert_ref.checkpoints import huggingface
+from bert_ref.checkpoints import CheckpointError, detect_format, huggingface, load_preset_dir
 
 HF_CONFIG = {
     "architectures": ["BertModel"],
@@ -77,7 +76,8 @@ def write_hf(directory: Path, config: dict = HF_CONFIG, tensors: dict | None = N
     return tensors
 
 
-def expected_canonical(t: dict[str, np.ndarray], n: int, prefix: str = "", ln=("weight", "bias")) -> dict[str, np.ndarray]:
+def expected_canonical(t: dict[str, np.ndarray], n: int, prefix: str = "",
+                       ln=("weight", "bias")) -> dict[str, np.ndarray]:
     """Written out by hand (independently of the reader's tables)."""
     g, b = ln
     e = {
@@ -146,13 +146,15 @@ def test_hidden_act(tmp_path, act, expected):
 @pytest.mark.parametrize("act", ["relu", "gelu_fast", "quick_gelu", "silu"])
 def test_unsupported_hidden_act_is_a_clear_error(tmp_path, act):
     write_hf(tmp_path, dict(HF_CONFIG, hidden_act=act))
-    with pytest.raises(CheckpointError, match=rf"config\.json: hidden_act '{act}' is not supported; supported: \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\]"):
+    with pytest.raises(CheckpointError, match=rf"config\.json: hidden_act '{act}' is not supported; supported: "
+                                              r"\['gelu', 'gelu_new', 'gelu_pytorch_tanh'\]"):
         load_preset_dir(tmp_path)
 
 
 def test_defaults_follow_transformers(tmp_path):
     config = {k: v for k, v in HF_CONFIG.items()
-              if k not in ("hidden_act", "layer_norm_eps", "type_vocab_size", "max_position_embeddings", "hidden_dropout_prob")}
+              if k not in ("hidden_act", "layer_norm_eps", "type_vocab_size", "max_position_embeddings",
+                           "hidden_dropout_prob")}
     (tmp_path / "config.json").write_text(json.dumps(config))
     c = load_preset_dir(tmp_path, load_weights=False).config
     assert (c.activation, c.layer_norm_epsilon, c.num_segments, c.max_sequence_length, c.dropout) == (
@@ -197,7 +199,8 @@ def test_tokenizer_metadata(tmp_path):
     ckpt = load_preset_dir(tmp_path)
     assert ckpt.metadata["lowercase"] is False and ckpt.metadata["vocabulary"] == tmp_path / "vocab.txt"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": "yes"}))
-    with pytest.raises(CheckpointError, match=r"tokenizer_config\.json: do_lower_case must be true or false, got 'yes'"):
+    with pytest.raises(CheckpointError,
+                       match=r"tokenizer_config\.json: do_lower_case must be true or false, got 'yes'"):
         load_preset_dir(tmp_path)
 
 
@@ -236,7 +239,8 @@ def test_sharded_checkpoint(tmp_path):
 def test_missing_shard(tmp_path):
     write_sharded(tmp_path, hf_tensors(HF_CONFIG))
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"index\.json: shard 'model-00002-of-00002\.safetensors' is listed but .* does not exist"):
+    with pytest.raises(CheckpointError, match=r"index\.json: shard 'model-00002-of-00002\.safetensors' is listed but "
+                                              r".* does not exist"):
         load_preset_dir(tmp_path)
 
 
@@ -275,14 +279,16 @@ def test_pytorch_bin_only_is_refused_without_unpickling(tmp_path):
             return (os.mkdir, (str(sentinel),))
 
     (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(Trap()))
-    with pytest.raises(CheckpointError, match=r"only pytorch_model\.bin \(a PyTorch pickle\) was found; .*never unpickles.*safetensors"):
+    with pytest.raises(CheckpointError, match=r"only pytorch_model\.bin \(a PyTorch pickle\) was found; .*never "
+                                              r"unpickles.*safetensors"):
         load_preset_dir(tmp_path)
     assert not sentinel.exists()
 
 
 def test_no_weights_at_all(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
-    with pytest.raises(CheckpointError, match=r"no weights found: looked for model\.safetensors and model\.safetensors\.index\.json"):
+    with pytest.raises(CheckpointError, match=r"no weights found: looked for model\.safetensors and "
+                                              r"model\.safetensors\.index\.json"):
         load_preset_dir(tmp_path)
 
 
@@ -290,7 +296,8 @@ def test_missing_pooler_is_explained(tmp_path):
     tensors = hf_tensors(HF_CONFIG)
     del tensors["pooler.dense.weight"], tensors["pooler.dense.bias"]
     write_hf(tmp_path, HF_CONFIG, tensors)
-    with pytest.raises(CheckpointError, match=r"missing tensors 'pooler\.dense\.weight' and 'pooler\.dense\.bias'.*add_pooling_layer=False"):
+    with pytest.raises(CheckpointError, match=r"missing tensors 'pooler\.dense\.weight' and "
+                                              r"'pooler\.dense\.bias'.*add_pooling_layer=False"):
         load_preset_dir(tmp_path)
 
 
@@ -298,7 +305,9 @@ def test_missing_tensor_names_the_file_and_hf_name(tmp_path):
     tensors = hf_tensors(HF_CONFIG)
     del tensors["encoder.layer.1.output.dense.bias"]
     write_hf(tmp_path, HF_CONFIG, tensors)
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing 1 tensor\(s\): 'encoder\.layer\.1\.output\.dense\.bias' \(canonical 'transformer_layer_1/feedforward_output_dense/bias'\)"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing 1 tensor\(s\): "
+                                              r"'encoder\.layer\.1\.output\.dense\.bias' "
+                                              r"\(canonical 'transformer_layer_1/feedforward_output_dense/bias'\)"):
         load_preset_dir(tmp_path)
 
 
@@ -313,7 +322,8 @@ def test_unknown_body_tensor(tmp_path):
     tensors = hf_tensors(HF_CONFIG)
     tensors["encoder.layer.0.attention.self.rotary.weight"] = np.zeros(2, np.float32)
     write_hf(tmp_path, HF_CONFIG, tensors)
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: unexpected tensor 'encoder\.layer\.0\.attention\.self\.rotary\.weight'"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: unexpected tensor "
+                                              r"'encoder\.layer\.0\.attention\.self\.rotary\.weight'"):
         load_preset_dir(tmp_path)
 
 
@@ -321,13 +331,16 @@ def test_wrong_shape_is_reported_in_torch_layout(tmp_path):
     tensors = hf_tensors(HF_CONFIG)
     tensors["encoder.layer.0.intermediate.dense.weight"] = np.zeros((12, 9), np.float32)
     write_hf(tmp_path, HF_CONFIG, tensors)
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'encoder\.layer\.0\.intermediate\.dense\.weight' has shape \(12, 9\), expected \(12, 8\) \(torch Linear weights are \(out, in\)\)"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor "
+                                              r"'encoder\.layer\.0\.intermediate\.dense\.weight' has shape \(12, 9\), "
+                                              r"expected \(12, 8\) \(torch Linear weights are \(out, in\)\)"):
         load_preset_dir(tmp_path)
 
 
 def test_vocab_size_disagreeing_with_embedding(tmp_path):
     write_hf(tmp_path, HF_CONFIG, hf_tensors(dict(HF_CONFIG, vocab_size=41)))
-    with pytest.raises(CheckpointError, match=r"'embeddings\.word_embeddings\.weight' has shape \(41, 8\), expected \(40, 8\)"):
+    with pytest.raises(CheckpointError, match=r"'embeddings\.word_embeddings\.weight' has shape \(41, 8\), expected "
+                                              r"\(40, 8\)"):
         load_preset_dir(tmp_path)
 
 

@@ -125,14 +125,17 @@ def test_missing_h5py_says_how_to_install(preset, monkeypatch):
 def test_missing_dataset(preset):
     with h5py.File(preset / "model.weights.h5", "r+") as f:
         del f["layers/transformer_encoder_2/_feedforward_layer_norm/vars/1"]
-    with pytest.raises(CheckpointError, match=r"model\.weights\.h5: missing tensor 'layers/transformer_encoder_2/_feedforward_layer_norm/vars/1' \(canonical 'transformer_layer_2/feedforward_layer_norm/beta'\)"):
+    with pytest.raises(CheckpointError, match=r"model\.weights\.h5: missing tensor "
+                                              r"'layers/transformer_encoder_2/_feedforward_layer_norm/vars/1' "
+                                              r"\(canonical 'transformer_layer_2/feedforward_layer_norm/beta'\)"):
         load_preset_dir(preset)
 
 
 def test_unexpected_dataset(preset):
     with h5py.File(preset / "model.weights.h5", "r+") as f:
         f["layers/transformer_encoder_3/_feedforward_layer_norm/vars/0"] = np.zeros(16, np.float32)
-    with pytest.raises(CheckpointError, match=r"model\.weights\.h5: 1 unexpected tensor\(s\) for a 3-layer BertBackbone: 'layers/transformer_encoder_3/"):
+    with pytest.raises(CheckpointError, match=r"model\.weights\.h5: 1 unexpected tensor\(s\) for a 3-layer "
+                                              r"BertBackbone: 'layers/transformer_encoder_3/"):
         load_preset_dir(preset)
 
 
@@ -140,7 +143,10 @@ def test_wrong_shape(preset):
     with h5py.File(preset / "model.weights.h5", "r+") as f:
         del f["layers/transformer_encoder_1/_self_attention_layer/key_dense/vars/0"]
         f["layers/transformer_encoder_1/_self_attention_layer/key_dense/vars/0"] = np.zeros((16, 16), np.float32)
-    with pytest.raises(CheckpointError, match=r"tensor 'layers/transformer_encoder_1/_self_attention_layer/key_dense/vars/0' \(canonical 'transformer_layer_1/self_attention_layer/key/kernel'\) has shape \(16, 16\), expected \(16, 4, 4\)"):
+    with pytest.raises(CheckpointError, match=r"tensor "
+                                              r"'layers/transformer_encoder_1/_self_attention_layer/key_dense/vars/0' "
+                                              r"\(canonical 'transformer_layer_1/self_attention_layer/key/kernel'\) "
+                                              r"has shape \(16, 16\), expected \(16, 4, 4\)"):
         load_preset_dir(preset)
 
 
@@ -148,7 +154,9 @@ def test_config_disagreeing_with_weights(preset):
     config = json.loads((preset / "config.json").read_text())
     config["config"]["vocabulary_size"] = 101
     (preset / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"'layers/reversible_embedding/vars/0' \(canonical 'token_embedding/embeddings'\) has shape \(100, 16\), expected \(101, 16\)"):
+    with pytest.raises(CheckpointError, match=r"'layers/reversible_embedding/vars/0' \(canonical "
+                                              r"'token_embedding/embeddings'\) has shape \(100, 16\), "
+                                              r"expected \(101, 16\)"):
         load_preset_dir(preset)
 
 
@@ -156,7 +164,8 @@ def test_layer_numbering_is_checked_against_layer_names(preset):
     with h5py.File(preset / "model.weights.h5", "r+") as f:
         f["layers/transformer_encoder_1/vars"].attrs["name"] = "transformer_layer_2"
         f["layers/transformer_encoder_2/vars"].attrs["name"] = "transformer_layer_1"
-    with pytest.raises(CheckpointError, match=r"layers/transformer_encoder_1 is named 'transformer_layer_2', expected transformer_layer_1"):
+    with pytest.raises(CheckpointError, match=r"layers/transformer_encoder_1 is named 'transformer_layer_2', expected "
+                                              r"transformer_layer_1"):
         load_preset_dir(preset)
 
 

@@ -54,7 +54,7 @@ def test_float64_matches_transformers_double(minilm_dir, golden):
     expected = _expected(arrays, "float64", model.config.num_layers)
     errors = {"sequence_output": np.max(np.abs(out["sequence_output"] - expected["sequence_output"])),
               "pooled_output": np.max(np.abs(out["pooled_output"] - expected["pooled_output"]))}
-    for i, (ours, theirs) in enumerate(zip(out["hidden_states"], expected["hidden_states"])):
+    for i, (ours, theirs) in enumerate(zip(out["hidden_states"], expected["hidden_states"], strict=True)):
         errors[f"hidden_states[{i}]"] = np.max(np.abs(ours - theirs))
     assert out["sequence_output"].dtype == np.float64
     assert max(errors.values()) <= tolerance, errors  # measured: 2.4e-14 (all positions)
@@ -71,7 +71,7 @@ def test_float32_matches_transformers_float32(minilm_dir, golden):
     pooled = np.max(np.abs(out["pooled_output"] - expected["pooled_output"]))
     assert pooled <= tolerance, pooled  # measured: 2.7e-7
     for i, (ours, theirs) in enumerate(zip(out["hidden_states"] + [out["sequence_output"]],
-                                           expected["hidden_states"] + [expected["sequence_output"]])):
+                                           expected["hidden_states"] + [expected["sequence_output"]], strict=True)):
         err = np.max(np.abs(ours - theirs)[valid])
         assert err <= tolerance, f"hidden state {i}: {err:.3g} at valid positions"  # measured: <= 4.3e-6
 
@@ -85,8 +85,10 @@ def test_float32_padded_positions_against_the_float64_truth(minilm_dir, golden):
     truth = _expected(arrays, "float64", model.config.num_layers)
     theirs32 = _expected(arrays, "float32", model.config.num_layers)
     padded = ~inputs["padding_mask"].astype(bool)
-    ours_err = max(np.max(np.abs(o - t)[padded]) for o, t in zip(out["hidden_states"], truth["hidden_states"]))
-    their_err = max(np.max(np.abs(o - t)[padded]) for o, t in zip(theirs32["hidden_states"], truth["hidden_states"]))
+    ours_err = max(np.max(np.abs(o - t)[padded])
+                   for o, t in zip(out["hidden_states"], truth["hidden_states"], strict=True))
+    their_err = max(np.max(np.abs(o - t)[padded])
+                    for o, t in zip(theirs32["hidden_states"], truth["hidden_states"], strict=True))
     assert ours_err <= their_err, (ours_err, their_err)  # measured: 4.6e-5 vs 1.3e-4
 
 

@@ -108,11 +108,16 @@ def test_load_weights_false_reads_only_the_config(tmp_path):
 def test_save_checks_weights_before_writing(tmp_path):
     weights = random_weights(CONFIG)
     weights["transformer_layer_0/feedforward_output_dense/kernel"] = np.zeros((10, 11), np.float32)
-    with pytest.raises(CheckpointError, match=r"save_preset\(weights=\.\.\.\): transformer_layer_0/feedforward_output_dense/kernel has shape \(10, 11\), expected \(10, 12\); the config: vocabulary_size=30, num_layers=2, num_heads=3, hidden_dim=12, intermediate_dim=10"):
+    with pytest.raises(CheckpointError, match=r"save_preset\(weights=\.\.\.\): "
+                                              r"transformer_layer_0/feedforward_output_dense/kernel "
+                                              r"has shape \(10, 11\), expected \(10, 12\); "
+                                              r"the config: vocabulary_size=30, num_layers=2, num_heads=3, "
+                                              r"hidden_dim=12, intermediate_dim=10"):
         save_preset(tmp_path / "p", CONFIG, weights)
     assert not (tmp_path / "p").exists()
     del weights["transformer_layer_0/feedforward_output_dense/kernel"]
-    with pytest.raises(CheckpointError, match=r"missing transformer_layer_0/feedforward_output_dense/kernel \(expected shape \(10, 12\)\)"):
+    with pytest.raises(CheckpointError, match=r"missing transformer_layer_0/feedforward_output_dense/kernel "
+                                              r"\(expected shape \(10, 12\)\)"):
         save_preset(tmp_path / "p", CONFIG, weights)
 
 
@@ -126,22 +131,29 @@ def _rewrite_tensors(path: Path, change) -> None:
 
 def test_missing_tensor_names_file_and_tensor(tmp_path):
     save_preset(tmp_path, CONFIG, random_weights(CONFIG))
-    _rewrite_tensors(tmp_path / "model.safetensors", lambda t: t.pop("transformer_layer_1/self_attention_layer/value/bias"))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing transformer_layer_1/self_attention_layer/value/bias \(expected shape \(12,\)\)"):
+    _rewrite_tensors(tmp_path / "model.safetensors",
+                     lambda t: t.pop("transformer_layer_1/self_attention_layer/value/bias"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing "
+                                              r"transformer_layer_1/self_attention_layer/value/bias "
+                                              r"\(expected shape \(12,\)\)"):
         load_preset_dir(tmp_path)
 
 
 def test_unexpected_tensor_names_file_and_tensor(tmp_path):
     save_preset(tmp_path, CONFIG, random_weights(CONFIG))
-    _rewrite_tensors(tmp_path / "model.safetensors", lambda t: t.update({"transformer_layer_2/extra": np.zeros(2, np.float32)}))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: unexpected transformer_layer_2/extra; the config: .*num_layers=2"):
+    _rewrite_tensors(tmp_path / "model.safetensors",
+                     lambda t: t.update({"transformer_layer_2/extra": np.zeros(2, np.float32)}))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: unexpected transformer_layer_2/extra; the config: "
+                                              r".*num_layers=2"):
         load_preset_dir(tmp_path)
 
 
 def test_wrong_shape_says_expected_and_found(tmp_path):
     save_preset(tmp_path, CONFIG, random_weights(CONFIG))
-    _rewrite_tensors(tmp_path / "model.safetensors", lambda t: t.update({"token_embedding/embeddings": np.zeros((31, 12), np.float32)}))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: token_embedding/embeddings has shape \(31, 12\), expected \(30, 12\); the config: vocabulary_size=30,"):
+    _rewrite_tensors(tmp_path / "model.safetensors",
+                     lambda t: t.update({"token_embedding/embeddings": np.zeros((31, 12), np.float32)}))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: token_embedding/embeddings has shape \(31, 12\), "
+                                              r"expected \(30, 12\); the config: vocabulary_size=30,"):
         load_preset_dir(tmp_path)
 
 
@@ -197,7 +209,9 @@ def test_format_comes_from_files_not_the_name(tmp_path):
 
 def test_unrecognisable_directory_says_what_was_looked_for(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"no recognisable BERT checkpoint \(no config\.json\); looked for config\.json with \"class_name\": \"BertBackbone\".*\"model_type\": \"bert\".*found \['weights\.bin'\]"):
+    with pytest.raises(CheckpointError, match=r"no recognisable BERT checkpoint \(no config\.json\); looked for "
+                                              r"config\.json with \"class_name\": \"BertBackbone\".*"
+                                              r"\"model_type\": \"bert\".*found \['weights\.bin'\]"):
         detect_format(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Foo"]}))
     with pytest.raises(CheckpointError, match=r"config\.json: not a BERT config; looked for"):

@@ -9,6 +9,7 @@ import pytest
 
 from bert_ref import BertBackbone
 from bert_ref.checkpoints import load_preset_dir
+
 from needs import need
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

@@ -8,7 +8,8 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from bert_ref.checkpoints import SafetensorsError, read_safetensors, write_safetensors
@@ -139,7 +140,8 @@ def test_unknown_dtype(tmp_path):
 
 def test_byte_length_must_match_shape_and_dtype(tmp_path):
     _raw(tmp_path / "w.safetensors", {"x": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}}, bytes(20))
-    with pytest.raises(SafetensorsError, match=r"tensor 'x': F32 shape \[2, 3\] needs 24 bytes, but data_offsets \[0, 20\] span 20"):
+    with pytest.raises(SafetensorsError, match=r"tensor 'x': F32 shape \[2, 3\] needs 24 bytes, but data_offsets \[0, "
+                                               r"20\] span 20"):
         read_safetensors(tmp_path / "w.safetensors")
 
 

@@ -8,7 +8,6 @@ kept offline with an empty cache so nothing touches the network.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,19 +15,11 @@ import sys
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, PRESETS
+from bert_ref import PRESETS, BertBackbone
+
 from needs import missing
 
 COMMANDS = ("presets", "info", "run", "compare", "download", "convert", "example", "trace")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("caches")
-    e = dict(os.environ)
-    e.update(BERT_REF_OFFLINE="1", BERT_REF_CACHE=str(root / "bert_ref"), HF_HOME=str(root / "hf"),
-             HF_HUB_CACHE=str(root / "hf" / "hub"), KAGGLEHUB_CACHE=str(root / "kagglehub"), BERT_REF_QUIET="1")
-    return e
 
 
 def cli(env, *args, cwd=None):
@@ -63,7 +54,8 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ours(work, env):
     d, _, _ = work
-    r = cli(env, "run", d / "tiny", "--input", d / "in.npz", "--output", d / "ours.npz", "--hidden-states", "--attentions")
+    r = cli(env, "run", d / "tiny", "--input", d / "in.npz", "--output", d / "ours.npz", "--hidden-states",
+            "--attentions")
     assert r.returncode == 0, r.stderr
     return dict(np.load(d / "ours.npz"))
 
@@ -109,9 +101,10 @@ def test_presets_lists_every_builtin_with_its_parameter_count(env):
     r = cli(env, "presets")
     assert r.returncode == 0
     for name, meta in PRESETS.items():
-        line = next(l for l in r.stdout.splitlines() if l.startswith(name + " "))
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(name + " "))
         assert f"{meta['params']:,}" in line and meta["description"][:20] in line
-    assert json.loads(cli(env, "presets", "--json").stdout)["bert_base_en"]["params"] == PRESETS["bert_base_en"]["params"]
+    listed = json.loads(cli(env, "presets", "--json").stdout)
+    assert listed["bert_base_en"]["params"] == PRESETS["bert_base_en"]["params"]
 
 
 def test_info_of_a_local_preset(env, work):
@@ -194,9 +187,10 @@ def test_compare_names_the_first_failing_layer_and_position(env, work, ours):
     np.savez(d / "bad.npz", **bad)
     r = cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bad.npz")
     assert r.returncode == 1, r.stdout + r.stderr
-    row = next(l for l in r.stdout.splitlines() if l.startswith("hidden_states.2 "))
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("hidden_states.2 "))
     assert "FAIL" in row and "(1, 4, 3)" in row
-    assert "First over tolerance: hidden_states.2 (transformer_layer_1 output): at batch 1, position 4, channel 3" in r.stdout
+    assert ("First over tolerance: hidden_states.2 (transformer_layer_1 output): at batch 1, position 4, channel 3"
+            in r.stdout)
     assert ": error 1.000e-03 = " in r.stdout
     j = cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bad.npz", "--json")
     assert j.returncode == 1
@@ -246,7 +240,8 @@ def test_compare_tolerances_are_honoured(env, work, ours):
     np.savez(d / "tol.npz", **bad)
     assert cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "tol.npz").returncode == 1
     assert cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "tol.npz", "--atol", "2e-3").returncode == 0
-    assert_usage_error(cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "tol.npz", "--atol", "-1"), "--atol")
+    assert_usage_error(cli(env, "compare", d / "tiny", "-i", d / "in.npz", "-c", d / "tol.npz", "--atol", "-1"),
+                       "--atol")
 
 
 # -- malformed files -----------------------------------------------------------------------------
@@ -263,13 +258,15 @@ def _inputs_file(d, name, **arrays):
     [
         (lambda d, i: _inputs_file(d, "k.npz", ids=i["token_ids"]), ["unexpected key(s) ['ids']"]),
         (lambda d, i: _inputs_file(d, "k2.npz", segment_ids=i["segment_ids"]), ["missing key 'token_ids'"]),
-        (lambda d, i: _inputs_file(d, "f.npz", token_ids=i["token_ids"].astype(np.float32)), ["token_ids has dtype float32"]),
+        (lambda d, i: _inputs_file(d, "f.npz", token_ids=i["token_ids"].astype(np.float32)),
+         ["token_ids has dtype float32"]),
         (lambda d, i: _inputs_file(d, "s.npz", token_ids=i["token_ids"][0]), ["token_ids has shape (10,)", "2-D"]),
         (lambda d, i: _inputs_file(d, "m.npz", token_ids=i["token_ids"], padding_mask=i["padding_mask"][:, :9]),
          ["padding_mask has shape (2, 9)", "(2, 10)"]),
         (lambda d, i: _inputs_file(d, "p.npz", token_ids=i["token_ids"], padding_mask=i["padding_mask"] * 2),
          ["padding_mask[0, 0] = 2"]),
-        (lambda d, i: _inputs_file(d, "r.npz", token_ids=i["token_ids"] + 55), ["token_ids[0, 1] = 62 is outside [0, 60)"]),
+        (lambda d, i: _inputs_file(d, "r.npz", token_ids=i["token_ids"] + 55),
+         ["token_ids[0, 1] = 62 is outside [0, 60)"]),
         (lambda d, i: _inputs_file(d, "long.npz", token_ids=np.ones((1, 17), np.int32)), ["max_sequence_length 16"]),
     ],
 )
@@ -300,8 +297,10 @@ def test_truncated_files_are_exit_2(env, work, ours, suffix):
 
 def test_unsupported_and_missing_files_are_exit_2(env, work):
     d, _, _ = work
-    assert_usage_error(cli(env, "run", d / "tiny", "-i", d / "in.txt", "-o", d / "o.npz"), "unsupported file type '.txt'")
-    assert_usage_error(cli(env, "run", d / "tiny", "-i", d / "absent.npz", "-o", d / "o.npz"), "absent.npz: no such file")
+    assert_usage_error(cli(env, "run", d / "tiny", "-i", d / "in.txt", "-o", d / "o.npz"),
+                       "unsupported file type '.txt'")
+    assert_usage_error(cli(env, "run", d / "tiny", "-i", d / "absent.npz", "-o", d / "o.npz"),
+                       "absent.npz: no such file")
     assert_usage_error(cli(env, "run", d / "tiny", "-i", d / "in.npz", "-o", d / "o.csv"), "o.csv")
     (d / "list.json").write_text("[1, 2]")
     assert_usage_error(cli(env, "run", d / "tiny", "-i", d / "list.json", "-o", d / "o.npz"), "expected a JSON object")

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from test_cli import assert_usage_error, cli, env  # noqa: F401  (fixture)
+
+from test_cli import assert_usage_error, cli
 
 SMALL = dict(vocabulary_size=60, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=16)
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", "a", "##a"]
@@ -65,8 +66,8 @@ def test_options_may_come_between_the_preset_and_the_texts(env, tmp_path):
     (tmp_path / "p").mkdir()
     BertBackbone(**dict(SMALL, vocabulary_size=len(VOCAB)), seed=0).save_to_preset(tmp_path / "p")
     (tmp_path / "p" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    from bert_ref.checkpoints.native import save_preset
     from bert_ref.checkpoints import load_preset_dir
+    from bert_ref.checkpoints.native import save_preset
 
     ckpt = load_preset_dir(tmp_path / "p")
     save_preset(tmp_path / "q", ckpt.config, ckpt.weights, metadata={"vocabulary": VOCAB, "lowercase": True})
@@ -153,8 +154,9 @@ def test_a_memory_error_is_one_line(env, work, tmp_path):
     def preexec():
         resource.setrlimit(resource.RLIMIT_AS, (1_000_000_000, 1_000_000_000))
 
-    r = subprocess.run([sys.executable, "-m", "bert_ref", "run", str(work / "tiny"), "--input", str(tmp_path / "big.npz"),
-                        "--output", str(tmp_path / "o.npz"), "--attentions", "--hidden-states"],
+    r = subprocess.run([sys.executable, "-m", "bert_ref", "run", str(work / "tiny"),
+                        "--input", str(tmp_path / "big.npz"), "--output", str(tmp_path / "o.npz"),
+                        "--attentions", "--hidden-states"],
                        capture_output=True, text=True, timeout=120, preexec_fn=preexec,
                        env=dict(env, BERT_REF_MAX_ACTIVATION_BYTES=str(10**15), OPENBLAS_NUM_THREADS="1",
                                 OMP_NUM_THREADS="1"))

@@ -15,6 +15,7 @@ import pytest
 
 from bert_ref import BertBackbone
 from bert_ref.files import ArrayFileError, read_arrays, read_candidate, read_inputs, write_arrays
+
 from needs import need, run_bert_ref
 
 ml_dtypes = need("ml_dtypes", 'pip install "bert-ref[bf16]"')
@@ -103,8 +104,8 @@ def test_npy_holds_one_output(tmp_path):
         read_candidate(tmp_path / "x.npy")
 
 
-@pytest.mark.parametrize("key, closest", [("last_hidden_states", "last_hidden_state"), ("hidden_state.1", "hidden_states.1"),
-                                          ("pooled_outputs", "pooled_output"),
+@pytest.mark.parametrize("key, closest", [("last_hidden_states", "last_hidden_state"),
+                                          ("hidden_state.1", "hidden_states.1"), ("pooled_outputs", "pooled_output"),
                                           ("transformer_layer_0/querry", "transformer_layer_0/query")])
 def test_unknown_name_lists_the_valid_ones_and_the_closest(tmp_path, key, closest):
     np.savez(tmp_path / "c.npz", **{key: np.zeros((2, 6, 16), np.float32)})
@@ -119,7 +120,8 @@ def test_inputs_file_with_hugging_face_names(tmp_path):
     np.savez(tmp_path / "hf_in.npz", input_ids=np.array([[101, 7, 102]]), token_type_ids=np.zeros((1, 3), np.int64),
              attention_mask=np.array([[1, 1, 0]]))
     ins = read_inputs(tmp_path / "hf_in.npz")
-    assert sorted(ins) == ["padding_mask", "segment_ids", "token_ids"] and ins["padding_mask"].tolist() == [[True, True, False]]
+    assert sorted(ins) == ["padding_mask", "segment_ids", "token_ids"]
+    assert ins["padding_mask"].tolist() == [[True, True, False]]
     np.savez(tmp_path / "both.npz", input_ids=np.array([[1]]), token_ids=np.array([[1]]))
     with pytest.raises(ArrayFileError, match="both 'token_ids' and its Hugging Face name 'input_ids'"):
         read_inputs(tmp_path / "both.npz")
@@ -130,7 +132,8 @@ def test_inputs_file_with_hugging_face_names(tmp_path):
 
 def test_compare_reads_its_own_bfloat16_run_and_judges_it_against_the_bf16_floor(work, env):
     d, _, _ = work
-    r = run_bert_ref("run", d / "tiny", "-i", d / "in.npz", "-o", d / "bf.npz", "--dtype", "bfloat16", "--hidden-states")
+    r = run_bert_ref("run", d / "tiny", "-i", d / "in.npz", "-o", d / "bf.npz", "--dtype", "bfloat16",
+                     "--hidden-states")
     assert r.returncode == 0, r.stderr
     r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bf.npz")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -148,8 +151,10 @@ def test_compare_activation_override_tests_the_other_gelu(work, env, tmp_path):
     big.save_to_preset(tmp_path / "big")
     tanh = BertBackbone(**{**model.config.to_dict(), "activation": "gelu_approximate"}, weights=w)
     out = tanh(inputs, output_hidden_states=True)
-    np.savez(tmp_path / "tanh.npz", last_hidden_state=out["sequence_output"], hidden_states=np.stack(out["hidden_states"]))
-    r = run_bert_ref("compare", tmp_path / "big", "-i", d / "in.npz", "-c", tmp_path / "tanh.npz", "--precision", "float32")
+    np.savez(tmp_path / "tanh.npz", last_hidden_state=out["sequence_output"],
+             hidden_states=np.stack(out["hidden_states"]))
+    r = run_bert_ref("compare", tmp_path / "big", "-i", d / "in.npz", "-c", tmp_path / "tanh.npz",
+                     "--precision", "float32")
     assert r.returncode == 1 and "First over tolerance: hidden_states.1" in r.stdout, r.stdout + r.stderr
     r = run_bert_ref("compare", tmp_path / "big", "-i", d / "in.npz", "-c", tmp_path / "tanh.npz", "--precision",
                      "float32", "--activation", "gelu_approximate")
@@ -189,7 +194,8 @@ def test_compare_junit_report(work, env, tmp_path):
 def test_compare_per_kind_atol_on_the_command_line(work, env, tmp_path):
     d, model, inputs = work
     out = model(inputs, output_attentions=True)
-    cand = {"sequence_output": out["sequence_output"] + np.float32(5e-3), "attention_probs.0": out["attention_probs"][0]}
+    cand = {"sequence_output": out["sequence_output"] + np.float32(5e-3),
+            "attention_probs.0": out["attention_probs"][0]}
     np.savez(tmp_path / "c.npz", **cand)
     r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz", "--atol",
                      "1e-6,hidden_states=1e-2", "--rtol", "0", "--json")
@@ -207,7 +213,8 @@ def test_compare_layer_norm_epsilon_override(work, env, tmp_path):
     np.savez(tmp_path / "eps.npz", sequence_output=other(inputs)["sequence_output"])
     r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "eps.npz")
     assert r.returncode == 1, r.stdout + r.stderr
-    r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "eps.npz", "--layer-norm-epsilon", "1e-3")
+    r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "eps.npz",
+                     "--layer-norm-epsilon", "1e-3")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "note: layer_norm_epsilon overridden: 0.001 (the preset says 1e-12)" in r.stdout
 
@@ -215,7 +222,8 @@ def test_compare_layer_norm_epsilon_override(work, env, tmp_path):
 def test_compare_truth_with_dtype_labels_the_floor_with_that_precision(work, env):
     d, _, _ = work
     if not (d / "bf.npz").exists():
-        assert run_bert_ref("run", d / "tiny", "-i", d / "in.npz", "-o", d / "bf.npz", "--dtype", "bfloat16").returncode == 0
+        r = run_bert_ref("run", d / "tiny", "-i", d / "in.npz", "-o", d / "bf.npz", "--dtype", "bfloat16")
+        assert r.returncode == 0
     r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", d / "bf.npz", "--truth", "--dtype", "float16",
                      "--atol", "1", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -232,7 +240,8 @@ def test_compare_stores_our_runs_in_the_cache_and_no_cache_does_not(work, tmp_pa
     np.savez(tmp_path / "c.npz", sequence_output=model(inputs)["sequence_output"])
     cache = tmp_path / "oc"
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(cache))
-    assert run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz", "--no-cache").returncode == 0
+    r = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz", "--no-cache")
+    assert r.returncode == 0
     assert not cache.exists()
     first = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz")
     entries = sorted(cache.glob("*.npz"))
@@ -241,4 +250,4 @@ def test_compare_stores_our_runs_in_the_cache_and_no_cache_does_not(work, tmp_pa
     second = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz")
     assert second.returncode == 0 and second.stdout == first.stdout
     assert sorted(cache.glob("*.npz")) == entries  # read back, nothing new written
-    assert all(p.stat().st_mtime_ns >= s for p, s in zip(entries, stamps))
+    assert all(p.stat().st_mtime_ns >= s for p, s in zip(entries, stamps, strict=True))

@@ -14,11 +14,11 @@ import os
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, compare, compare_to_truth
-from bert_ref import oracle_cache
+from bert_ref import BertBackbone, compare, compare_to_truth, oracle_cache
 from bert_ref.compare import DEFAULT_FLOOR_RATIO, check_candidate, detect_precision, oracle_outputs, parse_tolerance
 from bert_ref.precision import quantize_symmetric, round_to_tf32
 from bert_ref.testing import assert_close_to_reference
+
 from needs import need
 
 need("ml_dtypes", 'pip install "bert-ref[bf16]"')  # the bfloat16 policy
@@ -258,8 +258,9 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     # Other inputs, policy or weights are other entries.
     other = dict(inputs, token_ids=inputs["token_ids"].copy())
     other["token_ids"][0, 0] = 5
-    assert oracle_cache.entry_key(model, other, "float64", keys) != oracle_cache.entry_key(model, inputs, "float64", keys)
-    assert oracle_cache.entry_key(model, inputs, "float32", keys) != oracle_cache.entry_key(model, inputs, "float64", keys)
+    key64 = oracle_cache.entry_key(model, inputs, "float64", keys)
+    assert oracle_cache.entry_key(model, other, "float64", keys) != key64
+    assert oracle_cache.entry_key(model, inputs, "float32", keys) != key64
     twin = BertBackbone(**model.config.to_dict(), seed=4)
     assert oracle_cache.model_digest(twin) != oracle_cache.model_digest(model)
     # Bounded: entries of one size S under a limit of 2.5 S: the least recently used one goes.
@@ -278,7 +279,8 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE_MB", "100")
     b1 = oracle_outputs(model, inputs, keys, dtype="bfloat16", cache=True)
     b2 = oracle_outputs(model, inputs, keys, dtype="bfloat16", cache=True)
-    assert b2["sequence_output"].dtype.name == "bfloat16" and np.array_equal(b1["sequence_output"], b2["sequence_output"])
+    assert b2["sequence_output"].dtype.name == "bfloat16"
+    assert np.array_equal(b1["sequence_output"], b2["sequence_output"])
     entry = tmp_path / "oc" / (oracle_cache.entry_key(model, inputs, "bfloat16", keys) + ".npz")
     entry.write_bytes(b"broken")
     assert oracle_cache.load(entry.stem) is None and not entry.exists()
@@ -302,7 +304,8 @@ def test_weights_digest_is_kept_for_a_preset_directory_until_its_files_change(mo
     # so the stored digest is not used and the new content gets its own.
     twin = BertBackbone(**model.config.to_dict(), seed=4)
     twin.save_to_preset(tmp_path / "preset")
-    assert oracle_cache.model_digest(BertBackbone.from_preset(tmp_path / "preset")) == oracle_cache.model_digest(twin) != first
+    rewritten = oracle_cache.model_digest(BertBackbone.from_preset(tmp_path / "preset"))
+    assert rewritten == oracle_cache.model_digest(twin) != first
     # Weights that could be changed in place are never identified by their files.
     assert oracle_cache._files_signature(model) is None
 
@@ -326,6 +329,7 @@ def test_assert_close_to_reference_passes_and_fails_with_the_report(model, input
         assert_close_to_reference(bad, model, hf_inputs)
     text = str(info.value)
     assert "hidden_states.2" in text and "FAIL" in text
-    assert "First over tolerance: hidden_states.2 (transformer_layer_1 output): at batch 1, position 4, channel 3" in text
+    assert ("First over tolerance: hidden_states.2 (transformer_layer_1 output): at batch 1, position 4, channel 3"
+            in text)
     with pytest.raises(AssertionError, match="x the f16 floor"):
         assert_close_to_reference({"sequence_output": half["sequence_output"] * np.float16(1.01)}, model, inputs)

@@ -87,7 +87,8 @@ def test_embeddings_recompose(run64, inputs):
     np.testing.assert_array_equal(t["embeddings/token"], w["token_embedding/embeddings"][ids])
     np.testing.assert_array_equal(t["embeddings/segment"], w["segment_embedding/embeddings"][seg])
     np.testing.assert_array_equal(t["embeddings/position"][0], w["position_embedding/embeddings"][: ids.shape[1]])
-    np.testing.assert_allclose(t["embeddings/sum"], t["embeddings/token"] + t["embeddings/position"] + t["embeddings/segment"],
+    np.testing.assert_allclose(t["embeddings/sum"],
+                               t["embeddings/token"] + t["embeddings/position"] + t["embeddings/segment"],
                                rtol=0, atol=ATOL64)
     eps = model.config.layer_norm_epsilon
     ln = _ln(t["embeddings/sum"], w["embeddings_layer_norm/gamma"], w["embeddings_layer_norm/beta"], eps)
@@ -115,11 +116,13 @@ def test_layer_ops_recompose(run64, inputs, layer):
     np.testing.assert_array_equal(t["attention_probs"], out["attention_probs"][layer])
     context = (probs @ _heads(t["value"])).transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], -1)
     np.testing.assert_allclose(t["attention_context"], context, rtol=0, atol=ATOL64)
-    np.testing.assert_allclose(t["attention_output"], context @ w[a + "attention_output/kernel"] + w[a + "attention_output/bias"],
+    np.testing.assert_allclose(t["attention_output"],
+                               context @ w[a + "attention_output/kernel"] + w[a + "attention_output/bias"],
                                rtol=0, atol=ATOL64)
     np.testing.assert_allclose(t["attention_residual"], t["attention_output"] + x, rtol=0, atol=ATOL64)
     eps = cfg.layer_norm_epsilon
-    y = _ln(t["attention_residual"], w[p + "self_attention_layer_norm/gamma"], w[p + "self_attention_layer_norm/beta"], eps)
+    y = _ln(t["attention_residual"], w[p + "self_attention_layer_norm/gamma"], w[p + "self_attention_layer_norm/beta"],
+            eps)
     np.testing.assert_allclose(t["self_attention_layer_norm"], y, rtol=0, atol=ATOL64)
     inner = y @ w[p + "feedforward_intermediate_dense/kernel"] + w[p + "feedforward_intermediate_dense/bias"]
     np.testing.assert_allclose(t["feedforward_intermediate"], inner, rtol=0, atol=ATOL64)
@@ -152,12 +155,14 @@ def test_float32_residuals_and_outputs_are_bit_exact(inputs):
     t = out["trace"]
     assert all(v.dtype == np.float32 for v in t.values())
     # keras' order: (token + position) + segment, each a float32 addition.
-    np.testing.assert_array_equal(t["embeddings/sum"], (t["embeddings/token"] + t["embeddings/position"]) + t["embeddings/segment"])
+    np.testing.assert_array_equal(t["embeddings/sum"],
+                                  (t["embeddings/token"] + t["embeddings/position"]) + t["embeddings/segment"])
     np.testing.assert_array_equal(t["embeddings/layer_norm"], out["hidden_states"][0])
     for i in range(model.config.num_layers):
         p = f"transformer_layer_{i}/"
         np.testing.assert_array_equal(t[p + "attention_residual"], t[p + "attention_output"] + out["hidden_states"][i])
-        np.testing.assert_array_equal(t[p + "feedforward_residual"], t[p + "feedforward_output"] + t[p + "self_attention_layer_norm"])
+        np.testing.assert_array_equal(t[p + "feedforward_residual"],
+                                      t[p + "feedforward_output"] + t[p + "self_attention_layer_norm"])
         np.testing.assert_array_equal(t[p + "feedforward_layer_norm"], out["hidden_states"][i + 1])
         np.testing.assert_array_equal(t[p + "attention_probs"], out["attention_probs"][i])
     np.testing.assert_array_equal(t["pooled_output"], out["pooled_output"])
@@ -167,7 +172,7 @@ def test_trace_does_not_change_the_outputs(inputs):
     model = _model("float32")
     plain = model(inputs, output_hidden_states=True)
     traced = model(inputs, output_hidden_states=True, trace=True)
-    for a, b in zip(plain["hidden_states"], traced["hidden_states"]):
+    for a, b in zip(plain["hidden_states"], traced["hidden_states"], strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(plain["pooled_output"], traced["pooled_output"])
 

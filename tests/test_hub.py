@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from safetensors.numpy import save as save_safetensors
 
-from bert_ref import BertConfig
-from bert_ref import hub
+from bert_ref import BertConfig, hub
 from bert_ref.hub import store, transfer
 from bert_ref.hub.errors import (
     AuthenticationError,
@@ -34,9 +34,10 @@ from bert_ref.hub.errors import (
 )
 from bert_ref.presets import PRESETS
 
-from hub_server import (  # noqa: F401  (fixtures)
-    assert_cache_clean, cache, dir_contents, isolated, make_hf_cache, server, tar_gz, zip_bytes,
-)
+from hub_server import assert_cache_clean, dir_contents, make_hf_cache, tar_gz, zip_bytes
+
+# Every test runs `isolated` (tests/conftest.py): no credentials or proxies, caches under tmp_path.
+pytestmark = pytest.mark.usefixtures("isolated")
 
 TINY = BertConfig(vocabulary_size=11, num_layers=1, num_heads=2, hidden_dim=4, intermediate_dim=6,
                   max_sequence_length=8)
@@ -734,9 +735,7 @@ def test_bad_kaggle_json_names_the_file(server, isolated):
         hub.resolve(f"kaggle://{KHANDLE}/3")
 
 
-def _response(history=(), **headers) -> "requests.Response":
-    import requests
-
+def _response(history=(), **headers) -> requests.Response:
     resp = requests.Response()
     resp.headers.update({k.replace("_", "-"): v for k, v in headers.items()})
     resp.history = list(history)

@@ -20,9 +20,10 @@ from bert_ref import BertBackbone
 from bert_ref.hub import OfflineError
 from bert_ref.presets import preset_config
 
-from hub_server import (  # noqa: F401  (fixtures)
-    assert_cache_clean, cache, isolated, make_hf_cache, server, tar_gz,
-)
+from hub_server import assert_cache_clean, make_hf_cache, tar_gz
+
+# Every test runs `isolated` (tests/conftest.py): no credentials or proxies, caches under tmp_path.
+pytestmark = pytest.mark.usefixtures("isolated")
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "keras_preset" / "tiny"
 

@@ -11,8 +11,12 @@ import pytest
 
 from bert_ref import hub
 from bert_ref.hub.errors import DownloadError, UnsafeArchiveError
-from hub_server import assert_cache_clean, cache, isolated, server, tar_gz, zip_bytes  # noqa: F401
+
+from hub_server import assert_cache_clean, tar_gz, zip_bytes
 from test_hub import KHANDLE, hf_files, native_files
+
+# Every test runs `isolated` (tests/conftest.py): no credentials or proxies, caches under tmp_path.
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def _nothing_cached(cache):
@@ -48,7 +52,8 @@ def test_a_body_of_unstated_size_within_the_cap_downloads(server, cache):
 def test_an_announced_size_over_the_limit_is_refused_before_the_body(server, cache, monkeypatch):
     monkeypatch.setenv("BERT_REF_MAX_DOWNLOAD_BYTES", "100")
     server.add_hf_repo("org/huge", hf_files())
-    with pytest.raises(DownloadError, match=r"announces \d+ bytes, over the limit of 100 \(BERT_REF_MAX_DOWNLOAD_BYTES\)"):
+    with pytest.raises(DownloadError, match=r"announces \d+ bytes, over the limit of 100 "
+                                            r"\(BERT_REF_MAX_DOWNLOAD_BYTES\)"):
         hub.resolve("hf://org/huge")
     _nothing_cached(cache)
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(not (ROOT / "tools" / "count_lines.py").exists(), reason="tools/ is not in this copy (an sdist)")
 def test_ops_and_forward_fit_in_150_code_lines_without_concurrency():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "count_lines.py")], capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "count_lines.py")], capture_output=True, text=True,
+                         check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     total = int(out.stdout.split("total:")[1].split()[0])
     assert 50 < total <= 150, out.stdout  # > 50: the count found the code at all

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from needs import need
 
 need("dask", 'pip install "bert-ref[scale]"')

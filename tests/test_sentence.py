@@ -113,7 +113,8 @@ def test_unsupported_sentence_transformers_modules_are_refused(tmp_path):
         read_sentence_settings(tmp_path)
     modules[1] = {"idx": 1, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
     (tmp_path / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(NotImplementedError, match=r"modules.json\[1\]: a Dense module is implemented only after the Pooling"):
+    with pytest.raises(NotImplementedError, match=r"modules.json\[1\]: a Dense module is implemented only after the "
+                                                  r"Pooling"):
         read_sentence_settings(tmp_path)
 
 
@@ -127,7 +128,8 @@ def test_no_sentence_transformers_files_means_no_settings(tmp_path):
     ("modules.json", "[\"Pooling\"]", r"modules\.json\[0\] must be an object with a 'type', got 'Pooling'"),
     ("sentence_bert_config.json", "{\"max_seq_length\": \"128\"}",
      r"sentence_bert_config\.json: max_seq_length must be an integer >= 1 \(or null\), got '128'"),
-    ("sentence_bert_config.json", "{\"max_seq_length\": 0}", r"max_seq_length must be an integer >= 1 \(or null\), got 0"),
+    ("sentence_bert_config.json", "{\"max_seq_length\": 0}", r"max_seq_length must be an integer >= 1 \(or null\), "
+                                                             r"got 0"),
 ])
 def test_malformed_sentence_transformers_files_name_the_file_and_field(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)

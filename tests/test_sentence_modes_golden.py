@@ -19,7 +19,8 @@ import pytest
 
 from bert_ref.checkpoints import CheckpointError
 from bert_ref.sentence import SentenceEncoder, read_sentence_settings
-from test_cli import cli, env  # noqa: F401  (fixture)
+
+from test_cli import cli
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "sentence_modes"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text(encoding="utf-8"))
@@ -85,7 +86,8 @@ def _edit_config(path: Path, **changes):
 
 def test_an_unknown_activation_is_named(dense_preset):
     _edit_config(dense_preset / "2_Dense" / "config.json", activation_function="torch.nn.modules.activation.Mish")
-    with pytest.raises(NotImplementedError, match=r"2_Dense/config\.json: activation_function .*Mish.* not implemented"):
+    with pytest.raises(NotImplementedError,
+                       match=r"2_Dense/config\.json: activation_function .*Mish.* not implemented"):
         read_sentence_settings(dense_preset)
 
 

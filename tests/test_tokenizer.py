@@ -216,7 +216,7 @@ def test_truncate_lengths_examples():
        st.sampled_from(["round_robin", "longest_first"]))
 def test_truncation_fills_the_budget_and_never_grows(lengths, budget, strategy):
     kept = truncate_lengths(lengths, budget, strategy)
-    assert all(0 <= k <= n for k, n in zip(kept, lengths))
+    assert all(0 <= k <= n for k, n in zip(kept, lengths, strict=True))
     assert sum(kept) == min(sum(lengths), budget)
 
 

@@ -29,7 +29,7 @@ def _golden_lines(n: int) -> list[tuple[str, list[int]]]:
     with open(GOLDEN / "ids_uncased.json", encoding="utf-8") as f:
         ids = json.load(f)
     expected = [ids["hf_special_tokens_in_strings"].get(str(i), x) for i, x in enumerate(ids["hf"])]
-    picked = [(t, e) for t, e in zip(corpus, expected) if t.strip() and "\n" not in t and "\r" not in t
+    picked = [(t, e) for t, e in zip(corpus, expected, strict=True) if t.strip() and "\n" not in t and "\r" not in t
               and "\x85" not in t and "\u2028" not in t and "\u2029" not in t and "\x00" not in t]
     return picked[:: max(1, len(picked) // n)][:n]
 

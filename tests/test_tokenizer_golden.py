@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bert_ref.tokenizer import BertTokenizer, normalize, pre_tokenize
+
 from needs import minilm_model_dir
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tokenizer"
@@ -42,7 +43,7 @@ CASES = {
 
 def _mismatches(tok: BertTokenizer, corpus: list[str], expected: list[list[int]]) -> list[str]:
     bad = []
-    for i, (line, ids) in enumerate(zip(corpus, expected)):
+    for i, (line, ids) in enumerate(zip(corpus, expected, strict=True)):
         got = tok.encode(line)
         if got != ids:
             bad.append(f"line {i} {line!r:.60}: got {tok.tokenize(line)[:12]} "
@@ -87,7 +88,7 @@ def test_ids_match_keras_hub_where_keras_hub_agrees_with_tokenizers(case, corpus
     vocab, lowercase = CASES[case]
     golden = _load(f"ids_{case}.json")
     tok = BertTokenizer(vocab(), lowercase=lowercase)
-    same = [i for i, (a, b) in enumerate(zip(golden["hf"], golden["keras_hub"])) if a == b]
+    same = [i for i, (a, b) in enumerate(zip(golden["hf"], golden["keras_hub"], strict=True)) if a == b]
     assert len(same) >= 500
     bad = _mismatches(tok, [corpus[i] for i in same], [golden["keras_hub"][i] for i in same])
     assert not bad, "\n".join(bad[:10])

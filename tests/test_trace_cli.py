@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from needs import need, run_bert_ref
 
 from bert_ref import BertBackbone, BertTokenizer
 from bert_ref.cli import main
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER
 from bert_ref.trace_cli import run_text, step_names, write_plots
+
+from needs import need, run_bert_ref
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "minilm"
 PAIR = ("The cat sat on the mat.", "A cat was sitting on a rug.")

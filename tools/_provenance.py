@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from importlib import metadata
 
 # Distribution name -> key in the returned dict.

@@ -26,7 +26,8 @@ def _docstring_lines(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
                 lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
     return lines
 
@@ -63,8 +64,9 @@ def main() -> int:
     print(f"bert_ref/ops.py (whole module):  {len(ops_lines)} code lines")
     print(f"bert_ref/encoder.py forward():   {len(fwd_lines)} code lines (lines {first}-{last})")
     print(f"total:                           {total} code lines (target: at most 150)")
-    hits = [(f"ops.py:{n}", ops_src.splitlines()[n - 1]) for n in ops_lines if CONCURRENCY.search(ops_src.splitlines()[n - 1])]
-    hits += [(f"encoder.py:{n}", enc_src.splitlines()[n - 1]) for n in fwd_lines if CONCURRENCY.search(enc_src.splitlines()[n - 1])]
+    ops_text, enc_text = ops_src.splitlines(), enc_src.splitlines()
+    hits = [(f"ops.py:{n}", ops_text[n - 1]) for n in ops_lines if CONCURRENCY.search(ops_text[n - 1])]
+    hits += [(f"encoder.py:{n}", enc_text[n - 1]) for n in fwd_lines if CONCURRENCY.search(enc_text[n - 1])]
     for where, line in hits:
         print(f"concurrency/del at {where}: {line.strip()}")
     print("concurrency code in them:", "yes" if hits else "none")

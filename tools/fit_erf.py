@@ -26,7 +26,7 @@ def fit(n_intervals: int, degree: int) -> tuple[list[list[float]], float]:
     rows, worst = [], mp.mpf(0)
     for i in range(n_intervals):
         mid = mp.mpf(i) * WIDTH + mp.mpf(WIDTH) / 2
-        poly, err = mp.chebyfit(lambda t: mp.erf(mid + t * WIDTH / 2), [-1, 1], degree + 1, error=True)
+        poly, err = mp.chebyfit(lambda t, mid=mid: mp.erf(mid + t * WIDTH / 2), [-1, 1], degree + 1, error=True)
         worst = max(worst, err)
         rows.append([float(c) for c in poly])  # highest power first, for Horner's rule
     return rows, float(worst)

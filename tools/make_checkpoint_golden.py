@@ -134,7 +134,8 @@ def make_keras_presets(out: Path) -> None:
             shutil.rmtree(directory)
         preset = directory / "preset"
         model.save_to_preset(str(preset))
-        vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"tok{i}" for i in range(spec["vocabulary_size"] - 5)]
+        vocabulary = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                      + [f"tok{i}" for i in range(spec["vocabulary_size"] - 5)])
         tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
         tokenizer.save_to_preset(str(preset))
 

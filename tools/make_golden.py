@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bert_ref.config import BertConfig  # noqa: E402  (names and shapes only)
+
 from _provenance import provenance  # noqa: E402
 from _random_weights import random_weight  # noqa: E402
 
@@ -481,9 +482,10 @@ def make_case(case: dict, out_dir: Path) -> dict:
             "variable_dtype": policy.variable_dtype,
             "compute_dtype": policy.compute_dtype,
             "stored_as": "float32 (exact upcast of the compute-dtype outputs)",
-            "called_with": "training=False, dropout=%r" % case["config"]["dropout"],
+            "called_with": f"training=False, dropout={case['config']['dropout']!r}",
             "attention_path": ("explicit einsum + masked softmax (MultiHeadAttention._masked_softmax)"
-                               if path_calls["explicit_masked_softmax"] and not path_calls["fused_dot_product_attention"]
+                               if path_calls["explicit_masked_softmax"]
+                               and not path_calls["fused_dot_product_attention"]
                                else f"MIXED/FUSED: {path_calls}"),
             "attention_path_calls_in_forward": path_calls,
             "patches": patches,
@@ -497,7 +499,8 @@ def make_case(case: dict, out_dir: Path) -> dict:
             entry["measurements"]["keras_patch_effect_max_abs_sequence_output"] = _maxabs(
                 base["sequence_output"], got["sequence_output"])
             if entry["measurements"]["keras_patch_effect_max_abs_sequence_output"] < 10 * TOL_FLOAT32:
-                raise RuntimeError(f"{case['name']}: patch {patches} barely changes the outputs: {entry['measurements']}")
+                raise RuntimeError(f"{case['name']}: patch {patches} barely changes the outputs: "
+                                   f"{entry['measurements']}")
         if dtype == "float32":
             keras_f32 = got
             # The fused path (dropout 0.0): measure how it differs, for the record.
@@ -509,7 +512,8 @@ def make_case(case: dict, out_dir: Path) -> dict:
             entry["measurements"]["keras_dropout0_fused_path"] = {
                 "attention_path_calls_in_forward": dict(fprobe.calls),
                 "max_abs_vs_explicit_valid_positions": _maxabs(fout["sequence_output"], got["sequence_output"], valid),
-                "max_abs_vs_explicit_padded_positions": _maxabs(fout["sequence_output"], got["sequence_output"], ~valid),
+                "max_abs_vs_explicit_padded_positions": _maxabs(fout["sequence_output"], got["sequence_output"],
+                                                                ~valid),
             }
         else:
             entry["measurements"][f"keras_hub/{dtype}_vs_keras_hub/float32_max_abs"] = {

@@ -146,7 +146,8 @@ def judge(model_dir: Path, inputs: dict, candidates: dict, k: float) -> list[dic
         flat, _ = _canonical(arrays)
         report = compare_to_truth(model, inputs, flat, precision=precision, floor_ratio=k)
         worst = max(report, key=lambda e: e.floor_ratio)
-        hidden = [e for e in report if e.key.startswith("hidden_states.") or e.key in ("sequence_output", "pooled_output")]
+        hidden = [e for e in report
+                  if e.key.startswith("hidden_states.") or e.key in ("sequence_output", "pooled_output")]
         worst_h = max(hidden, key=lambda e: e.floor_ratio)
         first = report.first_failure
         rows.append({
@@ -183,7 +184,8 @@ def judge_dir(a) -> int:
         print(f"{r['candidate']:<26} {r['precision']:<9} {r['max_floor_ratio']:>8.2f}x {r['at']:<18} "
               f"rms {r['max_rms_floor_ratio']:>6.2f}x  {'PASS' if r['passed'] else 'FAIL at ' + r['first_failure']}")
     if a.json:
-        a.json.write_text(json.dumps({"generator": GENERATOR + " --judge-dir", "k": a.k, "rows": rows}, indent=2) + "\n")
+        record = {"generator": GENERATOR + " --judge-dir", "k": a.k, "rows": rows}
+        a.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 
@@ -236,7 +238,8 @@ def main(argv=None) -> int:
         t = candidates["bfloat16"][1]["last_hidden_state"][:1, :4, :8].contiguous()
         save_file({"last_hidden_state": t}, str(out / "torch_bf16.safetensors"))
         meta = {"generator": GENERATOR + " --fixture", "what": "last_hidden_state[:1, :4, :8] of "
-                "all-MiniLM-L6-v2 run by transformers BertModel in torch.bfloat16, written by safetensors.torch.save_file",
+                "all-MiniLM-L6-v2 run by transformers BertModel in torch.bfloat16, written by "
+                "safetensors.torch.save_file",
                 "shape": list(t.shape), "first_bits": t.view(torch.int16).numpy().view(np.uint16).ravel()[:8].tolist(),
                 "provenance": provenance()}
         (out / "torch_bf16.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -258,15 +261,16 @@ def main(argv=None) -> int:
                        "hidden_states.1": q["hidden_states"][1].contiguous()}, str(out / "cpu_int8.safetensors"))
             meta = {"generator": GENERATOR + " --fixture",
                     "what": "transformers BertModel (float32, CPU, eager attention), all-MiniLM-L6-v2, after "
-                            "torch.ao.quantization.quantize_dynamic(model, {Linear}, qint8); inputs of golden/minilm/outputs.npz",
+                            "torch.ao.quantization.quantize_dynamic(model, {Linear}, qint8); inputs of "
+                            "golden/minilm/outputs.npz",
                     "quantized_engine": torch.backends.quantized.engine, "provenance": provenance()}
             (out / "cpu_int8.json").write_text(json.dumps(meta, indent=2) + "\n")
     rows = judge(a.model, inputs, arrays, a.k)
     b, s = inputs["token_ids"].shape
-    print(f"{a.model.name if a.model.name != 'model' else 'all-MiniLM-L6-v2'}, inputs {b} x {s}; verdict at K = {a.k:g} "
-          f"({time.perf_counter() - t0:.0f} s)")
-    print(f"{'candidate':<18} {'precision':<9} {'max x floor':>11} {'at':<18} {'hidden x floor':>14} {'rms x floor':>11} "
-          f"{'seq min cos':>12}  verdict")
+    print(f"{a.model.name if a.model.name != 'model' else 'all-MiniLM-L6-v2'}, inputs {b} x {s}; verdict at "
+          f"K = {a.k:g} ({time.perf_counter() - t0:.0f} s)")
+    print(f"{'candidate':<18} {'precision':<9} {'max x floor':>11} {'at':<18} {'hidden x floor':>14} "
+          f"{'rms x floor':>11} {'seq min cos':>12}  verdict")
     for r in rows:
         print(f"{r['candidate']:<18} {r['precision']:<9} {r['max_floor_ratio']:>10.2f}x {r['at']:<18} "
               f"{r['max_floor_ratio_hidden']:>13.2f}x {r['max_rms_floor_ratio']:>10.2f}x "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import unicodedata
@@ -219,34 +218,46 @@ NUMBERS = [
 ]
 EMOJI = [
     "I love it \u2764\ufe0f", "\U0001f600\U0001f603\U0001f604", "\U0001f44d\U0001f3fd thumbs",
-    "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 family", "\U0001f1fa\U0001f1f8 \U0001f1ef\U0001f1f5 flags",
-    "party\U0001f389time", "\U0001f970 (Unicode 11)", "\U0001fae0 melting (Unicode 14)", "\u2615\u26a1\u2728",
-    "\U0001f9d1\u200d\U0001f4bb coder", "keycap 1\ufe0f\u20e3", "\u263a\ufe0e text style", ":-) ;-) <3 \u00af\\_(\u30c4)_/\u00af",
-    "\U0001f4a9\U0001f525\U0001f680", "emoji\U0001f600inside\U0001f600words",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 family",
+    "\U0001f1fa\U0001f1f8 \U0001f1ef\U0001f1f5 flags", "party\U0001f389time", "\U0001f970 (Unicode 11)",
+    "\U0001fae0 melting (Unicode 14)", "\u2615\u26a1\u2728", "\U0001f9d1\u200d\U0001f4bb coder", "keycap 1\ufe0f\u20e3",
+    "\u263a\ufe0e text style", ":-) ;-) <3 \u00af\\_(\u30c4)_/\u00af", "\U0001f4a9\U0001f525\U0001f680",
+    "emoji\U0001f600inside\U0001f600words",
 ]
 ACCENTED = [
-    "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", "na\u00efve r\u00e9sum\u00e9 fa\u00e7ade", "\u00dcber M\u00fcnchen stra\u00dfe Gr\u00fc\u00dfe",
-    "Espa\u00f1a ma\u00f1ana ni\u00f1o", "Ti\u1ebfng Vi\u1ec7t c\u00f3 d\u1ea5u", "Za\u017c\u00f3\u0142\u0107 g\u0119\u015bl\u0105 ja\u017a\u0144",
-    "\u0130stanbul \u0131s\u0131k I\u0131 \u0130i", "\u00c5ngstr\u00f6m \u00d8resund \u00e6\u00f8\u00e5", "\u0160ko\u0161 \u010ce\u0161ky \u017dilina",
-    "cr\u00e8me br\u00fbl\u00e9e \u00e0 la fran\u00e7aise", "S\u00e3o Paulo Jo\u00e3o", "\u00c9COLE \u00c9T\u00c9 \u00c0 PARIS",
-    "stra\u00dfe STRASSE \u1e9e", "\ufb01nance \ufb02ow \ufb00", "D\u00fcsseldorf K\u00f6ln", "Ha\u010dek \u0148 \u0165 \u010f",
+    "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e", "na\u00efve r\u00e9sum\u00e9 fa\u00e7ade",
+    "\u00dcber M\u00fcnchen stra\u00dfe Gr\u00fc\u00dfe", "Espa\u00f1a ma\u00f1ana ni\u00f1o",
+    "Ti\u1ebfng Vi\u1ec7t c\u00f3 d\u1ea5u", "Za\u017c\u00f3\u0142\u0107 g\u0119\u015bl\u0105 ja\u017a\u0144",
+    "\u0130stanbul \u0131s\u0131k I\u0131 \u0130i", "\u00c5ngstr\u00f6m \u00d8resund \u00e6\u00f8\u00e5",
+    "\u0160ko\u0161 \u010ce\u0161ky \u017dilina", "cr\u00e8me br\u00fbl\u00e9e \u00e0 la fran\u00e7aise",
+    "S\u00e3o Paulo Jo\u00e3o", "\u00c9COLE \u00c9T\u00c9 \u00c0 PARIS", "stra\u00dfe STRASSE \u1e9e",
+    "\ufb01nance \ufb02ow \ufb00", "D\u00fcsseldorf K\u00f6ln", "Ha\u010dek \u0148 \u0165 \u010f",
     "\u01c4 \u01c5 \u01c6 dz digraphs", "\u1e9b\u0323 long s", "\u212b angstrom sign \u2126 ohm \u212a kelvin",
 ]
 SCRIPTS = [
-    "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430?", "\u041c\u041e\u0421\u041a\u0412\u0410 \u0451\u043b\u043a\u0430 \u0401\u041b\u041a\u0410 \u0439\u043e\u0433\u0443\u0440\u0442",
+    "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430?",
+    "\u041c\u041e\u0421\u041a\u0412\u0410 \u0451\u043b\u043a\u0430 \u0401\u041b\u041a\u0410 \u0439\u043e\u0433\u0443"
+    "\u0440\u0442",
     "\u0423\u043a\u0440\u0430\u0457\u043d\u0430 \u0457\u0436\u0430\u043a \u0491\u0430\u043d\u043e\u043a",
-    "\u039a\u03b1\u03bb\u03b7\u03bc\u03ad\u03c1\u03b1 \u03ba\u03cc\u03c3\u03bc\u03b5", "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3\u039f\u03a6\u039f\u03a3",
-    "\u03a3\u03af\u03c3\u03c5\u03c6\u03bf\u03c2 \u03bb\u03cc\u03b3\u03bf\u03c2", "\u1f08\u03b8\u1fc6\u03bd\u03b1\u03b9 \u1f00\u03c1\u03c7\u03ae",
-    "\u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645", "\u0627\u0644\u0639\u064e\u0631\u064e\u0628\u0650\u064a\u064e\u0651\u0629\u064f",
-    "\u0627\u0644\u0633\u0644\u0627\u0645 \u0639\u0644\u064a\u0643\u0645\u061f", "\u05e9\u05dc\u05d5\u05dd \u05e2\u05d5\u05dc\u05dd", "\u05d1\u05b0\u05bc\u05e8\u05b5\u05d0\u05e9\u05b4\u05c1\u05d9\u05ea",
-    "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e", "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35\u0e04\u0e23\u0e31\u0e1a",
-    "\uc548\ub155\ud558\uc138\uc694 \uc138\uacc4", "\u3053\u3093\u306b\u3061\u306f\u4e16\u754c", "\u30ab\u30bf\u30ab\u30ca \u30c6\u30b9\u30c8",
-    "\u6211\u7231\u5317\u4eac\u5929\u5b89\u95e8", "\u4eca\u5929\u5929\u6c14\u5f88\u597d\u3002", "\u6771\u4eac\u90fd\u6e0b\u8c37\u533a",
-    "\u4e2d\u6587English\u6df7\u5408text", "\U00020000\U00020001 ext B", "\U0002b820\U0002b821\U0002b91f ext E start",
-    "\U0002b920\U0002ceaf ext E", "\U00030000 ext G", "\U00031350 ext H (Unicode 15)", "\uf900\ufa0e compat",
-    "\u3400\u4dbf ext A", "\u2f00\u2f01 radicals", "\uff21\uff22\uff23 fullwidth \uff41\uff42\uff43",
-    "\u10d2\u10d0\u10db\u10d0\u10e0\u10ef\u10dd\u10d1\u10d0", "\u0540\u0561\u0575\u0561\u057d\u057f\u0561\u0576",
-    "\u1200\u1208\u1218 \u12a0\u121b\u122d\u129b", "\u0dc3\u0dd2\u0d82\u0dc4\u0dbd", "\u0baa\u0bbe\u0bb0\u0ba4\u0bae\u0bcd",
+    "\u039a\u03b1\u03bb\u03b7\u03bc\u03ad\u03c1\u03b1 \u03ba\u03cc\u03c3\u03bc\u03b5",
+    "\u039f\u0394\u03a5\u03a3\u03a3\u0395\u03a5\u03a3 \u03a3\u039f\u03a6\u039f\u03a3",
+    "\u03a3\u03af\u03c3\u03c5\u03c6\u03bf\u03c2 \u03bb\u03cc\u03b3\u03bf\u03c2",
+    "\u1f08\u03b8\u1fc6\u03bd\u03b1\u03b9 \u1f00\u03c1\u03c7\u03ae",
+    "\u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645",
+    "\u0627\u0644\u0639\u064e\u0631\u064e\u0628\u0650\u064a\u064e\u0651\u0629\u064f",
+    "\u0627\u0644\u0633\u0644\u0627\u0645 \u0639\u0644\u064a\u0643\u0645\u061f",
+    "\u05e9\u05dc\u05d5\u05dd \u05e2\u05d5\u05dc\u05dd",
+    "\u05d1\u05b0\u05bc\u05e8\u05b5\u05d0\u05e9\u05b4\u05c1\u05d9\u05ea",
+    "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e",
+    "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35\u0e04\u0e23\u0e31\u0e1a", "\uc548\ub155\ud558\uc138\uc694 \uc138\uacc4",
+    "\u3053\u3093\u306b\u3061\u306f\u4e16\u754c", "\u30ab\u30bf\u30ab\u30ca \u30c6\u30b9\u30c8",
+    "\u6211\u7231\u5317\u4eac\u5929\u5b89\u95e8", "\u4eca\u5929\u5929\u6c14\u5f88\u597d\u3002",
+    "\u6771\u4eac\u90fd\u6e0b\u8c37\u533a", "\u4e2d\u6587English\u6df7\u5408text", "\U00020000\U00020001 ext B",
+    "\U0002b820\U0002b821\U0002b91f ext E start", "\U0002b920\U0002ceaf ext E", "\U00030000 ext G",
+    "\U00031350 ext H (Unicode 15)", "\uf900\ufa0e compat", "\u3400\u4dbf ext A", "\u2f00\u2f01 radicals",
+    "\uff21\uff22\uff23 fullwidth \uff41\uff42\uff43", "\u10d2\u10d0\u10db\u10d0\u10e0\u10ef\u10dd\u10d1\u10d0",
+    "\u0540\u0561\u0575\u0561\u057d\u057f\u0561\u0576", "\u1200\u1208\u1218 \u12a0\u121b\u122d\u129b",
+    "\u0dc3\u0dd2\u0d82\u0dc4\u0dbd", "\u0baa\u0bbe\u0bb0\u0ba4\u0bae\u0bcd",
 ]
 CONTROL = [
     "null\x00char", "bell\x07and\x08backspace", "del\x7fete", "next\x85line", "zero\u200bwidth\u200bspace",
@@ -335,7 +346,8 @@ def _long_words(rng: random.Random) -> list[str]:
 
 def _combining(rng: random.Random) -> list[str]:
     marks = [chr(c) for c in range(0x300, 0x370)]
-    lines = ["e\u0301 a\u0300 o\u0302 u\u0308 c\u0327", "Z\u0336\u0337a\u0338l\u0334g\u0335o\u0336!", "\u1e69\u0307 \u0071\u0307\u0323",
+    lines = ["e\u0301 a\u0300 o\u0302 u\u0308 c\u0327", "Z\u0336\u0337a\u0338l\u0334g\u0335o\u0336!", "\u1e69\u0307 "
+                                                                                                      "\u0071\u0307\u0323",
              "\u0041\u030a \u00c5 \u212b", "\u1100\u1161\u11a8 jamo", "\u0915\u094d\u0937", "\u0e01\u0e34\u0e4a"]
     for _ in range(40):
         base = rng.choice("aeiouAEIOUnNcCsSzZ\u0430\u03b1")
@@ -434,7 +446,7 @@ def record_ids(corpus: list[str], vocab_path: Path, lowercase: bool, full_tokeni
         if ids != hf[i]:
             hf_special[str(i)] = ids
     kh = keras_hub_ids(vocab_path, lowercase, corpus)
-    same = sum(1 for a, b in zip(hf, kh) if a == b)
+    same = sum(1 for a, b in zip(hf, kh, strict=True) if a == b)
     print(f"lowercase={lowercase}: keras-hub agrees with tokenizers on {same}/{len(corpus)} lines; "
           f"special tokens change {len(hf_special)} lines")
     return {"hf": hf, "hf_special_tokens_in_strings": hf_special, "keras_hub": kh}
@@ -584,7 +596,7 @@ def record_all() -> None:
         for line in corpus:
             f.write(json.dumps(line, ensure_ascii=True) + "\n")
     uncased_vocab = minilm_dir() / "vocab.txt"
-    uncased_tokens = [l.rstrip() for l in uncased_vocab.read_text(encoding="utf-8").splitlines()]
+    uncased_tokens = [ln.rstrip() for ln in uncased_vocab.read_text(encoding="utf-8").splitlines()]
     cased = build_cased_vocabulary(uncased_tokens, corpus)
     cased_path = TOKENIZER_DIR / "cased_vocab.txt"
     cased_path.write_text("".join(t + "\n" for t in cased), encoding="utf-8")

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     ins = read_arrays(a.gpu_dir / "inputs.npz")
     mask = ins["attention_mask"][ROWS]
     assert mask[:, POSITIONS:].sum() == 0, "rows must be padding beyond the kept positions"
-    save_file({k: np.ascontiguousarray(v[ROWS, :POSITIONS]) for k, v in ins.items()}, str(a.out / "h100_inputs.safetensors"))
+    save_file({k: np.ascontiguousarray(v[ROWS, :POSITIONS]) for k, v in ins.items()},
+              str(a.out / "h100_inputs.safetensors"))
     for name, file in FILES.items():
         src = read_arrays(a.gpu_dir / file)
         out = {"last_hidden_state": src["last_hidden_state"][ROWS, :POSITIONS],

@@ -18,8 +18,9 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import huggingface, keras, native
 from .base import Checkpoint, CheckpointError, read_json

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,7 @@ Names are mapped to the canonical ones:
     embeddings.token_type_embeddings.weight        -> segment_embedding/embeddings
     embeddings.LayerNorm.{weight,bias}             -> embeddings_layer_norm/{gamma,beta}
     encoder.layer.{i}.attention.self.{query,key,value}.{weight,bias}
-                                                   -> transformer_layer_{i}/self_attention_layer/{query,key,value}/{kernel,bias}
+                          -> transformer_layer_{i}/self_attention_layer/{query,key,value}/{kernel,bias}
     encoder.layer.{i}.attention.output.dense       -> .../self_attention_layer/attention_output
     encoder.layer.{i}.attention.output.LayerNorm   -> transformer_layer_{i}/self_attention_layer_norm
     encoder.layer.{i}.intermediate.dense           -> transformer_layer_{i}/feedforward_intermediate_dense
@@ -38,15 +38,24 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..config import BertConfig
 from .base import (
-    Checkpoint, CheckpointError, check_field, check_regular_file, check_weight_bytes, check_weights, list_names, not_a_regular_file,
-    read_config, read_json,
+    Checkpoint,
+    CheckpointError,
+    check_field,
+    check_regular_file,
+    check_weight_bytes,
+    check_weights,
+    list_names,
+    not_a_regular_file,
+    read_config,
+    read_json,
 )
 from .safetensors_io import read_safetensors
 
@@ -229,7 +238,7 @@ def _read_tensors(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Pat
     if index.is_file():
         index_json = read_json(index)
         shards = shard_files(index_json, str(index))
-        tensors: dict[str, np.ndarray] = {}
+        tensors = {}
         origin: dict[str, Path] = {}
         for shard in shards:
             path = directory / shard

@@ -12,10 +12,12 @@ keras-hub 0.32) the file holds:
     layers/layer_normalization/vars/{0,1}       embeddings_layer_norm/{gamma,beta}
     layers/dense/vars/{0,1}                     pooled_dense/{kernel,bias}
     layers/transformer_encoder{,_1,_2,...}/     transformer_layer_{0,1,2,...}/
-      _self_attention_layer/{query,key,value}_dense/vars/0   .../self_attention_layer/{query,key,value}/kernel  (hidden, heads, key_dim)
-      _self_attention_layer/{query,key,value}_dense/vars/1   .../bias                                           (heads, key_dim)
-      _self_attention_layer/output_dense/vars/0              .../self_attention_layer/attention_output/kernel   (heads, key_dim, hidden)
-      _self_attention_layer/output_dense/vars/1              .../self_attention_layer/attention_output/bias     (hidden,)
+      _self_attention_layer/{query,key,value}_dense/vars/0   .../self_attention_layer/{query,key,value}/kernel
+                                                               (hidden, heads, key_dim)
+      _self_attention_layer/{query,key,value}_dense/vars/1   .../bias  (heads, key_dim)
+      _self_attention_layer/output_dense/vars/0              .../self_attention_layer/attention_output/kernel
+                                                               (heads, key_dim, hidden)
+      _self_attention_layer/output_dense/vars/1              .../self_attention_layer/attention_output/bias  (hidden,)
       _self_attention_layer_norm/vars/{0,1}                  .../self_attention_layer_norm/{gamma,beta}
       _feedforward_intermediate_dense/vars/{0,1}             .../feedforward_intermediate_dense/{kernel,bias}
       _feedforward_output_dense/vars/{0,1}                   .../feedforward_output_dense/{kernel,bias}
@@ -39,8 +41,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +76,7 @@ def required_files(config_json: Mapping[str, Any]) -> list[str]:
     return [native.WEIGHTS_FILE if native.is_native_config(config_json) else WEIGHTS_FILE]
 
 
-def _require_h5py():
+def _require_h5py() -> ModuleType:
     try:
         import h5py
     except ImportError:
@@ -103,8 +107,10 @@ _LAYER = (
     ("_self_attention_layer/output_dense/vars/1", "self_attention_layer/attention_output/bias", "attention_output"),
     ("_self_attention_layer_norm/vars/0", "self_attention_layer_norm/gamma", "self_attention_layer_norm"),
     ("_self_attention_layer_norm/vars/1", "self_attention_layer_norm/beta", "self_attention_layer_norm"),
-    ("_feedforward_intermediate_dense/vars/0", "feedforward_intermediate_dense/kernel", "feedforward_intermediate_dense"),
-    ("_feedforward_intermediate_dense/vars/1", "feedforward_intermediate_dense/bias", "feedforward_intermediate_dense"),
+    ("_feedforward_intermediate_dense/vars/0", "feedforward_intermediate_dense/kernel",
+     "feedforward_intermediate_dense"),
+    ("_feedforward_intermediate_dense/vars/1", "feedforward_intermediate_dense/bias",
+     "feedforward_intermediate_dense"),
     ("_feedforward_output_dense/vars/0", "feedforward_output_dense/kernel", "feedforward_output_dense"),
     ("_feedforward_output_dense/vars/1", "feedforward_output_dense/bias", "feedforward_output_dense"),
     ("_feedforward_layer_norm/vars/0", "feedforward_layer_norm/gamma", "feedforward_layer_norm"),
@@ -137,10 +143,10 @@ def _keras_shape(config: BertConfig, canonical: str) -> tuple[int, ...]:
     return shape
 
 
-def _datasets(h5file) -> dict[str, Any]:
+def _datasets(h5file: Any) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
-    def visit(name, obj):
+    def visit(name: str, obj: Any) -> None:
         if obj.__class__.__name__ == "Dataset":
             found[name] = obj
 
@@ -148,12 +154,13 @@ def _datasets(h5file) -> dict[str, Any]:
     return found
 
 
-def _view(dataset, mm: np.ndarray | None) -> np.ndarray:
+def _view(dataset: Any, mm: np.ndarray | None) -> np.ndarray:
     """A read-only memory-mapped view of `dataset` when it is stored contiguously, else a copy."""
     dtype = dataset.dtype
     offset = dataset.id.get_offset() if mm is not None else None
     if (
-        offset is not None
+        mm is not None
+        and offset is not None
         and dataset.chunks is None
         and dataset.compression is None
         and dtype.kind == "f"
@@ -172,12 +179,12 @@ def _view(dataset, mm: np.ndarray | None) -> np.ndarray:
 _ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32"}
 
 
-def _check_storage(h5py, h5file, weights_path: Path) -> None:
+def _check_storage(h5py: ModuleType, h5file: Any, weights_path: Path) -> None:
     """Refuse external links, external storage, virtual datasets and unneeded filters, anywhere in
     the file, before anything is read (see the module docstring)."""
     bad: list[str] = []
 
-    def visit_link(name, link):
+    def visit_link(name: str, link: Any) -> None:
         if isinstance(link, h5py.ExternalLink):
             bad.append(f"{name!r} is an external link to {link.filename!r}:{link.path!r}; "
                        "weights must be stored inside the file")
@@ -188,7 +195,7 @@ def _check_storage(h5py, h5file, weights_path: Path) -> None:
         raise CheckpointError(f"{weights_path}: {bad[0]}")
     layouts = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked", h5py.h5d.COMPACT: "compact"}
 
-    def visit(name, obj):
+    def visit(name: str, obj: Any) -> None:
         if not isinstance(obj, h5py.Dataset) or bad:
             return None
         plist = obj.id.get_create_plist()
@@ -218,7 +225,7 @@ def _check_storage(h5py, h5file, weights_path: Path) -> None:
         raise CheckpointError(f"{weights_path}: {bad[0]}")
 
 
-def _check_layer_names(h5file, path: str, canonical: str, layer_name: str | None) -> None:
+def _check_layer_names(h5file: Any, path: str, canonical: str, layer_name: str | None) -> None:
     """Check the `name` attribute keras writes on each `vars` group, where present."""
     group = h5file.get(path.rsplit("/", 1)[0])
     attr = group.attrs.get("name") if group is not None else None
@@ -241,7 +248,8 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
     try:
         h5file = h5py.File(weights_path, "r")
     except OSError as e:
-        raise CheckpointError(f"{weights_path}: cannot be read as HDF5 ({e}); the file is truncated or corrupt") from None
+        raise CheckpointError(
+            f"{weights_path}: cannot be read as HDF5 ({e}); the file is truncated or corrupt") from None
     with h5file:
         try:
             return _read_open(h5py, h5file, config, weights_path, paths, layer_names, encoder_names)
@@ -253,7 +261,7 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
             raise CheckpointError(f"{weights_path}: cannot be read as HDF5 ({text}); the file is corrupt") from None
 
 
-def _read_open(h5py, h5file, config: BertConfig, weights_path: Path, paths: dict[str, str],
+def _read_open(h5py: ModuleType, h5file: Any, config: BertConfig, weights_path: Path, paths: dict[str, str],
                layer_names: dict[str, str], encoder_names: dict[str, int]) -> dict[str, np.ndarray]:
     _check_storage(h5py, h5file, weights_path)
     datasets = _datasets(h5file)
@@ -283,7 +291,8 @@ def _read_open(h5py, h5file, config: BertConfig, weights_path: Path, paths: dict
         try:
             array = _view(dataset, mm)
         except OSError as e:
-            raise CheckpointError(f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
+            raise CheckpointError(
+                f"{weights_path}: tensor {path!r} cannot be read ({e}); the file is corrupt") from None
         weights[canonical] = array.reshape(config.weight_shapes()[canonical])
     # Encoder groups carry the layer's name; a mismatch means the numbering is not what we assume.
     for group_name in h5file.get("layers", {}):

@@ -22,13 +22,23 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..config import BertConfig
-from .base import Checkpoint, CheckpointError, check_regular_file, check_weight_bytes, check_weights, dtype_name, read_config, read_json_object
+from .base import (
+    Checkpoint,
+    CheckpointError,
+    check_regular_file,
+    check_weight_bytes,
+    check_weights,
+    dtype_name,
+    read_config,
+    read_json_object,
+)
 from .safetensors_io import read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
@@ -220,10 +230,12 @@ def _write_preset_files(stage: Path, weights: Mapping[str, np.ndarray], vocabula
             tokens = list(vocabulary)
             bad = [i for i, t in enumerate(tokens) if not isinstance(t, str) or "\n" in t]
             if bad:
-                raise ValueError(f"metadata['vocabulary'][{bad[0]}] must be a string without newlines, got {tokens[bad[0]]!r}")
+                raise ValueError(f"metadata['vocabulary'][{bad[0]}] must be a string without newlines, got "
+                                 f"{tokens[bad[0]]!r}")
             target.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
         else:
-            raise TypeError(f"metadata['vocabulary'] must be a path or a sequence of tokens, got {type(vocabulary).__name__}")
+            raise TypeError("metadata['vocabulary'] must be a path or a sequence of tokens, got "
+                            f"{type(vocabulary).__name__}")
 
     write_safetensors(stage / WEIGHTS_FILE, weights, {"format": "np"})
     _write_json(stage / METADATA_FILE, meta)

@@ -17,8 +17,9 @@ import json
 import math
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
     path = Path(path)
     size = path.stat().st_size
     if size < 8:
-        raise SafetensorsError(f"{path}: truncated safetensors file ({size} bytes; the 8-byte header length is missing)")
+        raise SafetensorsError(
+            f"{path}: truncated safetensors file ({size} bytes; the 8-byte header length is missing)")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n < 2 or n > MAX_HEADER_BYTES:
@@ -150,7 +152,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise SafetensorsError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+            raise SafetensorsError(
+                f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
         begin, end = offsets
         if end > data_len:
             raise SafetensorsError(

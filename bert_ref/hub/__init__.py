@@ -82,7 +82,7 @@ def download(preset: str | os.PathLike, *, progress: bool | None = None,
     return _resolve(preset, progress=progress, force=force)
 
 
-def _resolve(preset, *, progress, force) -> Path:
+def _resolve(preset: object, *, progress: bool | None, force: bool) -> Path:
     if isinstance(preset, os.PathLike):
         return _local(os.fspath(preset), preset)
     if not isinstance(preset, str):
@@ -103,7 +103,7 @@ def _resolve(preset, *, progress, force) -> Path:
     return _local(preset, preset)
 
 
-def _local(text: str, original) -> Path:
+def _local(text: str, original: str | os.PathLike) -> Path:
     path = Path(text).expanduser()
     if path.is_dir():
         return path

@@ -17,6 +17,7 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from .. import limits
 from .errors import HubError, UnsafeArchiveError
@@ -92,7 +93,7 @@ class _Budget:
                                      f"in all (set {limits.env_name('archive_bytes')} to raise the limit)")
 
 
-def _copy(src, dst, budget: _Budget, name: str) -> None:
+def _copy(src: IO[bytes], dst: IO[bytes], budget: _Budget, name: str) -> None:
     """Copy at most what the budget allows (a member may inflate beyond its declared size)."""
     while True:
         chunk = src.read(1 << 20)

@@ -94,7 +94,7 @@ class _LocalSource:
     def __init__(self, root: Path):
         self.root = root
 
-    def get(self, name, *, required):
+    def get(self, name: str, *, required: bool) -> Path | None:
         path = self.root / safe_relpath(name, str(self.root))
         if path.is_file():
             return path
@@ -102,16 +102,16 @@ class _LocalSource:
             raise _Incomplete(name)
         return None
 
-    def read_json(self, name):
+    def read_json(self, name: str) -> dict:
         try:
             return limits.load_file(self.root / name)
         except (OSError, ValueError):
             raise _Incomplete(name) from None
 
-    def describe(self, name):
+    def describe(self, name: str) -> str:
         return str(self.root / name)
 
-    def missing(self, message):
+    def missing(self, message: str) -> Exception:
         return _Incomplete(message)
 
 
@@ -128,7 +128,7 @@ class _RemoteSource:
         return (f"{settings.hf_endpoint()}/{self.h.repo_id}/resolve/"
                 f"{quote(self.revision, safe='')}/{quote(name)}")
 
-    def get(self, name, *, required):
+    def get(self, name: str, *, required: bool) -> Path | None:
         dest = self.stage / safe_relpath(name, self.url(name))
         got = self.fetcher.download(self.url(name), dest, optional=not required,
                                     label=f"{self.h.repo_id}/{name}")
@@ -139,7 +139,7 @@ class _RemoteSource:
             self.commit = self.revision = got.commit
         return dest
 
-    def read_json(self, name):
+    def read_json(self, name: str) -> dict:
         try:
             data = limits.load_file(self.stage / name, self.files[name]["url"])
         except ValueError as exc:
@@ -148,10 +148,10 @@ class _RemoteSource:
             raise HubError(f"{self.files[name]['url']}: expected a JSON object")
         return data
 
-    def describe(self, name):
+    def describe(self, name: str) -> str:
         return self.url(name)
 
-    def missing(self, message):
+    def missing(self, message: str) -> Exception:
         return RemoteNotFoundError(message, url=self.url("config.json"), status=404)
 
 

@@ -41,7 +41,7 @@ class KaggleHandle:
     def parts(self) -> tuple[str, str, str, str]:
         return (self.owner, self.model, self.framework, self.variation)
 
-    def with_version(self, version: int) -> "KaggleHandle":
+    def with_version(self, version: int) -> KaggleHandle:
         return dataclasses.replace(self, version=version)
 
     def __str__(self) -> str:
@@ -60,7 +60,8 @@ def parse(rest: str, original: str) -> KaggleHandle:
             raise ValueError(f"{original!r}: version {parts[4]!r} must be a positive integer; "
                              f"accepted forms: {FORMS}")
         version = int(parts[4])
-    return KaggleHandle(*parts[:4], version)
+    owner, model, framework, variation = parts[:4]
+    return KaggleHandle(owner, model, framework, variation, version)
 
 
 def _api(h: KaggleHandle) -> str:
@@ -92,7 +93,7 @@ def cached(h: KaggleHandle) -> Path | None:
 
 
 def _cached_versions(h: KaggleHandle) -> list[int]:
-    versions = set()
+    versions: set[int] = set()
     for root in (settings.cache_dir() / "kaggle", settings.kagglehub_cache() / "models"):
         base = root / Path(*h.parts)
         if base.is_dir():

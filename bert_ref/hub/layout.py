@@ -10,6 +10,7 @@ those worth fetching when present (tokenizer, metadata). A Hugging Face reposito
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from .. import checkpoints
@@ -33,7 +34,7 @@ class Source(Protocol):
         """The exception to raise when a required file is absent."""
 
 
-def _checked(names, where: str) -> list[str]:
+def _checked(names: Iterable[object], where: str) -> list[str]:
     # Names from a remote index become paths on our disk: they must stay inside the preset.
     return [safe_relpath(str(n), where).as_posix() for n in names]
 

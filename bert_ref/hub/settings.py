@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -112,10 +113,14 @@ def kaggle_credentials() -> tuple[str, str] | None:
     return data["username"], data["key"]
 
 
-def _number(name: str, default: float, minimum: float, kind: type) -> float:
+N = TypeVar("N", int, float)
+
+
+def _number(name: str, default: N, minimum: N, kind: type[N]) -> N:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
+    value: N | None
     try:
         value = kind(raw)
     except ValueError:

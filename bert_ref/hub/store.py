@@ -18,13 +18,15 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 try:
     import fcntl
+
+    _HAVE_FLOCK = True
 except ImportError:  # pragma: no cover - non-POSIX
-    fcntl = None
+    _HAVE_FLOCK = False
 
 #: Written last into a preset directory; its presence means every file is in place.
 MARKER = ".bert_ref_complete.json"
@@ -45,7 +47,7 @@ def read_record(directory: Path) -> dict:
 def locked(dest: Path) -> Iterator[None]:
     """Hold an exclusive lock for fetching `dest` (blocks while another process holds it)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover - non-POSIX
+    if not _HAVE_FLOCK:  # pragma: no cover - non-POSIX
         yield
         return
     fd = os.open(dest.parent / f".{dest.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -64,7 +66,7 @@ def temp_path(dest: Path, kind: str) -> Path:
 
 def remove_stale(dest: Path) -> list[Path]:
     """Delete leftovers of killed fetches of `dest`. Call only while holding `locked(dest)`."""
-    if fcntl is None or not dest.parent.is_dir():  # pragma: no cover - without locks we cannot tell
+    if not _HAVE_FLOCK or not dest.parent.is_dir():  # pragma: no cover - without locks we cannot tell
         return []
     removed = []
     for kind in _TEMP_KINDS:

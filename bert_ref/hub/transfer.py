@@ -28,8 +28,9 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import requests
 import urllib3
@@ -143,7 +144,8 @@ def _progress_enabled(progress: bool | None, total: int | None) -> bool:
     return True
 
 
-def _progress_bar(progress: bool | None, total: int | None, label: str):
+def _progress_bar(progress: bool | None, total: int | None, label: str) -> contextlib.AbstractContextManager[Any]:
+    """A tqdm bar (its `update(n)`), or a context yielding None when progress is off."""
     if not _progress_enabled(progress, total):
         return contextlib.nullcontext(None)
     from tqdm import tqdm
@@ -182,10 +184,10 @@ class Fetcher:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "Fetcher":
+    def __enter__(self) -> Fetcher:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- advice -------------------------------------------------------------------------------
@@ -273,6 +275,14 @@ class Fetcher:
                 return data
 
         return self._with_retries(url, op)
+
+    @overload
+    def download(self, url: str, dest: Path, *, optional: Literal[False] = False,
+                 label: str | None = None) -> Downloaded: ...
+
+    @overload
+    def download(self, url: str, dest: Path, *, optional: bool,
+                 label: str | None = None) -> Downloaded | None: ...
 
     def download(self, url: str, dest: Path, *, optional: bool = False,
                  label: str | None = None) -> Downloaded | None:
