@@ -196,7 +196,7 @@ class Int8Policy(Policy):
         return True
 
 
-def get_policy(dtype: "str | Policy | np.dtype | type | None" = None) -> Policy:
+def get_policy(dtype: str | Policy | np.dtype | type | None = None) -> Policy:
     """Resolve a dtype argument (None, a policy name, a NumPy dtype, or a Policy) to a Policy."""
     if isinstance(dtype, Policy):
         return dtype
@@ -208,7 +208,9 @@ def get_policy(dtype: "str | Policy | np.dtype | type | None" = None) -> Policy:
         try:
             name = np.dtype(dtype).name
         except TypeError:
-            raise TypeError(f"dtype must be None, a policy name {POLICY_NAMES} or a NumPy dtype, got {dtype!r}") from None
+            raise TypeError(
+                f"dtype must be None, a policy name {POLICY_NAMES} or a NumPy dtype, got {dtype!r}"
+            ) from None
     if name not in POLICY_NAMES:
         raise ValueError(f"unknown dtype policy {dtype!r}; expected one of {POLICY_NAMES} (or None for float32)")
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)

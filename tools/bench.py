@@ -66,7 +66,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bert_ref import BertBackbone, kernels  # noqa: E402
-from bert_ref.config import BertConfig  # noqa: E402
 
 BASE = dict(vocabulary_size=30522, num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072,
             max_sequence_length=512, num_segments=2)
@@ -111,7 +110,8 @@ def machine() -> list[str]:
     blas = cfg.get("Build Dependencies", {}).get("blas", {})
     control = kernels._blas()
     lines.append(f"numpy BLAS (np.show_config): {blas.get('name')} {blas.get('version')}; threads: "
-                 + (f"{control[1]()} (openblas_get_num_threads)" if control else "unknown (no OpenBLAS thread control)"))
+                 + (f"{control[1]()} (openblas_get_num_threads)" if control
+                    else "unknown (no OpenBLAS thread control)"))
     parts = kernels.batch_parts(8, 128, 768)
     lines.append(f"bert_ref: kernels.THREADS={kernels.THREADS}; BERT-base 8x128 runs as {parts} batch part(s)"
                  + (" over threads, OpenBLAS at 1 thread meanwhile" if parts > 1 else ""))
@@ -419,13 +419,14 @@ def speed_table(results: list[dict], anchors: list[str]) -> list[str]:
     for r in results:
         t = r["times"]
         ours = statistics.median(t["bert_ref"])
-        cells = [r["label"], f"{1e3 * ours:.1f}", f"{r['gflop'] / ours:.1f}", f"{1e3 * statistics.median(t['floor']):.1f}",
+        cells = [r["label"], f"{1e3 * ours:.1f}", f"{r['gflop'] / ours:.1f}",
+                 f"{1e3 * statistics.median(t['floor']):.1f}",
                  f"{ours / statistics.median(t['floor']):.2f}"]
         for a in anchors:
             if a not in t:
                 cells += ["-", "-"]
                 continue
-            pairs = [x / y for x, y in zip(t["bert_ref"], t[a])]
+            pairs = [x / y for x, y in zip(t["bert_ref"], t[a], strict=True)]
             cells += [f"{1e3 * statistics.median(t[a]):.1f}",
                       f"**{ours / statistics.median(t[a]):.2f}** ({min(pairs):.2f}-{max(pairs):.2f})"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -525,7 +526,8 @@ def main(argv=None) -> None:
         for line in bench_load(args):
             emit(f"- {line.strip()}")
     emit()
-    emit(f"Command: `python tools/bench.py{' ' + ' '.join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else ''}`; "
+    args_used = argv if argv is not None else sys.argv[1:]
+    emit(f"Command: `python tools/bench.py{' ' + ' '.join(args_used) if args_used else ''}`; "
          f"total bench time: {time.perf_counter() - start:.0f} s.")
     if args.write_docs:
         write_docs(ROOT / "docs" / "performance.md", out)
