@@ -384,6 +384,7 @@ def _stage_phrase(e: Entry) -> str:
 
 
 def _json_safe(obj: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no spelling for them)."""
     if isinstance(obj, dict):
         return {k: _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, _json_safe
 from .dataset import Dataset, DatasetError, Records, file_sha256, length_batches, open_dataset, pad_batch
 
 __all__ = ["run_dataset", "compare_dataset", "ScaleJob", "compute_shard", "verify_shard", "MANIFEST",
@@ -911,17 +911,6 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand_files: 
                                "source": sources[j] if sources else None} for j in order],
         }
     return {"shard": shard, "stats": stats, "seconds": time.perf_counter() - t0}
-
-
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats as the strings "inf", "-inf", "nan" (JSON has no spelling for them)."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
 
 
 @dataclasses.dataclass
