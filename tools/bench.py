@@ -36,7 +36,7 @@ the same weights saved with `save_pretrained` are loaded with `transformers.Bert
 
 `--write-docs` replaces the generated tables of docs/performance.md (between its `bench:begin` and
 `bench:end` markers) with this run's. The header records the machine, NumPy's BLAS
-(`np.show_config()`) and its thread count. A full run takes about 6-8 minutes on 2 idle cores;
+(`np.show_config()`) and its thread count. A full run takes about 4-5 minutes on 2 idle cores;
 `--quick` (the three headline rows, no memory or load time) about 2-3.
 """
 
