@@ -62,6 +62,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
 
+from _provenance import cpu_name  # tools/ is on sys.path for a script run from it
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -96,14 +98,7 @@ def cores() -> int:
 
 def machine() -> list[str]:
     lines = []
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     lines.append(f"cpu: {cpu}; {cores()} cores available; {platform.platform()}")
     lines.append(f"python {platform.python_version()}, numpy {np.__version__}")
     cfg = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}

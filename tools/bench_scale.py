@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _provenance import cpu_name  # tools/ is on sys.path for a script run from it
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -69,14 +71,7 @@ MiB = 1 << 20
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     blas = "?"
     try:
         from threadpoolctl import threadpool_info
