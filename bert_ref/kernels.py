@@ -175,28 +175,29 @@ def _gelu_erf_block(x: np.ndarray, out: np.ndarray) -> None:
 
 
 # Exact GELU in float32 without the erf table: Phi(-w) = 1 / (1 + exp(w * Q(w^2))) for w = |x|,
-# where w * Q(w^2) = logit(Phi(w)) (odd in w, so Q is a polynomial in w^2). Q, of degree 10 in
-# u = min(w^2, 36), was fitted by least squares on 600 Chebyshev nodes of u in [0, 36] against
-# mpmath's `ncdf` (50 digits), each node weighted by w * Phi(w) * Phi(-w), the factor by which an
-# error in logit(Phi) reaches the GELU. Beyond |x| = 6, Phi(-|x|) < 1e-9 and the clipped u keeps it
-# so. Coefficients lowest power first (float32).
+# where w * Q(w^2) = logit(Phi(w)) (odd in w, so Q is a polynomial in w^2). Q, of degree 6 in
+# u = min(w^2, 36), is the weighted minimax fit of `tools/fit_gelu_logit.py` (which regenerates
+# these numbers and checks them): against mpmath's `ncdf` at 40 digits, on 1500 Chebyshev nodes of u
+# in [0, 36], each node weighted by w^2 * Phi(w) * Phi(-w) / max(w, 1), the factor by which an error
+# in Q reaches the GELU relative to max(|x|, 1). Beyond |x| = 6, Phi(-|x|) < 1e-9 and the clipped u
+# keeps it so. Coefficients lowest power first (float32).
 _GELU_LOGIT_Q = np.array([
-    1.5957692, 0.072670974, -7.3497824e-05, -0.000104696504, 5.8384376e-06, 1.3846794e-07, -4.08571e-08,
-    2.8304852e-09, -1.0271647e-10, 1.9707983e-12, -1.5689237e-14,
+    1.5957705974578857, 0.07266412675380707, -6.348307942971587e-05, -0.00011120787530671805,
+    8.025200258998666e-06, -2.7146086267748615e-07, 3.693326311449141e-09,
 ], np.float32)
 _GELU_LOGIT_U_MAX = np.float32(36.0)
 
 
 def _gelu_logit_block(x: np.ndarray, out: np.ndarray) -> None:
-    """Exact GELU of a float32 1-D block into `out` (which may be `x`), in 2 * 10 + 9 float32 passes
-    and one `exp` (the erf table costs eight gathers per element).
+    """Exact GELU of a float32 1-D block into `out` (which may be `x`), in 21 float32 passes and
+    one `exp` (the erf table costs eight gathers per element).
 
     `gelu(x) = x * Phi(x) = max(x, 0) - |x| * Phi(-|x|)`, and `Phi(-w) = 1 / (1 + exp(w * Q(w^2)))`
     (see `_GELU_LOGIT_Q`). Not bit-identical to `ops.gelu`: measured on 400001 float32 points of
-    [-10, 10] against x * Phi(x) in float64 (tests/test_kernels.py), its error is at most 2.44e-7
-    (ops.gelu: 4.61e-7), at most 7.74e-8 * max(|x|, 1) (ops.gelu: 1.06e-7), and 9.2e-9 where
-    |gelu(x)| < 1e-3 (ops.gelu: 1.0e-7, from the cancellation in 1 + erf); it is within
-    1.2e-7 * max(|x|, 1) of ops.gelu there.
+    [-10, 10] against x * Phi(x) in float64 (tests/test_kernels.py), its error is at most 3.32e-7
+    (ops.gelu: 4.61e-7), at most 9.57e-8 * max(|x|, 1) (ops.gelu: 1.06e-7), and 9.33e-8 where
+    |gelu(x)| < 1e-3 (ops.gelu: 1.01e-7, from the cancellation in 1 + erf); it is within
+    1.5e-7 * max(|x|, 1) of ops.gelu there.
     """
     c = _GELU_LOGIT_Q
     w = np.abs(x)
@@ -393,13 +394,17 @@ def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: 
         if n == 0:
             out[i] = 0
             continue
-        scores = np.matmul(q[i] * scale, k[i, :, :n].transpose(0, 2, 1))  # [h, S, n]
-        scores -= scores.max(axis=-1, keepdims=True)
+        # The scores are computed transposed, keys along the rows ([h, n, S] = k q^T: the same dot
+        # products, as OpenBLAS accumulates each over d in order), so that the max and the sum over
+        # the keys run across rows, as whole-row SIMD operations (a max along short rows is ~4x slower).
+        scores = np.matmul(k[i, :, :n], (q[i] * scale).transpose(0, 2, 1))  # [h, n, S]
+        scores -= scores.max(axis=1, keepdims=True)
         np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        np.matmul(scores, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
+        scores /= scores.sum(axis=1, keepdims=True)
+        weights = scores.transpose(0, 2, 1)  # [h, S, n]
+        np.matmul(weights, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
         if probs is not None:
-            probs[i, :, :, :n] = scores
+            probs[i, :, :, :n] = weights
     return out.reshape(b, s, h * d), probs
 
 
