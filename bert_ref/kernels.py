@@ -400,12 +400,28 @@ def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: 
         scores = np.matmul(k[i, :, :n], (q[i] * scale).transpose(0, 2, 1))  # [h, n, S]
         scores -= scores.max(axis=1, keepdims=True)
         np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
+        scores /= _sum_rows(scores)
         weights = scores.transpose(0, 2, 1)  # [h, S, n]
         np.matmul(weights, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
         if probs is not None:
             probs[i, :, :, :n] = weights
     return out.reshape(b, s, h * d), probs
+
+
+def _sum_rows(x: np.ndarray) -> np.ndarray:
+    """Sum over axis 1 by pairwise halving: [h, n, S] -> [h, 1, S].
+
+    Each level adds two halves of the rows elementwise (whole-row SIMD adds), so every sum is a
+    binary tree of depth ceil(log2 n): error at most ceil(log2 n) u relative for positive terms
+    (u the unit roundoff), where adding the rows one after another (`x.sum(axis=1)`) allows (n - 1) u.
+    """
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        pair = x[:, :half] + x[:, half : 2 * half]
+        if x.shape[1] % 2:  # an odd row out joins the first pair
+            pair[:, :1] += x[:, 2 * half :]
+        x = pair
+    return x
 
 
 def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activation: str, eps: float,
