@@ -55,7 +55,7 @@ def test_one_wrong_op_fails_at_its_layer(minilm):
     assert not report.passed
     first = report.first_failure
     assert first.key == f"hidden_states.{meta['wrong_layer'] + 1}"  # the output of the layer with the wrong op
-    # Measured: ~1100x the float32 floor; 100x K would still fail.
+    # Measured: ~850x the float32 floor; 100x K would still fail.
     assert first.floor_ratio > 100 * DEFAULT_FLOOR_RATIO
 
 
@@ -74,7 +74,7 @@ def test_torch_dynamic_int8_port_passes_against_the_int8_floor(minilm):
 
 def test_float64_port_passes_against_the_modelled_float64_floor(minilm):
     # golden/minilm: transformers `model.double()` (tools/make_checkpoint_golden.py). Our float64 run
-    # is the truth, so the float64 floor is the float32 floor x 2^-29; measured 0.64-2.0x of it.
+    # is the truth, so the float64 floor is the float32 floor x 2^-29; measured 0.75-2.0x of it.
     d = np.load(PORTS.parent / "minilm" / "outputs.npz")
     inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
     candidate = {"sequence_output": d["float64/last_hidden_state"], "pooled_output": d["float64/pooler_output"]}
