@@ -700,68 +700,93 @@ def _plain_rows(out: _Rows, sl: slice, e: _Elementwise, thr: np.ndarray, sq_err:
         np.square(e.err, out=sq_err)
 
 
+def _row_max(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """`x.max(axis=-1)` of a C-contiguous [m, n] block (NaN-propagating: argmax finds the first NaN),
+    as argmax and a gather, which NumPy runs several times faster than `max` along rows."""
+    return x.reshape(-1)[np.argmax(x, axis=-1) + offsets]
+
+
 def _block_rows(out: _Rows, sl: slice, ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float,
-                thr: np.ndarray, sq_err: np.ndarray, ws: _Workspace) -> None:
+                thr: np.ndarray, abs_max: np.ndarray, sq_err: np.ndarray, ws: _Workspace) -> None:
     """Rows `sl` ([m, n] blocks `ref`, `cand`) of `out`: the values of `_elementwise`, reduced per row.
-    Each step is the same float64 operation `_elementwise` does, written into reused buffers."""
+    Each value is the one `_elementwise` computes, by the same float64 operations, written into
+    reused buffers. `thr` is each row's magnitude cut (> 0), `abs_max` each row's max |ref|."""
     m, n = ref.shape
     size = m * n
+    offsets = np.arange(0, size, n)
     r = _cast(ref, ws, "r")
     c = _cast(cand, ws, "c")
     err = ws.get("err", size).reshape(m, n)
     with np.errstate(invalid="ignore", over="ignore"):
         np.subtract(c, r, out=err)
         np.abs(err, out=err)
-    err_max = err.max(axis=-1)
+    err_max = _row_max(err, offsets)
     if not np.isfinite(err_max).all():
         # A NaN or inf on either side (or an overflowing difference): the plain arithmetic.
         _plain_rows(out, sl, _elementwise(ref, cand, atol, rtol), thr, sq_err)
         return
     # Every value is finite here: `nonfinite` is all False and the magnitude is |r|.
     out.err_max[sl] = err_max
-    rows = np.arange(m)
     a = np.abs(r, out=ws.get("a", size).reshape(m, n))
     q = ws.get("q", size).reshape(m, n)
+    b = ws.get("b", size, bool).reshape(m, n)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if atol == 0.0 and rtol == 0.0:
             # tol = 0 + 0 * |r| = 0 everywhere: ratio = inf where err > 0, else err (0).
             pos = err_max > 0
             out.ratio_max[sl] = np.where(pos, np.inf, 0.0)
-            out.ratio_arg[sl] = np.argmax(np.greater(err, 0.0, out=ws.get("b", size, bool).reshape(m, n)), axis=-1)
+            out.ratio_arg[sl] = np.argmax(np.greater(err, 0.0, out=b), axis=-1)
             out.inf_err_max[sl] = np.where(pos, err_max, -1.0)
             out.inf_err_arg[sl] = np.where(pos, np.argmax(err, axis=-1), 0)
         else:
             tol = np.multiply(a, rtol, out=q)
             np.add(tol, atol, out=tol)
             if not atol > 0:  # tol can be 0 (where |r| = 0): `_divide`'s rule there
-                zero = np.equal(tol, 0.0, out=ws.get("b", size, bool).reshape(m, n))
+                zero = np.equal(tol, 0.0, out=b)
                 ratio = np.divide(err, tol, out=q)
                 if zero.any():
                     ratio[zero] = np.where(err[zero] > 0, np.inf, err[zero])
             else:
                 ratio = np.divide(err, tol, out=q)
             arg = np.argmax(ratio, axis=-1)
-            top = ratio[rows, arg]
+            top = ratio.reshape(-1)[arg + offsets]
             out.ratio_arg[sl], out.ratio_max[sl] = arg, top
             out.inf_err_max[sl], out.inf_err_arg[sl] = -1.0, 0
             for i in np.flatnonzero(np.isinf(top)):
                 key = np.where(np.isinf(ratio[i]), err[i], -1.0)
                 j = int(np.argmax(key))
                 out.inf_err_arg[sl.start + i], out.inf_err_max[sl.start + i] = j, key[j]
+        # ulp = err / spacing(float32(min(|r|, float32 max))), the spacing taken in float32. For
+        # float32 values from 2^-102 up to 2^127 the spacing is the power of two 2^(exponent - 23):
+        # the value's exponent bits less 23 (as a float32 bit pattern) — what np.spacing returns.
+        s32 = ws.get("s", size, np.float32).reshape(m, n)
+        if abs_max.max() <= 2.0 ** 127:  # float32(|r|) stays below float32's max: min() is a no-op
+            np.copyto(s32, a, casting="unsafe")
+            bits = s32.view(np.int32)
+            np.bitwise_and(bits, 0x7F800000, out=bits)
+            np.subtract(bits, 23 << 23, out=bits)
+            if bits.min() <= 0:  # |r| below 2^-102 (zeros): np.spacing's subnormal spacings there
+                tiny = bits <= 0
+                bits[tiny] = np.spacing(a[tiny].astype(np.float32)).view(np.int32)
+        else:
+            np.copyto(s32, np.minimum(a, _F32_MAX, out=q), casting="unsafe")
+            np.spacing(s32, out=s32)
+        out.ulp_max[sl] = _row_max(np.divide(err, s32, out=q), offsets)
         # rel = err / |r|, where 0 / 0 is 0 (`_divide`); x / 0 is inf by itself.
         rel = np.divide(err, a, out=q)
-        rel_max = rel.max(axis=-1)
+        rel_max = _row_max(rel, offsets)
         if np.isnan(rel_max).any():
-            np.copyto(rel, 0.0, where=np.isnan(rel, out=ws.get("b", size, bool).reshape(m, n)))
-            rel_max = rel.max(axis=-1)
+            np.copyto(rel, 0.0, where=np.isnan(rel, out=b))
+            rel_max = _row_max(rel, offsets)
         out.rel_max[sl] = rel_max
-        big = np.greater_equal(a, thr[:, None], out=ws.get("b", size, bool).reshape(m, n))
-        out.rel_cut_max[sl] = np.max(rel, axis=-1, where=big, initial=-np.inf)
-        # ulp = err / spacing(float32(min(|r|, float32 max))), the spacing taken in float32.
-        spacing = ws.get("s", size, np.float32).reshape(m, n)
-        np.copyto(spacing, np.minimum(a, _F32_MAX, out=q), casting="unsafe")
-        np.spacing(spacing, out=spacing)
-        out.ulp_max[sl] = np.divide(err, spacing, out=q).max(axis=-1)
+        # The largest rel where |r| >= the row's cut, with 0 elsewhere: rel >= 0, and a row without
+        # such an element gives 0, which `_row_stats` reads as "none" like -inf.
+        cut = thr[0] if thr.min() == thr.max() else thr[:, None]
+        np.greater_equal(a, cut, out=b)
+        big = ws.get("q2", size).reshape(m, n)
+        big.fill(0.0)
+        np.copyto(big, rel, where=b)
+        out.rel_cut_max[sl] = _row_max(big, offsets)
     out.nonfinite[sl], out.nonfinite_first[sl] = 0, 0
     out.dot[sl] = np.einsum("...i,...i->...", c, r)
     out.cc[sl] = np.einsum("...i,...i->...", c, c)
@@ -788,9 +813,12 @@ def _magnitudes(ref: np.ndarray, sq_mag: np.ndarray, ws: _Workspace) -> np.ndarr
     return abs_max
 
 
-def _masked_mean(x: np.ndarray, select: np.ndarray | None) -> float:
-    """`_stats`'s mean of `x` over `select` — the same NumPy call, hence the same rounding."""
-    return float(np.mean(x, where=np.ones(x.shape, bool) if select is None else np.broadcast_to(select, x.shape)))
+def _masked_mean(x: np.ndarray, select: np.ndarray | None, count: int) -> float:
+    """`_stats`'s `np.mean(x, where=select)`, `count` being the number of selected elements: the
+    same masked sum NumPy's mean takes (hence the same rounding), divided by the count in float64
+    as it does — without its extra pass that counts the mask."""
+    where = np.ones(x.shape, bool) if select is None else np.broadcast_to(select, x.shape)
+    return float(np.add.reduce(x, axis=None, where=where)) / count
 
 
 def _summaries(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, valid: np.ndarray | None,
@@ -825,7 +853,8 @@ def _summaries(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, vali
             if rsel is not None and not rsel.any():
                 cuts.append(0.0)
                 continue
-            cut = 0.1 * float(np.sqrt(_masked_mean(sq_mag.reshape(shape), select)))
+            count = n * (rows if rsel is None else int(np.count_nonzero(rsel)))
+            cut = 0.1 * float(np.sqrt(_masked_mean(sq_mag.reshape(shape), select, count)))
             cuts.append(cut)
             thr[slice(None) if rsel is None else rsel] = cut if cut > 0 else _TINY
 
@@ -833,7 +862,7 @@ def _summaries(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, vali
     step = max(1, SUMMARY_BLOCK // n)
     for s in range(0, rows, step):
         sl = slice(s, min(s + step, rows))
-        _block_rows(out, sl, ref2[sl], cand2[sl], atol, rtol, thr[sl], sq_err[sl], ws)
+        _block_rows(out, sl, ref2[sl], cand2[sl], atol, rtol, thr[sl], abs_max[sl], sq_err[sl], ws)
 
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         nc, nr = np.sqrt(out.cc), np.sqrt(out.rr)
@@ -861,6 +890,7 @@ def _row_stats(out: _Rows, ref: np.ndarray, cand: np.ndarray, atol: float, rtol:
     def largest(x: np.ndarray) -> float:
         return float(np.max(x, where=where, initial=-np.inf))
 
+    count = int(np.count_nonzero(where)) * n
     nonfinite = int(out.nonfinite[where].sum())
     if nonfinite:
         row = int(np.argmax(where & (out.nonfinite > 0)))
@@ -876,16 +906,16 @@ def _row_stats(out: _Rows, ref: np.ndarray, cand: np.ndarray, atol: float, rtol:
     index = tuple(int(i) for i in np.unravel_index(row * n + col, shape))
     one = _elementwise(ref.reshape(rows, n)[row:row + 1], cand.reshape(rows, n)[row:row + 1], atol, rtol)
     with np.errstate(over="ignore", invalid="ignore"):
-        rms = float(np.sqrt(_masked_mean(sq_err.reshape(shape), select)))
+        rms = float(np.sqrt(_masked_mean(sq_err.reshape(shape), select, count)))
     rel_cut = largest(out.rel_cut_max)
-    if rel_cut == -np.inf:  # no element of ordinary size
+    if rel_cut == -np.inf:  # no element of ordinary size (rows give -inf or 0 for none)
         rel_cut = 0.0
     pos_select = where.reshape(shape[:-1])
     masked = np.where(pos_select, np.nan_to_num(cos, nan=-np.inf), np.inf)
     at = np.unravel_index(int(np.argmin(masked)), cos.shape)
     any_nan = bool(np.isnan(out.err_max[where]).any())
     return Stats(
-        count=int(np.count_nonzero(where)) * n,
+        count=count,
         max_abs_error=math.nan if any_nan else largest(out.err_max),
         max_rel_error=math.nan if any_nan else largest(out.rel_max),
         max_ulp_error=math.nan if any_nan else largest(out.ulp_max),
