@@ -98,11 +98,18 @@ def _hash_weights(weights: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _stored_weights(model: Any) -> Mapping[str, Any]:
+    """`model.weights` without running a NaN/inf check that `from_preset` deferred: hashing needs only
+    the bytes, and a run is stored only after a forward, which runs the check."""
+    weights = getattr(model, "_weights", None)
+    return model.weights if weights is None else weights
+
+
 def _files_signature(model: Any) -> str | None:
     """What identifies the files `model`'s weights were mapped from, or None when that cannot stand
     for the weights (no preset directory, or a weight array that could have been changed in place)."""
     source = getattr(model, "source", None)
-    weights = model.weights
+    weights = _stored_weights(model)
     if not source or not Path(source).is_dir() or any(np.asarray(w).flags.writeable for w in weights.values()):
         return None
     h = hashlib.sha256(f"bert_ref {__version__}|{Path(source).resolve()}|".encode())
@@ -127,7 +134,7 @@ def _weights_digest(model: Any) -> str:
                 return known
         except (OSError, UnicodeDecodeError):
             pass
-    digest = _hash_weights(model.weights)
+    digest = _hash_weights(_stored_weights(model))
     if path is not None:
         tmp = None
         try:
