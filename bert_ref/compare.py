@@ -756,22 +756,28 @@ def _block_rows(out: _Rows, sl: slice, ref: np.ndarray, cand: np.ndarray, atol: 
                 key = np.where(np.isinf(ratio[i]), err[i], -1.0)
                 j = int(np.argmax(key))
                 out.inf_err_arg[sl.start + i], out.inf_err_max[sl.start + i] = j, key[j]
-        # ulp = err / spacing(float32(min(|r|, float32 max))), the spacing taken in float32. For
-        # float32 values from 2^-102 up to 2^127 the spacing is the power of two 2^(exponent - 23):
-        # the value's exponent bits less 23 (as a float32 bit pattern) — what np.spacing returns.
+        # ulp = err / spacing(float32(min(|r|, float32 max))), the spacing taken in float32. For a
+        # float32 value with exponent field e >= 24 (|r| from 2^-103 up to 2^127) np.spacing is the
+        # normal power of two 2^(e - 150), whose reciprocal 2^(150 - e) is a float32 too: the field
+        # 277 - e. Multiplying by it is dividing by the spacing, exactly (both round the same number).
         s32 = ws.get("s", size, np.float32).reshape(m, n)
         if abs_max.max() <= 2.0 ** 127:  # float32(|r|) stays below float32's max: min() is a no-op
             np.copyto(s32, a, casting="unsafe")
-            bits = s32.view(np.int32)
-            np.bitwise_and(bits, 0x7F800000, out=bits)
-            np.subtract(bits, 23 << 23, out=bits)
-            if bits.min() <= 0:  # |r| below 2^-102 (zeros): np.spacing's subnormal spacings there
-                tiny = bits <= 0
-                bits[tiny] = np.spacing(a[tiny].astype(np.float32)).view(np.int32)
+            bits = s32.view(np.uint32)
+            np.bitwise_and(bits, 0x7F800000, out=bits)  # e << 23
+            if bits.min() >= 24 << 23:
+                np.subtract(277 << 23, bits, out=bits)  # the float32 1 / spacing
+                ulp = np.multiply(err, s32, out=q)
+            else:  # |r| below 2^-103 (zeros): np.spacing's subnormal spacings there
+                tiny = bits < 24 << 23
+                np.subtract(bits, 23 << 23, out=bits)  # the float32 spacing 2^(e - 150)
+                bits[tiny] = np.spacing(a[tiny].astype(np.float32)).view(np.uint32)
+                ulp = np.divide(err, s32, out=q)
         else:
             np.copyto(s32, np.minimum(a, _F32_MAX, out=q), casting="unsafe")
             np.spacing(s32, out=s32)
-        out.ulp_max[sl] = _row_max(np.divide(err, s32, out=q), offsets)
+            ulp = np.divide(err, s32, out=q)
+        out.ulp_max[sl] = _row_max(ulp, offsets)
         # rel = err / |r|, where 0 / 0 is 0 (`_divide`); x / 0 is inf by itself.
         rel = np.divide(err, a, out=q)
         rel_max = _row_max(rel, offsets)
@@ -781,8 +787,9 @@ def _block_rows(out: _Rows, sl: slice, ref: np.ndarray, cand: np.ndarray, atol: 
         out.rel_max[sl] = rel_max
         # The largest rel where |r| >= the row's cut, with 0 elsewhere: rel >= 0, and a row without
         # such an element gives 0, which `_row_stats` reads as "none" like -inf.
-        cut = thr[0] if thr.min() == thr.max() else thr[:, None]
-        np.greater_equal(a, cut, out=b)
+        edges = np.flatnonzero(thr[1:] != thr[:-1]) + 1  # runs of rows of one set share a cut
+        for i, j in zip([0, *edges], [*edges, m], strict=True):
+            np.greater_equal(a[i:j], thr[i], out=b[i:j])
         big = ws.get("q2", size).reshape(m, n)
         big.fill(0.0)
         np.copyto(big, rel, where=b)
@@ -800,16 +807,29 @@ def _magnitudes(ref: np.ndarray, sq_mag: np.ndarray, ws: _Workspace) -> np.ndarr
     finite); return the per-row max of |r| itself (NaN-propagating)."""
     rows, n = ref.shape
     abs_max = np.empty(rows)
+    # float16/32 values square exactly in float64: r * r is |r|^2 and the largest square marks the
+    # largest |r|, straight from the stored values.
+    exact = ref.dtype in (np.float16, np.float32)
     step = max(1, SUMMARY_BLOCK // n)
     for s in range(0, rows, step):
         sl = slice(s, min(s + step, rows))
-        r = _cast(ref[sl], ws, "r")
-        a = np.abs(r, out=ws.get("a", r.size).reshape(r.shape))
-        abs_max[sl] = a.max(axis=-1)
-        if not np.isfinite(abs_max[sl]).all():
-            np.abs(np.where(np.isfinite(r), r, 0.0), out=a)
-        with np.errstate(over="ignore"):
-            np.square(a, out=sq_mag[sl])
+        block, sq = ref[sl], sq_mag[sl]
+        offsets = np.arange(0, block.size, n)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if exact:
+                np.square(block, dtype=np.float64, out=sq)
+                top = np.abs(block.reshape(-1)[np.argmax(sq, axis=-1) + offsets])
+                abs_max[sl] = top
+                if np.isfinite(top).all():
+                    continue
+                a = np.abs(np.where(np.isfinite(block), block, 0).astype(np.float64))
+            else:
+                r = _cast(block, ws, "r")
+                a = np.abs(r, out=ws.get("a", r.size).reshape(r.shape))
+                abs_max[sl] = _row_max(a, offsets)
+                if not np.isfinite(abs_max[sl]).all():
+                    np.abs(np.where(np.isfinite(r), r, 0.0), out=a)
+            np.square(a, out=sq)
     return abs_max
 
 

@@ -275,14 +275,15 @@ def _summary_cases():
         key, shape = [("hidden_states.1", (b, s, h)), ("attention_probs.0", (b, heads, s, s)),
                       ("pooled_output", (b, h)), ("transformer_layer_0/feedforward_intermediate", (b, s, 2 * h))][t % 4]
         dtype = [np.float32, np.float64, np.float16][t % 3]
-        ref = rng.standard_normal(shape).astype(np.float64 if t % 5 == 0 else np.float32)
+        ref = rng.standard_normal(shape).astype(np.float64 if t % 5 == 0 else np.float16 if t % 7 == 3 else np.float32)
         cand = (ref + rng.standard_normal(shape) * 10.0 ** float(rng.integers(-8, -1))).astype(dtype)
         r, c = ref.reshape(-1), cand.reshape(-1)
         if t % 6 == 1:
             c[rng.integers(c.size)] = [np.nan, np.inf, -np.inf][t % 3]
         if t % 6 == 2:
-            j = rng.integers(r.size, size=3)
-            r[j], c[j[:2]] = 0, 0  # 0/0 and x/0 in the relative error
+            j = rng.integers(r.size, size=4)
+            r[j[:3]], c[j[:2]] = 0, 0  # 0/0 and x/0 in the relative error
+            r[j[3]] = 1e-35 if r.dtype != np.float16 else 0  # below 2^-103: a subnormal float32 spacing
         if t % 6 == 3:
             i = rng.integers(r.size)
             r[i] = np.inf
