@@ -847,7 +847,9 @@ def _summaries(ref: np.ndarray, cand: np.ndarray, atol: float, rtol: float, vali
     `e = _elementwise(ref, cand, atol, rtol)`, where `biggest` is the largest |ref| at valid elements
     (0 where none) — computed blockwise when `_fits_blocks`, bit-identical to the plain functions."""
     shape = ref.shape
-    if not _fits_blocks(shape, valid):
+    # C-contiguous sides only: `_elementwise`'s float64 copies keep their side's memory order, and
+    # the cosines' dot products (einsum) round differently over rows that are not contiguous.
+    if not (_fits_blocks(shape, valid) and ref.flags.c_contiguous and cand.flags.c_contiguous):
         e = _elementwise(ref, cand, atol, rtol)
         v = _stats(e, valid)
         p = _stats(e, ~valid) if padded and valid is not None else None
