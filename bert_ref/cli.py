@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, scale
+from . import __version__, scale_args
 from .backbone import BertBackbone
 from .checkpoints.base import CheckpointError
 from .compare import (
@@ -223,11 +223,13 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attentions", action="store_true", help="also write attention_probs.{i} (one per layer)")
     p.add_argument("--trace", action="store_true",
                    help="also write every named intermediate (embeddings/..., transformer_layer_{i}/...)")
-    scale.add_run_arguments(p)
+    scale_args.add_run_arguments(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.dataset is not None:
+        from . import scale
+
         return scale.cli_run(args)
     if args.input is None or args.output is None:
         raise UsageError("give --input IN and --output OUT (or --dataset IN and --out DIR)")
@@ -289,7 +291,7 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="FILE", default=None,
                    help="also write a JUnit XML report (one test case per output) to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    scale.add_compare_arguments(p)
+    scale_args.add_compare_arguments(p)
 
 
 _DTYPE_PRECISION = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16",
@@ -317,6 +319,8 @@ def _override(model: BertBackbone, args: argparse.Namespace) -> tuple[BertBackbo
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.dataset is not None:
+        from . import scale
+
         return scale.cli_compare(args)
     if args.input is None:
         raise UsageError("give --input IN (or --dataset IN)")
