@@ -144,6 +144,9 @@ class BertBackbone:
             checked = {n: w.astype(storage, copy=False) for n, w in checked.items()}
         self._weights = MappingProxyType({n: _read_only(w) for n, w in checked.items()})
         self._prepared: encoder.PreparedWeights | None = None
+        # A NaN/inf check deferred by `from_preset(..., defer_finite_check=True)`: the checkpoint's
+        # own arrays (before any cast to the policy's dtype) and the file to name; None once run.
+        self._unchecked: tuple[Mapping[str, np.ndarray], str] | None = None
         self.token_embedding = TokenEmbedding(self)
         self.source: str | None = None  # where from_preset loaded it from
         # What the preset said besides config and weights (lowercase flag, vocabulary path, ...),
@@ -162,7 +165,16 @@ class BertBackbone:
     @property
     def weights(self) -> Mapping[str, np.ndarray]:
         """Canonical name -> array (storage dtype), read-only."""
+        self._check_finite()
         return self._weights
+
+    def _check_finite(self) -> None:
+        """Run the NaN/inf check `from_preset(..., defer_finite_check=True)` left for first use."""
+        if self._unchecked is not None:
+            from .checkpoints.base import check_all_finite
+
+            check_all_finite(*self._unchecked)
+            self._unchecked = None
 
     @property
     def dtype(self) -> str:
@@ -194,6 +206,7 @@ class BertBackbone:
 
     def prepared_weights(self) -> encoder.PreparedWeights:
         """The policy-cast weights `forward` computes with; built on first use, then kept."""
+        self._check_finite()
         if self._prepared is None:
             self._prepared = encoder.prepare(self._weights, self.config, self.dtype_policy)
         return self._prepared
@@ -228,7 +241,8 @@ class BertBackbone:
     # -- presets ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None) -> BertBackbone:
+    def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None, *,
+                    defer_finite_check: bool = False) -> BertBackbone:
         """Build a backbone from a preset.
 
         `preset` is a built-in name (see `BertBackbone.presets`), `"kaggle://owner/model/framework/
@@ -236,6 +250,12 @@ class BertBackbone:
         keras-hub preset, a Hugging Face BERT checkpoint, or a preset saved by `save_to_preset`.
         With `load_weights=False` the architecture gets random weights (a built-in name then needs
         no download at all).
+
+        Every weight is checked for NaN/inf (a `CheckpointError` names the tensor and position),
+        which reads all of them. With `defer_finite_check=True` that check runs at the model's first
+        use of its weights instead (`model(...)`, `weights`, `prepared_weights`, `save_to_preset`),
+        with the same error; a caller that may need only the config (a compare whose runs are all
+        cached) then never reads them.
 
         >>> model = BertBackbone.from_preset("bert_tiny_en_uncased", load_weights=False)
         >>> model.count_params()
@@ -249,8 +269,10 @@ class BertBackbone:
         from . import checkpoints, hub
 
         directory = hub.resolve(preset)
-        ckpt = checkpoints.load_preset_dir(directory, load_weights=load_weights)
+        ckpt = checkpoints.load_preset_dir(directory, load_weights=load_weights, check_finite=not defer_finite_check)
         model = cls(**ckpt.config.to_dict(), dtype=dtype, weights=ckpt.weights)
+        if ckpt.weights is not None and ckpt.unchecked is not None:
+            model._unchecked = (ckpt.weights, ckpt.unchecked)
         model.source = str(directory)
         model.preset_metadata = dict(ckpt.metadata)
         return model
@@ -264,4 +286,4 @@ class BertBackbone:
         kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary")
                 if self.preset_metadata.get(k) is not None}
         metadata = {**kept, "dtype": self.dtype_policy.name, "source": self.source}
-        save_preset(preset_dir, self.config, dict(self._weights), metadata=metadata)
+        save_preset(preset_dir, self.config, dict(self.weights), metadata=metadata)

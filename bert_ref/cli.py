@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, scale
+from . import __version__, scale_args
 from .backbone import BertBackbone
+from .checkpoints.base import CheckpointError
 from .compare import (
     DEFAULT_ATOL,
     DEFAULT_FLOOR_RATIO,
@@ -110,9 +111,9 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _load(preset: str, dtype: str | None = None) -> BertBackbone:
+def _load(preset: str, dtype: str | None = None, defer_finite_check: bool = False) -> BertBackbone:
     try:
-        return BertBackbone.from_preset(preset, dtype=dtype)
+        return BertBackbone.from_preset(preset, dtype=dtype, defer_finite_check=defer_finite_check)
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise UsageError(f"cannot load preset {preset!r}: {e}") from None
 
@@ -222,11 +223,13 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attentions", action="store_true", help="also write attention_probs.{i} (one per layer)")
     p.add_argument("--trace", action="store_true",
                    help="also write every named intermediate (embeddings/..., transformer_layer_{i}/...)")
-    scale.add_run_arguments(p)
+    scale_args.add_run_arguments(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.dataset is not None:
+        from . import scale
+
         return scale.cli_run(args)
     if args.input is None or args.output is None:
         raise UsageError("give --input IN and --output OUT (or --dataset IN and --out DIR)")
@@ -288,7 +291,7 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="FILE", default=None,
                    help="also write a JUnit XML report (one test case per output) to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    scale.add_compare_arguments(p)
+    scale_args.add_compare_arguments(p)
 
 
 _DTYPE_PRECISION = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16",
@@ -316,6 +319,8 @@ def _override(model: BertBackbone, args: argparse.Namespace) -> tuple[BertBackbo
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.dataset is not None:
+        from . import scale
+
         return scale.cli_compare(args)
     if args.input is None:
         raise UsageError("give --input IN (or --dataset IN)")
@@ -340,32 +345,37 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         precision = _DTYPE_PRECISION[args.dtype]
     truth_mode = (args.truth or precision is not None or args.floor_ratio is not None
                   or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
-    model = _load(args.preset, None if truth_mode else args.dtype)
+    cache = not args.no_cache
+    # The weights' NaN/inf check waits for the first forward: a compare whose runs are all in the
+    # oracle cache needs only the config and the weights' digest (kept per preset directory).
+    model = _load(args.preset, None if truth_mode else args.dtype, defer_finite_check=cache)
     model, notes = _override(model, args)
     notes = list(read.notes) + notes
     check_candidate(candidate, model.config, inputs, args.candidate)
     name = Path(args.candidate).name
-    cache = not args.no_cache
-    if truth_mode:
-        if precision is None and detected != "float32":
-            notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
-        report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=args.floor_ratio,
-                                  atol=atol, rtol=rtol, check_padded=args.check_padded, candidate_name=name,
-                                  notes=notes, cache=cache)
-    else:
-        reference = oracle_outputs(model, inputs, candidate, cache=cache)
-        floor_kwargs: dict[str, Any] = {}
-        if not args.no_floor:
-            ours32 = reference if model.dtype_policy.name == "float32" else oracle_outputs(
-                model, inputs, candidate, dtype="float32", cache=cache)
-            floor_kwargs = dict(floor=ours32, floor_reference=oracle_outputs(model, inputs, candidate, dtype="float64",
-                                                                             cache=cache),
-                                floor_name="our float32 vs float64 truth", precision="float32")
-        report = compare(reference, candidate, atol=DEFAULT_ATOL if atol is None else atol,
-                         rtol=DEFAULT_RTOL if rtol is None else rtol,
-                         padding_mask=inputs.get("padding_mask"), check_padded=args.check_padded,
-                         reference_name=f"our {model.dtype_policy.name}", candidate_name=name, notes=notes,
-                         **floor_kwargs)
+    try:
+        if truth_mode:
+            if precision is None and detected != "float32":
+                notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
+            report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=args.floor_ratio,
+                                      atol=atol, rtol=rtol, check_padded=args.check_padded, candidate_name=name,
+                                      notes=notes, cache=cache)
+        else:
+            reference = oracle_outputs(model, inputs, candidate, cache=cache)
+            floor_kwargs: dict[str, Any] = {}
+            if not args.no_floor:
+                ours32 = reference if model.dtype_policy.name == "float32" else oracle_outputs(
+                    model, inputs, candidate, dtype="float32", cache=cache)
+                truth = oracle_outputs(model, inputs, candidate, dtype="float64", cache=cache)
+                floor_kwargs = dict(floor=ours32, floor_reference=truth, floor_name="our float32 vs float64 truth",
+                                    precision="float32")
+            report = compare(reference, candidate, atol=DEFAULT_ATOL if atol is None else atol,
+                             rtol=DEFAULT_RTOL if rtol is None else rtol,
+                             padding_mask=inputs.get("padding_mask"), check_padded=args.check_padded,
+                             reference_name=f"our {model.dtype_policy.name}", candidate_name=name, notes=notes,
+                             **floor_kwargs)
+    except CheckpointError as e:  # the deferred NaN/inf check of the weights, run by the first forward
+        raise UsageError(f"cannot load preset {args.preset!r}: {e}") from None
     if args.junit:
         write_junit(args.junit, report, f"{args.preset} vs {name}")
     if args.json:

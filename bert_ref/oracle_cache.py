@@ -22,7 +22,9 @@ removed. Reading an entry touches it (its modification time orders the eviction)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import tempfile
 import weakref
@@ -98,11 +100,18 @@ def _hash_weights(weights: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _stored_weights(model: Any) -> Mapping[str, Any]:
+    """`model.weights` without running a NaN/inf check that `from_preset` deferred: hashing needs only
+    the bytes, and a run is stored only after a forward, which runs the check."""
+    weights = getattr(model, "_weights", None)
+    return model.weights if weights is None else weights
+
+
 def _files_signature(model: Any) -> str | None:
     """What identifies the files `model`'s weights were mapped from, or None when that cannot stand
     for the weights (no preset directory, or a weight array that could have been changed in place)."""
     source = getattr(model, "source", None)
-    weights = model.weights
+    weights = _stored_weights(model)
     if not source or not Path(source).is_dir() or any(np.asarray(w).flags.writeable for w in weights.values()):
         return None
     h = hashlib.sha256(f"bert_ref {__version__}|{Path(source).resolve()}|".encode())
@@ -127,7 +136,7 @@ def _weights_digest(model: Any) -> str:
                 return known
         except (OSError, UnicodeDecodeError):
             pass
-    digest = _hash_weights(model.weights)
+    digest = _hash_weights(_stored_weights(model))
     if path is not None:
         tmp = None
         try:
@@ -168,15 +177,15 @@ def load(key: str) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            out = {}
-            for k in data.files:
-                a = data[k]
-                if a.dtype == np.dtype("V2"):  # bfloat16, as np.savez stores it
-                    import ml_dtypes
+        out = _map_entry(path) if os.name == "posix" else None
+        if out is None:
+            with np.load(path, allow_pickle=False) as data:
+                out = {k: data[k] for k in data.files}
+        for k, a in out.items():
+            if a.dtype == np.dtype("V2"):  # bfloat16, as np.savez stores it
+                import ml_dtypes
 
-                    a = a.view(ml_dtypes.bfloat16)
-                out[k] = a
+                out[k] = a.view(ml_dtypes.bfloat16)
     except Exception:  # a damaged entry is a miss
         path.unlink(missing_ok=True)
         return None
@@ -184,6 +193,53 @@ def load(key: str) -> dict[str, np.ndarray] | None:
         os.utime(path)
     except OSError:
         pass
+    return out
+
+
+def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an entry as copy-on-write maps of its file: nothing is copied or read until the
+    arrays are (BERT-base's two runs at 8 x 128 are 132 MB, which `np.load` copies twice, checking
+    each member's CRC, in about 0.1 s). The arrays are writable, and writing changes only this
+    process's pages. Entries are only ever replaced whole (written to a temporary name, renamed),
+    never rewritten in place, so a mapped file does not change under its reader.
+
+    None when a member is compressed or in a .npy format other than 1.0 / 2.0 (`np.load` reads it
+    then); ValueError when the file is not the zip of .npy members `store` writes (a damaged entry)."""
+    import mmap
+    import zipfile
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        with zipfile.ZipFile(f) as zf:
+            infos = zf.infolist()
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            return None
+        buffer = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
+    out: dict[str, np.ndarray] = {}
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"{path}: {info.filename} is not an array")
+        at = info.header_offset
+        local = buffer[at:at + 30].tobytes()
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: no local header for {info.filename}")
+        start = at + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        end = start + info.file_size
+        if end > size:
+            raise ValueError(f"{path}: {info.filename} is cut short")
+        header = io.BytesIO(buffer[start:min(end, start + 65536)].tobytes())
+        version = np.lib.format.read_magic(header)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+        else:  # a newer .npy format: np.load reads it
+            return None
+        offset = start + header.tell()
+        if dtype.hasobject or offset + math.prod(shape) * dtype.itemsize != end:
+            raise ValueError(f"{path}: {info.filename} does not hold {shape} {dtype}")
+        data = buffer[offset:end]
+        out[info.filename[:-4]] = np.ndarray(shape, dtype, buffer=data, order="F" if fortran else "C")
     return out
 
 

@@ -7,6 +7,7 @@ arithmetic and bookkeeping, not the model (the model is checked against goldens 
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -263,3 +264,71 @@ def test_table_names_columns_and_verdict(ours, inputs):
     text = str(compare(ours, ours, padding_mask=inputs["padding_mask"]))
     assert "max abs" in text and "rms" in text and "min cos" in text and "padded max abs" in text
     assert text.rstrip().splitlines()[-1].startswith("PASS")
+
+
+def _summary_cases():
+    """Outputs of the shapes `compare` meets, with the values that take the arithmetic's side roads:
+    NaN and inf on either side, zeros in the reference, errors that overflow float64, exact matches."""
+    rng = np.random.default_rng(11)
+    for t in range(48):
+        b, s, h, heads = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 40)), 2
+        key, shape = [("hidden_states.1", (b, s, h)), ("attention_probs.0", (b, heads, s, s)),
+                      ("pooled_output", (b, h)), ("transformer_layer_0/feedforward_intermediate", (b, s, 2 * h))][t % 4]
+        dtype = [np.float32, np.float64, np.float16][t % 3]
+        ref = rng.standard_normal(shape).astype(np.float64 if t % 5 == 0 else np.float16 if t % 7 == 3 else np.float32)
+        cand = (ref + rng.standard_normal(shape) * 10.0 ** float(rng.integers(-8, -1))).astype(dtype)
+        r, c = ref.reshape(-1), cand.reshape(-1)
+        if t % 6 == 1:
+            c[rng.integers(c.size)] = [np.nan, np.inf, -np.inf][t % 3]
+        if t % 6 == 2:
+            j = rng.integers(r.size, size=4)
+            r[j[:3]], c[j[:2]] = 0, 0  # 0/0 and x/0 in the relative error
+            r[j[3]] = 1e-35 if r.dtype != np.float16 else 0  # below 2^-103: a subnormal float32 spacing
+        if t % 6 == 3:
+            i = rng.integers(r.size)
+            r[i] = np.inf
+            c[i] = np.inf if t % 12 == 3 else 1.0  # a reference's inf matched, or not
+        if t % 6 == 4 and ref.dtype == np.float64 and dtype == np.float64:
+            r[0], c[0] = 1.7e308, -1.7e308  # |c - r| overflows
+        if t % 8 == 5:
+            c[:] = r
+        if t % 10 == 7:
+            r[:] = 0  # a set whose magnitude cut is 0
+        if ref.dtype == np.float64 and dtype == np.float64 and t % 3 == 1:
+            r[-1], c[-1] = 3e39, 3.1e39  # beyond float32's range: its ulp is that of float32's max
+        if t % 11 == 4:  # not C-contiguous (every other channel of a wider array; Fortran order): the
+            # plain path, whose float64 copies keep the memory order the dot products depend on
+            ref = np.repeat(ref, 2, axis=-1)[..., ::2]
+            cand = np.asfortranarray(cand)
+        mask = (rng.random((b, s)) < 0.6).astype(int)
+        if t % 7 == 0:
+            mask[:] = 1
+        if t % 9 == 0:
+            mask[:] = 0
+        yield key, ref, cand, mask
+
+
+@pytest.mark.parametrize("block", [1, 48, 1 << 15])
+@pytest.mark.parametrize("atol, rtol", [(1e-5, 1e-4), (0.0, 0.0), (0.0, 1e-3), (1e-3, np.inf)])
+def test_blockwise_summaries_are_the_plain_stats_bit_for_bit(monkeypatch, block, atol, rtol):
+    cmp_module = sys.modules["bert_ref.compare"]  # the module: the package exports the function by that name
+    monkeypatch.setattr(cmp_module, "SUMMARY_BLOCK", block)
+    checked = 0
+    for key, ref, cand, mask in _summary_cases():
+        for padding in (mask, None):
+            valid = cmp_module._valid_mask(key, ref.shape, None if padding is None else padding.astype(bool))
+            assert cmp_module._fits_blocks(ref.shape, valid)  # the blockwise path, not the fallback
+            with np.errstate(invalid="ignore"):  # rtol = inf times |r| = 0
+                e = cmp_module._elementwise(ref, cand, atol, rtol)
+                want_v = cmp_module._stats(e, valid)
+                want_p = None if valid is None else cmp_module._stats(e, ~valid)
+                r64 = np.abs(ref.astype(np.float64))
+                at_valid = r64 if valid is None else np.broadcast_to(valid, ref.shape).choose(0.0, r64)
+                want_big = float(at_valid.max())
+                got_v, got_p, got_big = cmp_module._summaries(ref, cand, atol, rtol, valid, True)
+            # repr() spells every float exactly (and NaN as nan): equal text is equal bits.
+            assert repr(got_v) == repr(want_v), key
+            assert repr(got_p) == repr(want_p), key
+            assert repr(got_big) == repr(want_big), key
+            checked += want_v is not None
+    assert checked > 60

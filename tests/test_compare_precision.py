@@ -288,6 +288,32 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     assert oracle_cache.cache_root() is None
 
 
+def test_cache_entries_are_mapped_copy_on_write_and_damage_is_a_miss(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
+    arrays = {"sequence_output": np.arange(24, dtype=np.float32).reshape(1, 4, 6),
+              "transformer_layer_0/query": np.linspace(-1, 1, 12).reshape(1, 2, 6), "empty": np.zeros((2, 0))}
+    path = oracle_cache.store("k", arrays)
+    got = oracle_cache.load("k")
+    assert set(got) == set(arrays)
+    for k, a in arrays.items():
+        assert got[k].dtype == a.dtype and got[k].shape == a.shape and np.array_equal(got[k], a)
+    got["sequence_output"][0, 0, 0] = 99.0  # writable, and private to this process: the file is unchanged
+    assert oracle_cache.load("k")["sequence_output"][0, 0, 0] == 0.0
+    # An entry np.savez_compressed wrote is read too (by np.load).
+    np.savez_compressed(path, **arrays)
+    assert np.array_equal(oracle_cache.load("k")["transformer_layer_0/query"], arrays["transformer_layer_0/query"])
+    # Damage is a miss, and the entry is removed: a member whose .npy header claims more values than
+    # it holds, or a file cut short.
+    oracle_cache.store("k", arrays)
+    raw = path.read_bytes()
+    assert raw.count(b"(1, 2, 6)") == 1
+    path.write_bytes(raw.replace(b"(1, 2, 6)", b"(1, 2, 7)"))
+    assert oracle_cache.load("k") is None and not path.exists()
+    oracle_cache.store("k", arrays)
+    path.write_bytes(path.read_bytes()[:-100])
+    assert oracle_cache.load("k") is None and not path.exists()
+
+
 def test_weights_digest_is_kept_for_a_preset_directory_until_its_files_change(model, tmp_path, monkeypatch):
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     model.save_to_preset(tmp_path / "preset")

@@ -74,6 +74,75 @@ def test_finite_float16_weights_near_the_top_of_the_range_load(tmp_path):
     assert load_preset_dir(tmp_path / "q").weights["pooled_dense/kernel"].max() == 65504
 
 
+def _preset_with(tmp_path, name, value, dtype="float32"):
+    """A SMALL native preset whose transformer_layer_1 output kernel holds `value` at [3, 5]."""
+    from bert_ref.checkpoints import read_safetensors, write_safetensors
+    from bert_ref.checkpoints.native import save_preset
+
+    model = BertBackbone(**SMALL, seed=0)
+    save_preset(tmp_path / name, BertConfig(**SMALL), {k: w.astype(dtype) for k, w in model.weights.items()})
+    tensors, metadata = read_safetensors(tmp_path / name / "model.safetensors")
+    tensors = {k: np.array(w) for k, w in tensors.items()}
+    tensors["transformer_layer_1/feedforward_output_dense/kernel"][3, 5] = value
+    write_safetensors(tmp_path / name / "model.safetensors", tensors, metadata)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_deferred_finite_check_gives_the_load_error_at_first_use(tmp_path, bad):
+    path = _preset_with(tmp_path, "q", bad)
+    with pytest.raises(CheckpointError) as at_load:
+        BertBackbone.from_preset(path)
+    model = BertBackbone.from_preset(path, defer_finite_check=True)  # the weights are not read yet
+    assert model.config.num_layers == 2 and model.count_params() > 0  # what needs no values works
+    uses = {"forward": lambda: model({"token_ids": [[1, 2, 3]]}), "weights": lambda: model.weights,
+            "prepared_weights": model.prepared_weights, "save_to_preset": lambda: model.save_to_preset(tmp_path / "c")}
+    for use, call in uses.items():
+        with pytest.raises(CheckpointError) as late:
+            call()
+        assert str(late.value) == str(at_load.value), use
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_deferred_finite_check_looks_at_the_checkpoint_not_at_its_cast(tmp_path):
+    # 1e6 is finite in the float32 file and inf once cast to float16: neither check objects to it.
+    path = _preset_with(tmp_path, "q", 1e6)
+    with np.errstate(over="ignore"):
+        eager = BertBackbone.from_preset(path, dtype="float16")
+        lazy = BertBackbone.from_preset(path, dtype="float16", defer_finite_check=True)
+    assert np.isinf(lazy.weights["transformer_layer_1/feedforward_output_dense/kernel"][3, 5])
+    assert np.array_equal(lazy.weights["pooled_dense/kernel"], eager.weights["pooled_dense/kernel"])
+
+
+def test_compare_checks_the_weights_only_when_it_runs_a_forward(tmp_path, monkeypatch, capsys):
+    from bert_ref import cli
+    from bert_ref.checkpoints import base, read_safetensors, write_safetensors
+
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
+    monkeypatch.setenv("BERT_REF_OFFLINE", "1")
+    path = _preset_with(tmp_path, "q", 0.25)
+    inputs = {"token_ids": np.array([[2, 7, 9, 3]]), "padding_mask": np.array([[1, 1, 1, 0]])}
+    np.savez(tmp_path / "in.npz", **inputs)
+    np.savez(tmp_path / "c.npz", **{"sequence_output": BertBackbone.from_preset(path)(inputs)["sequence_output"]})
+    checked: list[str] = []
+    real = base.check_all_finite
+    monkeypatch.setattr(base, "check_all_finite", lambda w, source: (checked.append(source), real(w, source))[1])
+    args = ["compare", str(path), "-i", str(tmp_path / "in.npz"), "-c", str(tmp_path / "c.npz")]
+    assert cli.main(args) == 0  # runs our float32 and float64 forwards: one check, before the first
+    assert checked == [str(path / "model.safetensors")]
+    assert cli.main(args) == 0  # both runs come from the cache: the weights are never read
+    assert checked == [str(path / "model.safetensors")]
+    # The file changes to hold a NaN: its stat signature changes, the cache misses, the check refuses it.
+    tensors, metadata = read_safetensors(path / "model.safetensors")
+    tensors = {k: np.array(w) for k, w in tensors.items()}
+    tensors["transformer_layer_1/feedforward_output_dense/kernel"][3, 5] = np.nan
+    write_safetensors(path / "model.safetensors", tensors, metadata)
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load preset {str(path)!r}" in err and "kernel holds 1 non-finite value" in err, err
+
+
 # -- config limits --------------------------------------------------------------------------------
 
 def test_a_config_asking_for_a_million_layers_is_refused_before_anything_is_sized(tmp_path):

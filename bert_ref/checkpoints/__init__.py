@@ -92,18 +92,21 @@ def detect_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def load_preset_dir(path: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
+def load_preset_dir(path: str | os.PathLike, *, load_weights: bool = True, check_finite: bool = True) -> Checkpoint:
     """Read the checkpoint in directory `path` (format detected by `detect_format`).
 
     Args:
         path: a local directory.
         load_weights: when False, only the config and metadata are read (`weights` is None).
+        check_finite: check every weight for NaN/inf (which reads them all). With False the check
+            is left to the caller: `Checkpoint.unchecked` then names the weights' file, and
+            `bert_ref.checkpoints.base.check_all_finite(ckpt.weights, ckpt.unchecked)` runs it.
 
     Returns a `Checkpoint`. Every mismatch raises an error naming the file and tensor.
     """
     fmt = detect_format(path)
     reader = {"huggingface": huggingface, "keras": keras, "native": native}[fmt]
-    return reader.load(Path(path), load_weights=load_weights)
+    return reader.load(Path(path), load_weights=load_weights, check_finite=check_finite)
 
 
 __all__ = [

@@ -266,8 +266,9 @@ def _read_tensors(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Pat
     raise CheckpointError(f"{directory}: no weights found: looked for {WEIGHTS_FILE} and {INDEX_FILE}")
 
 
-def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
-    """Read a Hugging Face BERT directory (see the module docstring)."""
+def load(directory: str | os.PathLike, *, load_weights: bool = True, check_finite: bool = True) -> Checkpoint:
+    """Read a Hugging Face BERT directory (see the module docstring); `check_finite` as in
+    `bert_ref.checkpoints.load_preset_dir`."""
     directory = Path(directory)
     config_json, config, config_path = read_config(directory, config_from_json)
     files = [config_path]
@@ -275,6 +276,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     metadata["source"] = "transformers " + str(config_json.get("transformers_version", "?"))
     metadata["dtype"] = config_json.get("torch_dtype") or config_json.get("dtype")
     weights = None
+    unchecked = None
     if load_weights:
         tensors, origin, weight_files = _read_tensors(directory)
         check_weight_bytes(config, [f for f in weight_files if f.suffix == ".safetensors"], str(config_path))
@@ -319,8 +321,9 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
         where = str(weight_files[0]) if len(weight_files) == 1 else f"{directory} (sharded)"
         _explain_pooler(config, mapped, where)
         _check_in_file_terms(config, mapped, stored, origin, where, prefix="bert." if prefixed else "")
-        weights = check_weights(config, mapped, where)
-    return Checkpoint(config, weights, "huggingface", directory, tuple(files), metadata)
+        weights = check_weights(config, mapped, where, finite=check_finite)
+        unchecked = None if check_finite else where
+    return Checkpoint(config, weights, "huggingface", directory, tuple(files), metadata, unchecked)
 
 
 def _check_in_file_terms(

@@ -237,7 +237,7 @@ def _check_layer_names(h5file: Any, path: str, canonical: str, layer_name: str |
         )
 
 
-def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarray]:
+def _read_weights(config: BertConfig, weights_path: Path, check_finite: bool = True) -> dict[str, np.ndarray]:
     h5py = _require_h5py()
     paths = h5_paths(config)
     layer_names = {canonical: name for _, canonical, name in _TOP}
@@ -252,7 +252,8 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
             f"{weights_path}: cannot be read as HDF5 ({e}); the file is truncated or corrupt") from None
     with h5file:
         try:
-            return _read_open(h5py, h5file, config, weights_path, paths, layer_names, encoder_names)
+            return _read_open(h5py, h5file, config, weights_path, paths, layer_names, encoder_names,
+                              check_finite)
         except CheckpointError:
             raise
         except (RuntimeError, KeyError, OSError, AttributeError, SystemError, ValueError) as e:
@@ -262,7 +263,8 @@ def _read_weights(config: BertConfig, weights_path: Path) -> dict[str, np.ndarra
 
 
 def _read_open(h5py: ModuleType, h5file: Any, config: BertConfig, weights_path: Path, paths: dict[str, str],
-               layer_names: dict[str, str], encoder_names: dict[str, int]) -> dict[str, np.ndarray]:
+               layer_names: dict[str, str], encoder_names: dict[str, int],
+               check_finite: bool = True) -> dict[str, np.ndarray]:
     _check_storage(h5py, h5file, weights_path)
     datasets = _datasets(h5file)
     try:
@@ -313,11 +315,12 @@ def _read_open(h5py: ModuleType, h5file: Any, config: BertConfig, weights_path: 
             f"{weights_path}: {len(unexpected)} unexpected tensor(s) for a {config.num_layers}-layer "
             f"BertBackbone: {list_names([repr(u) for u in unexpected])}"
         )
-    return check_weights(config, weights, str(weights_path))
+    return check_weights(config, weights, str(weights_path), finite=check_finite)
 
 
-def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
-    """Read a keras-hub BERT preset directory (see the module docstring)."""
+def load(directory: str | os.PathLike, *, load_weights: bool = True, check_finite: bool = True) -> Checkpoint:
+    """Read a keras-hub BERT preset directory (see the module docstring); `check_finite` as in
+    `bert_ref.checkpoints.load_preset_dir`."""
     directory = Path(directory)
     _, config, files, metadata = read_keras_layout(directory)
     lowercase = None
@@ -339,9 +342,10 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
     if load_weights:
         weights_path = directory / WEIGHTS_FILE
         check_regular_file(weights_path, f"{directory}: keras-hub preset has no {WEIGHTS_FILE}")
-        weights = _read_weights(config, weights_path)
+        weights = _read_weights(config, weights_path, check_finite)
         files.append(weights_path)
-    return Checkpoint(config, weights, "keras", directory, tuple(files), metadata)
+    unchecked = str(weights_path) if weights is not None and not check_finite else None
+    return Checkpoint(config, weights, "keras", directory, tuple(files), metadata, unchecked)
 
 
 __all__ = ["CLASS_NAME", "OPTIONAL_FILES", "h5_paths", "load", "required_files"]

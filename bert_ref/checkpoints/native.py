@@ -112,8 +112,9 @@ def read_keras_layout(directory: Path) -> tuple[Mapping[str, Any], BertConfig, l
     return config_json, config, files, metadata
 
 
-def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoint:
-    """Read a native preset directory (see the module docstring)."""
+def load(directory: str | os.PathLike, *, load_weights: bool = True, check_finite: bool = True) -> Checkpoint:
+    """Read a native preset directory (see the module docstring); `check_finite` as in
+    `bert_ref.checkpoints.load_preset_dir`."""
     directory = Path(directory)
     _, config, files, metadata = read_keras_layout(directory)
     meta = metadata["preset_metadata"]
@@ -130,9 +131,10 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True) -> Checkpoi
         check_regular_file(weights_path, f"{directory}: native preset has no {WEIGHTS_FILE}")
         check_weight_bytes(config, [weights_path], str(directory / CONFIG_FILE))
         tensors, _ = read_safetensors(weights_path)
-        weights = check_weights(config, tensors, str(weights_path))
+        weights = check_weights(config, tensors, str(weights_path), finite=check_finite)
         files.append(weights_path)
-    return Checkpoint(config, weights, "native", directory, tuple(files), metadata)
+    unchecked = str(weights_path) if weights is not None and not check_finite else None
+    return Checkpoint(config, weights, "native", directory, tuple(files), metadata, unchecked)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from .. import limits
 from . import layout, settings, store
 from .archive import safe_relpath
 from .errors import HubError, OfflineError, RemoteNotFoundError
-from .transfer import Fetcher
+
+if TYPE_CHECKING:  # transfer imports requests: only a download needs it
+    from .transfer import Fetcher
 
 FORMS = "hf://owner/name or hf://owner/name@revision"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -188,6 +191,8 @@ def fetch(h: HfHandle, *, progress: bool | None = None, force: bool = False) -> 
         if not force and store.is_complete(dest):
             return dest
         store.remove_stale(dest)
+        from .transfer import Fetcher
+
         with Fetcher("hf", bearer=settings.hf_token(), progress=progress) as fetcher:
             with store.staging(dest) as stage:
                 source = _RemoteSource(h, fetcher, stage)

@@ -17,11 +17,14 @@ import dataclasses
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import settings, store
 from .archive import extract
 from .errors import DownloadError, HubError, OfflineError
-from .transfer import Fetcher
+
+if TYPE_CHECKING:  # transfer imports requests: only a download needs it
+    from .transfer import Fetcher
 
 FORMS = "kaggle://owner/model/framework/variation or kaggle://owner/model/framework/variation/version"
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -156,6 +159,8 @@ def fetch(h: KaggleHandle, *, progress: bool | None = None, force: bool = False,
 
 
 def _fetcher(progress: bool | None) -> Fetcher:
+    from .transfer import Fetcher
+
     return Fetcher("kaggle", basic=settings.kaggle_credentials(), progress=progress)
 
 
