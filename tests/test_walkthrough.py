@@ -13,6 +13,8 @@ from __future__ import annotations
 import doctest
 from pathlib import Path
 
+import numpy as np
+
 from needs import MINILM_INSTALL, need
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,8 @@ def test_walkthrough_runs_and_prints_what_it_shows(monkeypatch):
     test = doctest.DocTestParser().get_doctest(text, {"__name__": "walkthrough"}, "walkthrough",
                                                str(WALKTHROUGH), 0)
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    result = runner.run(test)
+    with np.printoptions():  # the walkthrough sets NumPy's print options; restore them afterwards
+        result = runner.run(test)
     assert result.attempted >= 80, f"only {result.attempted} examples found in {WALKTHROUGH}"
     assert result.failed == 0, f"{result.failed} of {result.attempted} walkthrough examples printed something else"
 
