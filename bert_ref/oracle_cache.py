@@ -3,8 +3,9 @@
 `bert-ref compare` runs our model up to three times (reference, float64 truth, the floor's
 precision); on BERT-base at 8 x 128 that is most of its time. The runs depend only on the model
 (config and weights), the inputs, the policy and the outputs asked for, so each is stored once,
-keyed by a SHA-256 digest of exactly those (and the bert_ref version), and a second compare of
-another candidate on the same inputs reads them back.
+keyed by a SHA-256 digest of exactly those (and of the bert_ref version and the source of the
+modules that compute a forward, so that a changed kernel never reads runs of the old one), and a
+second compare of another candidate on the same inputs reads them back.
 
 Location and size (environment variables):
 
@@ -21,6 +22,7 @@ removed. Reading an entry touches it (its modification time orders the eviction)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -154,10 +156,24 @@ def _weights_digest(model: Any) -> str:
     return digest
 
 
-def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str, keys: Iterable[str] | None) -> str:
-    """The digest naming one run: model, inputs, policy, the outputs asked for, bert_ref's version."""
+# The modules whose code decides what a forward computes (their source is part of every key).
+FORWARD_MODULES = ("ops.py", "kernels.py", "encoder.py", "precision.py", "_erf_table.py", "config.py")
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the source of `FORWARD_MODULES` (read once per process)."""
     h = hashlib.sha256()
-    h.update(f"bert_ref {__version__}|{model_digest(model)}|{policy_name}|".encode())
+    for name in FORWARD_MODULES:
+        h.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str, keys: Iterable[str] | None) -> str:
+    """The digest naming one run: model, inputs, policy, the outputs asked for, bert_ref's version
+    and the forward's source (`code_digest`)."""
+    h = hashlib.sha256()
+    h.update(f"bert_ref {__version__} {code_digest()}|{model_digest(model)}|{policy_name}|".encode())
     h.update(json.dumps(None if keys is None else sorted(keys)).encode())
     for name in ("token_ids", "segment_ids", "padding_mask"):
         if name in inputs and inputs[name] is not None:

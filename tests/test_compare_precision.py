@@ -263,6 +263,11 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     assert oracle_cache.entry_key(model, inputs, "float32", keys) != key64
     twin = BertBackbone(**model.config.to_dict(), seed=4)
     assert oracle_cache.model_digest(twin) != oracle_cache.model_digest(model)
+    # So is the same run by changed forward code (a kernel edited in place, version unchanged).
+    monkeypatch.setattr(oracle_cache, "code_digest", lambda: "0" * 64)
+    assert oracle_cache.entry_key(model, inputs, "float64", keys) != key64
+    monkeypatch.undo()
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     # Bounded: entries of one size S under a limit of 2.5 S: the least recently used one goes.
     oc = tmp_path / "oc"
     size = next(oc.glob("*.npz")).stat().st_size

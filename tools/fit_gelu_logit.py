@@ -1,6 +1,6 @@
 """Fit the polynomial Q of bert_ref's float32 exact GELU (`kernels._GELU_LOGIT_Q`), and check it.
 
-    pip install scipy mpmath
+    pip install -e ".[golden]"    # or just scipy and mpmath
     python tools/fit_gelu_logit.py [--degree 6] [--u-max 36] [--nodes 1500]
 
 The float32 exact GELU of `bert_ref.kernels` computes `gelu(x) = max(x, 0) - |x| * Phi(-|x|)`
