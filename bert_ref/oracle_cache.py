@@ -94,11 +94,20 @@ def model_digest(model: Any) -> str:
 
 
 def _hash_weights(weights: Mapping[str, Any]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(weights):
+    """SHA-256 over each tensor's name, dtype, shape and the SHA-256 of its bytes; the tensors are
+    hashed on the cores' threads (hashlib releases the GIL)."""
+    from .kernels import map_concurrent
+
+    names = sorted(weights)
+
+    def tensor_digest(name: str) -> str:
         w = np.ascontiguousarray(weights[name])
-        h.update(f"{name}|{w.dtype.str}|{w.dtype.name}|{w.shape}|".encode())
-        h.update(w.data.cast("B"))
+        return hashlib.sha256(w.data.cast("B")).hexdigest()
+
+    h = hashlib.sha256()
+    for name, digest in zip(names, map_concurrent(tensor_digest, names), strict=True):
+        w = weights[name]
+        h.update(f"{name}|{w.dtype.str}|{w.dtype.name}|{w.shape}|{digest}|".encode())
     return h.hexdigest()
 
 

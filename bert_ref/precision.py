@@ -93,9 +93,11 @@ class Policy:
         """A stored weight as the math uses it: rounded to the compute dtype, held in `work_dtype`.
 
         No copy when the stored dtype already is the work dtype and no rounding is needed."""
+        from .kernels import astype  # the same cast, over threads for large weights
+
         if self.rounds:
-            w = np.asarray(w).astype(self.compute_dtype, copy=False)
-        return np.asarray(w).astype(self.work_dtype, copy=False)
+            w = astype(w, self.compute_dtype)
+        return astype(w, self.work_dtype)
 
     def kernel(self, w: np.ndarray) -> np.ndarray:
         """A dense kernel ([in, out]: q/k/v, attention output, both FFN layers, pooler) as the math

@@ -425,3 +425,31 @@ def test_one_core_runs_no_threads(monkeypatch):
     model, inputs = _split_model("float32", "gelu")
     model(inputs)
     assert started == []
+
+
+def test_astype_over_threads_is_the_plain_cast(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 3)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1500, 1000)).astype(np.float32)  # large enough to be cut into row chunks
+    for dtype in (np.float64, np.float16):
+        _same(kernels.astype(x, dtype), x.astype(dtype))
+    assert kernels.astype(x, np.float32) is x  # no copy when nothing is cast
+    _same(kernels.astype(x.T, np.float64), x.T.astype(np.float64))  # not C-contiguous: the plain cast
+
+
+def test_map_concurrent_keeps_order_and_raises_the_first_error(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 4)
+    assert kernels.map_concurrent(lambda i: i * i, range(20)) == [i * i for i in range(20)]
+    seen = []
+
+    def fn(i):
+        seen.append(i)
+        if i in (3, 7):
+            raise ValueError(f"item {i}")
+        # a `parallel` inside a call runs in the calling thread instead of waiting on the busy pool
+        kernels.parallel(lambda a, b: None, 100)
+        return i
+
+    with pytest.raises(ValueError, match="item 3"):
+        kernels.map_concurrent(fn, range(10))
+    assert sorted(seen) == list(range(10))  # every call ran before the error was raised
