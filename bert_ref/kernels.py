@@ -362,7 +362,7 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
         part = (slice(first, last),) if axis == 0 else (slice(None), slice(first, last))
         s = scores[part]
         np.copyto(s, large, where=masked[part[:1]])  # where(mask, s, large), in place
-        s -= s.max(axis=-1, keepdims=True)
+        s -= np.take_along_axis(s, s.argmax(axis=-1)[..., None], axis=-1)  # the row max (argmax: ~4x faster)
         np.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)
 
@@ -435,34 +435,16 @@ def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: 
         if n == 0:
             out[i] = 0
             continue
-        # The scores are computed transposed, keys along the rows ([h, n, S] = k q^T: the same dot
-        # products, as OpenBLAS accumulates each over d in order), so that the max and the sum over
-        # the keys run across rows, as whole-row SIMD operations (a max along short rows is ~4x slower).
-        scores = np.matmul(k[i, :, :n], (q[i] * scale).transpose(0, 2, 1))  # [h, n, S]
-        scores -= scores.max(axis=1, keepdims=True)
+        scores = np.matmul(q[i] * scale, k[i, :, :n].transpose(0, 2, 1))  # [h, S, n]
+        # The row max, gathered at its argmax: the same value, and NumPy's argmax along short rows
+        # is ~4x faster than its max.
+        scores -= np.take_along_axis(scores, scores.argmax(axis=-1)[..., None], axis=-1)
         np.exp(scores, out=scores)
-        scores /= _sum_rows(scores)
-        weights = scores.transpose(0, 2, 1)  # [h, S, n]
-        np.matmul(weights, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
+        scores /= scores.sum(axis=-1, keepdims=True)
+        np.matmul(scores, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
         if probs is not None:
-            probs[i, :, :, :n] = weights
+            probs[i, :, :, :n] = scores
     return out.reshape(b, s, h * d), probs
-
-
-def _sum_rows(x: np.ndarray) -> np.ndarray:
-    """Sum over axis 1 by pairwise halving: [h, n, S] -> [h, 1, S].
-
-    Each level adds two halves of the rows elementwise (whole-row SIMD adds), so every sum is a
-    binary tree of depth ceil(log2 n): error at most ceil(log2 n) u relative for positive terms
-    (u the unit roundoff), where adding the rows one after another (`x.sum(axis=1)`) allows (n - 1) u.
-    """
-    while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        pair = x[:, :half] + x[:, half : 2 * half]
-        if x.shape[1] % 2:  # an odd row out joins the first pair
-            pair[:, :1] += x[:, 2 * half :]
-        x = pair
-    return x
 
 
 def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activation: str, eps: float,
