@@ -55,7 +55,7 @@ def test_one_wrong_op_fails_at_its_layer(minilm):
     assert not report.passed
     first = report.first_failure
     assert first.key == f"hidden_states.{meta['wrong_layer'] + 1}"  # the output of the layer with the wrong op
-    # Measured: ~850x the float32 floor; 100x K would still fail.
+    # Measured: ~1100x the float32 floor; 100x K would still fail.
     assert first.floor_ratio > 100 * DEFAULT_FLOOR_RATIO
 
 
