@@ -74,6 +74,20 @@ def test_finite_float16_weights_near_the_top_of_the_range_load(tmp_path):
     assert load_preset_dir(tmp_path / "q").weights["pooled_dense/kernel"].max() == 65504
 
 
+def test_finite_float64_weights_whose_sum_overflows_load(tmp_path):
+    # A float64 sum of finite values can overflow to inf: the check then scans element by element
+    # instead of calling the tensor non-finite.
+    from bert_ref.checkpoints.base import check_finite
+
+    w = np.full((4, 3), 1.7e308)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(w.sum())
+    check_finite(w, "w", "test")  # no error
+    w[2, 1] = -np.inf
+    with pytest.raises(CheckpointError, match=r"w holds 1 non-finite value.*w\[2, 1\]"):
+        check_finite(w, "w", "test")
+
+
 def _preset_with(tmp_path, name, value, dtype="float32"):
     """A SMALL native preset whose transformer_layer_1 output kernel holds `value` at [3, 5]."""
     from bert_ref.checkpoints import read_safetensors, write_safetensors

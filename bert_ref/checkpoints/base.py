@@ -127,15 +127,18 @@ def check_weight_bytes(config: BertConfig, files: list[Path], config_source: str
 def check_finite(w: np.ndarray, name: str, source: str) -> None:
     """A `CheckpointError` naming `name`, the first position and the count when `w` holds NaN or inf.
 
-    One pass per tensor, without a temporary mask: the float64 sum of float16/32 values is finite
-    exactly when every value is (|sum| <= 3.4e38 * size cannot overflow float64), and NaN or inf
-    propagate through it. Only a non-finite sum (or a float64 tensor) pays for the element-wise
-    `isfinite` that locates the first bad value.
+    One pass per tensor, without a temporary mask: NaN or inf in any term makes a sum NaN or inf, so
+    a finite float64 sum proves every value finite (for float16/32 values the converse holds too:
+    |sum| <= 3.4e38 * size cannot overflow float64; a float64 sum can overflow, and then the scan
+    below decides). Only a non-finite sum pays for the element-wise `isfinite` that locates the
+    first bad value.
     """
     if w.size == 0:
         return
-    if w.dtype.kind == "f" and w.dtype.itemsize <= 4:
-        if np.isfinite(np.add.reduce(w, axis=None, dtype=np.float64)):
+    if w.dtype.kind == "f" and w.dtype.itemsize in (2, 4, 8):
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow here only means: scan
+            total = np.add.reduce(w, axis=None, dtype=np.float64)
+        if np.isfinite(total):
             return
     values = w if w.dtype.kind == "f" else w.astype(np.float32)  # bfloat16 / float8 (ml_dtypes)
     bad = ~np.isfinite(values)
