@@ -74,7 +74,8 @@ def model_digest(model: Any) -> str:
     """SHA-256 of a `BertBackbone`'s config and weights (names, dtypes, shapes, bytes); computed once
     per model object (its weights are read-only).
 
-    Hashing BERT-base's 438 MB takes about 0.2 s (per tensor, on the cores' threads), so the weights' part is also kept on disk for a
+    Hashing BERT-base's 438 MB takes about 0.2 s (per tensor, on the cores' threads), so the
+    weights' part is also kept on disk for a
     model loaded from a preset directory whose weights are read-only views of its files (as
     `from_preset` maps them): it is stored under the directory's files' names, sizes, modification
     times and inode numbers, and reused while none of them changes."""
