@@ -362,7 +362,7 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
         part = (slice(first, last),) if axis == 0 else (slice(None), slice(first, last))
         s = scores[part]
         np.copyto(s, large, where=masked[part[:1]])  # where(mask, s, large), in place
-        s -= np.take_along_axis(s, s.argmax(axis=-1)[..., None], axis=-1)  # the row max (argmax: ~4x faster)
+        s -= np.take_along_axis(s, s.argmax(axis=-1)[..., None], axis=-1)  # the row max (argmax: up to 2.6x faster)
         np.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)
 
@@ -437,7 +437,7 @@ def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: 
             continue
         scores = np.matmul(q[i] * scale, k[i, :, :n].transpose(0, 2, 1))  # [h, S, n]
         # The row max, gathered at its argmax: the same value, and NumPy's argmax along short rows
-        # is ~4x faster than its max.
+        # is up to 2.6x faster than its max.
         scores -= np.take_along_axis(scores, scores.argmax(axis=-1)[..., None], axis=-1)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=-1, keepdims=True)
