@@ -340,6 +340,12 @@ def assert_cache_clean(root: Path) -> None:
                        for d in [root / d]), f"file outside a complete preset directory: {p}"
 
 
+def assert_nothing_cached(root: Path) -> None:
+    """`assert_cache_clean`, and no file at all but locks: a failed download kept nothing."""
+    assert_cache_clean(root)
+    assert not any(p.is_file() and not p.name.endswith(".lock") for p in root.rglob("*"))
+
+
 def make_hf_cache(root: Path, repo: str, files: dict[str, bytes], ref: str = "main") -> Path:
     """The layout huggingface_hub writes: blobs/<hash>, snapshots/<commit>/<file> -> blob symlinks."""
     base = root / ("models--" + repo.replace("/", "--"))

@@ -34,7 +34,7 @@ from bert_ref.hub.errors import (
 )
 from bert_ref.presets import PRESETS
 
-from hub_server import assert_cache_clean, dir_contents, make_hf_cache, tar_gz, zip_bytes
+from hub_server import assert_cache_clean, assert_nothing_cached, dir_contents, make_hf_cache, tar_gz, zip_bytes
 
 # Every test runs `isolated` (tests/conftest.py): no credentials or proxies, caches under tmp_path.
 pytestmark = pytest.mark.usefixtures("isolated")
@@ -289,8 +289,7 @@ def test_body_always_cut_fails_cleanly(server, cache):
                        + str(len(files["model.safetensors"])) + " bytes"):
         hub.resolve("hf://org/mini")
     assert len(server.hits("/cdn/")) == 3
-    assert_cache_clean(cache)
-    assert not any(p.is_file() and not p.name.endswith(".lock") for p in cache.rglob("*"))
+    assert_nothing_cached(cache)
 
 
 def test_checksum_mismatch_is_an_integrity_error_and_not_kept(server, cache):
@@ -303,8 +302,7 @@ def test_checksum_mismatch_is_an_integrity_error_and_not_kept(server, cache):
     assert hashlib.sha256(files["model.safetensors"]).hexdigest() in msg
     assert f"checksum mismatch for {server.url}/org/mini/resolve/" in msg and "discarded" in msg
     assert len(server.hits("/cdn/")) == 1  # a mismatch is not retried
-    assert_cache_clean(cache)
-    assert not any(p.is_file() and not p.name.endswith(".lock") for p in cache.rglob("*"))
+    assert_nothing_cached(cache)
 
 
 def test_size_mismatch_without_lfs_hash_is_detected(server, cache):
@@ -507,8 +505,7 @@ def test_kaggle_md5_mismatch_is_an_integrity_error(server, cache):
     server.fault("/gcs/", "corrupt")
     with pytest.raises(IntegrityError, match=r"X-Goog-Hash announced md5"):
         hub.resolve(f"kaggle://{KHANDLE}/3")
-    assert_cache_clean(cache)
-    assert not any(p.is_file() and not p.name.endswith(".lock") for p in cache.rglob("*"))
+    assert_nothing_cached(cache)
 
 
 def test_kaggle_archive_cut_short_is_retried(server, cache):
@@ -564,8 +561,7 @@ def test_unsafe_tar_members_are_rejected_before_anything_is_written(server, cach
     with pytest.raises(UnsafeArchiveError, match=why):
         hub.resolve(f"kaggle://{KHANDLE}/3")
     assert not (isolated / "evil.txt").exists() and not (cache / "kaggle" / "evil.txt").exists()
-    assert_cache_clean(cache)
-    assert not any(p.is_file() and not p.name.endswith(".lock") for p in cache.rglob("*"))
+    assert_nothing_cached(cache)
 
 
 @pytest.mark.parametrize("archive, why", ids=["dotdot", "symlink", "backslash"], argvalues=[

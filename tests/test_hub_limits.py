@@ -12,16 +12,11 @@ import pytest
 from bert_ref import hub
 from bert_ref.hub.errors import DownloadError, UnsafeArchiveError
 
-from hub_server import assert_cache_clean, tar_gz, zip_bytes
+from hub_server import assert_nothing_cached, tar_gz, zip_bytes
 from test_hub import KHANDLE, hf_files, native_files
 
 # Every test runs `isolated` (tests/conftest.py): no credentials or proxies, caches under tmp_path.
 pytestmark = pytest.mark.usefixtures("isolated")
-
-
-def _nothing_cached(cache):
-    assert_cache_clean(cache)
-    assert not any(p.is_file() and not p.name.endswith(".lock") for p in cache.rglob("*"))
 
 
 def test_a_gzip_encoded_body_is_refused_not_inflated(server, cache):
@@ -30,7 +25,7 @@ def test_a_gzip_encoded_body_is_refused_not_inflated(server, cache):
     server.fault("/org/bomb/resolve/main/config.json", "gzip", body=bytes(64 << 20))
     with pytest.raises(DownloadError, match=r"config\.json: the server sent a body with Content-Encoding 'gzip'"):
         hub.resolve("hf://org/bomb")
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)
 
 
 def test_a_body_of_unstated_size_is_capped(server, cache, monkeypatch):
@@ -40,7 +35,7 @@ def test_a_body_of_unstated_size_is_capped(server, cache, monkeypatch):
     with pytest.raises(DownloadError, match=r"config\.json: the body is larger than 10,000 bytes "
                                             r"\(BERT_REF_MAX_DOWNLOAD_BYTES\)"):
         hub.resolve("hf://org/big")
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)
 
 
 def test_a_body_of_unstated_size_within_the_cap_downloads(server, cache):
@@ -55,7 +50,7 @@ def test_an_announced_size_over_the_limit_is_refused_before_the_body(server, cac
     with pytest.raises(DownloadError, match=r"announces \d+ bytes, over the limit of 100 "
                                             r"\(BERT_REF_MAX_DOWNLOAD_BYTES\)"):
         hub.resolve("hf://org/huge")
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)
 
 
 def test_a_trickling_server_meets_the_per_file_deadline(server, cache, monkeypatch):
@@ -68,7 +63,7 @@ def test_a_trickling_server_meets_the_per_file_deadline(server, cache, monkeypat
     with pytest.raises(DownloadError, match=r"took longer than 1 s \(BERT_REF_DOWNLOAD_DEADLINE\)"):
         hub.resolve("hf://org/slow")
     assert time.monotonic() - start < 5
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)
 
 
 def test_a_content_encoded_json_response_is_refused(server, cache):
@@ -110,7 +105,7 @@ def test_an_archive_with_too_many_entries_is_refused(server, cache, monkeypatch)
     server.add_kaggle(KHANDLE, 3, tar_gz(files))
     with pytest.raises(UnsafeArchiveError, match=r"more than 5 entries \(set BERT_REF_MAX_ARCHIVE_ENTRIES"):
         hub.resolve(f"kaggle://{KHANDLE}/3")
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)
 
 
 @pytest.mark.parametrize("pack", [tar_gz, zip_bytes], ids=["tar", "zip"])
@@ -120,7 +115,7 @@ def test_an_archive_that_extracts_to_too_many_bytes_is_refused(server, cache, mo
     server.add_kaggle(KHANDLE, 3, pack(dict(native_files(), **{"zeros.bin": bytes(1 << 20)})))
     with pytest.raises(UnsafeArchiveError, match=r"passes 524,288 bytes in all \(set BERT_REF_MAX_ARCHIVE_BYTES"):
         hub.resolve(f"kaggle://{KHANDLE}/3")
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)
 
 
 def test_an_archive_with_two_entries_for_one_file_is_refused(server, cache):
@@ -130,4 +125,4 @@ def test_an_archive_with_two_entries_for_one_file_is_refused(server, cache):
     server.add_kaggle(KHANDLE, 3, _tar(members))
     with pytest.raises(UnsafeArchiveError, match=r"members 'config.json' and './config.json' are the same file"):
         hub.resolve(f"kaggle://{KHANDLE}/3")
-    _nothing_cached(cache)
+    assert_nothing_cached(cache)

@@ -260,6 +260,12 @@ class _PlainPolicy(Policy):
         return True
 
 
+def _random_inputs(rng: np.random.Generator, vocabulary: int, mask: np.ndarray) -> dict:
+    """Random token and segment ids for the [B, S] padding `mask`."""
+    return {"token_ids": rng.integers(0, vocabulary, mask.shape), "segment_ids": rng.integers(0, 2, mask.shape),
+            "padding_mask": mask}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16"])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
 def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, activation, _erf_table_gelu):
@@ -267,12 +273,10 @@ def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, acti
     plain = _PlainPolicy(base.name, base.variable_dtype, base.compute_dtype, base.work_dtype)
     model = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=3, hidden_dim=24, intermediate_dim=40,
                          max_sequence_length=70, activation=activation, seed=5, dtype=dtype)
-    rng = np.random.default_rng(1)
     mask = np.ones((5, 70), bool)
     mask[1, 30:] = False
     mask[3, :] = False  # a fully padded row
-    inputs = {"token_ids": rng.integers(0, 50, (5, 70)), "segment_ids": rng.integers(0, 2, (5, 70)),
-              "padding_mask": mask}
+    inputs = _random_inputs(np.random.default_rng(1), 50, mask)
     from bert_ref.encoder import forward
 
     with _Block(64):  # many blocks and threads even at this size
@@ -336,13 +340,11 @@ def _split_model(dtype, activation):
     # that OpenBLAS uses its regular GEMM kernels.
     model = BertBackbone(vocabulary_size=300, num_layers=2, num_heads=4, hidden_dim=128, intermediate_dim=200,
                          max_sequence_length=128, activation=activation, seed=11, dtype=dtype)
-    rng = np.random.default_rng(3)
     mask = np.ones((5, 128), bool)
     mask[0, 70:] = False
     mask[2, :] = False  # a fully padded row
     mask[4, 1:] = False
-    inputs = {"token_ids": rng.integers(0, 300, (5, 128)), "segment_ids": rng.integers(0, 2, (5, 128)),
-              "padding_mask": mask}
+    inputs = _random_inputs(np.random.default_rng(3), 300, mask)
     return model, inputs
 
 
