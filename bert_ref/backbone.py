@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from . import encoder, limits
-from .config import BertConfig
-from .precision import get_policy
-from .presets import PRESETS, preset_config
+from bert_ref import encoder
+from bert_ref.model import limits
+from bert_ref.model.config import BertConfig
+from bert_ref.model.precision import get_policy
+from bert_ref.model.presets import PRESETS, preset_config
 
 
 def _read_only(w: np.ndarray) -> np.ndarray:
@@ -83,7 +84,7 @@ class BertBackbone:
         max_sequence_length: int. Rows of the position embedding (the longest input).
         num_segments: int. Rows of the segment embedding.
         dtype: None / "float32", "float64", "float16", "bfloat16", "mixed_float16",
-            "mixed_bfloat16" — see `bert_ref.precision` for where each rounds.
+            "mixed_bfloat16" — see `bert_ref.model.precision` for where each rounds.
         activation: "gelu_approximate" (tanh form, keras-hub's BERT) or "gelu" (exact, erf form,
             Hugging Face `hidden_act: "gelu"`).
         layer_norm_epsilon: float. Added to the variance in every layer norm.
@@ -171,7 +172,7 @@ class BertBackbone:
     def _check_finite(self) -> None:
         """Run the NaN/inf check `from_preset(..., defer_finite_check=True)` left for first use."""
         if self._unchecked is not None:
-            from .checkpoints.base import check_all_finite
+            from bert_ref.io.checkpoints.base import check_all_finite
 
             check_all_finite(*self._unchecked)
             self._unchecked = None
@@ -222,7 +223,7 @@ class BertBackbone:
         """Run the encoder; see `bert_ref.forward` for the arguments and the outputs.
 
         Inputs whose activations would not fit in memory are refused before any work (a
-        `bert_ref.limits.LimitError` giving the estimate; see BERT_REF_MAX_ACTIVATION_BYTES)."""
+        `bert_ref.model.limits.LimitError` giving the estimate; see BERT_REF_MAX_ACTIVATION_BYTES)."""
         ids = inputs.get("token_ids") if isinstance(inputs, Mapping) else None
         shape = np.shape(ids) if ids is not None else ()
         if len(shape) == 2:
@@ -266,7 +267,7 @@ class BertBackbone:
             model = cls(**preset_config(preset).to_dict(), dtype=dtype)
             model.source = preset
             return model
-        from . import checkpoints, hub
+        from bert_ref.io import checkpoints, hub
 
         directory = hub.resolve(preset)
         ckpt = checkpoints.load_preset_dir(directory, load_weights=load_weights, check_finite=not defer_finite_check)
@@ -281,7 +282,7 @@ class BertBackbone:
         """Write a native preset: keras-hub's `config.json` layout plus `model.safetensors` with the
         canonical weight names. `from_preset(preset_dir)` reads it back bit-exactly. The vocabulary
         and lowercase flag of the preset this model was loaded from are kept."""
-        from .checkpoints.native import save_preset
+        from bert_ref.io.checkpoints.native import save_preset
 
         kept = {k: self.preset_metadata[k] for k in ("lowercase", "vocabulary")
                 if self.preset_metadata.get(k) is not None}

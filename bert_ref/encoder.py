@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels, ops
-from .config import BertConfig
-from .precision import Policy, get_policy
+from bert_ref import ops
+from bert_ref.model import kernels
+from bert_ref.model.config import BertConfig
+from bert_ref.model.precision import Policy, get_policy
 
 INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -267,7 +268,7 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
         config: the architecture.
         inputs: `{"token_ids": [B, S] ints, "segment_ids": [B, S] ints (default 0),
             "padding_mask": [B, S] bool/0-1 (default all valid)}`.
-        dtype: the policy (see `bert_ref.precision`): None/"float32", "float64", "float16",
+        dtype: the policy (see `bert_ref.model.precision`): None/"float32", "float64", "float16",
             "bfloat16", "mixed_float16", "mixed_bfloat16".
         output_hidden_states: also return "hidden_states", num_layers + 1 arrays [B, S, H]: the
             embeddings' layer-norm output, then each layer's output (Hugging Face's convention).
@@ -283,7 +284,7 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     is where the policy rounds to its compute dtype and where the trace records. The policy also
     rounds the input of every dense layer (`Policy.dense_input`) and both operands of the two
     attention matmuls (`Policy.matmul_input`); for float32 and float64 all three are the identity.
-    The ops come from `bert_ref.kernels` (the same results, faster; the float32 exact GELU there
+    The ops come from `bert_ref.model.kernels` (the same results, faster; the float32 exact GELU there
     is a more accurate formula, within a tested bound of `ops.gelu`) unless the policy rounds
     matmul inputs; with nothing to trace or round (float32 and float64), `kernels.forward` runs
     these same steps fused and split over threads (bit-identical outputs, except attention over

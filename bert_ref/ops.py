@@ -6,7 +6,7 @@ B = batch, S = sequence, H = hidden_dim, A = num_heads * key_dim, F = intermedia
 h = num_heads, d = key_dim, V = vocabulary_size.
 
 `bert_ref.encoder.forward` composes these ops into the model, step by named step.
-`bert_ref.kernels` holds faster versions of some of them (over threads, in cache-sized blocks,
+`bert_ref.model.kernels` holds faster versions of some of them (over threads, in cache-sized blocks,
 in place), each tested against the op here.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import _erf_table
+from bert_ref import _erf_table
 
 # The large finite negative number given to masked attention scores before the softmax (never
 # -inf, so a fully masked row stays finite): keras' -1e9, and -3e4 for float16 scores (whose
@@ -49,7 +49,7 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 
     `(x - mean) / sqrt(var + epsilon) * gamma + beta`, with the biased variance, in the dtype of
     `x`; float16 and bfloat16 in float32 (rounded back): layer norm always runs in at least
-    float32, as keras' does (see `bert_ref.precision`).
+    float32, as keras' does (see `bert_ref.model.precision`).
     """
     if is_half(x.dtype):
         return layer_norm(x.astype(np.float32), gamma, beta, epsilon).astype(x.dtype)
@@ -103,7 +103,7 @@ def erf(x: np.ndarray) -> np.ndarray:
     """The error function, `2/sqrt(pi) * integral_0^x exp(-t^2) dt`. [...] -> [...]
 
     NumPy has none, so: erf is odd, and on |x| in [0, X) it is a polynomial per interval of width
-    1/2 (Chebyshev fits made in 50-digit arithmetic by `tools/fit_erf.py`), evaluated by Horner's
+    1/2 (Chebyshev fits made in 50-digit arithmetic by `tools/fit/fit_erf.py`), evaluated by Horner's
     rule; beyond X it is ±1 to the dtype's precision (X = 6 in float64, 4 in float32).
 
     Accuracy against `math.erf` on [-10, 10]: <= 4.5e-16 in float64, <= 2.4e-7 in float32.

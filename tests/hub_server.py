@@ -1,6 +1,6 @@
 """A fake Hugging Face hub and Kaggle API on 127.0.0.1, with fault injection, for tests/test_hub*.py.
 
-Speaks the URL schemes and headers `bert_ref.hub` relies on:
+Speaks the URL schemes and headers `bert_ref.io.hub` relies on:
 
 * Hugging Face: `GET /{repo}/resolve/{revision}/{file}`. Small files: 200 with the git-blob sha1 as
   ETag and `X-Repo-Commit`. Large (LFS) files: 302 to `/cdn/{sha256}` carrying `X-Linked-Etag`
@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from bert_ref.hub import store
+from bert_ref.io.hub import store
 
 LFS_SUFFIXES = (".safetensors", ".h5", ".bin")
 

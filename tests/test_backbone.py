@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bert_ref import POLICY_NAMES, BertBackbone, BertConfig, forward
-from bert_ref.presets import PRESETS
+from bert_ref.model.presets import PRESETS
 
 SMALL = dict(vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=12,
              max_sequence_length=10, num_segments=3)
@@ -206,7 +206,7 @@ def test_from_preset_without_weights_builds_the_architecture(name):
 
 
 def test_unknown_preset_name_is_reported_with_the_choices():
-    from bert_ref.presets import preset_config
+    from bert_ref.model.presets import preset_config
     with pytest.raises(ValueError, match="bert_tiny_en_uncased"):
         preset_config("bert_gigantic")
 

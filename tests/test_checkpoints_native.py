@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from bert_ref import BertConfig
-from bert_ref.checkpoints import CheckpointError, detect_format, load_preset_dir, required_files
-from bert_ref.checkpoints.native import save_preset
+from bert_ref.io.checkpoints import CheckpointError, detect_format, load_preset_dir, required_files
+from bert_ref.io.checkpoints.native import save_preset
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CONFIG = BertConfig(vocabulary_size=30, num_layers=2, num_heads=3, hidden_dim=12, intermediate_dim=10,

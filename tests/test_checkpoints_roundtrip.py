@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from bert_ref.checkpoints import load_preset_dir
+from bert_ref.io.checkpoints import load_preset_dir
 
 from needs import need
 

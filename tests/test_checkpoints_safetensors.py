@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
-from bert_ref.checkpoints import SafetensorsError, read_safetensors, write_safetensors
-from bert_ref.checkpoints.safetensors_io import read_header
+from bert_ref.io.checkpoints import SafetensorsError, read_safetensors, write_safetensors
+from bert_ref.io.checkpoints.safetensors_io import read_header
 
 
 def _memmap_base(array: np.ndarray):

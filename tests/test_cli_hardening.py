@@ -66,8 +66,8 @@ def test_options_may_come_between_the_preset_and_the_texts(env, tmp_path):
     (tmp_path / "p").mkdir()
     BertBackbone(**dict(SMALL, vocabulary_size=len(VOCAB)), seed=0).save_to_preset(tmp_path / "p")
     (tmp_path / "p" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    from bert_ref.checkpoints import load_preset_dir
-    from bert_ref.checkpoints.native import save_preset
+    from bert_ref.io.checkpoints import load_preset_dir
+    from bert_ref.io.checkpoints.native import save_preset
 
     ckpt = load_preset_dir(tmp_path / "p")
     save_preset(tmp_path / "q", ckpt.config, ckpt.weights, metadata={"vocabulary": VOCAB, "lowercase": True})
@@ -78,7 +78,7 @@ def test_options_may_come_between_the_preset_and_the_texts(env, tmp_path):
 
 
 def test_an_absurd_sequence_length_is_refused(env, tmp_path):
-    from bert_ref.checkpoints.native import save_preset
+    from bert_ref.io.checkpoints.native import save_preset
 
     save_preset(tmp_path / "q", BertBackbone(**dict(SMALL, vocabulary_size=len(VOCAB)), seed=0).config,
                 BertBackbone(**dict(SMALL, vocabulary_size=len(VOCAB)), seed=0).weights,

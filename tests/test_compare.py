@@ -1,4 +1,4 @@
-"""bert_ref.compare: per-output errors, worst-element positions, valid/padded split, ordering, floor.
+"""bert_ref.oracle: per-output errors, worst-element positions, valid/padded split, ordering, floor.
 
 The candidates here are our own outputs with known perturbations: these tests check the comparer's
 arithmetic and bookkeeping, not the model (the model is checked against goldens elsewhere).
@@ -7,14 +7,13 @@ arithmetic and bookkeeping, not the model (the model is checked against goldens 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
 from bert_ref import BertBackbone, compare, compare_to_truth
-from bert_ref.compare import Report
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER
+from bert_ref.oracle.report import Report
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_perturbed_layer_2_hidden_state_fails_there_with_exact_position(ours, in
 
 
 def test_outputs_summarised_on_threads_give_the_report_of_one_thread(ours, inputs, monkeypatch):
-    from bert_ref import kernels
+    from bert_ref.model import runtime
 
     cand = _copy(ours)
     rng = np.random.default_rng(3)
@@ -73,7 +72,7 @@ def test_outputs_summarised_on_threads_give_the_report_of_one_thread(ours, input
     cand["hidden_states"][2][1, 4, 3] = np.nan
     reports = []
     for threads in (1, 4):
-        monkeypatch.setattr(kernels, "THREADS", threads)
+        monkeypatch.setattr(runtime, "THREADS", threads)
         reports.append(compare(ours, cand, padding_mask=inputs["padding_mask"], floor=cand, floor_reference=ours))
     assert [e.key for e in reports[1]] == [e.key for e in reports[0]]
     assert json.dumps(reports[1].to_dict()) == json.dumps(reports[0].to_dict())
@@ -311,21 +310,22 @@ def _summary_cases():
 @pytest.mark.parametrize("block", [1, 48, 1 << 15])
 @pytest.mark.parametrize("atol, rtol", [(1e-5, 1e-4), (0.0, 0.0), (0.0, 1e-3), (1e-3, np.inf)])
 def test_blockwise_summaries_are_the_plain_stats_bit_for_bit(monkeypatch, block, atol, rtol):
-    cmp_module = sys.modules["bert_ref.compare"]  # the module: the package exports the function by that name
-    monkeypatch.setattr(cmp_module, "SUMMARY_BLOCK", block)
+    from bert_ref.oracle import blocked, keys, stats
+
+    monkeypatch.setattr(blocked, "SUMMARY_BLOCK", block)
     checked = 0
     for key, ref, cand, mask in _summary_cases():
         for padding in (mask, None):
-            valid = cmp_module._valid_mask(key, ref.shape, None if padding is None else padding.astype(bool))
-            assert cmp_module._fits_blocks(ref.shape, valid)  # the blockwise path, not the fallback
+            valid = keys.valid_mask(key, ref.shape, None if padding is None else padding.astype(bool))
+            assert blocked._fits_blocks(ref.shape, valid)  # the blockwise path, not the fallback
             with np.errstate(invalid="ignore"):  # rtol = inf times |r| = 0
-                e = cmp_module._elementwise(ref, cand, atol, rtol)
-                want_v = cmp_module._stats(e, valid)
-                want_p = None if valid is None else cmp_module._stats(e, ~valid)
+                e = stats.elementwise(ref, cand, atol, rtol)
+                want_v = stats.error_stats(e, valid)
+                want_p = None if valid is None else stats.error_stats(e, ~valid)
                 r64 = np.abs(ref.astype(np.float64))
                 at_valid = r64 if valid is None else np.broadcast_to(valid, ref.shape).choose(0.0, r64)
                 want_big = float(at_valid.max())
-                got_v, got_p, got_big = cmp_module._summaries(ref, cand, atol, rtol, valid, True)
+                got_v, got_p, got_big = blocked.summaries(ref, cand, atol, rtol, valid, True)
             # repr() spells every float exactly (and NaN as nan): equal text is equal bits.
             assert repr(got_v) == repr(want_v), key
             assert repr(got_p) == repr(want_p), key

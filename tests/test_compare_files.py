@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from bert_ref.files import ArrayFileError, read_arrays, read_candidate, read_inputs, write_arrays
+from bert_ref.io.arrays import ArrayFileError, read_arrays, write_arrays
+from bert_ref.oracle.candidates import read_candidate, read_inputs
 
 from needs import need, run_bert_ref
 
@@ -53,7 +54,7 @@ def test_bfloat16_round_trips_through_our_files(tmp_path, suffix):
 
 
 def test_bfloat16_safetensors_written_by_torch_is_read():
-    # golden/ports/torch_bf16.safetensors: torch.save_file of a bfloat16 tensor (tools/make_port_candidates.py).
+    # golden/ports/torch_bf16.safetensors: torch.save_file of a bfloat16 tensor (tools/golden/make_port_candidates.py).
     arrays = read_arrays(GOLDEN / "torch_bf16.safetensors")
     meta = json.loads((GOLDEN / "torch_bf16.json").read_text())
     a = arrays["last_hidden_state"]

@@ -3,7 +3,7 @@ error measures, the one-element sentence, the cache and the assert API.
 
 Candidates here are our own outputs (other policies, or with known perturbations): the tests check
 the verdict's arithmetic and bookkeeping. How real ports fare is measured by
-tools/make_port_candidates.py and written in docs/conformance.md.
+tools/golden/make_port_candidates.py and written in docs/conformance.md.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import os
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, compare, compare_to_truth, oracle_cache
-from bert_ref.compare import DEFAULT_FLOOR_RATIO, check_candidate, detect_precision, oracle_outputs, parse_tolerance
-from bert_ref.precision import quantize_symmetric, round_to_tf32
+from bert_ref import BertBackbone, compare, compare_to_truth
+from bert_ref.model.precision import quantize_symmetric, round_to_tf32
+from bert_ref.oracle import cache as oracle_cache
+from bert_ref.oracle.run import DEFAULT_FLOOR_RATIO, check_candidate, detect_precision, oracle_outputs
+from bert_ref.oracle.tolerances import parse_tolerance
 from bert_ref.testing import assert_close_to_reference
 
 from needs import need
@@ -244,7 +246,7 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     # A hit returns the stored arrays, bit for bit, without running the model.
     import sys
 
-    cmp = sys.modules["bert_ref.compare"]  # the module (bert_ref.compare is also the function's name)
+    cmp = sys.modules["bert_ref.oracle.run"]  # the module that runs the forward for the oracle
 
     def boom(*a, **k):
         raise AssertionError("ran the model on a cache hit")

@@ -20,8 +20,9 @@ import math
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, kernels
+from bert_ref import BertBackbone
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER, TRACE_POOLER
+from bert_ref.model import kernels
 
 ATOL64 = 1e-12
 HEADS = 4
@@ -169,7 +170,7 @@ def test_float32_residuals_and_outputs_are_bit_exact(inputs):
 
 
 def test_trace_does_not_change_the_outputs(inputs, monkeypatch):
-    # An untraced forward runs the fast paths of bert_ref.kernels, a traced one the plain steps. They
+    # An untraced forward runs the fast paths of bert_ref.model.kernels, a traced one the plain steps. They
     # are bit-identical except the attention over right-padded rows, which sums over the n valid
     # keys only (kernels._attention_valid_keys, bounded in tests/test_kernels.py). With that path
     # off, tracing must change no bit; with it on, nothing beyond a few ulps.

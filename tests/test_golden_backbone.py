@@ -1,7 +1,7 @@
 """bert_ref's BertBackbone against the backbone goldens recorded from keras-hub and transformers.
 
 Each case in `golden/backbone/manifest.json` holds random canonical weights, inputs, and the outputs
-of the real frameworks (`tools/make_golden.py`). For every case, anchor and dtype policy we rebuild
+of the real frameworks (`tools/golden/make_golden.py`). For every case, anchor and dtype policy we rebuild
 the model from the stored weights and compare sequence_output, pooled_output, every hidden state
 and (where recorded) every layer's attention probabilities. Errors are reported separately for
 valid and padded positions; the tolerance applies to every position.
@@ -210,7 +210,7 @@ def test_golden_weights_are_complete_and_every_tensor_is_random(case):
 @pytest.mark.parametrize("case", sorted(MANIFEST["cases"]))
 def test_golden_manifest_records_provenance_and_reasons(case):
     entry = MANIFEST["cases"][case]
-    assert MANIFEST["generator"].endswith("tools/make_golden.py")
+    assert MANIFEST["generator"].endswith("tools/make_golden.py")  # the path it had when it ran
     for key in ("keras", "keras_hub", "jax", "numpy", "python"):
         assert MANIFEST["versions"].get(key), f"manifest lacks the {key} version"
     assert MANIFEST["backend"] == "jax"

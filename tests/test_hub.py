@@ -1,4 +1,4 @@
-"""bert_ref.hub against a real HTTP server on 127.0.0.1 (tests/hub_server.py), with faults injected.
+"""bert_ref.io.hub against a real HTTP server on 127.0.0.1 (tests/hub_server.py), with faults injected.
 
 Every failure test also checks that the cache holds nothing half-written afterwards.
 """
@@ -21,9 +21,10 @@ import pytest
 import requests
 from safetensors.numpy import save as save_safetensors
 
-from bert_ref import BertConfig, hub
-from bert_ref.hub import store, transfer
-from bert_ref.hub.errors import (
+from bert_ref import BertConfig
+from bert_ref.io import hub
+from bert_ref.io.hub import store, transfer
+from bert_ref.io.hub.errors import (
     AuthenticationError,
     DownloadError,
     HubError,
@@ -32,7 +33,7 @@ from bert_ref.hub.errors import (
     RemoteNotFoundError,
     UnsafeArchiveError,
 )
-from bert_ref.presets import PRESETS
+from bert_ref.model.presets import PRESETS
 
 from hub_server import assert_cache_clean, assert_nothing_cached, dir_contents, make_hf_cache, tar_gz, zip_bytes
 
@@ -378,7 +379,7 @@ def test_leftovers_of_a_killed_fetch_are_ignored_and_removed(server, cache):
 def test_a_process_killed_mid_download_leaves_no_preset_and_the_next_fetch_succeeds(server, cache):
     files = native_files(seed=5)
     server.add_hf_repo("user/p", files)
-    script = "from bert_ref.hub import resolve; resolve('hf://user/p')"
+    script = "from bert_ref.io.hub import resolve; resolve('hf://user/p')"
     child: list[subprocess.Popen] = []
     # Half the weights are sent; the rest waits until the downloading process is dead.
     server.fault("/cdn/", "hold", times=1, until=lambda: child[0].poll() is not None)
@@ -652,7 +653,7 @@ def test_two_processes_fetching_the_same_preset_both_succeed_and_agree(server, c
     server.fault("/cdn/", "hold", times=1, delay=0.3, until=lambda: all(p.exists() for p in started))
     script = textwrap.dedent("""
         import pathlib, sys
-        from bert_ref.hub import resolve
+        from bert_ref.io.hub import resolve
         pathlib.Path(sys.argv[1]).touch()
         print(resolve("hf://user/p"))
     """)

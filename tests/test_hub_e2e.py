@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from bert_ref.hub import OfflineError
-from bert_ref.presets import preset_config
+from bert_ref.io.hub import OfflineError
+from bert_ref.model.presets import preset_config
 
 from hub_server import assert_cache_clean, make_hf_cache, tar_gz
 

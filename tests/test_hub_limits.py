@@ -1,4 +1,4 @@
-"""Downloads and archives are bounded (bert_ref.limits): body size, total time, content encoding,
+"""Downloads and archives are bounded (bert_ref.model.limits): body size, total time, content encoding,
 archive bytes, entries and duplicate members; each refusal leaves nothing in the cache."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from bert_ref import hub
-from bert_ref.hub.errors import DownloadError, UnsafeArchiveError
+from bert_ref.io import hub
+from bert_ref.io.hub.errors import DownloadError, UnsafeArchiveError
 
 from hub_server import assert_nothing_cached, tar_gz, zip_bytes
 from test_hub import KHANDLE, hf_files, native_files

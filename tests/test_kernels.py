@@ -1,4 +1,4 @@
-"""The fast paths of bert_ref.kernels against the plain ops of bert_ref.ops.
+"""The fast paths of bert_ref.model.kernels against the plain ops of bert_ref.ops.
 
 Every kernel but one does the same floating-point operations as its plain op, in the same order,
 on the same values (only the blocking, the threads and the buffers differ), so those checks are
@@ -22,8 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bert_ref import BertBackbone, kernels, ops
-from bert_ref.precision import Policy, get_policy
+from bert_ref import BertBackbone, ops
+from bert_ref.model import kernels, runtime
+from bert_ref.model.precision import Policy, get_policy
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 
@@ -102,7 +103,7 @@ def test_float32_gelu_is_at_least_as_accurate_as_the_plain_op():
     new = _gelu_errors(kernels.gelu(_GELU_GRID.copy()))
     plain = _gelu_errors(ops.gelu(_GELU_GRID))
     # Measured: (3.32e-7, 9.57e-8, 9.33e-8) against the plain op's (4.61e-7, 1.06e-7, 1.01e-7)
-    # (tools/fit_gelu_logit.py prints both). The first is half a float32 ulp at |x| ~ 4 (4.8e-7 / 2)
+    # (tools/fit/fit_gelu_logit.py prints both). The first is half a float32 ulp at |x| ~ 4 (4.8e-7 / 2)
     # plus the fit error; the second, the error of Phi itself, is one float32 rounding of a value
     # near 1 (6e-8) plus the degree-6 fit's weighted minimax error (2.2e-8) and the rounding of the
     # Horner steps; the third, in the tails, is the fit's error there (the plain op's 1 + erf
@@ -253,7 +254,7 @@ def test_valid_keys_apply_only_to_right_padding():
 @dataclasses.dataclass(frozen=True)
 class _PlainPolicy(Policy):
     """float32 that claims to round its matmul inputs (by the identity): the forward then runs
-    on the plain ops of bert_ref.ops instead of bert_ref.kernels."""
+    on the plain ops of bert_ref.ops instead of bert_ref.model.kernels."""
 
     @property
     def rounds_matmul_inputs(self) -> bool:
@@ -312,11 +313,11 @@ def test_forward_is_the_plain_encoder_layers_composed(activation, _erf_table_gel
 def test_one_thread_gives_the_same_results_and_starts_no_pool(monkeypatch):
     x = np.linspace(-5, 5, 9 * 64, dtype=np.float32)
     expected = kernels.gelu(x.copy())
-    monkeypatch.setattr(kernels, "THREADS", 1)
-    monkeypatch.setattr(kernels, "_POOL", None)
+    monkeypatch.setattr(runtime, "THREADS", 1)
+    monkeypatch.setattr(runtime, "POOL", None)
     with _Block(64):
         _same(kernels.gelu(x.copy()), expected)
-    assert kernels._POOL is None
+    assert runtime.POOL is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -336,7 +337,7 @@ def test_threaded_kernels_work_in_a_forked_child():
 
 
 def _split_model(dtype, activation):
-    # Large enough that the batch split applies (each part >= kernels.MIN_PART activations) and
+    # Large enough that the batch split applies (each part >= runtime.MIN_PART activations) and
     # that OpenBLAS uses its regular GEMM kernels.
     model = BertBackbone(vocabulary_size=300, num_layers=2, num_heads=4, hidden_dim=128, intermediate_dim=200,
                          max_sequence_length=128, activation=activation, seed=11, dtype=dtype)
@@ -354,10 +355,10 @@ def _split_model(dtype, activation):
 def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation, _all_keys):
     # kernels.forward (no trace: fused, batch split over `threads` parts) against the step-by-step
     # forward (a trace callable forces the steps) — every output, hidden state and probability.
-    monkeypatch.setattr(kernels, "THREADS", threads)  # 16: one part per sequence
+    monkeypatch.setattr(runtime, "THREADS", threads)  # 16: one part per sequence
     model, inputs = _split_model(dtype, activation)
-    if kernels._blas() is not None:
-        assert kernels.batch_parts(5, 128, 128) == min(threads, 5)
+    if runtime.blas() is not None:
+        assert runtime.batch_parts(5, 128, 128) == min(threads, 5)
     fast = model(inputs, output_hidden_states=True, output_attentions=True)
     steps = model(inputs, output_hidden_states=True, output_attentions=True, trace=lambda name, value: None)
     for key in ("sequence_output", "pooled_output"):
@@ -386,10 +387,10 @@ def test_fused_forward_over_valid_keys_is_close_to_the_steps(dtype):
 
 
 def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
-    blas = kernels._blas()
+    blas = runtime.blas()
     if blas is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose thread count can be set: no batch split")
-    monkeypatch.setattr(kernels, "THREADS", 2)
+    monkeypatch.setattr(runtime, "THREADS", 2)
     model, inputs = _split_model("float32", "gelu")
     before = blas[1]()
     model(inputs)
@@ -405,7 +406,7 @@ def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_batch_split_works_in_a_forked_child(monkeypatch):
-    monkeypatch.setattr(kernels, "THREADS", 2)
+    monkeypatch.setattr(runtime, "THREADS", 2)
     model, inputs = _split_model("float32", "gelu_approximate")
     expected = model(inputs)["sequence_output"]  # runs the split in the parent first
     ctx = multiprocessing.get_context("fork")
@@ -420,28 +421,28 @@ def test_batch_split_works_in_a_forked_child(monkeypatch):
 
 
 def test_one_core_runs_no_threads(monkeypatch):
-    monkeypatch.setattr(kernels, "THREADS", 1)
-    assert kernels.batch_parts(8, 128, 768) == 1
+    monkeypatch.setattr(runtime, "THREADS", 1)
+    assert runtime.batch_parts(8, 128, 768) == 1
     started = []
-    monkeypatch.setattr(kernels.threading.Thread, "start", lambda self: started.append(self))
+    monkeypatch.setattr(runtime.threading.Thread, "start", lambda self: started.append(self))
     model, inputs = _split_model("float32", "gelu")
     model(inputs)
     assert started == []
 
 
 def test_astype_over_threads_is_the_plain_cast(monkeypatch):
-    monkeypatch.setattr(kernels, "THREADS", 3)
+    monkeypatch.setattr(runtime, "THREADS", 3)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1500, 1000)).astype(np.float32)  # large enough to be cut into row chunks
     for dtype in (np.float64, np.float16):
-        _same(kernels.astype(x, dtype), x.astype(dtype))
-    assert kernels.astype(x, np.float32) is x  # no copy when nothing is cast
-    _same(kernels.astype(x.T, np.float64), x.T.astype(np.float64))  # not C-contiguous: the plain cast
+        _same(runtime.astype(x, dtype), x.astype(dtype))
+    assert runtime.astype(x, np.float32) is x  # no copy when nothing is cast
+    _same(runtime.astype(x.T, np.float64), x.T.astype(np.float64))  # not C-contiguous: the plain cast
 
 
 def test_map_concurrent_keeps_order_and_raises_the_first_error(monkeypatch):
-    monkeypatch.setattr(kernels, "THREADS", 4)
-    assert kernels.map_concurrent(lambda i: i * i, range(20)) == [i * i for i in range(20)]
+    monkeypatch.setattr(runtime, "THREADS", 4)
+    assert runtime.map_concurrent(lambda i: i * i, range(20)) == [i * i for i in range(20)]
     seen = []
 
     def fn(i):
@@ -449,9 +450,9 @@ def test_map_concurrent_keeps_order_and_raises_the_first_error(monkeypatch):
         if i in (3, 7):
             raise ValueError(f"item {i}")
         # a `parallel` inside a call runs in the calling thread instead of waiting on the busy pool
-        kernels.parallel(lambda a, b: None, 100)
+        runtime.parallel(lambda a, b: None, 100)
         return i
 
     with pytest.raises(ValueError, match="item 3"):
-        kernels.map_concurrent(fn, range(10))
+        runtime.map_concurrent(fn, range(10))
     assert sorted(seen) == list(range(10))  # every call ran before the error was raised

@@ -1,4 +1,4 @@
-"""Degenerate numerics are named, and configs/JSON are bounded before any work (bert_ref.limits)."""
+"""Degenerate numerics are named, and configs/JSON are bounded before any work (bert_ref.model.limits)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone
-from bert_ref.checkpoints import CheckpointError, load_preset_dir
-from bert_ref.config import BertConfig
-from bert_ref.limits import LimitError, json_depth, loads
+from bert_ref.io.checkpoints import CheckpointError, load_preset_dir
+from bert_ref.model.config import BertConfig
+from bert_ref.model.limits import LimitError, json_depth, loads
 
 SMALL = dict(vocabulary_size=11, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=16,
              max_sequence_length=9, num_segments=2)
@@ -49,8 +49,8 @@ def test_a_hugging_face_config_with_a_degenerate_epsilon_names_the_file(tmp_path
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_non_finite_weights_are_reported_at_load_naming_the_tensor(tmp_path, bad, dtype):
-    from bert_ref.checkpoints import read_safetensors, write_safetensors
-    from bert_ref.checkpoints.native import save_preset
+    from bert_ref.io.checkpoints import read_safetensors, write_safetensors
+    from bert_ref.io.checkpoints.native import save_preset
 
     model = BertBackbone(**SMALL, seed=0)
     save_preset(tmp_path / "q", BertConfig(**SMALL), {k: w.astype(dtype) for k, w in model.weights.items()})
@@ -68,7 +68,7 @@ def test_finite_float16_weights_near_the_top_of_the_range_load(tmp_path):
     # The one-pass check sums in float64: large finite float16 values must not look like overflow.
     model = BertBackbone(**SMALL, seed=0)
     weights = {k: np.full(w.shape, 65504.0, np.float16) for k, w in model.weights.items()}
-    from bert_ref.checkpoints.native import save_preset
+    from bert_ref.io.checkpoints.native import save_preset
 
     save_preset(tmp_path / "q", BertConfig(**SMALL), weights)
     assert load_preset_dir(tmp_path / "q").weights["pooled_dense/kernel"].max() == 65504
@@ -77,7 +77,7 @@ def test_finite_float16_weights_near_the_top_of_the_range_load(tmp_path):
 def test_finite_float64_weights_whose_sum_overflows_load(tmp_path):
     # A float64 sum of finite values can overflow to inf: the check then scans element by element
     # instead of calling the tensor non-finite.
-    from bert_ref.checkpoints.base import check_finite
+    from bert_ref.io.checkpoints.base import check_finite
 
     w = np.full((4, 3), 1.7e308)
     with np.errstate(over="ignore"):
@@ -90,8 +90,8 @@ def test_finite_float64_weights_whose_sum_overflows_load(tmp_path):
 
 def _preset_with(tmp_path, name, value, dtype="float32"):
     """A SMALL native preset whose transformer_layer_1 output kernel holds `value` at [3, 5]."""
-    from bert_ref.checkpoints import read_safetensors, write_safetensors
-    from bert_ref.checkpoints.native import save_preset
+    from bert_ref.io.checkpoints import read_safetensors, write_safetensors
+    from bert_ref.io.checkpoints.native import save_preset
 
     model = BertBackbone(**SMALL, seed=0)
     save_preset(tmp_path / name, BertConfig(**SMALL), {k: w.astype(dtype) for k, w in model.weights.items()})
@@ -130,7 +130,7 @@ def test_a_deferred_finite_check_looks_at_the_checkpoint_not_at_its_cast(tmp_pat
 
 def test_compare_checks_the_weights_only_when_it_runs_a_forward(tmp_path, monkeypatch, capsys):
     from bert_ref import cli
-    from bert_ref.checkpoints import base, read_safetensors, write_safetensors
+    from bert_ref.io.checkpoints import base, read_safetensors, write_safetensors
 
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     monkeypatch.setenv("BERT_REF_OFFLINE", "1")
@@ -218,7 +218,7 @@ def test_a_large_json_is_refused(tmp_path, monkeypatch):
 def test_a_deep_safetensors_header_is_refused_before_parsing(tmp_path):
     import struct
 
-    from bert_ref.checkpoints import SafetensorsError, read_safetensors
+    from bert_ref.io.checkpoints import SafetensorsError, read_safetensors
 
     header = b'{"__metadata__": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)

@@ -2,9 +2,9 @@
 
 golden/ports/h100_*.safetensors: transformers `BertModel` on an NVIDIA H100 in float32 (TF32 off),
 float32 with TF32 matmuls, float16, bfloat16 and float32 with eager attention (see
-golden/ports/manifest.json; cut to 2 rows x 24 positions by tools/trim_port_candidates.py).
+golden/ports/manifest.json; cut to 2 rows x 24 positions by tools/golden/trim_port_candidates.py).
 golden/ports/cpu_wrong_op_float32.safetensors: transformers on the CPU with tanh GELU in layer 2
-(tools/make_port_candidates.py --fixture). Each real port must pass at the default K, the wrong op
+(tools/golden/make_port_candidates.py --fixture). Each real port must pass at the default K, the wrong op
 must fail, at the output of the layer that has it.
 """
 
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone, compare_to_truth
-from bert_ref.compare import DEFAULT_FLOOR_RATIO
-from bert_ref.files import read_arrays, read_candidate, read_inputs
+from bert_ref.io.arrays import read_arrays
+from bert_ref.oracle.candidates import read_candidate, read_inputs
+from bert_ref.oracle.run import DEFAULT_FLOOR_RATIO
 
 PORTS = Path(__file__).resolve().parents[1] / "golden" / "ports"
 MANIFEST = json.loads((PORTS / "manifest.json").read_text())
@@ -62,7 +63,7 @@ def test_one_wrong_op_fails_at_its_layer(minilm):
 
 def test_torch_dynamic_int8_port_passes_against_the_int8_floor(minilm):
     # torch quantises activations asymmetrically to uint8 (reduce_range), our int8 floor symmetrically
-    # (see bert_ref.precision): not the same rounding, the same size of error. Measured on this
+    # (see bert_ref.model.precision): not the same rounding, the same size of error. Measured on this
     # cut-down file: 0.94-1.09x of the floor.
     d = np.load(PORTS.parent / "minilm" / "outputs.npz")
     inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
@@ -74,7 +75,7 @@ def test_torch_dynamic_int8_port_passes_against_the_int8_floor(minilm):
 
 
 def test_float64_port_passes_against_the_modelled_float64_floor(minilm):
-    # golden/minilm: transformers `model.double()` (tools/make_checkpoint_golden.py). Our float64 run
+    # golden/minilm: transformers `model.double()` (tools/golden/make_checkpoint_golden.py). Our float64 run
     # is the truth, so the float64 floor is the float32 floor x 2^-29; measured 0.75-2.0x of it.
     d = np.load(PORTS.parent / "minilm" / "outputs.npz")
     inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}

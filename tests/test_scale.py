@@ -1,4 +1,4 @@
-"""Dataset-scale runs (`bert_ref.scale`, `bert_ref.dataset`): shards, manifest, resume, faults, engines.
+"""Dataset-scale runs (`bert_ref.scale`, `bert_ref.scale.dataset`): shards, manifest, resume, faults, engines.
 
 A tiny random-weight preset (float64 weights, so workers map them) and datasets of a few dozen
 records keep this module fast. The Dask cluster is a `distributed.LocalCluster` of 2 worker
@@ -25,9 +25,11 @@ distributed = need("distributed", 'pip install "bert-ref[scale]"')
 from safetensors.numpy import load_file  # noqa: E402
 
 from bert_ref import BertBackbone  # noqa: E402
-from bert_ref.dataset import DatasetError, length_batches, open_dataset  # noqa: E402
-from bert_ref.scale import MANIFEST, compare_dataset, run_dataset, verify_shard  # noqa: E402
-from bert_ref.tokenizer import BertTokenizer  # noqa: E402
+from bert_ref.scale.compare import compare_dataset  # noqa: E402
+from bert_ref.scale.dataset import DatasetError, length_batches, open_dataset  # noqa: E402
+from bert_ref.scale.run import run_dataset  # noqa: E402
+from bert_ref.scale.shards import MANIFEST, verify_shard  # noqa: E402
+from bert_ref.text.tokenizer import BertTokenizer  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz") + [
     "the", "cat", "sat", "on", "mat", "##s", "dog", "a"]
@@ -351,7 +353,7 @@ def test_worker_killed_mid_shard_the_job_completes_with_the_shard_recomputed(dat
         that goes down mid-shard."""
         import os as _os
 
-        import bert_ref.scale as scale
+        import bert_ref.scale.shards as scale
 
         real = scale._pwrite
 
@@ -395,7 +397,7 @@ def test_invalid_record_on_a_cluster_names_the_record(data, tmp_path, cluster):
 FORKED_RUN = """
 import sys, dask, numpy as np
 from bert_ref import BertBackbone
-from bert_ref.scale import run_dataset
+from bert_ref.scale.run import run_dataset
 preset, dataset, out = sys.argv[1:]
 model = BertBackbone.from_preset(preset, dtype="float64")
 model({"token_ids": np.full((64, 24), 7)})  # this process's thread pool now exists

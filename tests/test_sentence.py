@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bert_ref import BertBackbone
-from bert_ref.sentence import SentenceEncoder, l2_normalize, pool, read_sentence_settings
-from bert_ref.tokenizer import BertTokenizer
+from bert_ref.text.sentence import SentenceEncoder, l2_normalize, pool, read_sentence_settings
+from bert_ref.text.tokenizer import BertTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "."]
 

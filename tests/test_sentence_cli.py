@@ -1,7 +1,7 @@
 """`bert-ref embed`, run as the installed console script in a subprocess.
 
 Golden: golden/embeddings/minilm.json (sentence-transformers' own vectors, see
-tools/make_tokenizer_golden.py). Tolerance as in test_sentence_golden.py: cosine >= 0.99999, max
+tools/golden/make_tokenizer_golden.py). Tolerance as in test_sentence_golden.py: cosine >= 0.99999, max
 abs <= 1e-5 (float32 in two implementations; the printed values are the float32 values exactly).
 """
 

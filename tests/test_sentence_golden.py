@@ -1,6 +1,6 @@
 """Sentence embeddings of all-MiniLM-L6-v2 against sentence-transformers' own.
 
-Golden: golden/embeddings/minilm.json, written by tools/make_tokenizer_golden.py with
+Golden: golden/embeddings/minilm.json, written by tools/golden/make_tokenizer_golden.py with
 `SentenceTransformer(model_dir, device="cpu").encode(...)` (PyTorch float32).
 Tolerance: cosine >= 0.99999 and max abs <= 1e-5 per element. Both sides run the same float32
 model with different summation orders (NumPy vs PyTorch kernels), so they agree to float32 rounding
@@ -31,7 +31,7 @@ def golden() -> dict:
 
 @pytest.fixture(scope="module")
 def encoder(minilm_dir):
-    from bert_ref.sentence import SentenceEncoder
+    from bert_ref.text.sentence import SentenceEncoder
 
     return SentenceEncoder.from_preset(minilm_dir)
 

@@ -1,6 +1,6 @@
 """Pooling modes and Dense modules against sentence-transformers itself.
 
-Golden: golden/sentence_modes/, written by tools/make_sentence_golden.py — small real
+Golden: golden/sentence_modes/, written by tools/golden/make_sentence_golden.py — small real
 sentence-transformers models (a random 2-layer BertModel, then Pooling in each mode, Dense
 projections with Tanh / Identity / ReLU / Sigmoid, a residual Dense, Normalize), saved with
 `SentenceTransformer.save` and encoded by `SentenceTransformer.encode` (PyTorch float32).
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_ref.checkpoints import CheckpointError
-from bert_ref.sentence import SentenceEncoder, read_sentence_settings
+from bert_ref.io.checkpoints import CheckpointError
+from bert_ref.text.sentence import SentenceEncoder, read_sentence_settings
 
 from test_cli import cli
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bert_ref import tokenizer as tk
-from bert_ref.tokenizer import BertTokenizer, pack, truncate_lengths
+from bert_ref.text import tokenizer as tk
+from bert_ref.text.tokenizer import BertTokenizer, pack, truncate_lengths
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "quick", "brown", "fox", "un", "##aff", "##able", "cafe", "café", "Café", "hello",

@@ -1,6 +1,6 @@
 """BertTokenizer against ids recorded from Hugging Face `tokenizers` and keras-hub.
 
-Goldens: golden/tokenizer/, written by tools/make_tokenizer_golden.py (see its manifest.json).
+Goldens: golden/tokenizer/, written by tools/golden/make_tokenizer_golden.py (see its manifest.json).
 Tolerance: none. Token ids are integers from a deterministic algorithm, so every id must be equal.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_ref.tokenizer import BertTokenizer, normalize, pre_tokenize
+from bert_ref.text.tokenizer import BertTokenizer, normalize, pre_tokenize
 
 from needs import minilm_model_dir
 

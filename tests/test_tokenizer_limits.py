@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bert_ref.tokenizer as tokenizer_module
-from bert_ref.tokenizer import BertTokenizer
+import bert_ref.text.tokenizer as tokenizer_module
+from bert_ref.text.tokenizer import BertTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", "a", "##a", "un", "##aff",
          "##able", ",", "é", "e", "##e", "ü"]

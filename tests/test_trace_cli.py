@@ -18,7 +18,8 @@ import pytest
 from bert_ref import BertBackbone, BertTokenizer
 from bert_ref.cli import main
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER
-from bert_ref.trace_cli import run_text, step_names, write_plots
+from bert_ref.learn.plots import write_plots
+from bert_ref.learn.trace import run_text, step_names
 
 from needs import need, run_bert_ref
 

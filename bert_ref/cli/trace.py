@@ -1,0 +1,68 @@
+"""`bert-ref trace`: follow one text (or pair) through every named step of the forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from bert_ref.backbone import BertBackbone
+from bert_ref.learn.plots import pyplot_free_figure, write_plots
+from bert_ref.learn.trace import PLOT_INSTALL, format_trace, run_text
+from bert_ref.model.precision import POLICY_NAMES
+from bert_ref.text.tokenizer import BertTokenizer
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def _layers_arg(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer numbers separated by commas, got {value!r}") from None
+
+
+def _configure_trace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", metavar="PRESET",
+                   help="a preset with a vocabulary (local directory, built-in name, kaggle://, hf://)")
+    p.add_argument("text", metavar="TEXT", help="the text (segment 0)")
+    p.add_argument("pair", metavar="PAIR", nargs="?", default=None, help="an optional second text (segment 1)")
+    p.add_argument("--dtype", choices=POLICY_NAMES, default=None, help="dtype policy (default float32)")
+    p.add_argument("--per-token", action="store_true", help="print each token's L2 norm under every step")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help=f"write attention heatmaps and a hidden-state norm plot (PNG) into DIR ({PLOT_INSTALL})")
+    p.add_argument("--layers", type=_layers_arg, default=None, metavar="L,...",
+                   help="with --plot: the layers to draw attention for (default: all)")
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    if not args.text.strip():
+        raise ValueError("TEXT is empty: there is nothing to trace")
+    if args.layers is not None and args.plot is None:
+        raise ValueError("--layers chooses the layers to plot: it needs --plot DIR")
+    if args.plot is not None:
+        pyplot_free_figure((1, 1))  # a missing matplotlib is an error before the model loads
+    try:
+        model = BertBackbone.from_preset(args.preset, dtype=args.dtype)
+        tokenizer = BertTokenizer.from_preset(args.preset)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        raise ValueError(f"cannot load preset {args.preset!r}: {e}") from None
+    tr = run_text(model, tokenizer, args.text, args.pair)
+    say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
+    say(f"preset {args.preset}, loaded from {model.source} ({model.dtype_policy.name} policy); "
+        f"{model.config.num_layers} layers, {model.config.num_heads} heads, hidden {model.config.hidden_dim}")
+    for line in format_trace(tr, per_token=args.per_token):
+        say(line)
+    if args.plot is not None:
+        for path in write_plots(tr, args.plot, args.layers):
+            print(f"wrote {path}", file=sys.stderr, flush=True)
+    return 0
+
+
+def add_commands(register: Callable[..., None]) -> None:
+    register("trace", "every named step of the forward on a text, labelled by token", _configure_trace, _run_trace,
+             "Run PRESET on TEXT (and PAIR) and print each named step of the forward with its shape, "
+             "statistics and largest token; --plot DIR writes attention heatmaps and a hidden-state norm "
+             f"plot as PNG files (needs matplotlib: {PLOT_INSTALL}).")

@@ -1,0 +1,261 @@
+"""Reading and writing the array files the `bert-ref` command exchanges: `.npz`, `.safetensors`, `.json`.
+
+Two kinds of file:
+
+* **inputs** — keys `token_ids` (required), `segment_ids`, `padding_mask` (optional), each a
+  [batch, sequence] array of integers (`padding_mask` may also be bool);
+* **outputs** — keys `sequence_output` [B, S, H], `pooled_output` [B, H], `hidden_states.{i}`
+  [B, S, H], `attention_probs.{i}` [B, heads, S, S], and optionally trace points by their names
+  (`embeddings/sum`, `transformer_layer_0/query`, ...; see `bert_ref.encoder.TRACE_LAYER`).
+
+What ports write is accepted too (`read_candidate` reports each translation as a note):
+
+* Hugging Face / ONNX output names: `last_hidden_state` (= `sequence_output`), `pooler_output`
+  (= `pooled_output`), `hidden_states` stacked as [L + 1, B, S, H] and `attentions` stacked as
+  [L, B, heads, S, S] (split into `hidden_states.{i}` / `attention_probs.{i}`), and
+  `hidden_states.{i}` / `attentions.{i}` one by one;
+* input arrays stored next to the outputs (`input_ids`, `token_type_ids`, `attention_mask`,
+  `position_ids`, `token_ids`, `segment_ids`, `padding_mask`) are ignored;
+* a `.npy` file holds one output: the one its file name says (`last_hidden_state.npy`,
+  `pooled_output.npy`, `hidden_states.npy`, ...), else `sequence_output` when 3-D and
+  `pooled_output` when 2-D;
+* inputs files may use Hugging Face's input names `input_ids`, `token_type_ids`, `attention_mask`.
+
+bfloat16 arrays are read from `.safetensors` (dtype `BF16`, as torch and bert-ref write them) and
+from `.npz` (NumPy stores ml_dtypes' bfloat16 as the 2-byte void type `V2`, which is read back as
+bfloat16). Both need the `ml_dtypes` package; without it the error names the file, the key and
+the install command.
+
+A `.json` file is one object mapping each key to a nested list of numbers:
+
+    {"token_ids": [[101, 7592, 102]], "padding_mask": [[1, 1, 1]]}
+
+Every problem with a file — missing, truncated, not the format its suffix says, a wrong key, dtype
+or shape — raises `ArrayFileError` (a `ValueError`) with a one-line message naming the file, the key
+and what would be right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_ref.model import limits
+
+SUFFIXES = (".npz", ".safetensors", ".json")
+OUTPUT_SUFFIXES = SUFFIXES + (".npy",)
+BF16_INSTALL = 'pip install ml_dtypes  (or pip install "bert-ref[bf16]")'
+
+class ArrayFileError(ValueError):
+    """A file of arrays is missing, unreadable, or does not hold what it must."""
+
+
+def _suffix(path: Path, allowed: tuple[str, ...] = SUFFIXES) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise ArrayFileError(f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use one of "
+                             f"{', '.join(allowed)}")
+    return suffix
+
+
+def _bfloat16(path: Path, key: str) -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ArrayFileError(f"{path}: key {key!r} holds bfloat16 values, which need the ml_dtypes package: "
+                             f"{BF16_INSTALL}") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _safetensors_bf16_key(path: Path) -> str | None:
+    """The first key of a `.safetensors` file whose dtype is BF16 (read from its JSON header), or None."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                return None
+            header = limits.loads(f.read(n), f"{path}: safetensors header")
+    except (OSError, ValueError):  # incl. limits.LimitError: the reader below reports the file
+        return None
+    return next((k for k, v in header.items() if isinstance(v, dict) and v.get("dtype") == "BF16"), None)
+
+
+def _npz_arrays(path: Path, data: Any) -> dict[str, np.ndarray]:
+    out = {}
+    for key in data.files:
+        arr = data[key]
+        if arr.dtype == np.dtype("V2"):  # how np.savez stores ml_dtypes.bfloat16
+            arr = arr.view(_bfloat16(path, key))
+        out[key] = arr
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _check_npz(path: Path) -> None:
+    """Before anything is inflated: `path` is a zip of `.npy` members whose declared arrays (the
+    shape and dtype in each member's header) total at most BERT_REF_MAX_INPUT_BYTES, and no member
+    inflates to more than its header declares (a deflate bomb)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ArrayFileError(f"{path}: not a .npz archive: it is a single .npy array (save with numpy.savez "
+                             "to name the arrays token_ids, segment_ids, padding_mask)")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ArrayFileError(f"{path}: cannot read as .npz (not a zip archive: truncated, or another format)") from None
+    total = 0
+    with zf:
+        infos = zf.infolist()
+        limits.check("archive_entries", len(infos), f"{path}: the number of arrays")
+        for info in infos:
+            key = info.filename.removesuffix(".npy")
+            with zf.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
+                    shape, _, dtype = read_header(member)
+                except (ValueError, EOFError, SyntaxError) as e:
+                    raise ArrayFileError(f"{path}: key {key!r} is not a .npy array ({_one_line(e)})") from None
+                header_bytes = member.tell()
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if info.file_size > header_bytes + declared:
+                raise ArrayFileError(f"{path}: key {key!r} inflates to {info.file_size:,} bytes but its header "
+                                     f"declares {declared:,} bytes of {dtype} {shape}; the file is corrupt")
+            total += declared
+            limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
+                         " bytes")
+
+
+def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -> dict[str, np.ndarray]:
+    """All arrays in a `.npz`, `.safetensors` or `.json` file, by key (file order).
+
+    With ".npy" among `suffixes`, a `.npy` file is read as one array under the key "" (empty)."""
+    path = Path(path)
+    suffix = _suffix(path, suffixes)
+    if not path.exists():
+        raise ArrayFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ArrayFileError(f"{path}: not a file")
+    try:
+        if suffix == ".npz":
+            _check_npz(path)
+            with np.load(path, allow_pickle=False) as data:
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ArrayFileError(f"{path}: not a .npz archive (it holds a single .npy array)")
+                return _npz_arrays(path, data)
+        if suffix == ".npy":
+            limits.check("input_bytes", path.stat().st_size, f"{path}: the file", " bytes")
+            arr = np.load(path, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):
+                raise ArrayFileError(f"{path}: not a .npy array")
+            if arr.dtype == np.dtype("V2"):
+                arr = arr.view(_bfloat16(path, path.stem))
+            return {"": arr}
+        if suffix == ".safetensors":
+            bf16_key = _safetensors_bf16_key(path)
+            if bf16_key is not None:
+                _bfloat16(path, bf16_key)  # a clear error when ml_dtypes is missing
+            from safetensors.numpy import load_file
+
+            limits.check("input_bytes", path.stat().st_size, f"{path}: the file", " bytes")
+            return dict(load_file(str(path)))
+        obj = limits.load_file(path)
+    except ArrayFileError:
+        raise
+    except limits.LimitError as e:
+        raise ArrayFileError(str(e)) from None
+    except MemoryError:
+        raise ArrayFileError(f"{path}: out of memory while reading it; its arrays are larger than this machine "
+                             "can hold") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
+        raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+    except Exception as e:  # the safetensors reader raises its own (non-ValueError) error type
+        if type(e).__name__ == "SafetensorError":
+            raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+        raise
+    if not isinstance(obj, dict):
+        raise ArrayFileError(f"{path}: expected a JSON object mapping keys to nested lists, got {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        try:
+            arr = np.asarray(value)
+        except ValueError as e:
+            raise ArrayFileError(f"{path}: key {key!r} is not a rectangular nested list ({_one_line(e)})") from None
+        if arr.dtype == object or arr.dtype.kind not in "biuf":
+            raise ArrayFileError(f"{path}: key {key!r} must be a rectangular nested list of numbers, "
+                                 f"got {arr.dtype} values")
+        out[key] = arr
+    return out
+
+
+def _jsonable(arr: np.ndarray) -> Any:
+    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
+        # float64 repr round-trips every float16/bfloat16/float32/float64 value exactly.
+        return arr.astype(np.float64).tolist()
+    return arr.tolist()
+
+
+def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write `arrays` to `path`, format from the suffix. JSON floats are written so that reading them
+    back and casting to the original dtype gives the same bits; non-finite values are written as
+    `NaN` / `Infinity` (Python's and JavaScript's spelling)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    if path.parent and not path.parent.exists():
+        raise ArrayFileError(f"{path}: directory {path.parent} does not exist")
+    # Written to a temporary name in the same directory and renamed into place when complete: a
+    # failure (a full disk) never leaves a truncated file that looks like output.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                    suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".npz":
+            with os.fdopen(fd, "wb") as f:
+                # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+        elif suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            os.close(fd)
+            try:
+                save_file(arrays, str(tmp))
+            except Exception as e:  # the safetensors package raises its own error type
+                if type(e).__name__ == "SafetensorError":
+                    raise OSError(_one_line(e)) from None
+                raise
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
+                f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError):
+            raise ArrayFileError(f"{path}: cannot write ({_one_line(e)}); nothing was written") from None
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,130 @@
+"""Pictures of a trace: attention heatmaps and hidden-state norms (PNG, matplotlib's Agg backend).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_ref.learn.trace import PLOT_INSTALL, TextTrace, token_label
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+
+def pyplot_free_figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib Figure drawn by the Agg backend (no display, no pyplot global state)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"--plot needs matplotlib, which is not installed: run `{PLOT_INSTALL}`") from None
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Any, path: Path, dpi: int) -> Path:
+    """Write `fig` to `path` atomically: a temporary name in the same directory, then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_attention(probs: np.ndarray, tokens: Sequence[str], layer: int, path: Path, *, dpi: int = 80) -> Path:
+    """One layer's attention as a PNG: a heatmap per head, labelled by token.
+
+    Args:
+        probs: [h, S, S] attention probabilities (query rows, key columns).
+        tokens: the S token labels.
+        layer: the layer number (for the title).
+        path: the PNG to write (atomically).
+        dpi: resolution.
+    """
+    heads, s = probs.shape[0], probs.shape[-1]
+    cols = min(heads, 4)
+    rows = -(-heads // cols)
+    cell = max(2.4, 0.17 * s + 0.9)  # inches per head: room for S token labels
+    fig = pyplot_free_figure((cols * cell + 0.8, rows * cell + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    image = None
+    fontsize = 7 if s <= 24 else 5
+    for j, ax in enumerate(axes.flat):
+        if j >= heads:
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(probs[j], vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"head {j}", fontsize=9)
+        ax.set_xticks(range(s))
+        ax.set_yticks(range(s))
+        ax.set_xticklabels(tokens, rotation=90, fontsize=fontsize)
+        ax.set_yticklabels(tokens, fontsize=fontsize)
+        ax.tick_params(length=0)
+    fig.suptitle(f"layer {layer} attention probabilities (rows: queries, columns: keys)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.97))
+    cax = fig.add_axes((0.945, 0.15, 0.012, 0.7))
+    fig.colorbar(image, cax=cax)
+    return _save_png(fig, path, dpi)
+
+
+def plot_hidden_norms(hidden_states: Sequence[np.ndarray], tokens: Sequence[str], path: Path, *,
+                      dpi: int = 80) -> Path:
+    """Each token's L2 norm per hidden state, as a PNG line plot.
+
+    Args:
+        hidden_states: num_layers + 1 arrays [S, H] (the embeddings, then each layer's output).
+        tokens: the S token labels.
+        path: the PNG to write (atomically).
+        dpi: resolution.
+    """
+    norms = np.stack([np.sqrt((np.asarray(h, np.float64) ** 2).sum(-1)) for h in hidden_states])  # [L+1, S]
+    fig = pyplot_free_figure((7.5, 4.2))
+    ax = fig.subplots()
+    x = np.arange(norms.shape[0])
+    for i in range(len(tokens)):
+        ax.plot(x, norms[:, i], marker="o", markersize=3, linewidth=1, label=token_label(tokens, i))
+    ax.set_xticks(x)
+    ax.set_xticklabels(["emb"] + [str(i) for i in range(1, len(x))])
+    ax.set_xlabel("hidden state (emb = embeddings' layer norm; i = output of layer i-1)")
+    ax.set_ylabel("L2 norm of the token's vector")
+    ax.set_title("hidden-state norm per token, layer by layer", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2 if len(tokens) > 12 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return _save_png(fig, path, dpi)
+
+
+def write_plots(tr: TextTrace, directory: str | os.PathLike, layers: Sequence[int] | None = None, *,
+                dpi: int = 80) -> list[Path]:
+    """Write `attention_layer_{i}.png` for each of `layers` and `hidden_state_norms.png`.
+
+    Args:
+        tr: `run_text`'s result.
+        directory: where to write (created if missing).
+        layers: the layers to draw attention for (default: all).
+        dpi: resolution.
+
+    Returns:
+        The paths written. A missing matplotlib is an `ImportError` saying how to install it,
+        raised before anything is created.
+    """
+    n = len(tr.attention_probs)
+    layers = list(range(n)) if layers is None else list(layers)
+    for i in layers:
+        if not 0 <= i < n:
+            raise ValueError(f"--layers: layer {i} is outside [0, {n}): the model has {n} layers")
+    pyplot_free_figure((1, 1))  # fail on a missing matplotlib before creating anything
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [plot_attention(tr.attention_probs[i], tr.tokens, i, out / f"attention_layer_{i}.png", dpi=dpi)
+             for i in layers]
+    paths.append(plot_hidden_norms(tr.hidden_states, tr.tokens, out / "hidden_state_norms.png", dpi=dpi))
+    return paths

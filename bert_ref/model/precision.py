@@ -1,0 +1,229 @@
+"""dtype policies: where values are stored, where they are computed, and where they are rounded.
+
+A policy has keras' meaning: a *variable* dtype (how weights are stored) and a *compute* dtype
+(how activations are held between layers).
+
+| policy           | weights stored | activations held | math done in |
+|------------------|----------------|------------------|--------------|
+| float32 (None)   | float32        | float32          | float32      |
+| float64          | float64        | float64          | float64      |
+| float16          | float16        | float16          | float32      |
+| bfloat16         | bfloat16       | bfloat16         | float32      |
+| mixed_float16    | float32        | float16          | float32      |
+| mixed_bfloat16   | float32        | bfloat16         | float32      |
+
+For the half-precision policies every operation runs in float32 on values that were rounded to
+the compute dtype, and its result is rounded back to the compute dtype at the points keras rounds
+(the output of each keras layer): the embedding lookups and their sum, each dense layer's output
+(q, k, v, attention output, FFN intermediate, FFN output, pooler), the attention scores and
+probabilities, the attention context, the GELU output, each residual sum and each layer norm's
+output. Weights are rounded to the compute dtype when used, except layer-norm gamma and beta,
+which keras leaves in the variable dtype (so float32 under the mixed policies). Softmax and layer
+norm therefore always run in at least float32 (float64 in the float64 policy); matmuls accumulate in float32, as
+half-precision hardware does. Outputs are returned in the compute dtype.
+
+Two more policies emulate what accelerators do to the *inputs of matrix products*, everything
+else staying float32:
+
+* **tf32** — the A100/H100 tensor-core mode PyTorch uses for float32 matmuls when
+  `torch.backends.cuda.matmul.allow_tf32` is on: both operands of every matrix product (the dense
+  kernels, the activations entering each dense layer, and q, k, probabilities and v in the two
+  attention products) are rounded to TF32 — float32 with a 10-bit mantissa, round-to-nearest-even
+  on the float32 bit pattern — and products accumulate in float32 (`round_to_tf32`).
+* **int8** — dynamic quantisation as `torch.ao.quantization.quantize_dynamic` does to each
+  `Linear`: kernels are quantised symmetrically per tensor (scale = max|w| / 127, integers in
+  [-127, 127]); the input of each dense layer is quantised per call with scale = max|x| / 127 over
+  the whole [B, S, H] tensor (padded positions included, as torch does); the attention products,
+  softmax, layer norm and GELU stay float32 (`quantize_symmetric`). The values are de-quantised
+  and multiplied in float32 ("fake quantisation"): float32 accumulation of products of int8
+  values differs from int32 accumulation only by float32 rounding (relative 6e-8 per addition),
+  far below the int8 step (relative 4e-3). One difference from torch:
+  torch quantises activations *asymmetrically* to uint8 with `reduce_range` on x86 (7 bits: 128
+  levels over [min(x, 0), max(x, 0)], step (max - min) / 127), where we use 255 symmetric levels
+  (step max|x| / 127). For activations spread over both signs torch's step is up to twice ours;
+  for one-sided ones (the FFN output's input, after GELU, is nearly so) the two are about equal.
+  The int8 floor is therefore of the size of torch's error, up to a factor 2, not equal to it
+  (measured on all-MiniLM-L6-v2: torch's port is 1.2-1.7x our floor).
+
+bfloat16 needs the optional `ml_dtypes` package (`pip install "bert-ref[bf16]"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+POLICY_NAMES = ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16", "tf32", "int8")
+
+
+def _bfloat16() -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            'bfloat16 policies need the ml_dtypes package: pip install "bert-ref[bf16]"'
+        ) from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A dtype policy. `work_dtype` is what the math runs in; `rounds` says whether activations are
+    rounded to `compute_dtype` between operations (true only for the half-precision policies)."""
+
+    name: str
+    variable_dtype: np.dtype
+    compute_dtype: np.dtype
+    work_dtype: np.dtype
+
+    @property
+    def rounds(self) -> bool:
+        return self.compute_dtype != self.work_dtype
+
+    def round(self, x: np.ndarray) -> np.ndarray:
+        """A rounding point: `x` (in `work_dtype`) rounded to `compute_dtype` and back.
+
+        The identity (no copy) for float32 and float64."""
+        if not self.rounds:
+            return x
+        return x.astype(self.compute_dtype).astype(self.work_dtype)
+
+    def weight(self, w: np.ndarray) -> np.ndarray:
+        """A stored weight as the math uses it: rounded to the compute dtype, held in `work_dtype`.
+
+        No copy when the stored dtype already is the work dtype and no rounding is needed."""
+        from bert_ref.model.runtime import astype  # the same cast, over threads for large weights
+
+        if self.rounds:
+            w = astype(w, self.compute_dtype)
+        return astype(w, self.work_dtype)
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        """A dense kernel ([in, out]: q/k/v, attention output, both FFN layers, pooler) as the math
+        uses it. `prepare` calls it once per kernel. Default: `weight(w)`."""
+        return self.weight(w)
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        """The activation input of a dense layer as its GEMM uses it (the forward calls it on the
+        input of q/k/v, attention output, FFN intermediate, FFN output and pooler). Default: `x`."""
+        return x
+
+    def matmul_input(self, x: np.ndarray) -> np.ndarray:
+        """An operand of one of the two attention matmuls as it uses it (q and k for the scores,
+        the probabilities and v for the context; q before its 1/sqrt(d) scale). Default: `x`."""
+        return x
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        """Whether `dense_input`/`matmul_input` change values. When true, the forward computes with
+        the plain ops of `bert_ref.ops`: the fast paths of `bert_ref.model.kernels` do not apply them."""
+        return False
+
+    def norm_weight(self, w: np.ndarray) -> np.ndarray:
+        """A layer-norm gamma/beta as the math uses it. keras does not autocast these: under the
+        mixed policies they stay in float32 (the variable dtype); no rounding to the compute dtype."""
+        return np.asarray(w).astype(self.work_dtype, copy=False)
+
+    def output(self, x: np.ndarray) -> np.ndarray:
+        """A final output, in the compute dtype."""
+        return x.astype(self.compute_dtype, copy=False)
+
+
+def round_to_tf32(x: np.ndarray) -> np.ndarray:
+    """`x` rounded to TF32 (1 sign, 8 exponent, 10 mantissa bits), returned as float32.
+
+    Round-to-nearest-even on the float32 bit pattern: the 13 low mantissa bits are dropped after
+    adding 0xFFF plus the lowest kept bit. Infinities and NaN pass unchanged; a value within half a
+    TF32 step of float32's maximum rounds to infinity, as the hardware does.
+
+    >>> round_to_tf32(np.float32([1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -10]))
+    array([1.       , 1.0019531, 1.0009766], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float32)  # [...] -> [...]
+    bits = x.view(np.uint32)
+    lsb = (bits >> np.uint32(13)) & np.uint32(1)
+    rounded = (bits + np.uint32(0xFFF) + lsb) & np.uint32(0xFFFFE000)
+    finite = (bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+    return np.where(finite, rounded, bits).view(np.float32)
+
+
+def quantize_symmetric(x: np.ndarray) -> np.ndarray:
+    """Symmetric per-tensor int8 fake quantisation: scale = max|x| / 127, values round(x / scale)
+    in [-127, 127], returned de-quantised (times scale) in float32. All zeros stay zeros.
+
+    >>> quantize_symmetric(np.float32([0.5, -1.0, 0.3]))
+    array([ 0.503937 , -1.       ,  0.2992126], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float32)  # [...] -> [...]
+    top = float(np.max(np.abs(x))) if x.size else 0.0
+    if top == 0.0 or not np.isfinite(top):
+        return x
+    scale = np.float32(top / 127.0)
+    return (np.clip(np.rint(x / scale), -127, 127) * scale).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TF32Policy(Policy):
+    """float32 everywhere, with every matrix product's operands rounded to TF32 (see the module
+    docstring): dense kernels at `prepare`, dense inputs and attention operands per call."""
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        return round_to_tf32(self.weight(w))
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        return round_to_tf32(x)
+
+    def matmul_input(self, x: np.ndarray) -> np.ndarray:
+        return round_to_tf32(x)
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Policy(Policy):
+    """float32 everywhere, with dense kernels and dense inputs quantised to int8 symmetrically per
+    tensor (see the module docstring); the attention products stay float32."""
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        return quantize_symmetric(self.weight(w))
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        return quantize_symmetric(x)
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        return True
+
+
+def get_policy(dtype: str | Policy | np.dtype | type | None = None) -> Policy:
+    """Resolve a dtype argument (None, a policy name, a NumPy dtype, or a Policy) to a Policy."""
+    if isinstance(dtype, Policy):
+        return dtype
+    if dtype is None:
+        name = "float32"
+    elif isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            raise TypeError(
+                f"dtype must be None, a policy name {POLICY_NAMES} or a NumPy dtype, got {dtype!r}"
+            ) from None
+    if name not in POLICY_NAMES:
+        raise ValueError(f"unknown dtype policy {dtype!r}; expected one of {POLICY_NAMES} (or None for float32)")
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    if name == "tf32":
+        return TF32Policy(name, f32, f32, f32)
+    if name == "int8":
+        return Int8Policy(name, f32, f32, f32)
+    if name == "float32":
+        return Policy(name, f32, f32, f32)
+    if name == "float64":
+        return Policy(name, f64, f64, f64)
+    half = _bfloat16() if name.endswith("bfloat16") else np.dtype(np.float16)
+    variable = f32 if name.startswith("mixed_") else half
+    return Policy(name, variable, half, f32)

@@ -1,0 +1,176 @@
+"""The runtime under the fast kernels: the thread pool (re-made after a fork), row chunks over
+threads, concurrent maps and casts, and OpenBLAS's thread count through its C API.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+# Threads for the elementwise work: the cores this process may run on. Chunks are disjoint and
+# each is computed exactly as one sequential loop would, so the results do not depend on THREADS.
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist (a task submitted to it would wait
+    forever): start afresh with a new pool on first use. A fork taken while a forward held
+    OpenBLAS at one thread gets its thread count back."""
+    global POOL, _POOL_LOCK, _BLAS_LOCK, _blas_users
+    POOL, _POOL_LOCK, _BLAS_LOCK = None, threading.Lock(), threading.Lock()
+    if _blas_users and isinstance(_BLAS, tuple):
+        _BLAS[0](_blas_saved)
+    _blas_users = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+THREAD_STATE = threading.local()  # .serial: this thread runs one part of a batch split (see `forward`)
+
+
+def threads() -> int:
+    """THREADS, or 1 inside one part of a batch split (its sibling parts use the other cores)."""
+    return 1 if getattr(THREAD_STATE, "serial", False) else THREADS
+
+
+def parallel(fn: Callable[[int, int], None], n: int, min_size: int = 1) -> None:
+    """Call `fn(start, stop)` on up to THREADS contiguous slices of `range(n)`, concurrently.
+
+    Runs in the caller's thread when one slice would do (n < 2 * min_size, THREADS == 1, or
+    inside one part of a batch split)."""
+    parts = min(threads(), n // max(min_size, 1))
+    if parts <= 1:
+        fn(0, n)
+        return
+    pool = _pool()
+    bounds = [n * i // parts for i in range(parts + 1)]
+    for future in [pool.submit(fn, a, b) for a, b in itertools.pairwise(bounds)]:
+        future.result()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global POOL
+    with _POOL_LOCK:
+        if POOL is None:
+            POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="bert_ref")
+        return POOL
+
+
+def map_concurrent(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """`[fn(item) for item in items]`, the calls spread over THREADS threads (for work that releases
+    the GIL: NumPy passes, hashing). Results in the order of `items`; an exception is raised as the
+    loop would raise it (the first in order), once every call has ended."""
+    items = list(items)
+    if threads() <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+
+    def call(item: Any) -> Any:
+        THREAD_STATE.serial = True  # a `parallel` inside `fn` runs in this thread (the pool is busy)
+        try:
+            return fn(item)
+        finally:
+            THREAD_STATE.serial = False
+
+    futures = [_pool().submit(call, item) for item in items]
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
+
+
+def astype(x: np.ndarray, dtype: Any) -> np.ndarray:
+    """`x.astype(dtype, copy=False)`, bit for bit; a large cast is copied in row chunks over THREADS
+    threads (casting BERT-base's float32 weights to float64 reads 438 MB and writes 876 MB)."""
+    x, dtype = np.asarray(x), np.dtype(dtype)
+    if x.dtype == dtype or x.size < (1 << 20) or x.ndim == 0 or not x.flags.c_contiguous:
+        return x.astype(dtype, copy=False)
+    out = np.empty(x.shape, dtype)
+    rows_x, rows_out = x.reshape(x.shape[0], -1), out.reshape(x.shape[0], -1)
+
+    def run(first: int, last: int) -> None:
+        np.copyto(rows_out[first:last], rows_x[first:last], casting="unsafe")
+
+    parallel(run, x.shape[0], min_size=1)
+    return out
+
+
+# OpenBLAS's thread count, controlled through its C API (as threadpoolctl does): (set, get), or
+# False where NumPy's BLAS is not an OpenBLAS we can find (the batch split is then not used).
+_BLAS: tuple[Callable[[int], None], Callable[[], int]] | bool | None = None
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0
+_blas_saved = 1
+
+
+def _find_openblas() -> tuple[Callable[[int], None], Callable[[], int]] | bool:
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    for path in sorted(paths, key=lambda p: ("numpy" not in p, p)):  # NumPy's own OpenBLAS first
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        names = (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_"), ("scipy_openblas", ""))
+        for prefix, suffix in names:
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+                return setter, getter
+    return False
+
+
+def blas() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = _find_openblas()
+    return _BLAS if isinstance(_BLAS, tuple) else None
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """OpenBLAS at one thread for the duration (process-wide; nested and concurrent uses share
+    one count, and the last one out restores the thread count it found)."""
+    global _blas_users, _blas_saved
+    api = blas()
+    assert api is not None
+    with _BLAS_LOCK:
+        if _blas_users == 0:
+            _blas_saved = api[1]()
+            api[0](1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if _blas_users == 0:
+                api[0](_blas_saved)
+
+
+# The least activation elements ([tokens, hidden]) one part of a batch split gets. Below it the
+# thread is not worth starting, and OpenBLAS may use its small-matrix kernels, whose rounding can
+# depend on the number of rows (the split would then not be bit-identical).
+MIN_PART = 1 << 14
+
+
+def batch_parts(batch: int, sequence: int, hidden: int) -> int:
+    """How many parts `forward` splits a batch into: one per core, at most one per sequence and
+    one per MIN_PART activations; 1 (no split) on one core, inside a split, or where OpenBLAS's
+    thread count cannot be set."""
+    n = min(threads(), batch, batch * sequence * hidden // MIN_PART)
+    return n if n > 1 and blas() is not None else 1

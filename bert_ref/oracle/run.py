@@ -1,0 +1,187 @@
+"""Running the oracle: our outputs (and floors) for a model and inputs, candidate checks, and
+`compare_to_truth`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bert_ref.encoder import TRACE_POOLER, forward
+from bert_ref.model.precision import get_policy
+from bert_ref.oracle.blocked import as_flat
+from bert_ref.oracle.compare import compare
+from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, placement
+from bert_ref.oracle.report import Report
+from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, UNIT_ROUNDOFF
+
+# ----------------------------------------------------------------------------------------------
+# Running the oracle
+
+
+#: The precisions a candidate can be declared in, and our policy that measures each one's floor.
+PRECISIONS = {"float16": "float16", "bfloat16": "bfloat16", "tf32": "tf32", "int8": "int8",
+              "float32": "float32", "float64": "float64"}
+
+#: K of the floor-ratio mode when none is given: see docs/conformance.md for the measurements.
+DEFAULT_FLOOR_RATIO = 4.0
+
+
+def detect_precision(candidate: Mapping[str, Any]) -> str:
+    """The precision a candidate's arrays are stored in: the lowest of their dtypes ("bfloat16",
+    "float16", "float32" or "float64"). A float32 file may hold a TF32, int8 or half-precision
+    port's upcast outputs: only the user can say so (`precision=`)."""
+    order = ["bfloat16", "float16", "float32", "float64"]
+    found = set()
+    for v in as_flat(candidate, "candidate").values():
+        name = np.asarray(v).dtype.name
+        found.add(name if name in order else "float32")
+    return min(found, key=order.index) if found else "float32"
+
+
+def expected_shapes(config: Any, batch: int, seq: int, keys: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """The shape each output key has for a [batch, seq] input under `config` (a `BertConfig`)."""
+    h, heads, inter = config.hidden_dim, config.num_heads, config.intermediate_dim
+    out: dict[str, tuple[int, ...]] = {}
+    for key in keys:
+        base = key.rsplit("/", 1)[-1].split(".")[0]
+        if key in TRACE_POOLER:
+            out[key] = (batch, h)
+        elif base in ATTENTION_NAMES:
+            out[key] = (batch, heads, seq, seq)
+        elif base in ("feedforward_intermediate", "feedforward_activation"):
+            out[key] = (batch, seq, inter)
+        else:
+            out[key] = (batch, seq, h)
+    return out
+
+
+def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[str, Any],
+                    source: str = "candidate") -> None:
+    """Check a candidate's keys and shapes against the model and the inputs, before running anything.
+
+    Raises:
+        ValueError: an unknown key, a layer the model does not have, or a shape that is not the
+            inputs' padded batch (the message gives the shape expected and why).
+    """
+    layers = config.num_layers
+    flat = as_flat(candidate, "candidate")
+    for key in flat:
+        placement(key)
+        kind, _, idx = key.partition(".")
+        if kind in ("hidden_states", "attention_probs"):
+            top = layers if kind == "hidden_states" else layers - 1
+            if int(idx) > top:
+                raise ValueError(f"{source}: key {key!r} but the model has {layers} layers ({kind}.0 .. {kind}.{top})")
+        elif key.startswith("transformer_layer_") and int(key[len("transformer_layer_"):].split("/")[0]) >= layers:
+            raise ValueError(f"{source}: key {key!r} but the model has {layers} layers "
+                             f"(transformer_layer_0 .. transformer_layer_{layers - 1})")
+    b, s = np.shape(inputs["token_ids"])
+    for key, shape in expected_shapes(config, b, s, flat).items():
+        got = tuple(np.shape(flat[key]))
+        if got != shape:
+            raise ValueError(
+                f"{source}: {key} has shape {got}, expected {shape} for inputs of {b} x {s}: the candidate must be "
+                f"run on the same padded batch as the inputs file (batch {b}, sequence length {s}, padding included)")
+
+
+def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, dtype: Any = None,
+                   cache: bool = False) -> dict[str, np.ndarray]:
+    """Our outputs for `inputs` under policy `dtype` (default: the model's), flattened to output keys.
+
+    `model` is a `BertBackbone`. `keys` (an iterable of output keys) limits what is computed and
+    returned: hidden states, attention probabilities and the trace are only computed when asked
+    for; None returns `sequence_output` and `pooled_output`. With `cache=True` the run is read
+    from / written to the on-disk cache (`bert_ref.oracle.cache`)."""
+    keys = None if keys is None else list(keys)
+    policy = model.dtype_policy if dtype is None else get_policy(dtype)
+    entry = None
+    if cache:
+        from bert_ref.oracle import cache as oracle_cache
+
+        entry = oracle_cache.entry_key(model, inputs, policy.name, keys)
+        hit = oracle_cache.load(entry)
+        if hit is not None and (keys is None or all(k in hit for k in keys)):
+            return hit
+    want_hidden = keys is not None and any(k.startswith("hidden_states.") for k in keys)
+    want_att = keys is not None and any(k.startswith("attention_probs.") for k in keys)
+    want_trace = keys is not None and any("/" in k for k in keys)
+    options: dict[str, Any] = dict(output_hidden_states=want_hidden, output_attentions=want_att,
+                                   trace=True if want_trace else None)
+    if policy == model.dtype_policy:  # the model's own cast weights, prepared once
+        out = model(inputs, **options)
+    else:
+        out = forward(model.weights, model.config, inputs, dtype=policy, **options)
+    flat = flatten_outputs(out)
+    if keys is not None:
+        flat = {k: flat[k] for k in keys if k in flat}
+    if entry is not None:
+        oracle_cache.store(entry, flat)
+    return flat
+
+
+def compare_to_truth(
+    model: Any,
+    inputs: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    *,
+    precision: str | None = None,
+    floor_ratio: float | None = None,
+    atol: float | Mapping[str, float] | str | None = None,
+    rtol: float | Mapping[str, float] | str | None = None,
+    check_padded: bool = False,
+    candidate_name: str = "candidate",
+    notes: Sequence[str] = (),
+    cache: bool = False,
+) -> Report:
+    """Compare `candidate` with the float64 truth, next to the floor of its precision.
+
+    The truth is our float64 policy on `model`'s weights; the floor is our policy of the
+    candidate's precision on the same weights (float16, bfloat16, tf32, int8, float32 — see
+    `bert_ref.model.precision`) against the truth: the error that precision has by nature. For float64,
+    whose run is the truth itself, the floor is the float32 floor times 2^-29 (the ratio of the
+    two unit roundoffs).
+
+    Args:
+        precision: the candidate's precision (`PRECISIONS`); None: `detect_precision` from its dtypes.
+        floor_ratio: K of the floor-ratio mode: an output passes when its max abs error is at most
+            K times its floor (`Entry.floor_scale`). The default mode is floor-ratio with
+            `DEFAULT_FLOOR_RATIO` when `precision` is given or the candidate is stored in float16 /
+            bfloat16, unless `atol` or `rtol` is given; otherwise absolute tolerances (defaults
+            `DEFAULT_ATOL`, `DEFAULT_RTOL`).
+        atol, rtol: absolute-mode tolerances, numbers or per kind (see `parse_tolerance`).
+        check_padded: also fail on padded positions (`padding_mask` is taken from `inputs`).
+        cache: read and write our runs through the on-disk cache (`bert_ref.oracle.cache`).
+
+    Returns:
+        A `Report` against the "float64 truth", with each `Entry.floor_ratio` filled in.
+    """
+    flat = as_flat(candidate, "candidate")
+    for k in flat:
+        placement(k)  # unknown keys are an error before any work is done
+    given = precision is not None
+    if precision is None:
+        precision = detect_precision(flat)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if floor_ratio is None and atol is None and rtol is None and (given or precision in ("float16", "bfloat16")):
+        floor_ratio = DEFAULT_FLOOR_RATIO
+    truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
+    floor_name = f"our {precision} vs float64 truth"
+    if precision == "float64":
+        # Our float64 run is the truth itself: its error cannot be measured against it. The floor is
+        # modelled as the float32 floor scaled by the ratio of the unit roundoffs (2^-53 / 2^-24):
+        # the same algorithm's rounding error scales with the unit roundoff.
+        f32 = oracle_outputs(model, inputs, flat, dtype="float32", cache=cache)
+        scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"]
+        floor = {k: truth[k] + (f32[k].astype(np.float64) - truth[k]) * scale for k in f32}
+        floor_name = "our float32 vs float64 truth x 2^-29"
+    else:
+        floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision], cache=cache)
+    return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol,
+                   rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=inputs.get("padding_mask"),
+                   check_padded=check_padded, floor=floor,
+                   floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
+                   candidate_name=candidate_name, floor_name=floor_name, notes=notes)

@@ -1,0 +1,356 @@
+"""The job and the worker side: a job description, the weights' identity, one shard computed and
+written, a shard verified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert_ref.scale.dataset import Dataset, Records, file_sha256, length_batches, pad_batch
+from bert_ref.scale.memory import peak_rss, rss
+from bert_ref.scale.options import DEFAULT_BATCH_TOKENS
+
+MANIFEST = "manifest.json"
+RUN_FORMAT = "bert_ref dataset run 1"
+LOCAL_SCHEDULERS = ("local", "processes", "synchronous")
+WEIGHT_SUFFIXES = (".safetensors", ".h5", ".bin", ".pt", ".pth", ".msgpack")
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# The fields of the job that must agree for a run directory to be resumed.
+JOB_FIELDS = ("weights_sha256", "config", "policy", "outputs", "dataset_sha256", "num_records", "shard_size",
+               "sequence_length", "truncate")
+
+
+def need_dask() -> Any:
+    try:
+        import dask
+    except ImportError:
+        raise ImportError('dataset runs need Dask: install it with `pip install "bert-ref[scale]"`') from None
+    return dask
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------
+# The job and the worker side
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleJob:
+    """What a worker needs to compute shards: small and picklable (no weights, no record data).
+
+    Attributes:
+        preset_dir: the preset's local directory (the same path on every worker).
+        weights_sha256: sha256 of the preset's weight files; each worker checks it once.
+        policy: the dtype policy name.
+        outputs: which outputs to write (`OUTPUT_CHOICES`).
+        dataset: the dataset, cut down by `Dataset.part` to one shard when sent to a worker.
+        max_length: the longest record allowed.
+        truncate: cut longer text records instead of failing.
+        batch_tokens: records per batch x longest length in it stays below this.
+        threads: BLAS / bert_ref threads per worker (None: leave them as they are).
+        out: the run directory (None: nothing is written, see `compare_dataset`).
+    """
+
+    preset_dir: str
+    weights_sha256: str
+    policy: str
+    outputs: tuple
+    dataset: Dataset
+    max_length: int
+    truncate: bool = False
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    threads: int | None = None
+    out: str | None = None
+
+
+_WORKER: dict[Any, Any] = {}  # per-process cache: models, tokenizers, the thread setting
+
+
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    d = Path(directory)
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+
+
+def weights_sha256(directory: str | os.PathLike) -> str:
+    """sha256 of a preset's weight files (names and bytes); of all its files if none is a weight file."""
+    d = Path(directory)
+    files = weight_files(d) or sorted(p for p in d.rglob("*") if p.is_file())
+    if len(files) == 1:
+        return file_sha256(files[0])
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(d)).encode() + b"\0" + file_sha256(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _trim_freed_memory() -> None:
+    """Have glibc return freed memory above 64 KiB to the system at once (what Dask's nanny sets for
+    its workers with MALLOC_TRIM_THRESHOLD_): batches of varying shapes otherwise leave the heap
+    fragmented, and a worker's peak RSS grows by about one activation (measured: 482 -> 414 MiB
+    for BERT-small float64 shards). Linux/glibc only; elsewhere nothing happens."""
+    if _WORKER.get("trim") or not sys.platform.startswith("linux"):
+        return
+    _WORKER["trim"] = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-1, 65536)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _set_threads(threads: int | None) -> None:
+    """BLAS threads (threadpoolctl, when installed; else the *_NUM_THREADS variables the worker was
+    started with) and bert_ref's own elementwise threads, once per process."""
+    _trim_freed_memory()
+    if threads is None or _WORKER.get("threads") == threads:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        _WORKER["limits"] = threadpool_limits(limits=threads)
+    except ImportError:
+        pass
+    from bert_ref.model import runtime
+
+    runtime.THREADS = threads  # the fast paths' thread count (batch split, row chunks)
+    _WORKER["threads"] = threads
+
+
+def _model(job: ScaleJob) -> tuple[Any, float]:
+    """The job's backbone, loaded (and its weights checked) once per process; (model, load seconds)."""
+    key = (job.preset_dir, job.policy, job.weights_sha256)
+    if key in _WORKER:
+        return _WORKER[key], 0.0
+    from bert_ref.backbone import BertBackbone
+
+    t = time.perf_counter()
+    found = weights_sha256(job.preset_dir)
+    if found != job.weights_sha256:
+        raise OSError(f"{job.preset_dir} on {socket.gethostname()}: the weights' sha256 is {found}, but the job "
+                      f"was started with {job.weights_sha256}: every worker must see the same preset")
+    model = BertBackbone.from_preset(job.preset_dir, dtype=job.policy)
+    _WORKER[key] = model
+    return model, time.perf_counter() - t
+
+
+def _tokenizer(job: ScaleJob) -> Any:
+    key = ("tokenizer", job.preset_dir)
+    if key not in _WORKER:
+        from bert_ref.text.tokenizer import BertTokenizer
+
+        _WORKER[key] = BertTokenizer.from_preset(job.preset_dir)
+    return _WORKER[key]
+
+
+class _Arrays:
+    """Where `compute_outputs` puts the outputs: arrays in memory (see `_ShardFile` for a file)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+        self.arrays = {k: np.zeros(shape, dtype) for k, (dtype, shape) in specs.items()}
+
+    def put(self, key: str, row: int, value: np.ndarray) -> None:
+        """Record `row`'s values: [m, H] (its first m positions) or [H]."""
+        self.arrays[key][row, : value.shape[0]] = value
+
+    def put_all(self, key: str, value: np.ndarray) -> None:
+        self.arrays[key][...] = value
+
+
+def _pwrite(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class _ShardFile:
+    """A safetensors file written in place as the outputs are computed, so that no shard-sized
+    buffer is held in memory: the header first (shapes are known in advance), then each record's
+    rows at their offsets (`os.pwrite`; never-written positions read as 0). `commit` flushes it,
+    hashes it and renames it from its temporary name to `path`.
+
+    The arrays are in a fixed order (widest dtype first, so every array is aligned; then by name)
+    and there is no `__metadata__`: the same arrays always give the same bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.fd: int | None = None
+
+    def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+        from bert_ref.io.checkpoints.safetensors_io import code_for
+
+        header, offset = {}, 0
+        self.layout: dict[str, tuple[int, int, np.dtype]] = {}  # key -> (data offset, bytes per row, dtype)
+        for name in sorted(specs, key=lambda k: (-np.dtype(specs[k][0]).itemsize, k)):
+            dtype, shape = np.dtype(specs[name][0]), tuple(specs[name][1])
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": code_for(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self.layout[name] = (offset, nbytes // shape[0] if shape and shape[0] else 0, dtype)
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as the safetensors writer does
+        self.start = 8 + len(text)
+        self.size = self.start + offset
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _pwrite(self.fd, len(text).to_bytes(8, "little") + text, 0)
+        os.ftruncate(self.fd, self.size)
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise ValueError(f"{self.tmp}: not open")
+        return self.fd
+
+    def _at(self, key: str, row: int, value: np.ndarray) -> tuple[np.ndarray, int]:
+        offset, row_bytes, dtype = self.layout[key]
+        value = np.ascontiguousarray(value, dtype=dtype)
+        if value.dtype.byteorder == ">":
+            value = value.astype(value.dtype.newbyteorder("<"))
+        return value, self.start + offset + row * row_bytes
+
+    def put(self, key: str, row: int, value: np.ndarray) -> None:
+        value, at = self._at(key, row, value)
+        _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
+
+    def put_all(self, key: str, value: np.ndarray) -> None:
+        value, at = self._at(key, 0, value)
+        _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
+
+    def commit(self) -> tuple[str, int]:
+        """Flush, hash (reading the file back) and rename into place; (sha256, bytes)."""
+        fd = self._fd()
+        os.fsync(fd)
+        os.close(fd)
+        self.fd = None
+        sha = file_sha256(self.tmp)
+        os.replace(self.tmp, self.path)
+        return sha, self.size
+
+    def close(self) -> None:
+        """Remove the temporary file unless committed."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+def compute_outputs(job: ScaleJob, start: int, stop: int,
+                    sink: Any = None) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
+    """Records `[start, stop)` through the model: (records, arrays in record order, timings).
+
+    The arrays are `record_index`, `length` and the outputs (see the module docstring). With a
+    `sink` (a `_ShardFile`) they are written there as they are computed and the returned dict is
+    empty."""
+    from bert_ref.oracle.keys import flatten_outputs
+
+    _set_threads(job.threads)
+    model, t_load = _model(job)
+    t0 = time.perf_counter()
+    config = model.config
+    records = job.dataset.read(start, stop, vocabulary_size=config.vocabulary_size, num_segments=config.num_segments,
+                               max_length=job.max_length, tokenizer=lambda: _tokenizer(job), truncate=job.truncate)
+    t1 = time.perf_counter()
+    n, width, hidden = len(records.index), int(records.lengths.max()), config.hidden_dim
+    dtype = model.dtype_policy.compute_dtype
+    specs: dict[str, tuple[Any, tuple[int, ...]]] = {"record_index": (np.int64, (n,)), "length": (np.int32, (n,))}
+    if "sequence_output" in job.outputs:
+        specs["sequence_output"] = (dtype, (n, width, hidden))
+    if "pooled_output" in job.outputs:
+        specs["pooled_output"] = (dtype, (n, hidden))
+    if "hidden_states" in job.outputs:
+        specs.update({f"hidden_states.{i}": (dtype, (n, width, hidden)) for i in range(config.num_layers + 1)})
+    out = sink if sink is not None else _Arrays()
+    out.open(specs)
+    out.put_all("record_index", records.index.astype(np.int64))
+    out.put_all("length", records.lengths.astype(np.int32))
+    for rows in length_batches(records.lengths, job.batch_tokens):
+        result = flatten_outputs(model(pad_batch(records, rows), output_hidden_states="hidden_states" in job.outputs))
+        for key in specs:
+            if key in ("record_index", "length"):
+                continue
+            value = result[key]  # [b, L_batch, H] or [b, H]
+            if value.dtype != np.dtype(dtype):
+                raise TypeError(f"{key} came out as {value.dtype}; the {job.policy} policy computes in "
+                                f"{np.dtype(dtype)}")
+            for j, r in enumerate(rows):
+                out.put(key, int(r), value[j, : int(records.lengths[r])] if value.ndim == 3 else value[j])
+    t2 = time.perf_counter()
+    return records, (out.arrays if sink is None else {}), {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
+
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary name (a reader never sees a partial file)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str, Any]:
+    """The Dask task: compute records `[start, stop)` and write `shard-{shard}.safetensors` into
+    `job.out` (temporary name, then rename). Returns the manifest entry of the shard."""
+    t_start = time.time()
+    rss_start = rss()
+    if job.out is None:
+        raise ValueError("compute_shard needs a job with an output directory (job.out)")
+    path = Path(job.out) / shard_name(shard)
+    sink = _ShardFile(path)
+    try:
+        _, _, timings = compute_outputs(job, start, stop, sink)
+        t = time.perf_counter()
+        sha, size = sink.commit()
+        timings["commit_s"] = time.perf_counter() - t
+    finally:
+        sink.close()
+    timings["task_s"] = time.time() - t_start
+    return {"shard": shard, "records": [start, stop], "file": path.name, "sha256": sha, "bytes": size,
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "started": t_start,
+            "rss_start_bytes": rss_start, "peak_rss_bytes": peak_rss(),
+            "timings": {k: round(v, 6) for k, v in timings.items()}}
+
+
+def verify_shard(directory: str | os.PathLike, entry: Mapping[str, Any] | None) -> str | None:
+    """None when the shard `entry` describes is on disk with its sha256; else why not."""
+    if not entry or not entry.get("sha256"):
+        return "not finished"
+    path = Path(directory) / entry["file"]
+    if not path.is_file():
+        return "file missing"
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        return f"size {size} bytes, manifest says {entry.get('bytes')} (truncated or corrupt)"
+    if file_sha256(path) != entry["sha256"]:
+        return "sha256 differs from the manifest's (corrupt)"
+    return None

