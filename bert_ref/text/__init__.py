@@ -1,1 +1,1 @@
-"""X"""
+"""Text: the WordPiece tokenizer (with its Unicode tables) and sentence embeddings."""
