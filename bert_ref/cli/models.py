@@ -107,9 +107,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     say("config:")
     _print_config(ckpt.config.to_dict())
     md = ckpt.metadata
-    for key in ("dtype", "lowercase", "source", "vocabulary"):
+    for key in ("dtype", "source"):
         if md.get(key) is not None:
             say(f"  {key:<20} {md[key]}")
+    tokenizer = _tokenizer_settings(directory)
+    if tokenizer is None:
+        say("tokenizer:   none (no vocabulary in the preset)")
+    else:
+        # What `BertTokenizer.from_preset` will do, read by the same function it uses.
+        say(f"tokenizer:   {tokenizer.layout} layout, vocabulary {tokenizer.vocabulary.relative_to(directory)} "
+            f"({len(_vocabulary_tokens(tokenizer.vocabulary)):,} tokens)")
+        for key, value in tokenizer.options().items():
+            say(f"  {key:<26} {value}")
     say("files:")
     for f in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
         say(f"  {f.relative_to(directory)}  ({f.stat().st_size:,} bytes)")
@@ -187,6 +196,27 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write into DST even if it is not empty")
 
 
+def _tokenizer_settings(directory: str | os.PathLike) -> Any:
+    """The preset's `TokenizerSettings`, or None when it has no vocabulary."""
+    from bert_ref.text.tokenizer import preset_tokenizer_settings
+
+    try:
+        return preset_tokenizer_settings(directory)
+    except FileNotFoundError:
+        return None
+
+
+def _vocabulary_tokens(path: Path) -> list[str]:
+    from bert_ref.text.tokenizer import read_vocabulary, wordpiece_vocabulary
+
+    return wordpiece_vocabulary(path) if path.name == "tokenizer.json" else read_vocabulary(path)
+
+
+def _describe_tokenizer(s: Any) -> str:
+    return (f"lowercase {s.lowercase}, strip_accents {s.strip_accents}, special tokens in text "
+            f"{'recognised' if s.special_tokens_in_strings else 'split like text'}")
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from bert_ref.io import checkpoints, hub
     from bert_ref.io.checkpoints.native import save_preset
@@ -207,17 +237,26 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.dtype is not None:
         storage = get_policy(args.dtype).variable_dtype
         weights = {k: np.asarray(w).astype(storage) for k, w in weights.items()}
-    md = ckpt.metadata
-    metadata = {"source": f"{args.src} ({ckpt.format})", "lowercase": md.get("lowercase"),
-                "vocabulary": md.get("vocabulary"), "dtype": args.dtype or md.get("dtype")}
+    metadata: dict[str, Any] = {"source": f"{args.src} ({ckpt.format})",
+                                "dtype": args.dtype or ckpt.metadata.get("dtype")}
+    tokenizer = _tokenizer_settings(directory)
+    if tokenizer is not None:
+        # The tokenizer keeps its behaviour: vocabulary, lowercasing, accents, special tokens in text.
+        metadata.update(tokenizer.options(), vocabulary=_vocabulary_tokens(tokenizer.vocabulary))
     save_preset(dst, ckpt.config, weights, metadata=metadata)
     back = checkpoints.load_preset_dir(dst).weights
     assert back is not None
     differ = [k for k in weights if not np.array_equal(np.asarray(weights[k]), back[k])]
     if differ:
         raise UsageError(f"{dst}: read back differs from what was written at {differ[:3]}")
+    if tokenizer is not None:
+        written = _tokenizer_settings(dst)
+        if (written is None or written.options() != tokenizer.options()
+                or _vocabulary_tokens(written.vocabulary) != _vocabulary_tokens(tokenizer.vocabulary)):
+            raise UsageError(f"{dst}: the tokenizer read back differs from {args.src}'s")
     say(f"{dst}: native preset from {args.src} ({ckpt.format} format, {ckpt.config.count_params():,} parameters); "
-         "weights read back identical")
+         "weights read back identical" + ("" if tokenizer is None else
+                                          f"; tokenizer kept ({_describe_tokenizer(tokenizer)})"))
     return 0
 
 

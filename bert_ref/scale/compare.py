@@ -319,7 +319,7 @@ def compare_dataset(
     job, fields, _ = prepare_job(preset, dataset, dtype=dtype, sequence_length=sequence_length, truncate=truncate,
                               outputs=OUTPUT_CHOICES, batch_tokens=batch_tokens, threads=engine.threads, out=None)
     if ref_manifest is not None:
-        for name in ("weights_sha256", "dataset_sha256", "num_records"):
+        for name in ("weights_sha256", "tokenizer_sha256", "dataset_sha256", "num_records"):
             if ref_manifest["job"].get(name) != fields[name]:
                 raise DatasetError(f"--reference {reference}: its {name} is {ref_manifest['job'].get(name)!r}, "
                                    f"but {preset} / {dataset} give {fields[name]!r}")

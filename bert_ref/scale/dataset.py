@@ -121,10 +121,14 @@ class Dataset:
         return [Path(self.path)]
 
     def sha256(self) -> str:
-        """sha256 over the dataset's files (names and bytes, in order)."""
+        """sha256 of the dataset's content, not of its files' names: a single file's is the file's
+        own (what `sha256sum` prints); a directory's is over its files' sha256s in order."""
+        files = self.files_for_hash()
+        if len(files) == 1:
+            return file_sha256(files[0])
         h = hashlib.sha256()
-        for f in self.files_for_hash():
-            h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
+        for f in files:
+            h.update(file_sha256(f).encode() + b"\n")
         return h.hexdigest()
 
     def read(self, start: int, stop: int, *, vocabulary_size: int, num_segments: int, max_length: int,

@@ -25,6 +25,7 @@ from bert_ref.scale.shards import (
     cores,
     need_dask,
     shard_name,
+    tokenizer_sha256,
     verify_shard,
     weights_sha256,
     write_atomic,
@@ -63,8 +64,9 @@ def prepare_job(preset: str, dataset: str | os.PathLike, *, dtype: Any, sequence
         raise ValueError(f"--sequence-length {sequence_length} is outside [2, {top}]: max_sequence_length is {top}")
     ds = open_dataset(dataset)
     job = ScaleJob(str(directory.resolve()), weights_sha256(directory), policy.name, outputs, ds, sequence_length,
-                   truncate, batch_tokens, threads, out)
+                   truncate, batch_tokens, threads, out, tokenizer_sha256(directory))
     fields = {"preset": preset, "preset_dir": job.preset_dir, "weights_sha256": job.weights_sha256,
+              "tokenizer_sha256": job.tokenizer_sha256,
               "config": config.to_dict(), "policy": policy.name, "outputs": list(outputs),
               "dataset": str(dataset), "dataset_kind": ds.kind, "dataset_sha256": ds.sha256(),
               "num_records": ds.num_records, "sequence_length": sequence_length, "truncate": truncate}

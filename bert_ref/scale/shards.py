@@ -29,8 +29,8 @@ LOCAL_SCHEDULERS = ("local", "processes", "synchronous")
 WEIGHT_SUFFIXES = (".safetensors", ".h5", ".bin", ".pt", ".pth", ".msgpack")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # The fields of the job that must agree for a run directory to be resumed.
-JOB_FIELDS = ("weights_sha256", "config", "policy", "outputs", "dataset_sha256", "num_records", "shard_size",
-               "sequence_length", "truncate")
+JOB_FIELDS = ("weights_sha256", "tokenizer_sha256", "config", "policy", "outputs", "dataset_sha256", "num_records",
+              "shard_size", "sequence_length", "truncate")
 
 
 def need_dask() -> Any:
@@ -69,6 +69,8 @@ class ScaleJob:
         batch_tokens: records per batch x longest length in it stays below this.
         threads: BLAS / bert_ref threads per worker (None: leave them as they are).
         out: the run directory (None: nothing is written, see `compare_dataset`).
+        tokenizer_sha256: `tokenizer_sha256` of the preset (None: it has no vocabulary); each
+            worker checks it before tokenizing.
     """
 
     preset_dir: str
@@ -81,6 +83,7 @@ class ScaleJob:
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     threads: int | None = None
     out: str | None = None
+    tokenizer_sha256: str | None = None
 
 
 _WORKER: dict[Any, Any] = {}  # per-process cache: models, tokenizers, the thread setting
@@ -100,6 +103,21 @@ def weights_sha256(directory: str | os.PathLike) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(d)).encode() + b"\0" + file_sha256(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def tokenizer_sha256(directory: str | os.PathLike) -> str | None:
+    """sha256 of what the preset's tokenizer does: its settings and the bytes of every file they
+    were read from (`bert_ref.text.tokenizer.preset_tokenizer_settings`); None without a vocabulary."""
+    from bert_ref.text.tokenizer import preset_tokenizer_settings
+
+    try:
+        settings = preset_tokenizer_settings(directory)
+    except FileNotFoundError:
+        return None
+    h = hashlib.sha256(json.dumps(settings.options(), sort_keys=True).encode() + b"\n")
+    for f in settings.files:
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -155,10 +173,14 @@ def _model(job: ScaleJob) -> tuple[Any, float]:
 
 
 def _tokenizer(job: ScaleJob) -> Any:
-    key = ("tokenizer", job.preset_dir)
+    key = ("tokenizer", job.preset_dir, job.tokenizer_sha256)
     if key not in _WORKER:
         from bert_ref.text.tokenizer import BertTokenizer
 
+        found = tokenizer_sha256(job.preset_dir)
+        if found != job.tokenizer_sha256:
+            raise OSError(f"{job.preset_dir} on {socket.gethostname()}: the tokenizer's sha256 is {found}, but the "
+                          f"job was started with {job.tokenizer_sha256}: its vocabulary or settings changed")
         _WORKER[key] = BertTokenizer.from_preset(job.preset_dir)
     return _WORKER[key]
 

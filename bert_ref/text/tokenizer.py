@@ -33,6 +33,7 @@ are ordinary letters here too. Two details where keras-hub's `BertTokenizer` dif
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import re
 import unicodedata
@@ -47,7 +48,7 @@ from bert_ref.text import unicode8
 
 __all__ = [
     "BertTokenizer", "normalize", "pre_tokenize", "wordpiece", "pack", "truncate_lengths",
-    "read_vocabulary", "preset_tokenizer_files",
+    "read_vocabulary", "preset_tokenizer_files", "preset_tokenizer_settings", "TokenizerSettings",
 ]
 
 CLS, SEP, PAD, UNK, MASK = "[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"
@@ -313,48 +314,124 @@ def wordpiece_vocabulary(path: str | os.PathLike) -> list[str]:
     return tokens
 
 
-def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | None]:
-    """The vocabulary file and lowercase flag of a preset directory.
+@dataclasses.dataclass(frozen=True)
+class TokenizerSettings:
+    """What a preset's tokenizer does, as `BertTokenizer.from_preset` builds it.
 
-    Hugging Face layout: `vocab.txt` + `tokenizer_config.json` (`do_lower_case`), or the normalizer
-    of `tokenizer.json`; without `vocab.txt` (transformers >= 5 does not write one), the WordPiece
-    vocabulary inside `tokenizer.json` (the path returned is then `tokenizer.json`). keras-hub layout:
-    `assets/tokenizer/vocabulary.txt` + `tokenizer.json` (`config.lowercase`). The flag is None when no file states it.
+    Attributes:
+        vocabulary: the vocabulary file (`tokenizer.json` when the vocabulary is inside it).
+        lowercase, strip_accents, special_tokens_in_strings: `BertTokenizer`'s arguments.
+        layout: "huggingface", "keras-hub" or "native" (a keras-hub layout written by bert_ref,
+            whose `metadata.json` states every setting).
+        files: every file these settings were read from (the vocabulary first): what a job's
+            identity hashes.
+    """
+
+    vocabulary: Path
+    lowercase: bool
+    strip_accents: bool
+    special_tokens_in_strings: bool
+    layout: str
+    files: tuple[Path, ...]
+
+    def options(self) -> dict[str, bool]:
+        """`BertTokenizer`'s keyword arguments."""
+        return {"lowercase": self.lowercase, "strip_accents": self.strip_accents,
+                "special_tokens_in_strings": self.special_tokens_in_strings}
+
+
+#: The `metadata.json` object a native preset states its tokenizer in (see `save_preset`).
+NATIVE_TOKENIZER_KEY = "tokenizer"
+
+
+def _flag(value: Any, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError(f"{where} must be true, false or null, got {value!r}")
+
+
+def preset_tokenizer_settings(directory: str | os.PathLike) -> TokenizerSettings:
+    """How a preset directory's tokenizer behaves (see `TokenizerSettings`): the one reading of a
+    preset's tokenizer files, used by `BertTokenizer.from_preset`, `bert-ref info` and `convert`.
+
+    Hugging Face layout: `vocab.txt` + `tokenizer_config.json` (`do_lower_case`, `strip_accents`),
+    or the normalizer of `tokenizer.json`; without `vocab.txt` (transformers >= 5 does not write
+    one), the WordPiece vocabulary inside `tokenizer.json`. Special tokens written in the text are
+    recognised, as `tokenizers` does. keras-hub layout: `assets/tokenizer/vocabulary.txt` +
+    `tokenizer.json` (`config.lowercase`); special tokens in the text are split like other text, as
+    keras-hub does; accents are stripped when lowercasing (see `BertTokenizer` for this documented
+    difference). A native preset (keras-hub layout written by `save_preset`) states all three
+    settings in `metadata.json`'s "tokenizer" object, which wins; an older one only `lowercase`.
+    An unstated `lowercase` is False; an unstated `strip_accents` follows `lowercase`.
+
+    Raises:
+        FileNotFoundError: no vocabulary in the directory.
+        ValueError: a setting that is not a boolean (naming the file and field).
     """
     d = Path(directory)
     keras_vocab = d / "assets" / "tokenizer" / "vocabulary.txt"
+    lowercase: bool | None = None
+    strip: bool | None = None
     if keras_vocab.is_file():
-        lowercase = None
+        files = [keras_vocab]
+        special = False
+        layout = "keras-hub"
         cfg = read_optional_json(d / "tokenizer.json")
         if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict):
-            lowercase = cfg["config"].get("lowercase")
-        return keras_vocab, lowercase
+            files.append(d / "tokenizer.json")
+            lowercase = _flag(cfg["config"].get("lowercase"), f"{d / 'tokenizer.json'}: config.lowercase")
+        meta = read_optional_json(d / "metadata.json")
+        if isinstance(meta, dict):
+            where = d / "metadata.json"
+            native = meta.get(NATIVE_TOKENIZER_KEY)
+            if isinstance(native, dict):
+                files.append(where)
+                layout = "native"
+                lowercase = _flag(native.get("lowercase"), f"{where}: tokenizer.lowercase")
+                strip = _flag(native.get("strip_accents"), f"{where}: tokenizer.strip_accents")
+                special = bool(_flag(native.get("special_tokens_in_strings"),
+                                     f"{where}: tokenizer.special_tokens_in_strings"))
+            elif lowercase is None and meta.get("lowercase") is not None:
+                files.append(where)
+                layout = "native"
+                lowercase = _flag(meta.get("lowercase"), f"{where}: lowercase")
+        return _settings(keras_vocab, lowercase, strip, special, layout, files)
+    tokenizer_json = d / "tokenizer.json"
+    fast = read_optional_json(tokenizer_json) if tokenizer_json.is_file() else None
+    model = fast.get("model") if isinstance(fast, dict) else None
     if (d / "vocab.txt").is_file():
-        lowercase = None
-        cfg = read_optional_json(d / "tokenizer_config.json")
-        if isinstance(cfg, dict) and "do_lower_case" in cfg:
-            lowercase = bool(cfg["do_lower_case"])
-        else:
-            fast = read_optional_json(d / "tokenizer.json")
-            norm = fast.get("normalizer") if isinstance(fast, dict) else None
-            if isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
-                lowercase = bool(norm.get("lowercase", True))
-        return d / "vocab.txt", lowercase
-    if (d / "tokenizer.json").is_file():  # transformers >= 5 saves no vocab.txt
-        fast = read_optional_json(d / "tokenizer.json")
-        model = fast.get("model") if isinstance(fast, dict) else None
-        if isinstance(model, dict) and model.get("type") == "WordPiece":
-            lowercase = None
-            cfg = read_optional_json(d / "tokenizer_config.json")
-            norm = fast.get("normalizer")
-            if isinstance(cfg, dict) and "do_lower_case" in cfg:
-                lowercase = bool(cfg["do_lower_case"])
-            elif isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
-                lowercase = bool(norm.get("lowercase", True))
-            return d / "tokenizer.json", lowercase
-    raise FileNotFoundError(
-        f"{d} holds no BERT vocabulary: expected vocab.txt (Hugging Face) or "
-        "assets/tokenizer/vocabulary.txt (keras-hub)")
+        vocab = d / "vocab.txt"
+    elif isinstance(model, dict) and model.get("type") == "WordPiece":  # transformers >= 5 saves no vocab.txt
+        vocab = tokenizer_json
+    else:
+        raise FileNotFoundError(
+            f"{d} holds no BERT vocabulary: expected vocab.txt (Hugging Face) or "
+            "assets/tokenizer/vocabulary.txt (keras-hub)")
+    files = [vocab]
+    cfg = read_optional_json(d / "tokenizer_config.json")
+    norm = fast.get("normalizer") if isinstance(fast, dict) else None
+    if isinstance(cfg, dict) and "do_lower_case" in cfg:
+        files.append(d / "tokenizer_config.json")
+        lowercase = bool(cfg["do_lower_case"])
+        strip = _flag(cfg.get("strip_accents"), f"{d / 'tokenizer_config.json'}: strip_accents")
+    elif isinstance(norm, dict) and norm.get("type") == "BertNormalizer":
+        lowercase = bool(norm.get("lowercase", True))
+        strip = _flag(norm.get("strip_accents"), f"{tokenizer_json}: normalizer.strip_accents")
+    if fast is not None and tokenizer_json not in files:
+        files.append(tokenizer_json)
+    return _settings(vocab, lowercase, strip, True, "huggingface", files)
+
+
+def _settings(vocab: Path, lowercase: bool | None, strip: bool | None, special: bool, layout: str,
+              files: list[Path]) -> TokenizerSettings:
+    low = bool(lowercase) if lowercase is not None else False
+    return TokenizerSettings(vocab, low, low if strip is None else strip, special, layout, tuple(files))
+
+
+def preset_tokenizer_files(directory: str | os.PathLike) -> tuple[Path, bool | None]:
+    """The vocabulary file and lowercase flag of a preset directory (see `preset_tokenizer_settings`)."""
+    s = preset_tokenizer_settings(directory)
+    return s.vocabulary, s.lowercase
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,11 +509,10 @@ class BertTokenizer:
         from bert_ref.io import hub
 
         directory = hub.resolve(preset)
-        vocab, lowercase = preset_tokenizer_files(directory)
-        is_keras = vocab.name == "vocabulary.txt"
+        settings = preset_tokenizer_settings(directory)
+        vocab = settings.vocabulary
         tokens: Path | list[str] = wordpiece_vocabulary(vocab) if vocab.name == "tokenizer.json" else vocab
-        options = {"lowercase": bool(lowercase) if lowercase is not None else False,
-                   "special_tokens_in_strings": not is_keras}
+        options: dict[str, Any] = settings.options()
         options.update(kwargs)
         return cls(tokens, **options)
 

@@ -9,7 +9,8 @@ A native preset directory holds:
   and `source`;
 - `model.safetensors`: the weights under their canonical names (`BertConfig.weight_shapes()`),
   2-D `(in, out)` kernels, in their storage dtype;
-- optionally `assets/tokenizer/vocabulary.txt` (one token per line), as keras-hub stores it.
+- optionally `assets/tokenizer/vocabulary.txt` (one token per line), as keras-hub stores it, with
+  the tokenizer's settings in `metadata.json`'s "tokenizer" object and a keras-hub `tokenizer.json`.
 
 Loading memory-maps `model.safetensors`: the returned arrays are read-only views of the file.
 Saving then loading gives back the same bits.
@@ -45,6 +46,7 @@ CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCABULARY_FILE = "assets/tokenizer/vocabulary.txt"
+TOKENIZER_FILE = "tokenizer.json"
 MODULE = "keras_hub.src.models.bert.bert_backbone"
 CLASS_NAME = "BertBackbone"
 REGISTERED_NAME = "keras_hub>BertBackbone"
@@ -69,7 +71,7 @@ def required_files(config_json: Mapping[str, Any]) -> list[str]:
 
 
 #: Files a native preset may hold; their absence is not an error.
-OPTIONAL_FILES = (METADATA_FILE, VOCABULARY_FILE)
+OPTIONAL_FILES = (METADATA_FILE, VOCABULARY_FILE, TOKENIZER_FILE)
 
 
 def config_from_json(config_json: Any, source: str) -> BertConfig:
@@ -161,7 +163,12 @@ def save_preset(
             anything is written. Each array is stored in its own dtype (no conversion).
         metadata: optional `lowercase` (bool), `source` (str), `dtype` (the policy name to record
             in `config.json`, as keras-hub does), `vocabulary` (a path to a one-token-per-line
-            file, or a sequence of tokens; written to `assets/tokenizer/vocabulary.txt`).
+            file, or a sequence of tokens; written to `assets/tokenizer/vocabulary.txt`), and the
+            tokenizer's `strip_accents` and `special_tokens_in_strings` (bools). With a vocabulary
+            and `lowercase`, `metadata.json` states the tokenizer's three settings in its
+            "tokenizer" object (what `bert_ref.text.tokenizer.preset_tokenizer_settings` reads back;
+            unstated: `strip_accents` follows `lowercase`, `special_tokens_in_strings` is False),
+            and a keras-hub `tokenizer.json` says the same to keras-hub.
 
     Returns the directory.
 
@@ -194,8 +201,18 @@ def save_preset(
         "parameter_count": config.count_params(),
         "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
     }
+    tokenizer_json = None
     if lowercase is not None:
         meta["lowercase"] = lowercase
+        if metadata.get("vocabulary") is not None:
+            settings = {"lowercase": lowercase}
+            for name, default in (("strip_accents", lowercase), ("special_tokens_in_strings", False)):
+                value = metadata.get(name)
+                if value is not None and not isinstance(value, bool):
+                    raise TypeError(f"metadata[{name!r}] must be a bool or None, got {value!r}")
+                settings[name] = default if value is None else value
+            meta["tokenizer"] = settings
+            tokenizer_json = _keras_tokenizer_json(settings)
     if metadata.get("source") is not None:
         meta["source"] = str(metadata["source"])
 
@@ -209,16 +226,29 @@ def save_preset(
     os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would become the preset's mode
     try:
         _write_preset_files(stage, weights, metadata.get("vocabulary"), meta, config_json)
+        if tokenizer_json is not None:
+            _write_json(stage / TOKENIZER_FILE, tokenizer_json)
         if not directory.exists():
             os.rename(stage, directory)
         else:
-            for name in (VOCABULARY_FILE, WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):
+            for name in (VOCABULARY_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):
                 if (stage / name).exists():
                     (directory / name).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(stage / name, directory / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return directory
+
+
+def _keras_tokenizer_json(settings: Mapping[str, bool]) -> dict[str, Any]:
+    """keras-hub's `tokenizer.json` for a `BertTokenizer` with these settings."""
+    return {"module": "keras_hub.src.models.bert.bert_tokenizer", "class_name": "BertTokenizer",
+            "config": {"name": "bert_tokenizer", "trainable": True, "config_file": TOKENIZER_FILE,
+                       "vocabulary": None, "sequence_length": None, "lowercase": settings["lowercase"],
+                       "strip_accents": settings["strip_accents"], "split": True, "suffix_indicator": "##",
+                       "oov_token": "[UNK]", "special_tokens": None,
+                       "special_tokens_in_strings": settings["special_tokens_in_strings"]},
+            "registered_name": "keras_hub>BertTokenizer"}
 
 
 def _write_preset_files(stage: Path, weights: Mapping[str, np.ndarray], vocabulary: Any,

@@ -233,6 +233,9 @@ def write_safetensors(
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(prepared, str(tmp), metadata=dict(metadata) if metadata else None)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # the package creates 0600: give what open(path, "w") gives
         os.replace(tmp, path)
     finally:
         if tmp.exists():
