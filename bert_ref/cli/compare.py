@@ -13,11 +13,11 @@ from typing import Any
 from bert_ref.backbone import BertBackbone
 from bert_ref.cli import UsageError, dtype_arg, load_preset, say, where
 from bert_ref.io.checkpoints.base import CheckpointError
+from bert_ref.model.precision import HALF_PRECISIONS, POLICIES, PRECISIONS
 from bert_ref.oracle.candidates import read_candidate, read_inputs
 from bert_ref.oracle.compare import compare
 from bert_ref.oracle.run import (
     DEFAULT_FLOOR_RATIO,
-    PRECISIONS,
     check_candidate,
     compare_to_truth,
     detect_precision,
@@ -70,10 +70,6 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     scale_args.add_compare_arguments(p)
 
 
-_DTYPE_PRECISION = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "bfloat16",
-                    "mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "tf32": "tf32", "int8": "int8"}
-
-
 def _override(model: BertBackbone, args: argparse.Namespace) -> tuple[BertBackbone, list[str]]:
     changes = {}
     if args.activation is not None and args.activation != model.config.activation:
@@ -118,9 +114,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     detected = detect_precision(candidate)
     precision = args.precision
     if precision is None and args.truth and args.dtype is not None:
-        precision = _DTYPE_PRECISION[args.dtype]
+        precision = POLICIES[args.dtype].precision
     truth_mode = (args.truth or precision is not None or args.floor_ratio is not None
-                  or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
+                  or (detected in HALF_PRECISIONS and atol is None and rtol is None))
     cache = not args.no_cache
     # The weights' NaN/inf check waits for the first forward: a compare whose runs are all in the
     # oracle cache needs only the config and the weights' digest (kept per preset directory).

@@ -54,8 +54,6 @@ import dataclasses
 
 import numpy as np
 
-POLICY_NAMES = ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16", "tf32", "int8")
-
 
 def _bfloat16() -> np.dtype:
     try:
@@ -198,6 +196,65 @@ class Int8Policy(Policy):
         return True
 
 
+# ----------------------------------------------------------------------------------------------
+# The precision table: every dtype policy, and the precision a port computed that way is declared in
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionRow:
+    """One row of `TABLE`.
+
+    `policy` is the dtype policy's name (`dtype=`, `--dtype`); `variable` and `compute` are the
+    dtypes weights are stored in and activations held in (`Policy`); `precision` is what a
+    candidate computed this way is declared as (`--precision`), and our run of the policy of that
+    name measures its floor; `short` labels it in reports; `unit_roundoff` is half the spacing of
+    1.0 in the dtype the outputs are stored in (the compute dtype): one rounding of an output's
+    largest value, the smallest floor it can have. `kind` is the `Policy` class."""
+
+    policy: str
+    variable: str
+    compute: str
+    precision: str
+    short: str
+    unit_roundoff: float
+    kind: type[Policy] = Policy
+
+
+#: The one precision table (policies; candidate precisions; report labels; unit roundoffs).
+TABLE: tuple[PrecisionRow, ...] = (
+    # policy          weights     activations  precision   short    unit roundoff
+    PrecisionRow("float32", "float32", "float32", "float32", "f32", 2.0 ** -24),
+    PrecisionRow("float64", "float64", "float64", "float64", "f64", 2.0 ** -53),
+    PrecisionRow("float16", "float16", "float16", "float16", "f16", 2.0 ** -11),
+    PrecisionRow("bfloat16", "bfloat16", "bfloat16", "bfloat16", "bf16", 2.0 ** -8),
+    PrecisionRow("mixed_float16", "float32", "float16", "float16", "f16", 2.0 ** -11),
+    PrecisionRow("mixed_bfloat16", "float32", "bfloat16", "bfloat16", "bf16", 2.0 ** -8),
+    PrecisionRow("tf32", "float32", "float32", "tf32", "tf32", 2.0 ** -24, TF32Policy),
+    PrecisionRow("int8", "float32", "float32", "int8", "int8", 2.0 ** -24, Int8Policy),
+)
+
+#: Policy name -> its row.
+POLICIES: dict[str, PrecisionRow] = {row.policy: row for row in TABLE}
+#: The dtype policies' names (`dtype=`, `--dtype`).
+POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
+#: Precision name -> the row of the policy of that name, which measures its floor.
+PRECISIONS: dict[str, PrecisionRow] = {row.precision: POLICIES[row.precision] for row in TABLE}
+#: Precision name -> its unit roundoff.
+UNIT_ROUNDOFF: dict[str, float] = {name: row.unit_roundoff for name, row in PRECISIONS.items()}
+#: The precisions whose outputs are stored in a half-precision dtype (float16, bfloat16).
+HALF_PRECISIONS: tuple[str, ...] = tuple(name for name, row in PRECISIONS.items() if row.unit_roundoff > 2.0 ** -24)
+
+
+def short_name(precision: str) -> str:
+    """The report's label of a precision ("f16", "bf16", ...); an unknown name as it is."""
+    row = PRECISIONS.get(precision)
+    return row.short if row is not None else precision
+
+
+def _dtype(name: str) -> np.dtype:
+    return _bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
 def get_policy(dtype: str | Policy | np.dtype | type | None = None) -> Policy:
     """Resolve a dtype argument (None, a policy name, a NumPy dtype, or a Policy) to a Policy."""
     if isinstance(dtype, Policy):
@@ -213,17 +270,9 @@ def get_policy(dtype: str | Policy | np.dtype | type | None = None) -> Policy:
             raise TypeError(
                 f"dtype must be None, a policy name {POLICY_NAMES} or a NumPy dtype, got {dtype!r}"
             ) from None
-    if name not in POLICY_NAMES:
+    row = POLICIES.get(name)
+    if row is None:
         raise ValueError(f"unknown dtype policy {dtype!r}; expected one of {POLICY_NAMES} (or None for float32)")
-    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    if name == "tf32":
-        return TF32Policy(name, f32, f32, f32)
-    if name == "int8":
-        return Int8Policy(name, f32, f32, f32)
-    if name == "float32":
-        return Policy(name, f32, f32, f32)
-    if name == "float64":
-        return Policy(name, f64, f64, f64)
-    half = _bfloat16() if name.endswith("bfloat16") else np.dtype(np.float16)
-    variable = f32 if name.startswith("mixed_") else half
-    return Policy(name, variable, half, f32)
+    variable, compute = _dtype(row.variable), _dtype(row.compute)
+    work = compute if compute in (np.float32, np.float64) else np.dtype(np.float32)  # half precision: math in float32
+    return row.kind(name, variable, compute, work)

@@ -66,10 +66,11 @@ from typing import Any
 import numpy as np
 
 from bert_ref.model import runtime
+from bert_ref.model.precision import UNIT_ROUNDOFF
 from bert_ref.oracle.blocked import Workspace, as_flat, summaries
 from bert_ref.oracle.keys import axes, placement, valid_mask
 from bert_ref.oracle.report import Entry, Report, Stats
-from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, UNIT_ROUNDOFF, parse_tolerance, tolerance_for
+from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, parse_tolerance, tolerance_for
 
 __all__ = ["compare"]
 
@@ -106,7 +107,8 @@ def compare(
         floor_ratio: K, the floor-ratio mode (needs `floor`): an output passes when its max abs
             error is at most K times `Entry.floor_scale`; `atol` and `rtol` are then not used.
         precision: the floor's precision ("float16", "bfloat16", "tf32", "int8", "float32",
-            "float64"): labels the floor column and sets the smallest floor (`UNIT_ROUNDOFF`).
+            "float64"): labels the floor column and sets the smallest floor (its unit roundoff in
+            `bert_ref.model.precision.TABLE`).
         reference_name, candidate_name, floor_name: labels for the printed report.
         notes: lines printed above the table (how the candidate file was read, ...).
 

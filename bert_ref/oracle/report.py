@@ -9,6 +9,8 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from bert_ref.model.precision import short_name
+
 
 @dataclasses.dataclass(frozen=True)
 class Stats:
@@ -149,7 +151,7 @@ class Report:
     @property
     def floor_label(self) -> str:
         """The floor column's heading: "<precision> floor"."""
-        return f"{_short(self.precision or 'float32')} floor"
+        return f"{short_name(self.precision or 'float32')} floor"
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries)
@@ -250,13 +252,6 @@ class Report:
 
     def __str__(self) -> str:
         return self.format_table()
-
-
-_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64", "tf32": "tf32", "int8": "int8"}
-
-
-def _short(precision: str) -> str:
-    return _SHORT.get(precision, precision)
 
 
 def _plain(spec: Any) -> Any:

@@ -10,20 +10,16 @@ from typing import Any
 import numpy as np
 
 from bert_ref.encoder import TRACE_POOLER, forward
-from bert_ref.model.precision import get_policy
+from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
 from bert_ref.oracle.blocked import as_flat
 from bert_ref.oracle.compare import compare
 from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, placement
 from bert_ref.oracle.report import Report
-from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, UNIT_ROUNDOFF
+from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 # ----------------------------------------------------------------------------------------------
 # Running the oracle
 
-
-#: The precisions a candidate can be declared in, and our policy that measures each one's floor.
-PRECISIONS = {"float16": "float16", "bfloat16": "bfloat16", "tf32": "tf32", "int8": "int8",
-              "float32": "float32", "float64": "float64"}
 
 #: K of the floor-ratio mode when none is given: see docs/conformance.md for the measurements.
 DEFAULT_FLOOR_RATIO = 4.0
@@ -145,7 +141,8 @@ def compare_to_truth(
     two unit roundoffs).
 
     Args:
-        precision: the candidate's precision (`PRECISIONS`); None: `detect_precision` from its dtypes.
+        precision: the candidate's precision (`bert_ref.model.precision.PRECISIONS`); None:
+            `detect_precision` from its dtypes.
         floor_ratio: K of the floor-ratio mode: an output passes when its max abs error is at most
             K times its floor (`Entry.floor_scale`). The default mode is floor-ratio with
             `DEFAULT_FLOOR_RATIO` when `precision` is given or the candidate is stored in float16 /
@@ -166,7 +163,7 @@ def compare_to_truth(
         precision = detect_precision(flat)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if floor_ratio is None and atol is None and rtol is None and (given or precision in ("float16", "bfloat16")):
+    if floor_ratio is None and atol is None and rtol is None and (given or precision in HALF_PRECISIONS):
         floor_ratio = DEFAULT_FLOOR_RATIO
     truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
     floor_name = f"our {precision} vs float64 truth"
@@ -179,7 +176,7 @@ def compare_to_truth(
         floor = {k: truth[k] + (f32[k].astype(np.float64) - truth[k]) * scale for k in f32}
         floor_name = "our float32 vs float64 truth x 2^-29"
     else:
-        floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision], cache=cache)
+        floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision].policy, cache=cache)
     return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol,
                    rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=inputs.get("padding_mask"),
                    check_padded=check_padded, floor=floor,

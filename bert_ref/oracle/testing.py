@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_ref.model.precision import HALF_PRECISIONS
 from bert_ref.oracle.compare import compare
 from bert_ref.oracle.keys import OUTPUT_ALIASES, flatten_outputs
 from bert_ref.oracle.run import check_candidate, compare_to_truth, oracle_outputs
@@ -146,7 +147,7 @@ def assert_close_to_reference(
     detected = detect_precision(flat)
     use_truth = truth if truth is not None else (
         precision is not None or floor_ratio is not None
-        or (detected in ("float16", "bfloat16") and atol is None and rtol is None))
+        or (detected in HALF_PRECISIONS and atol is None and rtol is None))
     if use_truth:
         report = compare_to_truth(model, ins, flat, precision=precision, floor_ratio=floor_ratio, atol=atol, rtol=rtol,
                                   check_padded=check_padded, notes=notes, cache=cache)

@@ -1,4 +1,5 @@
-"""Tolerances: the defaults, per-kind `--atol`/`--rtol` specs, and unit roundoffs.
+"""Tolerances: the defaults and per-kind `--atol`/`--rtol` specs (unit roundoffs: the precision table,
+`bert_ref.model.precision.TABLE`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,6 @@ DEFAULT_RTOL = 1e-4
 #: Kinds of output a per-kind tolerance can name (besides an exact key and "default").
 TOLERANCE_KINDS = ("hidden_states", "attention_probs", "attention_scores", "pooled_output", "sequence_output",
                    *(t for t in TRACE_LAYER if t not in ("attention_probs", "attention_scores")), *TRACE_EMBEDDINGS)
-
-#: The unit roundoff (half the spacing of 1.0) of the dtype each precision stores its outputs in
-#: (float32 for tf32 and int8, which round only the inputs of matrix products): one rounding of an
-#: output's largest value is the smallest floor it can have.
-UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -24, "float16": 2.0 ** -11,
-                 "bfloat16": 2.0 ** -8, "int8": 2.0 ** -24}
-
 
 def _kinds(key: str) -> list[str]:
     """Names a tolerance for `key` may be given under, most specific first."""
