@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from bert_ref.io.arrays import OUTPUT_SUFFIXES, ArrayFileError, read_arrays
-from bert_ref.oracle.keys import OUTPUT_ALIASES, OUTPUT_KEYS_HELP, is_output_key, unknown_key_message
+from bert_ref.oracle.keys import OUTPUT_KEYS_HELP, canonical_key, unknown_key_message
 
 INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
 #: Hugging Face's input names, read as ours.
@@ -103,7 +102,7 @@ def read_candidate(path: str | os.PathLike) -> Candidate:
     if "" in raw:  # a .npy file: one array, named by the file
         arr = raw.pop("")
         stem = path.stem
-        if is_output_key(stem) or stem in OUTPUT_ALIASES or stem in ("hidden_states", "attentions"):
+        if canonical_key(stem) is not None or stem in ("hidden_states", "attentions"):
             name = stem
         elif arr.ndim == 3:
             name = "sequence_output"
@@ -130,14 +129,14 @@ def read_candidate(path: str | os.PathLike) -> Candidate:
         if key in STORED_INPUT_KEYS:
             ignored.append(key)
             continue
-        if not is_output_key(key) and key not in OUTPUT_ALIASES and key not in ("hidden_states", "attentions") \
-                and not re.fullmatch(r"attentions\.(0|[1-9][0-9]*)", key):
+        ours = canonical_key(key)
+        if ours is None and key not in ("hidden_states", "attentions"):
             raise ArrayFileError(f"{path}: {unknown_key_message(key)}")
         if not _is_float(arr):
             raise ArrayFileError(f"{path}: {key} has dtype {arr.dtype}; expected floating point values")
-        if key in OUTPUT_ALIASES:
-            put(OUTPUT_ALIASES[key], arr, key)
-            notes.append(f"{key} read as {OUTPUT_ALIASES[key]}")
+        if ours is not None and ours != key:  # a Hugging Face / ONNX name
+            put(ours, arr, key)
+            notes.append(f"{key} read as {ours}")
         elif key in ("hidden_states", "attentions"):
             name, ndim = ("hidden_states", 4) if key == "hidden_states" else ("attention_probs", 5)
             want = ("[L+1, batch, sequence, hidden]" if key == "hidden_states"
@@ -147,10 +146,6 @@ def read_candidate(path: str | os.PathLike) -> Candidate:
             for i in range(arr.shape[0]):
                 put(f"{name}.{i}", arr[i], key)
             notes.append(f"{key} {tuple(arr.shape)} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
-        elif key.startswith("attentions."):
-            name = "attention_probs." + key.split(".")[1]
-            put(name, arr, key)
-            notes.append(f"{key} read as {name}")
         else:
             put(key, arr, key)
     if ignored:

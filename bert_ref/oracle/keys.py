@@ -4,6 +4,7 @@ and its valid elements.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -14,9 +15,105 @@ import numpy as np
 
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER, TRACE_POOLER
 
-LAYER_KEY = re.compile(r"^transformer_layer_(\d+)/(.+)$")
-INDEXED_KEY = re.compile(r"^(hidden_states|attention_probs)\.(\d+)$")
 ATTENTION_NAMES = ("attention_probs", "attention_scores")
+
+# ----------------------------------------------------------------------------------------------
+# The grammar: every output key, parsed in one place
+
+#: Hugging Face / ONNX output names of single outputs.
+OUTPUT_ALIASES = {"last_hidden_state": "sequence_output", "pooler_output": "pooled_output"}
+
+_INDEX = "0|[1-9][0-9]*"  # a layer or an index: no sign, no leading zero
+_KEY = re.compile(
+    "(?P<output>sequence_output|pooled_output)"
+    f"|(?P<indexed>hidden_states|attention_probs)\\.(?P<i>{_INDEX})"
+    "|(?P<embedding>" + "|".join(map(re.escape, TRACE_EMBEDDINGS)) + ")"
+    f"|transformer_layer_(?P<layer>{_INDEX})/(?P<step>" + "|".join(map(re.escape, TRACE_LAYER)) + ")"
+)
+_ATTENTIONS_ALIAS = re.compile(f"attentions\\.({_INDEX})")  # Hugging Face's attentions.{i}
+OUTPUT_KEYS_HELP = ("sequence_output, pooled_output, hidden_states.{i}, attention_probs.{i}, or a trace name "
+                    "(embeddings/..., transformer_layer_{i}/...)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputKey:
+    """An output key, parsed (`parse_key`).
+
+    `name` is the key without its layer or index (`sequence_output`, `hidden_states`,
+    `attention_probs`, `embeddings/sum`, `query`, ...); `index` is the i of `hidden_states.{i}`,
+    `attention_probs.{i}` and `transformer_layer_{i}/...` (None for the others); `trace` says
+    whether it is a trace name (`embeddings/...`, `transformer_layer_{i}/...`)."""
+
+    key: str
+    name: str
+    index: int | None
+    trace: bool
+
+    @property
+    def layers_needed(self) -> int:
+        """The fewest encoder layers a model has that computes this output."""
+        if self.index is None:
+            return 0
+        return self.index if self.name == "hidden_states" else self.index + 1
+
+    @property
+    def placement(self) -> tuple[tuple[float, float], str, int | None]:
+        """(sort key in computation order, stage, layer): see `placement`."""
+        i = self.index
+        if self.name in TRACE_EMBEDDINGS or (self.name == "hidden_states" and i == 0):
+            first = TRACE_EMBEDDINGS.index(self.name) if self.name in TRACE_EMBEDDINGS else len(TRACE_EMBEDDINGS)
+            return (0, first), "embeddings", 0
+        if i is not None:
+            if self.name == "hidden_states":  # the output of layer i - 1
+                return (i, len(TRACE_LAYER)), f"transformer_layer_{i - 1}", i
+            step = TRACE_LAYER.index(self.name) + (0 if self.trace else 0.5)  # attention_probs.{i}: after the trace's
+            return (i + 1, step), f"transformer_layer_{i}", i + 1
+        if self.name == "sequence_output":
+            return (math.inf, 0), "output", None
+        return (math.inf, 1), "pooler", None
+
+
+def try_parse_key(key: str) -> OutputKey | None:
+    """`parse_key(key)`, or None where `key` is not an output key."""
+    m = _KEY.fullmatch(key)
+    if m is None:
+        return None
+    trace = m.group("embedding") or m.group("step")
+    name = m.group("output") or m.group("indexed") or trace
+    index = m.group("i") or m.group("layer")
+    return OutputKey(key, name, None if index is None else int(index), trace=trace is not None)
+
+
+def parse_key(key: str) -> OutputKey:
+    """The one parser of output keys: `sequence_output`, `pooled_output`, `hidden_states.{i}`,
+    `attention_probs.{i}` and the trace names (`embeddings/sum`, `transformer_layer_{i}/query`, ...;
+    see `bert_ref.encoder.TRACE_*`). ValueError for anything else."""
+    parsed = try_parse_key(key)
+    if parsed is None:
+        raise ValueError(
+            f"unknown output key {key!r}; expected sequence_output, pooled_output, hidden_states.{{i}}, "
+            f"attention_probs.{{i}}, or a trace name ({', '.join(TRACE_EMBEDDINGS)}, "
+            f"transformer_layer_{{i}}/{{{', '.join(TRACE_LAYER)}}})"
+        )
+    return parsed
+
+
+def is_output_key(key: str) -> bool:
+    """True for `sequence_output`, `pooled_output`, `hidden_states.{i}`, `attention_probs.{i}` and
+    the trace names (`embeddings/sum`, `transformer_layer_{i}/query`, ...)."""
+    return try_parse_key(key) is not None
+
+
+def canonical_key(key: str) -> str | None:
+    """Our output key for `key`: itself, or the output a Hugging Face / ONNX name stands for
+    (`last_hidden_state`, `pooler_output`, `attentions.{i}`); None for anything else."""
+    if is_output_key(key):
+        return key
+    if key in OUTPUT_ALIASES:
+        return OUTPUT_ALIASES[key]
+    m = _ATTENTIONS_ALIAS.fullmatch(key)
+    return f"attention_probs.{m.group(1)}" if m else None
+
 
 # ----------------------------------------------------------------------------------------------
 # Keys: where each output is computed, and what its axes are
@@ -24,33 +121,11 @@ ATTENTION_NAMES = ("attention_probs", "attention_scores")
 
 def placement(key: str) -> tuple[tuple[float, float], str, int | None]:
     """(sort key, stage, layer) of an output key; ValueError for an unknown key."""
-    if key.startswith("embeddings/") and key in TRACE_EMBEDDINGS:
-        return (0, TRACE_EMBEDDINGS.index(key)), "embeddings", 0
-    m = INDEXED_KEY.match(key)
-    if m:
-        kind, i = m.group(1), int(m.group(2))
-        if kind == "hidden_states":
-            if i == 0:
-                return (0, len(TRACE_EMBEDDINGS)), "embeddings", 0
-            return (i, len(TRACE_LAYER)), f"transformer_layer_{i - 1}", i
-        return (i + 1, TRACE_LAYER.index("attention_probs") + 0.5), f"transformer_layer_{i}", i + 1
-    m = LAYER_KEY.match(key)
-    if m and m.group(2) in TRACE_LAYER:
-        i = int(m.group(1))
-        return (i + 1, TRACE_LAYER.index(m.group(2))), f"transformer_layer_{i}", i + 1
-    if key == "sequence_output":
-        return (math.inf, 0), "output", None
-    if key in TRACE_POOLER:
-        return (math.inf, 1), "pooler", None
-    raise ValueError(
-        f"unknown output key {key!r}; expected sequence_output, pooled_output, hidden_states.{{i}}, "
-        f"attention_probs.{{i}}, or a trace name ({', '.join(TRACE_EMBEDDINGS)}, "
-        f"transformer_layer_{{i}}/{{{', '.join(TRACE_LAYER)}}})"
-    )
+    return parse_key(key).placement
 
 
 def axes(key: str, ndim: int) -> tuple[str, ...]:
-    name = key.rsplit("/", 1)[-1].split(".")[0]
+    name = parse_key(key).name
     names: tuple[str, ...]
     if name in ATTENTION_NAMES:
         names = ("batch", "head", "query", "key")
@@ -68,7 +143,7 @@ def valid_mask(key: str, shape: tuple[int, ...], padding_mask: np.ndarray | None
     if padding_mask is None:
         return None
     b, s = padding_mask.shape
-    name = key.rsplit("/", 1)[-1].split(".")[0]
+    name = parse_key(key).name
     expected: tuple[int | str, ...]
     if key in TRACE_POOLER:
         expected, valid = (b,), padding_mask[:, 0].reshape(b, *([1] * (len(shape) - 1)))
@@ -83,24 +158,6 @@ def valid_mask(key: str, shape: tuple[int, ...], padding_mask: np.ndarray | None
         raise ValueError(f"{key} has shape {shape}, which does not fit padding_mask of shape {padding_mask.shape} "
                          f"(expected {tuple(expected)})")
     return valid
-#: Hugging Face / ONNX output names of single outputs.
-OUTPUT_ALIASES = {"last_hidden_state": "sequence_output", "pooler_output": "pooled_output"}
-
-_OUTPUT_KEY = re.compile(r"^(sequence_output|pooled_output|(hidden_states|attention_probs)\.(0|[1-9][0-9]*))$")
-_TRACE_KEY = re.compile(
-    "^(" + "|".join(map(re.escape, TRACE_EMBEDDINGS)) + "|transformer_layer_(0|[1-9][0-9]*)/("
-    + "|".join(map(re.escape, TRACE_LAYER)) + "))$"
-)
-OUTPUT_KEYS_HELP = ("sequence_output, pooled_output, hidden_states.{i}, attention_probs.{i}, or a trace name "
-                    "(embeddings/..., transformer_layer_{i}/...)")
-
-
-def is_output_key(key: str) -> bool:
-    """True for `sequence_output`, `pooled_output`, `hidden_states.{i}`, `attention_probs.{i}` and
-    the trace names (`embeddings/sum`, `transformer_layer_{i}/query`, ...)."""
-    return bool(_OUTPUT_KEY.match(key) or _TRACE_KEY.match(key))
-
-
 def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """`forward`'s result as a flat mapping: lists `hidden_states` / `attention_probs` become
     `hidden_states.{i}` / `attention_probs.{i}`; a `trace` dict contributes its names (its

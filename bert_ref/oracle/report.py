@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from bert_ref.model.precision import short_name
+from bert_ref.oracle.keys import parse_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +300,7 @@ def _stage_phrase(e: Entry) -> str:
     if e.stage == "embeddings":
         return "embeddings" + (" output" if e.key == "hidden_states.0" else "")
     if e.stage.startswith("transformer_layer_"):
-        return e.stage + (" output" if e.key.startswith("hidden_states.") else "")
+        return e.stage + (" output" if parse_key(e.key).name == "hidden_states" else "")
     return {"output": "final output", "pooler": "pooler"}[e.stage]
 
 

@@ -13,7 +13,7 @@ from bert_ref.encoder import TRACE_POOLER, forward
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
 from bert_ref.oracle.blocked import as_flat
 from bert_ref.oracle.compare import compare
-from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, placement
+from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key
 from bert_ref.oracle.report import Report
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -42,7 +42,7 @@ def expected_shapes(config: Any, batch: int, seq: int, keys: Iterable[str]) -> d
     h, heads, inter = config.hidden_dim, config.num_heads, config.intermediate_dim
     out: dict[str, tuple[int, ...]] = {}
     for key in keys:
-        base = key.rsplit("/", 1)[-1].split(".")[0]
+        base = parse_key(key).name
         if key in TRACE_POOLER:
             out[key] = (batch, h)
         elif base in ATTENTION_NAMES:
@@ -65,15 +65,11 @@ def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[s
     layers = config.num_layers
     flat = as_flat(candidate, "candidate")
     for key in flat:
-        placement(key)
-        kind, _, idx = key.partition(".")
-        if kind in ("hidden_states", "attention_probs"):
-            top = layers if kind == "hidden_states" else layers - 1
-            if int(idx) > top:
-                raise ValueError(f"{source}: key {key!r} but the model has {layers} layers ({kind}.0 .. {kind}.{top})")
-        elif key.startswith("transformer_layer_") and int(key[len("transformer_layer_"):].split("/")[0]) >= layers:
-            raise ValueError(f"{source}: key {key!r} but the model has {layers} layers "
-                             f"(transformer_layer_0 .. transformer_layer_{layers - 1})")
+        parsed = parse_key(key)
+        if parsed.layers_needed > layers:
+            kind = "transformer_layer_" if parsed.trace else parsed.name + "."
+            top = layers if parsed.name == "hidden_states" and not parsed.trace else layers - 1
+            raise ValueError(f"{source}: key {key!r} but the model has {layers} layers ({kind}0 .. {kind}{top})")
     b, s = np.shape(inputs["token_ids"])
     for key, shape in expected_shapes(config, b, s, flat).items():
         got = tuple(np.shape(flat[key]))
@@ -101,9 +97,10 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
         hit = oracle_cache.load(entry)
         if hit is not None and (keys is None or all(k in hit for k in keys)):
             return hit
-    want_hidden = keys is not None and any(k.startswith("hidden_states.") for k in keys)
-    want_att = keys is not None and any(k.startswith("attention_probs.") for k in keys)
-    want_trace = keys is not None and any("/" in k for k in keys)
+    parsed = [parse_key(k) for k in keys or ()]
+    want_hidden = any(p.name == "hidden_states" and not p.trace for p in parsed)
+    want_att = any(p.name == "attention_probs" and not p.trace for p in parsed)
+    want_trace = any(p.trace for p in parsed)
     options: dict[str, Any] = dict(output_hidden_states=want_hidden, output_attentions=want_att,
                                    trace=True if want_trace else None)
     if policy == model.dtype_policy:  # the model's own cast weights, prepared once
@@ -157,7 +154,7 @@ def compare_to_truth(
     """
     flat = as_flat(candidate, "candidate")
     for k in flat:
-        placement(k)  # unknown keys are an error before any work is done
+        parse_key(k)  # unknown keys are an error before any work is done
     given = precision is not None
     if precision is None:
         precision = detect_precision(flat)

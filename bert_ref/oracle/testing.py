@@ -19,7 +19,7 @@ import numpy as np
 
 from bert_ref.model.precision import HALF_PRECISIONS
 from bert_ref.oracle.compare import compare
-from bert_ref.oracle.keys import OUTPUT_ALIASES, flatten_outputs
+from bert_ref.oracle.keys import canonical_key, flatten_outputs
 from bert_ref.oracle.run import check_candidate, compare_to_truth, oracle_outputs
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -47,12 +47,8 @@ def _canonical(candidate: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], lis
             for i in range(arr.shape[0]):
                 flat[f"{name}.{i}"] = arr[i]
             notes.append(f"{key} {arr.shape} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
-        elif key in OUTPUT_ALIASES:
-            flat[OUTPUT_ALIASES[key]] = arr
-        elif key.startswith("attentions."):
-            flat["attention_probs." + key.split(".", 1)[1]] = arr
-        else:
-            flat[key] = arr
+        else:  # our key, or a Hugging Face name's (an unknown key is reported by `check_candidate`)
+            flat[canonical_key(key) or key] = arr
     return flatten_outputs(flat), notes
 
 

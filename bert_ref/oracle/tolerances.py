@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bert_ref.encoder import TRACE_EMBEDDINGS, TRACE_LAYER, TRACE_POOLER
-from bert_ref.oracle.keys import placement
+from bert_ref.oracle.keys import is_output_key, parse_key
 
 #: Defaults of `bert-ref compare`: a float32 candidate against our float32 output.
 DEFAULT_ATOL = 1e-5
@@ -24,7 +24,7 @@ TOLERANCE_KINDS = ("hidden_states", "attention_probs", "attention_scores", "pool
 
 def _kinds(key: str) -> list[str]:
     """Names a tolerance for `key` may be given under, most specific first."""
-    base = key.rsplit("/", 1)[-1].split(".")[0]
+    base = parse_key(key).name
     names = [key]
     if base != key:
         names.append(base)
@@ -69,7 +69,7 @@ def parse_tolerance(text: str | float | Mapping[str, float], what: str = "atol")
             raise ValueError(f"atol and rtol must be >= 0, got {what} " + (f"{k}={v}" if k != "default" else f"{v}"))
         if k == "pooled":
             k = "pooled_output"
-        if k != "default" and k not in TOLERANCE_KINDS and not _is_key(k):
+        if k != "default" and k not in TOLERANCE_KINDS and not is_output_key(k):
             close = difflib.get_close_matches(k, TOLERANCE_KINDS, n=1)
             raise ValueError(f"{what}: unknown kind {k!r}; use an output key or one of {', '.join(TOLERANCE_KINDS)}"
                              + (f" (closest: {close[0]!r})" if close else ""))
@@ -77,14 +77,6 @@ def parse_tolerance(text: str | float | Mapping[str, float], what: str = "atol")
     if list(out) == ["default"]:
         return out["default"]
     return out
-
-
-def _is_key(k: str) -> bool:
-    try:
-        placement(k)
-        return True
-    except ValueError:
-        return False
 
 
 def tolerance_for(spec: float | Mapping[str, float], key: str, default: float) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_ref.oracle.keys import parse_key, try_parse_key
 from bert_ref.oracle.report import json_safe
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 from bert_ref.scale.dataset import DatasetError
@@ -29,17 +30,9 @@ from bert_ref.scale.shards import MANIFEST, ScaleJob, compute_outputs, shard_nam
 _SEQUENCE_KEYS = ("sequence_output",)
 
 
-def _key_order(key: str) -> tuple[float, int]:
-    if key.startswith("hidden_states."):
-        return (int(key.split(".")[1]), 0)
-    return (math.inf, 0 if key == "sequence_output" else 1)
-
-
 def _is_dataset_output(key: str) -> bool:
-    if key in ("sequence_output", "pooled_output"):
-        return True
-    kind, _, idx = key.partition(".")
-    return kind == "hidden_states" and idx.isdigit() and str(int(idx)) == idx
+    parsed = try_parse_key(key)
+    return parsed is not None and not parsed.trace and parsed.name in OUTPUT_CHOICES
 
 
 def _index_candidate(paths: Sequence[str | os.PathLike],
@@ -64,13 +57,14 @@ def _index_candidate(paths: Sequence[str | os.PathLike],
     next_record = 0
     for i, f in enumerate(files):
         header = array_header(f)
-        outs = sorted((k for k in header if k not in ("record_index", "length")), key=_key_order)
+        outs = [k for k in header if k not in ("record_index", "length")]
         bad = [k for k in outs if not _is_dataset_output(k)]
         if bad:
             raise DatasetError(f"{f}: unexpected key {bad[0]!r}; a candidate file holds record_index (optional) and "
                                "sequence_output, pooled_output, hidden_states.{i} with records on the first axis")
         if not outs:
             raise DatasetError(f"{f}: holds no outputs (sequence_output, pooled_output, hidden_states.{{i}})")
+        outs.sort(key=lambda k: parse_key(k).placement[0])
         if keys is None:
             keys = outs
         elif outs != keys:
@@ -157,7 +151,7 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand_files: 
     stats = {}
     for key in keys:
         r, c = ref[key], cand[key]
-        if key not in _SEQUENCE_KEYS and not key.startswith("hidden_states."):
+        if key not in _SEQUENCE_KEYS and parse_key(key).name != "hidden_states":
             valid = np.ones(r.shape[:1], bool)
             if c.shape[1:] != r.shape[1:]:
                 raise DatasetError(f"{key}: the candidate's records have shape {c.shape[1:]}, the reference's "
@@ -327,10 +321,10 @@ def compare_dataset(
     files, keys, rec_file, rec_row = _index_candidate(paths, job.dataset.num_records)
     layers = fields["config"]["num_layers"]
     for k in keys:
-        if k.startswith("hidden_states.") and int(k.split(".")[1]) > layers:
+        if parse_key(k).layers_needed > layers:
             raise DatasetError(f"the candidate holds {k} but {preset} has {layers} layers "
                                f"(hidden_states.0 .. hidden_states.{layers})")
-    wanted = tuple(o for o in OUTPUT_CHOICES if any(k.split(".")[0] == o for k in keys))
+    wanted = tuple(o for o in OUTPUT_CHOICES if any(parse_key(k).name == o for k in keys))
     job = dataclasses.replace(job, outputs=wanted)
     shards = job.dataset.shards(shard_size)
     tasks = []
