@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from bert_ref.io import atomic
 from bert_ref.io.hub import store
 
 LFS_SUFFIXES = (".safetensors", ".h5", ".bin")
@@ -332,7 +333,7 @@ def assert_cache_clean(root: Path) -> None:
         return
     for p in root.rglob("*"):
         name = p.name
-        assert not name.endswith(".part"), f"temp file left behind: {p}"
+        assert not name.endswith((".part", atomic.TEMP_SUFFIX)), f"temp file left behind: {p}"
         assert not any(f".{k}-" in name for k in ("partial", "old", "archive")), f"left: {p}"
     for p in root.rglob("*"):
         if p.is_file() and not p.name.endswith(".lock"):

@@ -139,8 +139,22 @@ def test_run_writes_shards_equal_to_single_record_forwards(data, tmp_path):
         assert e["sha256"] == hashlib.sha256((out / e["file"]).read_bytes()).hexdigest()
         assert {"load_s", "read_s", "compute_s", "commit_s", "task_s"} <= set(e["timings"])
     assert all(verify_shard(out, e) is None for e in m["shards"])
-    assert not list(out.glob("*.tmp-*"))
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [e["file"] for e in m["shards"]]  # no temp files
     check_against_single_forward(data, out)
+
+
+def test_a_run_removes_only_the_temporary_files_of_its_own_shards(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = {"thesis.tmp-backup": "my thesis", "notes.tmp-1-2": "mine too", ".shard-00001.safetensors.bak": "kept"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    killed = out / ".shard-00001.safetensors.abcd_123.tmp"  # what a worker killed mid-shard leaves
+    killed.write_bytes(b"half a shard")
+    m = run_dataset(str(data / "tiny"), data / "data.jsonl", out, dtype="float64", shard_size=16,
+                    scheduler="synchronous", progress=False)
+    assert m["complete"] and not killed.exists()
+    assert all((out / name).read_text() == text for name, text in mine.items())
 
 
 def test_rerun_of_a_finished_job_computes_nothing(data, tmp_path):
@@ -382,9 +396,9 @@ def test_worker_killed_mid_shard_the_job_completes_with_the_shard_recomputed(dat
     finally:
         client.close()
     killed = marker.read_text()
-    assert killed.startswith("shard-")  # the fault did fire
+    assert killed.startswith(".shard-")  # the fault did fire (in the temporary file of a shard)
     assert m["complete"] and all(verify_shard(tmp_path / "run", e) is None for e in m["shards"])
-    assert not list((tmp_path / "run").glob("*.tmp-*"))
+    assert not list((tmp_path / "run").glob(".shard-*.tmp"))
     check_against_single_forward(data, tmp_path / "run")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bert_ref.backbone import BertBackbone
 from bert_ref.cli import UsageError, dtype_arg, load_preset, say, where
+from bert_ref.io import atomic
 from bert_ref.io.checkpoints.base import CheckpointError
 from bert_ref.model.precision import HALF_PRECISIONS, POLICIES, PRECISIONS
 from bert_ref.oracle.candidates import read_candidate, read_inputs
@@ -171,7 +172,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def write_junit(path: str | os.PathLike, report: Any, suite: str) -> Path:
     """A JUnit XML file for `report`: one test case per output (in computation order), a failure
     element with the output's errors for each one over tolerance, the whole table as system-out.
-    Written to a temporary name and renamed."""
+    Written through `bert_ref.io.atomic` (whole or not at all)."""
     from xml.sax.saxutils import escape, quoteattr
 
     path = Path(path)
@@ -194,13 +195,7 @@ def write_junit(path: str | os.PathLike, report: Any, suite: str) -> Path:
             f"  <testsuite name={quoteattr(suite)} tests=\"{len(report)}\" failures=\"{len(report.failures)}\" "
             'errors="0" skipped="0">\n' + "\n".join(cases) + "\n"
             f"    <system-out>{escape(report.format_table())}</system-out>\n  </testsuite>\n</testsuites>\n")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_text(path, text)
 
 
 def add_commands(register: Callable[..., None]) -> None:

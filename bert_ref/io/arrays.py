@@ -37,10 +37,8 @@ and what would be right.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_ref.io import atomic
 from bert_ref.model import limits
 
 SUFFIXES = (".npz", ".safetensors", ".json")
@@ -220,42 +219,28 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     if path.parent and not path.parent.exists():
         raise ArrayFileError(f"{path}: directory {path.parent} does not exist")
-    # Written to a temporary name in the same directory and renamed into place when complete: a
-    # failure (a full disk) never leaves a truncated file that looks like output.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
-                                    suffix=".part")
-    tmp = Path(tmp_name)
+    # Written through the one atomic writer: a failure (a full disk) never leaves a truncated file
+    # that looks like output.
     try:
         if suffix == ".npz":
-            with os.fdopen(fd, "wb") as f:
+            with atomic.open_atomic(path) as f:
                 # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
                 np.savez(f, **arrays)  # type: ignore[arg-type]
         elif suffix == ".safetensors":
             from safetensors.numpy import save_file
 
-            os.close(fd)
-            try:
-                save_file(arrays, str(tmp))
-            except Exception as e:  # the safetensors package raises its own error type
-                if type(e).__name__ == "SafetensorError":
-                    raise OSError(_one_line(e)) from None
-                raise
+            with atomic.atomic_path(path) as tmp:
+                try:
+                    save_file(arrays, str(tmp))
+                except Exception as e:  # the safetensors package raises its own error type
+                    if type(e).__name__ == "SafetensorError":
+                        raise OSError(_one_line(e)) from None
+                    raise
         else:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with atomic.open_atomic(path, "w", encoding="utf-8") as f:
                 json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
                 f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError):
-            raise ArrayFileError(f"{path}: cannot write ({_one_line(e)}); nothing was written") from None
-        raise
+    except OSError as e:
+        raise ArrayFileError(f"{path}: cannot write ({e.strerror or _one_line(e)}); nothing was written") from None
     return path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_ref.io import atomic
 from bert_ref.learn.trace import PLOT_INSTALL, TextTrace, token_label
 
 # ----------------------------------------------------------------------------------------------
@@ -29,13 +30,9 @@ def pyplot_free_figure(figsize: tuple[float, float]) -> Any:
 
 
 def _save_png(fig: Any, path: Path, dpi: int) -> Path:
-    """Write `fig` to `path` atomically: a temporary name in the same directory, then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `fig` to `path` through `bert_ref.io.atomic` (whole or not at all)."""
+    with atomic.open_atomic(path) as f:
+        fig.savefig(f, format="png", dpi=dpi, metadata={"Software": None})
     return path
 
 

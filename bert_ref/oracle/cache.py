@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from bert_ref import __version__
+from bert_ref.io import atomic
 
 _OFF = ("off", "0", "false", "no")
 DEFAULT_LIMIT_MB = 2048
@@ -150,19 +150,11 @@ def _weights_digest(model: Any) -> str:
             pass
     digest = _hash_weights(_stored_weights(model))
     if path is not None:
-        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".digest.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(digest)
-            os.replace(tmp, path)
-            tmp = None
+            atomic.write_text(path, digest)
         except OSError:
             pass
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
     return digest
 
 
@@ -278,20 +270,13 @@ def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
     if root is None:
         return None
     path = root / f"{key}.npz"
-    tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=root)
-        with os.fdopen(fd, "wb") as f:
+        with atomic.open_atomic(path) as f:
             # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
             np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
-        os.replace(tmp, path)
-        tmp = None
     except OSError:
         return None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     evict(limit_bytes())
     return path
 

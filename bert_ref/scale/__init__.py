@@ -16,8 +16,9 @@ at the same path) and check its sha256 once per process.
 **A shard file** holds `record_index` [n] (int64, ascending), `length` [n] (int32, real tokens) and
 the outputs: `sequence_output` [n, L, H], `pooled_output` [n, H], `hidden_states.{i}` [n, L, H],
 with L the longest record of the shard. Positions at or beyond a record's length are not computed
-and hold 0. Written to a temporary name, flushed and renamed: a killed run never leaves a partial
-file under a shard's name.
+and hold 0. Written to a temporary name, flushed and renamed (`bert_ref.io.atomic`): a killed run
+never leaves a partial file under a shard's name, and the run removes the temporary files of shards
+whose worker was killed (nothing else in the directory).
 
 **manifest.json** holds the job (preset, the weights' sha256, config, policy, outputs, the dataset's
 sha256, record count, shard size, sequence length), the bert_ref version, and per shard its record

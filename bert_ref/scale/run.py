@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bert_ref import __version__
+from bert_ref.io import atomic
 from bert_ref.scale.dataset import open_dataset
 from bert_ref.scale.engine import Engine, Progress
 from bert_ref.scale.options import DEFAULT_BATCH_TOKENS, DEFAULT_SHARD_SIZE, OUTPUT_CHOICES
@@ -28,7 +29,6 @@ from bert_ref.scale.shards import (
     tokenizer_sha256,
     verify_shard,
     weights_sha256,
-    write_atomic,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +74,15 @@ def prepare_job(preset: str, dataset: str | os.PathLike, *, dtype: Any, sequence
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic.write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def remove_partial_shards(out: Path) -> None:
+    """Remove the temporary files of shards that killed workers left in `out`: only names the atomic
+    writer gives a temporary `shard-NNNNN.safetensors` (`.shard-NNNNN.safetensors.XXXXXXXX.tmp`);
+    nothing else in the directory is touched."""
+    for stale in out.glob(atomic.temp_glob(shard_name(0).replace("00000", "[0-9]" * 5))):
+        stale.unlink(missing_ok=True)
 
 
 def run_dataset(
@@ -147,8 +155,7 @@ def run_dataset(
                                  f"this run's is {fields[name]!r}; use another --out directory or delete {out}")
     elif any(out.glob("shard-*.safetensors")):
         raise ValueError(f"{out} holds shard files but no {MANIFEST}; use another --out directory or delete them")
-    for stale in out.glob("*.tmp-*"):  # left by a killed worker
-        stale.unlink()
+    remove_partial_shards(out)
     entries: list[dict[str, Any] | None] = [None] * len(shards)
     pending = []
     old = {e["shard"]: e for e in (previous or {}).get("shards", []) if e}
@@ -197,8 +204,7 @@ def run_dataset(
         n_rec = sum(e["records"][1] - e["records"][0] for e in computed)
         manifest["complete"] = all(e is not None for e in entries)
         if manifest["complete"]:
-            for stale in out.glob("*.tmp-*"):  # left by a worker killed mid-shard
-                stale.unlink()
+            remove_partial_shards(out)  # left by a worker killed mid-shard
         manifest["timings"] = {"wall_s": round(wall, 3), "shards_computed": len(computed), "shards_skipped": skipped,
                                "records_computed": n_rec,
                                "records_per_s": round(n_rec / wall, 3) if computed and wall > 0 else None,

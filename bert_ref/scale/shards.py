@@ -12,13 +12,13 @@ import os
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bert_ref.io import atomic
 from bert_ref.scale.dataset import Dataset, Records, file_sha256, length_batches, pad_batch
 from bert_ref.scale.memory import peak_rss, rss
 from bert_ref.scale.options import DEFAULT_BATCH_TOKENS
@@ -212,16 +212,16 @@ def _pwrite(fd: int, data: Any, offset: int) -> None:
 class _ShardFile:
     """A safetensors file written in place as the outputs are computed, so that no shard-sized
     buffer is held in memory: the header first (shapes are known in advance), then each record's
-    rows at their offsets (`os.pwrite`; never-written positions read as 0). `commit` flushes it,
-    hashes it and renames it from its temporary name to `path`.
+    rows at their offsets (`os.pwrite`; never-written positions read as 0), into a temporary file
+    of `bert_ref.io.atomic`. `commit` hashes it and renames it into place (flushed and fsynced by
+    the atomic writer); `close` removes the temporary file unless committed.
 
     The arrays are in a fixed order (widest dtype first, so every array is aligned; then by name)
     and there is no `__metadata__`: the same arrays always give the same bytes."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        self.fd: int | None = None
+        self.file: atomic.AtomicFile | None = None
 
     def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
         from bert_ref.io.checkpoints.safetensors_io import code_for
@@ -238,14 +238,14 @@ class _ShardFile:
         text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as the safetensors writer does
         self.start = 8 + len(text)
         self.size = self.start + offset
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        _pwrite(self.fd, len(text).to_bytes(8, "little") + text, 0)
-        os.ftruncate(self.fd, self.size)
+        self.file = atomic.AtomicFile(self.path)
+        _pwrite(self._fd(), len(text).to_bytes(8, "little") + text, 0)
+        os.ftruncate(self._fd(), self.size)
 
     def _fd(self) -> int:
-        if self.fd is None:
-            raise ValueError(f"{self.tmp}: not open")
-        return self.fd
+        if self.file is None or self.file.fd is None:
+            raise ValueError(f"{self.path}: not open")
+        return self.file.fd
 
     def _at(self, key: str, row: int, value: np.ndarray) -> tuple[np.ndarray, int]:
         offset, row_bytes, dtype = self.layout[key]
@@ -263,22 +263,19 @@ class _ShardFile:
         _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
 
     def commit(self) -> tuple[str, int]:
-        """Flush, hash (reading the file back) and rename into place; (sha256, bytes)."""
-        fd = self._fd()
-        os.fsync(fd)
-        os.close(fd)
-        self.fd = None
-        sha = file_sha256(self.tmp)
-        os.replace(self.tmp, self.path)
+        """Hash (reading the file back), flush and rename into place; (sha256, bytes)."""
+        self._fd()
+        assert self.file is not None
+        sha = file_sha256(self.file.tmp)
+        self.file.commit()
+        self.file = None
         return sha, self.size
 
     def close(self) -> None:
         """Remove the temporary file unless committed."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        if self.tmp.exists():
-            self.tmp.unlink()
+        if self.file is not None:
+            self.file.discard()
+            self.file = None
 
 
 def compute_outputs(job: ScaleJob, start: int, stop: int,
@@ -324,20 +321,6 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
     t2 = time.perf_counter()
     return records, (out.arrays if sink is None else {}), {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
 
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary name (a reader never sees a partial file)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str, Any]:

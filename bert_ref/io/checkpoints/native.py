@@ -21,14 +21,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bert_ref.io import atomic
 from bert_ref.io.checkpoints.base import (
     Checkpoint,
     CheckpointError,
@@ -140,11 +139,7 @@ def load(directory: str | os.PathLike, *, load_weights: bool = True, check_finit
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=4)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=4) + "\n")
 
 
 def save_preset(
@@ -220,23 +215,15 @@ def save_preset(
     # (config.json last: it is what makes a directory a preset), so that a failure part-way (a full
     # disk) never leaves half a preset behind.
     directory.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would become the preset's mode
-    try:
+    with atomic.atomic_directory(directory) as stage:
         _write_preset_files(stage, weights, metadata.get("vocabulary"), meta, config_json)
         if tokenizer_json is not None:
             _write_json(stage / TOKENIZER_FILE, tokenizer_json)
-        if not directory.exists():
-            os.rename(stage, directory)
-        else:
+        if directory.exists():
             for name in (VOCABULARY_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):
                 if (stage / name).exists():
                     (directory / name).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(stage / name, directory / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return directory
 
 
@@ -257,14 +244,14 @@ def _write_preset_files(stage: Path, weights: Mapping[str, np.ndarray], vocabula
         target = stage / VOCABULARY_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(vocabulary, (str, os.PathLike)):
-            shutil.copyfile(vocabulary, target)
+            atomic.write_bytes(target, Path(vocabulary).read_bytes())
         elif isinstance(vocabulary, Sequence):
             tokens = list(vocabulary)
             bad = [i for i, t in enumerate(tokens) if not isinstance(t, str) or "\n" in t]
             if bad:
                 raise ValueError(f"metadata['vocabulary'][{bad[0]}] must be a string without newlines, got "
                                  f"{tokens[bad[0]]!r}")
-            target.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+            atomic.write_text(target, "".join(t + "\n" for t in tokens))
         else:
             raise TypeError("metadata['vocabulary'] must be a path or a sequence of tokens, got "
                             f"{type(vocabulary).__name__}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bert_ref.io import atomic
 from bert_ref.model import limits
 
 # The `safetensors` package refuses headers larger than this; so do we (a corrupt length field
@@ -218,7 +219,8 @@ def write_safetensors(
     """Write `tensors` (name -> array, any layout) to `path` with the `safetensors` package.
 
     Arrays are made C-contiguous little-endian first (a transposed view is written transposed).
-    The file is written to a temporary name next to `path` and renamed into place when complete.
+    The file is written through `bert_ref.io.atomic` (a temporary name next to `path`, renamed into
+    place when complete).
     """
     from safetensors.numpy import save_file
 
@@ -230,13 +232,5 @@ def write_safetensors(
             array = array.astype(array.dtype.newbyteorder("<"))
         code_for(array.dtype)  # clear error for unsupported dtypes
         prepared[name] = array if array.flags.c_contiguous else array.copy(order="C")  # keeps 0-d arrays 0-d
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic.atomic_path(path) as tmp:
         save_file(prepared, str(tmp), metadata=dict(metadata) if metadata else None)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # the package creates 0600: give what open(path, "w") gives
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -21,6 +21,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from bert_ref.io import atomic
+
 try:
     import fcntl
 
@@ -102,9 +104,7 @@ def commit(stage: Path, dest: Path, record: dict, *, replace: bool = False) -> P
     If `dest` is already complete (another process won a race) the new copy is discarded, unless
     `replace`, in which case the old directory is moved aside and deleted after the swap.
     """
-    tmp = stage / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, stage / MARKER)
+    atomic.write_text(stage / MARKER, json.dumps(record, indent=1, sort_keys=True))
     if dest.exists():
         if is_complete(dest) and not replace:
             _remove(stage)

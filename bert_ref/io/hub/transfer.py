@@ -1,7 +1,8 @@
 """HTTP for the hub: one `requests.Session`, timeouts, bounded retries, verified streaming downloads.
 
-A download streams into a temporary file next to its destination and is renamed into place only
-after its size and checksum are verified, so the destination is either absent or complete:
+A download streams into a temporary file next to its destination (`bert_ref.io.atomic`) and is
+renamed into place only after its size and checksum are verified, so the destination is either
+absent or complete:
 
 * sha256 from Hugging Face's `X-Linked-Etag` (or `ETag`) when it is a 64-hex LFS hash;
 * md5 from Google Cloud Storage's `X-Goog-Hash` (Kaggle redirects there);
@@ -22,11 +23,9 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
-import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ import requests
 import urllib3
 
 from bert_ref import __version__
+from bert_ref.io import atomic
 from bert_ref.io.hub import settings
 from bert_ref.io.hub.errors import AuthenticationError, DownloadError, IntegrityError, RemoteNotFoundError
 from bert_ref.model import limits
@@ -344,11 +344,10 @@ class Fetcher:
         cap = want_size if want_size is not None else hard_cap
         if want_size is not None:
             cap_env = "the size the server announced"
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
-        try:
+        with atomic.AtomicFile(dest) as part:
             sha, md5, got = hashlib.sha256(), hashlib.md5() if want_md5 else None, 0
-            with os.fdopen(fd, "wb") as out, _progress_bar(self.progress, want_size, label) as bar:
+            with _progress_bar(self.progress, want_size, label) as bar:
+                out = part.file()
                 try:
                     for chunk in self._body(resp, url, cap, cap_env, start):
                         out.write(chunk)
@@ -366,8 +365,6 @@ class Fetcher:
                     raise _Retryable(f"connection dropped after {got}"
                                      + (f" of {want_size}" if want_size is not None else "")
                                      + f" bytes ({_short(exc)})") from None
-                out.flush()
-                os.fsync(out.fileno())
             if want_size is not None and got != want_size:
                 raise _Retryable(f"body cut short: received {got} of {want_size} bytes")
             digest = sha.hexdigest()
@@ -384,11 +381,6 @@ class Fetcher:
                         f"checksum mismatch for {url}: X-Goog-Hash announced md5 {want_md5}, the "
                         f"{got} bytes received hash to {got_md5}; the file was discarded",
                         url=url, status=resp.status_code)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
         commit = _first(resp, "X-Repo-Commit")
         return Downloaded(path=dest, url=url, size=got, sha256=digest,
                           commit=commit.strip() if commit else None)
