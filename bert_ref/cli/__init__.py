@@ -18,7 +18,8 @@ over tolerance, 2 bad usage, a bad file, a preset that cannot be loaded, a limit
 exhausted (one line on stderr says why, naming the file and field; never a traceback), 141 the
 reader of standard output went away (`bert-ref presets | head -1`; nothing is printed). Every file
 written (outputs, embeddings, converted presets, reports, plots) goes through `bert_ref.io.atomic`:
-a fresh temporary name, renamed into place when complete. Files are `.npz`, `.safetensors` or `.json` (see `bert_ref.oracle.candidates`).
+a fresh temporary name, renamed into place when complete. Files are `.npz`, `.safetensors` or
+`.json` (see `bert_ref.oracle.candidates`).
 
 Each command group is one module of this package (`COMMAND_MODULES`); each defines
 `add_commands(register)`, the one way a command is registered.
