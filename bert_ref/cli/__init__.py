@@ -41,6 +41,7 @@ from typing import Any
 from bert_ref import __version__
 from bert_ref.backbone import BertBackbone
 from bert_ref.io.arrays import ArrayFileError
+from bert_ref.io.errors import describe as describe_os_error
 from bert_ref.model.precision import POLICY_NAMES
 
 PROG = "bert-ref"
@@ -170,9 +171,13 @@ def _main(argv: Sequence[str] | None) -> int:
         return status
     except BrokenPipeError:
         raise
-    except (UsageError, ArrayFileError, ValueError, TypeError, OSError, ImportError, NotImplementedError) as e:
+    except OSError as e:  # with its path and a remedy (ENOSPC, EFBIG, EACCES...) when it names a file
+        return fail(describe_os_error(e) or type(e).__name__)
+    except (UsageError, ArrayFileError, ValueError, TypeError, ImportError, NotImplementedError) as e:
         return fail(str(e) or type(e).__name__)
-    except MemoryError:
+    except MemoryError as e:
+        if str(e).startswith("out of memory"):  # a command's own account of what did not fit
+            return fail(str(e))
         return fail("out of memory: the inputs (or the model) are larger than this machine can hold; run "
                     "smaller batches (see BERT_REF_MAX_ACTIVATION_BYTES in the README)")
     except RecursionError:

@@ -40,13 +40,14 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bert_ref.io import atomic
+from bert_ref.io.errors import check_regular_file, file_error
 from bert_ref.model import limits
 
 SUFFIXES = (".npz", ".safetensors", ".json")
@@ -102,10 +103,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _check_npz(path: Path) -> None:
-    """Before anything is inflated: `path` is a zip of `.npy` members whose declared arrays (the
-    shape and dtype in each member's header) total at most BERT_REF_MAX_INPUT_BYTES, and no member
-    inflates to more than its header declares (a deflate bomb)."""
+def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """key -> (shape, dtype) of a `.npz`, from each member's `.npy` header, before anything is
+    inflated. Checked: it is a zip of `.npy` members, at most BERT_REF_MAX_ARCHIVE_ENTRIES of them,
+    none holding pickled objects (dtype object: never loaded), none inflating to more than its
+    header declares (a deflate bomb); with `total_limit`, the declared arrays total at most
+    BERT_REF_MAX_INPUT_BYTES."""
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
@@ -116,6 +119,7 @@ def _check_npz(path: Path) -> None:
     except zipfile.BadZipFile:
         raise ArrayFileError(f"{path}: cannot read as .npz (not a zip archive: truncated, or another format)") from None
     total = 0
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     with zf:
         infos = zf.infolist()
         limits.check("archive_entries", len(infos), f"{path}: the number of arrays")
@@ -132,13 +136,76 @@ def _check_npz(path: Path) -> None:
                 except (ValueError, EOFError, SyntaxError) as e:
                     raise ArrayFileError(f"{path}: key {key!r} is not a .npy array ({_one_line(e)})") from None
                 header_bytes = member.tell()
+            if dtype.hasobject:
+                raise ArrayFileError(f"{path}: key {key!r} holds pickled Python objects (dtype {dtype}), which are "
+                                     "never loaded (unpickling can run code): store arrays of numbers")
             declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if info.file_size > header_bytes + declared:
                 raise ArrayFileError(f"{path}: key {key!r} inflates to {info.file_size:,} bytes but its header "
                                      f"declares {declared:,} bytes of {dtype} {shape}; the file is corrupt")
             total += declared
-            limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
-                         " bytes")
+            if total_limit:
+                limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
+                             " bytes")
+            out[key] = (tuple(int(n) for n in shape), _bfloat16(path, key) if dtype == np.dtype("V2") else dtype)
+    return out
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ArrayFileError(f"{path}: no such file")
+    if not path.is_file():
+        check_regular_file(path, "")  # says what it is (a directory, a pipe) and what to give instead
+
+
+def read_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """key -> (shape, dtype) of every array in a `.npz` or `.safetensors` file, read from its headers
+    alone (no array is loaded; bfloat16 is reported as ml_dtypes' bfloat16). The checks of
+    `read_arrays` apply, except the total size limit: a dataset's files are read a slice at a time
+    (`read_rows`)."""
+    path = Path(path)
+    suffix = _suffix(path, (".npz", ".safetensors"))
+    _check_file(path)
+    try:
+        if suffix == ".npz":
+            return _npz_header(path, total_limit=False)
+        from bert_ref.io.checkpoints.safetensors_io import numpy_dtype
+        from bert_ref.io.checkpoints.safetensors_io import read_header as safetensors_header
+
+        header, _, _ = safetensors_header(path)
+        return {k: (tuple(v["shape"]), numpy_dtype(v["dtype"], f"{path}: key {k!r}")) for k, v in header.items()}
+    except ArrayFileError:
+        raise
+    except limits.LimitError as e:
+        raise ArrayFileError(str(e)) from None
+    except OSError as e:
+        raise file_error(e, path, "read") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+
+
+def read_rows(path: str | os.PathLike, keys: Sequence[str], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows `[start, stop)` (the first axis) of arrays `keys` of a `.npz` or `.safetensors` file
+    (`read_header` has checked it); bfloat16 as ml_dtypes' bfloat16."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                out = {}
+                for k in keys:
+                    arr = data[k][start:stop]
+                    out[k] = arr.view(_bfloat16(path, k)) if arr.dtype == np.dtype("V2") else arr
+                return out
+        from bert_ref.io.checkpoints.safetensors_io import read_safetensors
+
+        tensors, _ = read_safetensors(path)
+        return {k: np.array(tensors[k][start:stop]) for k in keys}
+    except ArrayFileError:
+        raise
+    except OSError as e:
+        raise file_error(e, path, "read") from None
+    except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise ArrayFileError(f"{path}: cannot read rows {start}..{stop} ({_one_line(e)})") from None
 
 
 def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -> dict[str, np.ndarray]:
@@ -147,13 +214,10 @@ def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -
     With ".npy" among `suffixes`, a `.npy` file is read as one array under the key "" (empty)."""
     path = Path(path)
     suffix = _suffix(path, suffixes)
-    if not path.exists():
-        raise ArrayFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise ArrayFileError(f"{path}: not a file")
+    _check_file(path)
     try:
         if suffix == ".npz":
-            _check_npz(path)
+            _npz_header(path, total_limit=True)
             with np.load(path, allow_pickle=False) as data:
                 if not isinstance(data, np.lib.npyio.NpzFile):
                     raise ArrayFileError(f"{path}: not a .npz archive (it holds a single .npy array)")
@@ -182,7 +246,9 @@ def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -
     except MemoryError:
         raise ArrayFileError(f"{path}: out of memory while reading it; its arrays are larger than this machine "
                              "can hold") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
+    except OSError as e:
+        raise file_error(e, path, "read") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as e:
         raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
     except Exception as e:  # the safetensors reader raises its own (non-ValueError) error type
         if type(e).__name__ == "SafetensorError":
@@ -241,6 +307,6 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
                 json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
                 f.write("\n")
     except OSError as e:
-        raise ArrayFileError(f"{path}: cannot write ({e.strerror or _one_line(e)}); nothing was written") from None
+        raise ArrayFileError(f"{file_error(e, path, 'write')}; nothing was written") from None
     return path
 

@@ -4,6 +4,7 @@ written, a shard verified.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -12,13 +13,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bert_ref.io import atomic
+from bert_ref.io.errors import file_error
 from bert_ref.scale.dataset import Dataset, Records, file_sha256, length_batches, pad_batch
 from bert_ref.scale.memory import peak_rss, rss
 from bert_ref.scale.options import DEFAULT_BATCH_TOKENS
@@ -223,7 +225,19 @@ class _ShardFile:
         self.path = path
         self.file: atomic.AtomicFile | None = None
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """`os.pwrite` / `os.ftruncate` errors name no file: give them the shard's path (ENOSPC, EFBIG)."""
+        try:
+            yield
+        except OSError as e:
+            raise (file_error(e, self.path, "write") if e.filename is None else e) from None
+
     def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+        with self._writing():
+            self._open(specs)
+
+    def _open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
         from bert_ref.io.checkpoints.safetensors_io import code_for
 
         header, offset = {}, 0
@@ -256,11 +270,13 @@ class _ShardFile:
 
     def put(self, key: str, row: int, value: np.ndarray) -> None:
         value, at = self._at(key, row, value)
-        _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
+        with self._writing():
+            _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
 
     def put_all(self, key: str, value: np.ndarray) -> None:
         value, at = self._at(key, 0, value)
-        _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
+        with self._writing():
+            _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
 
     def commit(self) -> tuple[str, int]:
         """Hash (reading the file back), flush and rename into place; (sha256, bytes)."""
