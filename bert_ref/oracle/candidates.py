@@ -1,5 +1,15 @@
-"""Reading candidates and inputs: what ports write (Hugging Face / ONNX names, stacked arrays,
-`.npy` files, inputs stored beside outputs) translated to our keys, with a note per translation.
+"""Reading candidates and inputs: the one reader behind `bert-ref compare` (one batch or a
+dataset), `bert-ref run --input`, `compare_to_truth` and `bert_ref.testing`.
+
+What ports write (Hugging Face / ONNX names, stacked arrays, `.npy` files, inputs stored beside
+outputs) is translated to our keys with a note per translation (`canonical_outputs`). The rules,
+whichever way the arrays come in (a file, a dataset's shard files, a mapping):
+
+* **outputs** are float16, bfloat16, float32 or float64; integers, booleans, complex numbers,
+  extended precision and Python objects are refused, naming the file and key (`check_output_dtype`);
+* **output keys** follow the one grammar of `bert_ref.oracle.keys`;
+* **inputs** (`token_ids`, `segment_ids`: integers; `padding_mask`: 0/1 integers or booleans) are
+  checked by `check_inputs` for one batch and `check_input_header` for a dataset's files.
 """
 
 from __future__ import annotations
@@ -8,6 +18,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +30,42 @@ INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
 INPUT_ALIASES = {"input_ids": "token_ids", "token_type_ids": "segment_ids", "attention_mask": "padding_mask"}
 #: Inputs that ports store next to their outputs: ignored in an outputs file (with a note).
 STORED_INPUT_KEYS = INPUT_KEYS + tuple(INPUT_ALIASES) + ("position_ids",)
+#: The dtypes an output may be stored in.
+OUTPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_words(dtype: np.dtype) -> str:
+    kind = {"i": "integers", "u": "integers", "b": "booleans", "c": "complex numbers", "O": "Python objects",
+            "U": "strings", "S": "bytes", "V": "raw bytes", "M": "dates", "m": "time spans"}.get(dtype.kind)
+    if dtype.kind == "f":
+        kind = "extended-precision floats"
+    return f"{dtype} values" + (f" ({kind})" if kind else "")
+
+
+def check_output_dtype(dtype: np.dtype | type, source: str, key: str) -> None:
+    """The one dtype rule of outputs: float16, bfloat16, float32 or float64 (`OUTPUT_DTYPES`).
+
+    Raises:
+        ArrayFileError: naming `source` (the file, or the argument) and `key`, the dtype found and
+            what to write instead.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.name in OUTPUT_DTYPES:
+        return
+    raise ArrayFileError(f"{source}: key {key!r} holds {_dtype_words(dtype)}; outputs must be "
+                         f"{', '.join(OUTPUT_DTYPES[:-1])} or {OUTPUT_DTYPES[-1]}: store the model's outputs as floats "
+                         "(e.g. `.astype(np.float32)`)")
+
+
+def check_input_dtype(dtype: np.dtype | type, source: str, key: str) -> None:
+    """The one dtype rule of inputs: integers; `padding_mask` may also be booleans."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" or (key == "padding_mask" and dtype.kind == "b"):
+        return
+    want = "integers or booleans" if key == "padding_mask" else "integers"
+    raise ArrayFileError(f"{source}: {key} has dtype {dtype}; expected {want} (store the ids as int32 or int64)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Inputs
 
@@ -49,10 +96,7 @@ def check_inputs(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> di
         if key not in arrays:
             continue
         arr = np.asarray(arrays[key])
-        ok = arr.dtype.kind in "iu" or (key == "padding_mask" and arr.dtype.kind == "b")
-        if not ok:
-            want = "integers or booleans" if key == "padding_mask" else "integers"
-            raise ArrayFileError(f"{source}: {key} has dtype {arr.dtype}; expected {want}")
+        check_input_dtype(arr.dtype, source, key)
         if arr.ndim != 2:
             raise ArrayFileError(f"{source}: {key} has shape {arr.shape}; expected 2-D (batch, sequence)")
         if shape is None:
@@ -71,6 +115,23 @@ def check_inputs(arrays: Mapping[str, np.ndarray], source: str = "inputs") -> di
     return out
 
 
+def check_input_header(header: Mapping[str, tuple[tuple[int, ...], np.dtype]], source: str) -> tuple[int, ...]:
+    """Check a dataset file's inputs from its header (key -> (shape, dtype), `read_header`): the keys,
+    dtypes and shapes `check_inputs` checks, with records on the first axis. Returns token_ids' shape."""
+    unknown = [k for k in header if k not in INPUT_KEYS]
+    if unknown or "token_ids" not in header:
+        raise ArrayFileError(f"{source}: a token-id dataset file holds {list(INPUT_KEYS)} (token_ids required); "
+                             f"found {list(header)}")
+    shape = header["token_ids"][0]
+    for key, (s, dtype) in header.items():
+        check_input_dtype(dtype, source, key)
+        if len(s) != 2:
+            raise ArrayFileError(f"{source}: {key} has shape {s}; expected 2-D (records, sequence)")
+        if s != shape:
+            raise ArrayFileError(f"{source}: {key} has shape {s} but token_ids has shape {shape}; they must match")
+    return tuple(shape)
+
+
 def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """An inputs file (see the module docstring), checked by `check_inputs`."""
     return check_inputs(read_arrays(path), str(path))
@@ -87,8 +148,81 @@ class Candidate:
     arrays: dict[str, np.ndarray]
     notes: tuple[str, ...]
 
-def _is_float(arr: np.ndarray) -> bool:
-    return arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"
+def output_name(key: str, source: str) -> str | None:
+    """Our key for an output key or an alias of a single output (`last_hidden_state`,
+    `attentions.{i}`); None for an input stored with the outputs (ignored).
+
+    Raises:
+        ArrayFileError: an unknown key, with the closest valid one.
+    """
+    if key in STORED_INPUT_KEYS:
+        return None
+    ours = canonical_key(key)
+    if ours is None:
+        raise ArrayFileError(f"{source}: {unknown_key_message(key)}")
+    return ours
+
+
+_STACKED = {"hidden_states": ("hidden_states", 4, "[L+1, batch, sequence, hidden]"),
+            "attentions": ("attention_probs", 5, "[L, batch, heads, sequence, sequence]"),
+            "attention_probs": ("attention_probs", 5, "[L, batch, heads, sequence, sequence]")}
+
+
+def canonical_outputs(arrays: Mapping[str, Any], source: str) -> Candidate:
+    """Outputs by our keys, from a mapping of what a port gives: our keys, Hugging Face / ONNX names,
+    `hidden_states` / `attentions` stacked in one array or as a list of arrays, `forward`'s result
+    (its `trace` dict included), and inputs passed along (ignored). Every array is checked by the
+    one dtype rule (`check_output_dtype`), every key by the one key grammar (`output_name`).
+
+    Raises:
+        ArrayFileError: naming `source` and the key.
+    """
+    notes: list[str] = []
+    out: dict[str, np.ndarray] = {}
+    ignored = []
+
+    def put(key: str, value: Any, given_as: str) -> None:
+        arr = np.asarray(value)
+        check_output_dtype(arr.dtype, source, given_as)
+        if key in out:
+            raise ArrayFileError(f"{source}: {key} is given twice (as {given_as} and under another name); keep one")
+        out[key] = arr
+
+    for key, value in arrays.items():
+        if key == "trace" and isinstance(value, Mapping):  # forward(trace=True)'s intermediates
+            for name, v in value.items():
+                if name not in out and name not in arrays:
+                    put(output_name(name, source) or name, v, name)
+            continue
+        if key in _STACKED and not hasattr(value, "shape"):  # a tuple of arrays, as torch ports return
+            name = _STACKED[key][0]
+            for i, v in enumerate(value):
+                put(f"{name}.{i}", v, f"{key}[{i}]")
+            continue
+        if key in _STACKED and key != "attention_probs":
+            name, ndim, want = _STACKED[key]
+            arr = np.asarray(value)
+            check_output_dtype(arr.dtype, source, key)
+            if arr.ndim != ndim:
+                raise ArrayFileError(f"{source}: {key} has shape {arr.shape}; a stacked {key} array is "
+                                     f"{ndim}-D {want}")
+            for i in range(arr.shape[0]):
+                put(f"{name}.{i}", arr[i], key)
+            notes.append(f"{key} {tuple(arr.shape)} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
+            continue
+        name = output_name(key, source)
+        if name is None:
+            ignored.append(key)
+            continue
+        put(name, value, key)
+        if name != key:
+            notes.append(f"{key} read as {name}")
+    if ignored:
+        notes.append(f"ignored the inputs stored with the outputs: {', '.join(ignored)}")
+    if not out:
+        raise ArrayFileError(f"{source}: holds no outputs" + (f" (only inputs {ignored})" if ignored else "")
+                             + f"; expected {OUTPUT_KEYS_HELP}")
+    return Candidate(out, tuple(notes))
 
 
 def read_candidate(path: str | os.PathLike) -> Candidate:
@@ -117,42 +251,8 @@ def read_candidate(path: str | os.PathLike) -> Candidate:
         raw = {name: arr}
     if not raw:
         raise ArrayFileError(f"{path}: holds no arrays; expected {OUTPUT_KEYS_HELP}")
-    out: dict[str, np.ndarray] = {}
-    ignored = []
-
-    def put(key: str, arr: np.ndarray, source: str) -> None:
-        if key in out:
-            raise ArrayFileError(f"{path}: {key} is given twice (as {source} and under another name); keep one")
-        out[key] = arr
-
-    for key, arr in raw.items():
-        if key in STORED_INPUT_KEYS:
-            ignored.append(key)
-            continue
-        ours = canonical_key(key)
-        if ours is None and key not in ("hidden_states", "attentions"):
-            raise ArrayFileError(f"{path}: {unknown_key_message(key)}")
-        if not _is_float(arr):
-            raise ArrayFileError(f"{path}: {key} has dtype {arr.dtype}; expected floating point values")
-        if ours is not None and ours != key:  # a Hugging Face / ONNX name
-            put(ours, arr, key)
-            notes.append(f"{key} read as {ours}")
-        elif key in ("hidden_states", "attentions"):
-            name, ndim = ("hidden_states", 4) if key == "hidden_states" else ("attention_probs", 5)
-            want = ("[L+1, batch, sequence, hidden]" if key == "hidden_states"
-                    else "[L, batch, heads, sequence, sequence]")
-            if arr.ndim != ndim:
-                raise ArrayFileError(f"{path}: {key} has shape {arr.shape}; a stacked {key} array is {ndim}-D {want}")
-            for i in range(arr.shape[0]):
-                put(f"{name}.{i}", arr[i], key)
-            notes.append(f"{key} {tuple(arr.shape)} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
-        else:
-            put(key, arr, key)
-    if ignored:
-        notes.append(f"ignored the inputs stored with the outputs: {', '.join(ignored)}")
-    if not out:
-        raise ArrayFileError(f"{path}: holds no outputs (only inputs {ignored}); expected {OUTPUT_KEYS_HELP}")
-    return Candidate(out, tuple(notes))
+    read = canonical_outputs(raw, str(path))
+    return Candidate(read.arrays, tuple(notes) + read.notes)
 
 
 def read_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:

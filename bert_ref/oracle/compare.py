@@ -68,6 +68,7 @@ import numpy as np
 from bert_ref.model import runtime
 from bert_ref.model.precision import UNIT_ROUNDOFF
 from bert_ref.oracle.blocked import Workspace, as_flat, summaries
+from bert_ref.oracle.candidates import check_output_dtype
 from bert_ref.oracle.keys import axes, placement, valid_mask
 from bert_ref.oracle.report import Entry, Report, Stats
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, parse_tolerance, tolerance_for
@@ -159,8 +160,7 @@ def compare(
         r, c = np.asarray(ref[key]), np.asarray(cand[key])
         if r.shape != c.shape:
             raise ValueError(f"{key}: {candidate_name} has shape {c.shape}, {reference_name} has shape {r.shape}")
-        if c.dtype.kind not in "fiub" and c.dtype.name != "bfloat16":
-            raise ValueError(f"{key}: {candidate_name} has dtype {c.dtype}; expected numbers")
+        check_output_dtype(c.dtype, candidate_name, key)
         valid = valid_mask(key, r.shape, mask)
         f_stats = f_ratio = f_scale = rms_ratio = None
         if key in flo and key in flo_ref:

@@ -12,6 +12,7 @@ import numpy as np
 from bert_ref.encoder import TRACE_POOLER, forward
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
 from bert_ref.oracle.blocked import as_flat
+from bert_ref.oracle.candidates import check_output_dtype
 from bert_ref.oracle.compare import compare
 from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key
 from bert_ref.oracle.report import Report
@@ -154,7 +155,8 @@ def compare_to_truth(
     """
     flat = as_flat(candidate, "candidate")
     for k in flat:
-        parse_key(k)  # unknown keys are an error before any work is done
+        parse_key(k)  # unknown keys and dtypes are an error before any work is done
+        check_output_dtype(np.asarray(flat[k]).dtype, candidate_name, k)
     given = precision is not None
     if precision is None:
         precision = detect_precision(flat)

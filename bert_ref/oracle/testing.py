@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from bert_ref.model.precision import HALF_PRECISIONS
+from bert_ref.oracle.candidates import canonical_outputs
 from bert_ref.oracle.compare import compare
-from bert_ref.oracle.keys import canonical_key, flatten_outputs
 from bert_ref.oracle.run import check_candidate, compare_to_truth, oracle_outputs
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -27,29 +27,22 @@ __all__ = ["assert_close_to_reference"]
 
 
 def _canonical(candidate: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Hugging Face names and stacked arrays as our keys (as `bert_ref.oracle.candidates.read_candidate` reads
-    files); torch tensors and other array-likes become NumPy arrays."""
-    flat: dict[str, np.ndarray] = {}
-    notes = []
+    """The candidate by our keys, read by the one reader of candidates
+    (`bert_ref.oracle.candidates.canonical_outputs`: Hugging Face names, stacked arrays, the dtype
+    rule); torch tensors and other array-likes become NumPy arrays first."""
+    if not isinstance(candidate, Mapping):
+        raise TypeError("candidate_outputs must be a mapping of output names to arrays, got "
+                        f"{type(candidate).__name__}")
+    arrays: dict[str, Any] = {}
     for key, value in candidate.items():
-        if key in ("input_ids", "token_type_ids", "attention_mask", "position_ids", "token_ids", "segment_ids",
-                   "padding_mask"):
-            notes.append(f"ignored the input {key} passed with the outputs")
-            continue
-        if key in ("hidden_states", "attentions", "attention_probs") and not hasattr(value, "shape"):
-            name = "hidden_states" if key == "hidden_states" else "attention_probs"
-            for i, v in enumerate(value):
-                flat[f"{name}.{i}"] = _numpy(v)
-            continue
-        arr = _numpy(value)
-        if key in ("hidden_states", "attentions"):
-            name = "hidden_states" if key == "hidden_states" else "attention_probs"
-            for i in range(arr.shape[0]):
-                flat[f"{name}.{i}"] = arr[i]
-            notes.append(f"{key} {arr.shape} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
-        else:  # our key, or a Hugging Face name's (an unknown key is reported by `check_candidate`)
-            flat[canonical_key(key) or key] = arr
-    return flatten_outputs(flat), notes
+        if isinstance(value, Mapping):
+            arrays[key] = {k: _numpy(v) for k, v in value.items()}
+        elif isinstance(value, (list, tuple)) and key in ("hidden_states", "attentions", "attention_probs"):
+            arrays[key] = [_numpy(v) for v in value]
+        else:
+            arrays[key] = _numpy(value)
+    read = canonical_outputs(arrays, "candidate_outputs")
+    return read.arrays, list(read.notes)
 
 
 def _numpy(value: Any) -> np.ndarray:

@@ -35,6 +35,32 @@ def _is_dataset_output(key: str) -> bool:
     return parsed is not None and not parsed.trace and parsed.name in OUTPUT_CHOICES
 
 
+def _candidate_outputs(f: Path, header: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> list[str]:
+    """The output keys of a candidate file, checked by the one reader's rules (key grammar, dtype);
+    inputs stored with them are ignored, as in a one-batch candidate."""
+    from bert_ref.io.arrays import ArrayFileError
+    from bert_ref.oracle.candidates import check_input_dtype, check_output_dtype, output_name
+
+    outs = []
+    try:
+        for key, (_, dtype) in header.items():
+            if key in ("record_index", "length"):
+                check_input_dtype(dtype, str(f), key)  # integers
+                continue
+            name = output_name(key, str(f))
+            if name is None:
+                continue
+            if name != key or not _is_dataset_output(key):
+                raise DatasetError(f"{f}: key {key!r}: a dataset candidate file holds sequence_output, pooled_output "
+                                   "and hidden_states.{i} by these names, with records on the first axis (and "
+                                   "optionally record_index)")
+            check_output_dtype(dtype, str(f), key)
+            outs.append(key)
+    except ArrayFileError as e:
+        raise DatasetError(str(e)) from None
+    return outs
+
+
 def _index_candidate(paths: Sequence[str | os.PathLike],
                      num_records: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """(files, keys, file of each record, row of each record) of a candidate's output files."""
@@ -57,11 +83,7 @@ def _index_candidate(paths: Sequence[str | os.PathLike],
     next_record = 0
     for i, f in enumerate(files):
         header = array_header(f)
-        outs = [k for k in header if k not in ("record_index", "length")]
-        bad = [k for k in outs if not _is_dataset_output(k)]
-        if bad:
-            raise DatasetError(f"{f}: unexpected key {bad[0]!r}; a candidate file holds record_index (optional) and "
-                               "sequence_output, pooled_output, hidden_states.{i} with records on the first axis")
+        outs = _candidate_outputs(f, header)
         if not outs:
             raise DatasetError(f"{f}: holds no outputs (sequence_output, pooled_output, hidden_states.{{i}})")
         outs.sort(key=lambda k: parse_key(k).placement[0])
@@ -78,7 +100,7 @@ def _index_candidate(paths: Sequence[str | os.PathLike],
             from bert_ref.scale.dataset import ArrayFile, load_rows
 
             index = load_rows(ArrayFile(str(f), header["record_index"][0][0], 0, ("record_index",)), 0,
-                               header["record_index"][0][0])["record_index"].astype(np.int64).reshape(-1)
+                               header["record_index"][0][0])["record_index"].reshape(-1)
             if index.shape[0] != n:
                 raise DatasetError(f"{f}: record_index has {index.shape[0]} entries but the outputs have {n} records")
         else:
@@ -87,6 +109,7 @@ def _index_candidate(paths: Sequence[str | os.PathLike],
         if out_of_range.size:
             j = int(out_of_range[0])
             raise DatasetError(f"{f}: row {j} is record {int(index[j])}, outside the dataset's [0, {num_records})")
+        index = index.astype(np.int64)  # in range: no uint64 wraps around
         seen = rec_file[index] >= 0
         if seen.any():
             j = int(np.flatnonzero(seen)[0])
