@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bert_ref.model.precision import POLICY_NAMES
+from bert_ref.text.lines import check_text, iter_lines
 from bert_ref.text.sentence import POOLING_MODES, SentenceEncoder
 from bert_ref.text.tokenizer import BertTokenizer
 
@@ -30,12 +31,15 @@ class _TextError(ValueError):
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
+    """The texts: the arguments, else the non-blank lines of standard input, read by the one text
+    policy (`bert_ref.text.lines`: strict UTF-8, LF line ends, a leading BOM skipped)."""
     if args.texts:
-        return list(args.texts)
+        return [check_text(t, f"TEXT argument {i + 1}") for i, t in enumerate(args.texts)]
     if sys.stdin is None or sys.stdin.isatty():
         raise _TextError("no text given: pass texts as arguments or pipe them on standard input")
-    texts = [line.rstrip("\r\n") for line in sys.stdin]
-    texts = [t for t in texts if t.strip()]
+    stream = getattr(sys.stdin, "buffer", None)
+    data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+    texts = [text for _, _, text in iter_lines(data, "<stdin>")]
     if not texts:
         raise _TextError("standard input holds no text (only blank lines)")
     return texts

@@ -14,6 +14,7 @@ overrides it (a positive integer; sizes in bytes, times in seconds):
     BERT_REF_DOWNLOAD_DEADLINE     7200         seconds one file's download may take in all
     BERT_REF_MAX_ARCHIVE_BYTES     68719476736  bytes extracted from one archive (64 GiB)
     BERT_REF_MAX_ARCHIVE_ENTRIES   10000        entries of one archive (Kaggle download, .npz file)
+    BERT_REF_CONNECT_TIMEOUT       30           seconds to reach a Dask scheduler and receive its handshake
 
 A limit that is hit raises `LimitError` (a `ValueError`) naming the file or field, the amount
 and the limit, and the variable that raises it.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ LIMITS: dict[str, tuple[str, Any, str]] = {
     "download_deadline": ("BERT_REF_DOWNLOAD_DEADLINE", 7200, "seconds for one file's download"),
     "archive_bytes": ("BERT_REF_MAX_ARCHIVE_BYTES", 64 << 30, "bytes extracted from an archive"),
     "archive_entries": ("BERT_REF_MAX_ARCHIVE_ENTRIES", 10_000, "entries of an archive"),
+    "connect_timeout": ("BERT_REF_CONNECT_TIMEOUT", 30, "seconds to reach a Dask scheduler and get its handshake"),
 }
 
 
@@ -105,8 +108,9 @@ def json_depth(raw: bytes) -> int:
 def loads(raw: bytes | str, source: str) -> Any:
     """Parse JSON text from `source` (a file name or URL) within the size and depth limits.
 
-    Raises `LimitError` naming `source` when it is larger or deeper than allowed, before parsing.
-    Parse errors are left to the caller (`json.JSONDecodeError`, a `ValueError`)."""
+    Raises `LimitError` naming `source` when it is larger or deeper than allowed, before parsing,
+    or holds an integer of more digits than Python converts. Parse errors are left to the caller
+    (`json.JSONDecodeError`, a `ValueError`)."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     check("json_bytes", len(raw), f"{source}: the JSON document", " bytes")
@@ -114,7 +118,18 @@ def loads(raw: bytes | str, source: str) -> Any:
     if depth > limit("json_depth"):
         raise LimitError(f"{source}: JSON nested {depth} levels deep, over the limit of {limit('json_depth')} "
                          f"(set {env_name('json_depth')} to raise it)")
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # Python's cap on the digits of an int read from text (CVE-2020-10735)
+        found = re.search(r"value has (\d+) digits", str(e))
+        if found is None:
+            raise
+        cap = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
+        raise LimitError(f"{source}: a number with {int(found.group(1)):,} digits, over the limit of {cap:,} digits "
+                         "for an integer read from text (PYTHONINTMAXSTRDIGITS); write it as a string, or leave "
+                         "it out") from None
 
 
 def load_file(path: str | os.PathLike, source: str | None = None) -> Any:

@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bert_ref.io.arrays import ArrayFileError, read_header, read_rows
+from bert_ref.io.errors import check_regular_file
+from bert_ref.oracle.candidates import check_input_header
+from bert_ref.text.lines import decode_line, is_blank, parse_record, split_lines
 
 __all__ = ["Dataset", "Records", "open_dataset", "length_batches", "DatasetError", "ARRAY_SUFFIXES"]
 
@@ -166,6 +169,8 @@ class Dataset:
                     p = int(bad[0])
                     raise DatasetError(f"{where}: {name}[{p}] = {int(arr[p])} is outside [0, {high}): "
                                        f"{why} is {high}")
+        recs.token_ids = [a.astype(np.int64, copy=False) for a in recs.token_ids]
+        recs.segment_ids = [a.astype(np.int64, copy=False) for a in recs.segment_ids]
         return recs
 
 
@@ -197,6 +202,7 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
             raise DatasetError(f"{p}: a dataset directory must hold .npz or .safetensors files of token ids; "
                                "found none")
         return _open_arrays(p, files)
+    check_regular_file(p, "--dataset")  # a pipe (<(...)) cannot be read again, at offsets, by each worker
     suffix = p.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
         return _open_arrays(p, [p])
@@ -210,7 +216,7 @@ def _open_text(p: Path, kind: str) -> Dataset:
     pos = 0
     with open(p, "rb") as f:
         for number, line in enumerate(f, start=1):
-            if line.strip():
+            if not is_blank(line, pos):
                 offsets.append(pos)
                 lines.append(number)
             pos += len(line)
@@ -220,58 +226,24 @@ def _open_text(p: Path, kind: str) -> Dataset:
     return Dataset(str(p), kind, len(lines), np.array(offsets, np.int64), np.array(lines, np.int64))
 
 
-def _npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """key -> (shape, dtype) of an .npz without reading its arrays."""
-    out = {}
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            if not name.endswith(".npy"):
-                continue
-            with z.open(name) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            out[name[:-4]] = (tuple(shape), np.dtype(dtype))
-    return out
-
-
 def array_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """key -> (shape, dtype) of an `.npz` / `.safetensors` file, from its headers (the one array
+    reader, `bert_ref.io.arrays.read_header`)."""
     try:
-        if path.suffix.lower() == ".npz":
-            return _npz_header(path)
-        from bert_ref.io.checkpoints.safetensors_io import numpy_dtype, read_header
-
-        header, _, _ = read_header(path)
-        return {k: (tuple(v["shape"]), numpy_dtype(v["dtype"], f"{path}: {k}")) for k, v in header.items()}
-    except DatasetError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, ImportError) as e:
-        raise DatasetError(f"{path}: cannot read as {path.suffix.lower()} ({' '.join(str(e).split())})") from None
+        return read_header(path)
+    except ArrayFileError as e:
+        raise DatasetError(str(e)) from None
 
 
 def _open_arrays(p: Path, paths: Sequence[Path]) -> Dataset:
-    from bert_ref.oracle.candidates import INPUT_KEYS
-
     files = []
     total = 0
     for f in paths:
         header = array_header(f)
-        unknown = [k for k in header if k not in INPUT_KEYS]
-        if unknown or "token_ids" not in header:
-            raise DatasetError(f"{f}: a token-id dataset file holds {list(INPUT_KEYS)} (token_ids required); "
-                               f"found {list(header)}")
-        shape = header["token_ids"][0]
-        for key, (s, dtype) in header.items():
-            ok = dtype.kind in "iu" or (key == "padding_mask" and dtype.kind == "b")
-            if not ok:
-                raise DatasetError(f"{f}: {key} has dtype {dtype}; expected integers"
-                                   + (" or booleans" if key == "padding_mask" else ""))
-            if len(s) != 2:
-                raise DatasetError(f"{f}: {key} has shape {s}; expected 2-D (records, sequence)")
-            if s != shape:
-                raise DatasetError(f"{f}: {key} has shape {s} but token_ids has shape {shape}; they must match")
+        try:
+            shape = check_input_header(header, str(f))
+        except ArrayFileError as e:
+            raise DatasetError(str(e)) from None
         files.append(ArrayFile(str(f), int(shape[0]), int(shape[1]), tuple(header)))
         total += int(shape[0])
     if total == 0:
@@ -322,28 +294,17 @@ def _text_items(ds: Dataset, start: int, stop: int) -> list[tuple[int, str, Any,
     name = Path(ds.path).name
     items: list[tuple[int, str, Any, Any]] = []
     record = start
-    for raw in data.splitlines():
-        if not raw.strip():
+    for raw, at in split_lines(data, begin):
+        if is_blank(raw, at):
             continue
         src = f"{name}:{int(lines[record - ds.first])}" if record < stop else name
+        where = f"record {record} ({src})"
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DatasetError(f"record {record} ({src}): not UTF-8 ({e})") from None
-        if ds.kind == "lines":
-            items.append((record, src, line.rstrip("\r\n"), None))
-        else:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"record {record} ({src}): not a JSON object ({e})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise DatasetError(f"record {record} ({src}): expected an object with a string 'text' "
-                                   "(and optionally 'text_pair')")
-            pair = obj.get("text_pair")
-            if pair is not None and not isinstance(pair, str):
-                raise DatasetError(f"record {record} ({src}): 'text_pair' must be a string, got {type(pair).__name__}")
-            items.append((record, src, obj["text"], pair))
+            line = decode_line(raw, where, at)
+            text, pair = (line, None) if ds.kind == "lines" else parse_record(line, where)
+        except ValueError as e:  # TextInputError, LimitError: they name the record and its line
+            raise DatasetError(str(e)) from None
+        items.append((record, src, text, pair))
         record += 1
     if record != stop:
         raise DatasetError(f"{ds.path}: changed since it was indexed (expected records [{start}, {stop}), "
@@ -376,17 +337,10 @@ def _read_text_records(ds: Dataset, start: int, stop: int, tokenizer: Any, max_l
 
 
 def load_rows(f: ArrayFile, a: int, b: int) -> dict[str, np.ndarray]:
-    path = Path(f.path)
     try:
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k][a:b] for k in f.keys}
-        from bert_ref.io.checkpoints.safetensors_io import read_safetensors
-
-        tensors, _ = read_safetensors(path)
-        return {k: np.array(tensors[k][a:b]) for k in f.keys}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DatasetError(f"{path}: cannot read rows {a}..{b} ({' '.join(str(e).split())})") from None
+        return read_rows(f.path, f.keys, a, b)
+    except ArrayFileError as e:
+        raise DatasetError(str(e)) from None
 
 
 def _read_array_records(ds: Dataset, start: int, stop: int) -> Records:
@@ -421,8 +375,8 @@ def _read_array_records(ds: Dataset, start: int, stop: int) -> Records:
                                            f"(ones, then zeros): position {int(np.flatnonzero(~m)[0])} is padding "
                                            "before a real token")
                 index.append(record)
-                ids.append(tok[j, :n].astype(np.int64))
-                segs.append(seg[j, :n].astype(np.int64))
+                ids.append(tok[j, :n])  # in the file's dtype until `read` checks the range (uint64 2**64-1
+                segs.append(seg[j, :n])  # would read as -1 in int64)
                 lengths.append(n)
                 sources.append(src)
         first += f.rows
