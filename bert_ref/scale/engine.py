@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bert_ref.scale.cluster import connect
 from bert_ref.scale.shards import BLAS_ENV, LOCAL_SCHEDULERS, cores, need_dask
 
 # ----------------------------------------------------------------------------------------------
@@ -88,12 +89,9 @@ class Engine:
 
     def _run_distributed(self, fn: Callable, tasks: Sequence[tuple], done: Callable[[int, Any], None]) -> None:
         need_dask()
-        try:
-            from distributed import Client, as_completed
-        except ImportError:
-            raise ImportError("a Dask cluster needs dask.distributed: install it with "
-                              '`pip install "bert-ref[scale]"`') from None
-        client = Client(self.scheduler, timeout="30s")
+        client = connect(self.scheduler)
+        from distributed import as_completed
+
         try:
             token = uuid.uuid4().hex[:8]
             futures = {client.submit(fn, *args, key=f"bert-ref-task-{i}-{token}", pure=False): i
