@@ -7,10 +7,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
+import numpy as np
+
 from bert_ref.backbone import BertBackbone
-from bert_ref.learn.plots import pyplot_free_figure, write_plots
+from bert_ref.learn.plots import check_plot_size, pyplot_free_figure, write_plots
 from bert_ref.learn.trace import PLOT_INSTALL, format_trace, run_text
 from bert_ref.model.precision import POLICY_NAMES
+from bert_ref.text.lines import check_text
 from bert_ref.text.tokenizer import BertTokenizer
 
 # ----------------------------------------------------------------------------------------------
@@ -38,6 +41,9 @@ def _configure_trace(p: argparse.ArgumentParser) -> None:
 
 
 def _run_trace(args: argparse.Namespace) -> int:
+    check_text(args.text, "TEXT")
+    if args.pair is not None:
+        check_text(args.pair, "PAIR")
     if not args.text.strip():
         raise ValueError("TEXT is empty: there is nothing to trace")
     if args.layers is not None and args.plot is None:
@@ -49,16 +55,37 @@ def _run_trace(args: argparse.Namespace) -> int:
         tokenizer = BertTokenizer.from_preset(args.preset)
     except (OSError, ValueError, TypeError, ImportError) as e:
         raise ValueError(f"cannot load preset {args.preset!r}: {e}") from None
-    tr = run_text(model, tokenizer, args.text, args.pair)
+    try:
+        tr = run_text(model, tokenizer, args.text, args.pair)
+    except MemoryError:
+        raise MemoryError(_out_of_memory(model, tokenizer, args.text, args.pair)) from None
+    if args.plot is not None:  # a picture too large to draw is refused before anything is printed
+        check_plot_size(model.config.num_heads, len(tr.tokens))
     say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
     say(f"preset {args.preset}, loaded from {model.source} ({model.dtype_policy.name} policy); "
         f"{model.config.num_layers} layers, {model.config.num_heads} heads, hidden {model.config.hidden_dim}")
     for line in format_trace(tr, per_token=args.per_token):
         say(line)
     if args.plot is not None:
-        for path in write_plots(tr, args.plot, args.layers):
+        notes: list[str] = []
+        for path in write_plots(tr, args.plot, args.layers, notes=notes):
             print(f"wrote {path}", file=sys.stderr, flush=True)
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr, flush=True)
     return 0
+
+
+def _out_of_memory(model: BertBackbone, tokenizer: BertTokenizer, text: str, pair: str | None) -> str:
+    """What ran out of memory in a trace, and what to do: the trace keeps every intermediate."""
+    from bert_ref.model.limits import forward_bytes
+
+    pieces = len(tokenizer.encode(text)) + (0 if pair is None else len(tokenizer.encode(pair)) + 1) + 2
+    s = min(pieces, model.config.max_sequence_length)
+    need = forward_bytes(model.config, 1, s, np.dtype(model.dtype_policy.compute_dtype).itemsize, hidden_states=True,
+                         attentions=True, trace=True)
+    return (f"out of memory tracing {s} tokens: a trace keeps every intermediate of all {model.config.num_layers} "
+            f"layers, an estimated {need / 1e6:,.0f} MB for this text (the attention steps grow with the square of "
+            "the tokens); trace a shorter text, e.g. its first sentence")
 
 
 def add_commands(register: Callable[..., None]) -> None:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,31 @@ def _save_png(fig: Any, path: Path, dpi: int) -> Path:
     return path
 
 
+#: The largest picture drawn (pixels; Agg holds 4 bytes per pixel while drawing): about 200 MB.
+MAX_PLOT_PIXELS = 50_000_000
+
+
+def _attention_layout(heads: int, s: int) -> tuple[int, int, float, tuple[float, float]]:
+    """(rows, cols, inches per head, figure size in inches) of an attention picture."""
+    cols = min(heads, 4)
+    rows = -(-heads // cols)
+    cell = max(2.4, 0.17 * s + 0.9)  # inches per head: room for S token labels
+    return rows, cols, cell, (cols * cell + 0.8, rows * cell + 0.6)
+
+
+def check_plot_size(heads: int, s: int, dpi: int = 80) -> None:
+    """A `ValueError` before anything is drawn when the attention pictures of `s` tokens would be
+    over `MAX_PLOT_PIXELS` (each head's heatmap grows with the square of the tokens, labels included)."""
+    w, h = (round(x * dpi) for x in _attention_layout(heads, s)[3])
+    if w * h > MAX_PLOT_PIXELS:
+        top = next(n for n in range(s, 0, -1) if math.prod(round(x * dpi) for x in _attention_layout(heads, n)[3])
+                   <= MAX_PLOT_PIXELS)
+        raise ValueError(f"--plot: {s} tokens make each layer's attention picture {w:,} x {h:,} pixels "
+                         f"({w * h * 4 / 1e9:.1f} GB to draw), over the limit of {MAX_PLOT_PIXELS:,} pixels; plot a "
+                         f"shorter text (at most {top} tokens with {heads} heads: e.g. its first sentence); the "
+                         "trace itself needs no --plot")
+
+
 def plot_attention(probs: np.ndarray, tokens: Sequence[str], layer: int, path: Path, *, dpi: int = 80) -> Path:
     """One layer's attention as a PNG: a heatmap per head, labelled by token.
 
@@ -47,10 +75,9 @@ def plot_attention(probs: np.ndarray, tokens: Sequence[str], layer: int, path: P
         dpi: resolution.
     """
     heads, s = probs.shape[0], probs.shape[-1]
-    cols = min(heads, 4)
-    rows = -(-heads // cols)
-    cell = max(2.4, 0.17 * s + 0.9)  # inches per head: room for S token labels
-    fig = pyplot_free_figure((cols * cell + 0.8, rows * cell + 0.6))
+    check_plot_size(heads, s, dpi)
+    rows, cols, _, size = _attention_layout(heads, s)
+    fig = pyplot_free_figure(size)
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     fontsize = 7 if s <= 24 else 5
@@ -99,8 +126,38 @@ def plot_hidden_norms(hidden_states: Sequence[np.ndarray], tokens: Sequence[str]
     return _save_png(fig, path, dpi)
 
 
+def summarise_warnings(caught: Sequence[warnings.WarningMessage], tokens: Sequence[str], pictures: int) -> list[str]:
+    """matplotlib's warnings while drawing, said once each: missing glyphs as the tokens they hit,
+    "Tight layout not applied" as the pictures it hit, any other warning once."""
+    glyphs: dict[str, str] = {}  # character -> font
+    tight = 0
+    other: dict[str, None] = {}
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        m = re.match(r"Glyph (\d+) .*missing from (?:current )?font\(s\) (.+?)\.?$", text)
+        if m:
+            glyphs.setdefault(chr(int(m.group(1))), m.group(2))
+        elif text.startswith("Tight layout not applied"):
+            tight += 1
+        else:
+            other.setdefault(f"matplotlib: {text}", None)
+    lines = []
+    if glyphs:
+        positions = [t for t in tokens if any(ch in glyphs for ch in t)]
+        hit = list(dict.fromkeys(positions))
+        fonts = ", ".join(sorted(set(glyphs.values())))
+        shown = ", ".join(hit[:8]) + (", ..." if len(hit) > 8 else "")
+        lines.append(f"{len(positions)} of {len(tokens)} tokens ha{'ve' if len(positions) != 1 else 's'} no glyph in "
+                     f"the default font ({fonts}) and show as boxes ({shown}); to draw them, install a font that "
+                     "has them (e.g. Noto Sans CJK) and name it in matplotlib's font.family")
+    if tight:
+        lines.append(f"the labels of {min(tight, pictures)} of {pictures} pictures did not fit their margins "
+                     "(matplotlib's tight layout was not applied): some token labels may overlap or be cut")
+    return lines + list(other)
+
+
 def write_plots(tr: TextTrace, directory: str | os.PathLike, layers: Sequence[int] | None = None, *,
-                dpi: int = 80) -> list[Path]:
+                dpi: int = 80, notes: list[str] | None = None) -> list[Path]:
     """Write `attention_layer_{i}.png` for each of `layers` and `hidden_state_norms.png`.
 
     Args:
@@ -108,6 +165,8 @@ def write_plots(tr: TextTrace, directory: str | os.PathLike, layers: Sequence[in
         directory: where to write (created if missing).
         layers: the layers to draw attention for (default: all).
         dpi: resolution.
+        notes: where matplotlib's warnings go, summarised once each (`summarise_warnings`); None:
+            one `UserWarning` per summary line.
 
     Returns:
         The paths written. A missing matplotlib is an `ImportError` saying how to install it,
@@ -118,10 +177,20 @@ def write_plots(tr: TextTrace, directory: str | os.PathLike, layers: Sequence[in
     for i in layers:
         if not 0 <= i < n:
             raise ValueError(f"--layers: layer {i} is outside [0, {n}): the model has {n} layers")
-    pyplot_free_figure((1, 1))  # fail on a missing matplotlib before creating anything
+    pyplot_free_figure((1, 1))  # fail on a missing matplotlib or a picture too large before creating anything
+    if layers:
+        check_plot_size(tr.attention_probs[0].shape[0], len(tr.tokens), dpi)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_attention(tr.attention_probs[i], tr.tokens, i, out / f"attention_layer_{i}.png", dpi=dpi)
-             for i in layers]
-    paths.append(plot_hidden_norms(tr.hidden_states, tr.tokens, out / "hidden_state_norms.png", dpi=dpi))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = [plot_attention(tr.attention_probs[i], tr.tokens, i, out / f"attention_layer_{i}.png", dpi=dpi)
+                 for i in layers]
+        paths.append(plot_hidden_norms(tr.hidden_states, tr.tokens, out / "hidden_state_norms.png", dpi=dpi))
+    summary = summarise_warnings(caught, tr.tokens, len(paths))
+    if notes is not None:
+        notes.extend(summary)
+    else:
+        for line in summary:
+            warnings.warn(line, UserWarning, stacklevel=2)
     return paths
