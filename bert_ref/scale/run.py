@@ -149,10 +149,16 @@ def run_dataset(
         except (ValueError, OSError) as e:
             raise ValueError(f"{manifest_path}: not a bert_ref run manifest ({e}); "
                              "use an empty --out directory") from None
-        for name in JOB_FIELDS:
-            if previous["job"].get(name) != fields[name]:
-                raise ValueError(f"{out} holds a different run: its {name} is {previous['job'].get(name)!r}, "
-                                 f"this run's is {fields[name]!r}; use another --out directory or delete {out}")
+        if not any(isinstance(e, dict) and e.get("sha256") for e in previous.get("shards") or []):
+            # A run that never completed a shard (it failed on its first records, or was stopped at
+            # once) holds nothing to resume: it does not block its own rerun on a fixed dataset.
+            log(f"{manifest_path}: the run there completed no shard; starting afresh")
+            previous = None
+        else:
+            for name in JOB_FIELDS:
+                if previous["job"].get(name) != fields[name]:
+                    raise ValueError(f"{out} holds a different run: its {name} is {previous['job'].get(name)!r}, "
+                                     f"this run's is {fields[name]!r}; use another --out directory or delete {out}")
     elif any(out.glob("shard-*.safetensors")):
         raise ValueError(f"{out} holds shard files but no {MANIFEST}; use another --out directory or delete them")
     remove_partial_shards(out)
