@@ -35,14 +35,20 @@ _REMEDIES: dict[int, tuple[str, str]] = {
 }
 
 
-def file_error(exc: OSError, path: str | os.PathLike, action: str) -> OSError:
+#: Errors that only writing gives: `describe` says "cannot write" for them.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def file_error(exc: OSError, path: str | os.PathLike, action: str | None) -> OSError:
     """`exc` as an `OSError` of the same errno whose message names `path`, says what went wrong and
-    what to do: "PATH: cannot ACTION: WHAT (ECODE); REMEDY". Its `filename` is `path`."""
+    what to do: "PATH: cannot ACTION: WHAT (ECODE); REMEDY" ("PATH: WHAT ..." without an action).
+    Its `filename` is `path`."""
     code = exc.errno
     what, remedy = _REMEDIES.get(code or -1, (None, None))
     reason = what or (exc.strerror or str(exc) or type(exc).__name__).strip()
     name = errno.errorcode.get(code or -1)
-    text = f"{path}: cannot {action}: {reason}" + (f" ({name})" if name else "") + (f"; {remedy}" if remedy else "")
+    text = (f"{path}: " + (f"cannot {action}: " if action else "") + reason + (f" ({name})" if name else "")
+            + (f"; {remedy}" if remedy else ""))
     return _Described(code, text, os.fspath(path))
 
 
@@ -64,12 +70,12 @@ class _Described(OSError):
         return (type(self), (self.errno, self.text, self.filename))
 
 
-def describe(exc: OSError, action: str = "use") -> str:
+def describe(exc: OSError) -> str:
     """The one-line message of an `OSError` raised anywhere: already described ones as they are;
     others with their `filename` and a remedy when they have one."""
-    if isinstance(exc, _Described) or exc.filename is None:
+    if isinstance(exc, _Described) or exc.filename is None or exc.errno is None:
         return str(exc)
-    return str(file_error(exc, exc.filename, action))
+    return str(file_error(exc, exc.filename, "write" if exc.errno in _WRITE_ERRORS else None))
 
 
 def check_regular_file(path: str | os.PathLike, what: str) -> Path:
