@@ -219,6 +219,21 @@ def test_a_file_size_limit_names_the_shard_being_written(work, env, many, tmp_pa
     assert_usage_error(r, f"{tmp_path / 'out'}/", "cannot write: file too large (EFBIG)", "ulimit -f")
 
 
+@pytest.mark.parametrize("command", ["convert", "run"])
+def test_a_file_size_limit_in_the_safetensors_writer_names_the_file(work, env, tmp_path, command):
+    # Before: "safetensors: Error while serializing: I/O error: File too large (os error 27)", no path.
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))
+
+    np.savez(tmp_path / "in.npz", token_ids=np.full((8, 20), 31, np.int64))
+    args = [str(tmp_path / "converted")] if command == "convert" else [
+        "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / "out.safetensors"), "--hidden-states"]
+    r = subprocess.run([sys.executable, "-m", "bert_ref", command, str(work / "tiny"), *args], capture_output=True,
+                       text=True, env=env, timeout=120, preexec_fn=preexec)
+    name = "model.safetensors: " if command == "convert" else f"{tmp_path / 'out.safetensors'}: "
+    assert_usage_error(r, name, "cannot write: file too large (EFBIG)", "ulimit -f")
+
+
 def test_a_full_disk_names_the_shard_being_written(work, env, many, tmp_path):
     # Before: "[Errno 28] No space left on device", no path. A 64 KiB tmpfs, mounted in a mount
     # namespace of the child's own (as root, or through a user namespace where the system allows it).

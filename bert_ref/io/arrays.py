@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from bert_ref.io import atomic
-from bert_ref.io.errors import check_regular_file, file_error
+from bert_ref.io.errors import check_regular_file, file_error, writer_error
 from bert_ref.model import limits
 
 SUFFIXES = (".npz", ".safetensors", ".json")
@@ -300,13 +300,14 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> P
                     save_file(arrays, str(tmp))
                 except Exception as e:  # the safetensors package raises its own error type
                     if type(e).__name__ == "SafetensorError":
-                        raise OSError(_one_line(e)) from None
+                        raise writer_error(e, path) from None
                     raise
         else:
             with atomic.open_atomic(path, "w", encoding="utf-8") as f:
                 json.dump({k: _jsonable(v) for k, v in arrays.items()}, f)
                 f.write("\n")
     except OSError as e:
-        raise ArrayFileError(f"{file_error(e, path, 'write')}; nothing was written") from None
+        said = str(e) if str(e).startswith(f"{path}: ") else str(file_error(e, path, "write"))
+        raise ArrayFileError(f"{said}; nothing was written") from None
     return path
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -68,6 +69,15 @@ class _Described(OSError):
 
     def __reduce__(self) -> tuple[type, tuple[int | None, str, str | None]]:  # raised in a Dask worker
         return (type(self), (self.errno, self.text, self.filename))
+
+
+def writer_error(exc: Exception, path: str | os.PathLike) -> OSError:
+    """An error of a writer that is not Python's own (the `safetensors` package's SafetensorError,
+    whose message ends "(os error 28)" for an OS error) as `file_error(..., "write")`."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    found = re.search(r"\(os error (\d+)\)", text)
+    err = OSError(int(found.group(1)), text) if found else OSError(text)
+    return file_error(err, path, "write")
 
 
 def describe(exc: OSError) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bert_ref.io import atomic
+from bert_ref.io.errors import writer_error
 from bert_ref.model import limits
 
 # The `safetensors` package refuses headers larger than this; so do we (a corrupt length field
@@ -233,4 +234,9 @@ def write_safetensors(
         code_for(array.dtype)  # clear error for unsupported dtypes
         prepared[name] = array if array.flags.c_contiguous else array.copy(order="C")  # keeps 0-d arrays 0-d
     with atomic.atomic_path(path) as tmp:
-        save_file(prepared, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(prepared, str(tmp), metadata=dict(metadata) if metadata else None)
+        except Exception as e:  # the safetensors package's own error type: an OSError naming `path`
+            if type(e).__name__ == "SafetensorError":
+                raise writer_error(e, path) from None
+            raise
