@@ -195,3 +195,28 @@ def test_bad_metadata(tmp_path):
 def test_empty_file_of_tensors_is_fine(tmp_path):
     _raw(tmp_path / "w.safetensors", {}, b"")
     assert read_safetensors(tmp_path / "w.safetensors") == ({}, {})
+
+
+def test_a_file_written_from_header_bytes_is_read_by_the_safetensors_package_and_from_memory(tmp_path):
+    # header_bytes is for writers that write the data themselves (dataset shards, oracle cache
+    # entries): the safetensors package must read what they write, and parse_header (a whole file in
+    # memory) must agree with read_header (a path).
+    from bert_ref.io.checkpoints.safetensors_io import header_bytes, parse_header
+
+    arrays = {"b": np.arange(6, dtype=np.int8).reshape(2, 3), "a": np.linspace(0, 1, 5),
+              "h": np.arange(4, dtype=np.float16), "s": np.asarray(np.float32(2.5)), "e": np.zeros((0, 3), np.int64)}
+    prefix, spans = header_bytes({k: (v.dtype, v.shape) for k, v in arrays.items()}, {"format": "test"})
+    data = bytearray(max(end for _, end in spans.values()))
+    for k, (begin, end) in spans.items():
+        data[begin:end] = arrays[k].tobytes()
+        assert begin % arrays[k].dtype.itemsize == 0  # every array aligned
+    assert len(prefix) % 8 == 0
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(prefix + bytes(data))
+    loaded = load_file(path)
+    assert set(loaded) == set(arrays)
+    assert all(loaded[k].dtype == v.dtype and np.array_equal(loaded[k], v) for k, v in arrays.items())
+    assert parse_header(np.frombuffer(path.read_bytes(), np.uint8), str(path)) == read_header(path)
+    assert read_header(path)[1] == {"format": "test"}
+    with pytest.raises(SafetensorsError, match="in memory: .* the file is truncated"):
+        parse_header(path.read_bytes()[:-1], "in memory")

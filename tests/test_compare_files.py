@@ -245,10 +245,10 @@ def test_compare_stores_our_runs_in_the_cache_and_no_cache_does_not(work, tmp_pa
     assert r.returncode == 0
     assert not cache.exists()
     first = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz")
-    entries = sorted(cache.glob("*.npz"))
+    entries = sorted(cache.glob("*.safetensors"))
     assert first.returncode == 0 and len(entries) == 2  # our float32 reference and the float64 truth
     stamps = [p.stat().st_mtime_ns for p in entries]
     second = run_bert_ref("compare", d / "tiny", "-i", d / "in.npz", "-c", tmp_path / "c.npz")
     assert second.returncode == 0 and second.stdout == first.stdout
-    assert sorted(cache.glob("*.npz")) == entries  # read back, nothing new written
+    assert sorted(cache.glob("*.safetensors")) == entries  # read back, nothing new written
     assert all(p.stat().st_mtime_ns >= s for p, s in zip(entries, stamps, strict=True))

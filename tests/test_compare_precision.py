@@ -241,7 +241,7 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     keys = ["sequence_output", "hidden_states.1"]
     first = oracle_outputs(model, inputs, keys, dtype="float64", cache=True)
-    files = list((tmp_path / "oc").glob("*.npz"))
+    files = list((tmp_path / "oc").glob("*" + oracle_cache.SUFFIX))
     assert len(files) == 1 and not list((tmp_path / "oc").glob("*.tmp"))
     # A hit returns the stored arrays, bit for bit, without running the model.
     import sys
@@ -272,52 +272,52 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     # Bounded: entries of one size S under a limit of 2.5 S: the least recently used one goes.
     oc = tmp_path / "oc"
-    size = next(oc.glob("*.npz")).stat().st_size
+    size = next(oc.glob("*" + oracle_cache.SUFFIX)).stat().st_size
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE_MB", str(2.5 * size / 2 ** 20))
-    first_entry = oc / (oracle_cache.entry_key(model, inputs, "float64", keys) + ".npz")
+    first_entry = oc / (oracle_cache.entry_key(model, inputs, "float64", keys) + oracle_cache.SUFFIX)
     os.utime(first_entry, (1e9, 1e9))  # the oldest
     oracle_outputs(model, other, keys, dtype="float64", cache=True)
-    assert len(list(oc.glob("*.npz"))) == 2
+    assert len(list(oc.glob("*" + oracle_cache.SUFFIX))) == 2
     third = dict(other, token_ids=other["token_ids"].copy())
     third["token_ids"][0, 1] = 6
     oracle_outputs(model, third, keys, dtype="float64", cache=True)
-    assert len(list(oc.glob("*.npz"))) == 2 and not first_entry.exists()
+    assert len(list(oc.glob("*" + oracle_cache.SUFFIX))) == 2 and not first_entry.exists()
     # bfloat16 entries read back as bfloat16; a damaged entry is a miss, and is removed.
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE_MB", "100")
     b1 = oracle_outputs(model, inputs, keys, dtype="bfloat16", cache=True)
     b2 = oracle_outputs(model, inputs, keys, dtype="bfloat16", cache=True)
     assert b2["sequence_output"].dtype.name == "bfloat16"
     assert np.array_equal(b1["sequence_output"], b2["sequence_output"])
-    entry = tmp_path / "oc" / (oracle_cache.entry_key(model, inputs, "bfloat16", keys) + ".npz")
+    entry = tmp_path / "oc" / (oracle_cache.entry_key(model, inputs, "bfloat16", keys) + oracle_cache.SUFFIX)
     entry.write_bytes(b"broken")
     assert oracle_cache.load(entry.stem) is None and not entry.exists()
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", "off")
     assert oracle_cache.cache_root() is None
 
 
-def test_cache_entries_are_mapped_copy_on_write_and_damage_is_a_miss(tmp_path, monkeypatch):
+def test_cache_entries_read_back_whole_private_and_writable_and_damage_is_a_miss(tmp_path, monkeypatch):
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     arrays = {"sequence_output": np.arange(24, dtype=np.float32).reshape(1, 4, 6),
-              "transformer_layer_0/query": np.linspace(-1, 1, 12).reshape(1, 2, 6), "empty": np.zeros((2, 0))}
+              "transformer_layer_0/query": np.linspace(-1, 1, 12).reshape(1, 2, 6), "empty": np.zeros((2, 0)),
+              "scalar": np.float64(2.5)}
     path = oracle_cache.store("k", arrays)
     got = oracle_cache.load("k")
     assert set(got) == set(arrays)
     for k, a in arrays.items():
-        assert got[k].dtype == a.dtype and got[k].shape == a.shape and np.array_equal(got[k], a)
+        assert got[k].dtype == np.asarray(a).dtype and got[k].shape == np.shape(a) and np.array_equal(got[k], a)
     got["sequence_output"][0, 0, 0] = 99.0  # writable, and private to this process: the file is unchanged
     assert oracle_cache.load("k")["sequence_output"][0, 0, 0] == 0.0
-    # An entry np.savez_compressed wrote is read too (by np.load).
-    np.savez_compressed(path, **arrays)
-    assert np.array_equal(oracle_cache.load("k")["transformer_layer_0/query"], arrays["transformer_layer_0/query"])
-    # Damage is a miss, and the entry is removed: a member whose .npy header claims more values than
-    # it holds, or a file cut short.
-    oracle_cache.store("k", arrays)
+    # Damage is a miss, and the entry is removed: a header whose shape claims more values than the
+    # entry holds, a file cut short, an entry of the old format.
     raw = path.read_bytes()
-    assert raw.count(b"(1, 2, 6)") == 1
-    path.write_bytes(raw.replace(b"(1, 2, 6)", b"(1, 2, 7)"))
+    assert raw.count(b"[1,2,6]") == 1
+    path.write_bytes(raw.replace(b"[1,2,6]", b"[1,2,7]"))
     assert oracle_cache.load("k") is None and not path.exists()
     oracle_cache.store("k", arrays)
     path.write_bytes(path.read_bytes()[:-100])
+    assert oracle_cache.load("k") is None and not path.exists()
+    np.savez(tmp_path / "old.npz", **arrays)
+    path.write_bytes((tmp_path / "old.npz").read_bytes())
     assert oracle_cache.load("k") is None and not path.exists()
 
 
@@ -329,7 +329,7 @@ def test_weights_digest_is_kept_for_a_preset_directory_until_its_files_change(mo
     # The same content identified by its bytes, whichever way it was loaded or built.
     assert first == oracle_cache.model_digest(model)
     # A second load of the unchanged directory reuses the stored digest: the weights are not hashed.
-    monkeypatch.setattr(oracle_cache, "_hash_weights", lambda w: (_ for _ in ()).throw(AssertionError("hashed")))
+    monkeypatch.setattr(oracle_cache, "arrays_digest", lambda *a: (_ for _ in ()).throw(AssertionError("hashed")))
     assert oracle_cache.model_digest(BertBackbone.from_preset(tmp_path / "preset")) == first
     monkeypatch.undo()
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))

@@ -15,6 +15,7 @@ from bert_ref.cli import UsageError, dtype_arg, load_preset, say, where
 from bert_ref.io import atomic
 from bert_ref.io.checkpoints.base import CheckpointError
 from bert_ref.model.precision import HALF_PRECISIONS, POLICIES, PRECISIONS
+from bert_ref.oracle.cache import check_settings as check_cache_settings
 from bert_ref.oracle.candidates import read_candidate, read_inputs
 from bert_ref.oracle.compare import compare
 from bert_ref.oracle.run import (
@@ -109,6 +110,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--floor-ratio must be > 0, got {args.floor_ratio}")
     if args.floor_ratio is not None and (atol is not None or rtol is not None):
         raise UsageError("--floor-ratio and --atol/--rtol are two different checks; give one")
+    cache = not args.no_cache
+    if cache:
+        check_cache_settings()  # a bad BERT_REF_ORACLE_CACHE(_MB) is an error before any work
     read = read_candidate(args.candidate)
     candidate = read.arrays
     inputs = read_inputs(args.input)
@@ -118,7 +122,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         precision = POLICIES[args.dtype].precision
     truth_mode = (args.truth or precision is not None or args.floor_ratio is not None
                   or (detected in HALF_PRECISIONS and atol is None and rtol is None))
-    cache = not args.no_cache
     # The weights' NaN/inf check waits for the first forward: a compare whose runs are all in the
     # oracle cache needs only the config and the weights' digest (kept per preset directory).
     model = load_preset(args.preset, None if truth_mode else args.dtype, defer_finite_check=cache)

@@ -7,27 +7,44 @@ keyed by a SHA-256 digest of exactly those (and of the bert_ref version and the 
 modules that compute a forward, so that a changed kernel never reads runs of the old one), and a
 second compare of another candidate on the same inputs reads them back.
 
-Location and size (environment variables):
+Location and size (environment variables, both checked before any run: a bad value is a
+`ValueError` naming the variable and what is valid):
 
     BERT_REF_ORACLE_CACHE     the directory (default `<our cache>/oracle`, i.e. `$BERT_REF_CACHE/oracle`,
                               else `$XDG_CACHE_HOME/bert_ref/oracle`, else `~/.cache/bert_ref/oracle`);
                               `off` (or 0, false, no) disables the cache.
-    BERT_REF_ORACLE_CACHE_MB  the most it may hold, in MiB (default 2048): after each write the
-                              least recently used entries are removed until it fits.
+    BERT_REF_ORACLE_CACHE_MB  the most it may hold, in MiB: a number from 0 to 1e9 (default 2048);
+                              after each write the least recently used entries are removed until it
+                              fits (0 stores nothing).
 
-Each entry is one `.npz` file, written to a temporary name in the same directory and renamed into
-place, so a reader never sees half a file; a file that cannot be read is treated as absent and
-removed. Reading an entry touches it (its modification time orders the eviction).
+An entry cannot lie:
+
+* Each entry is one safetensors file, `<key>.safetensors`, whose metadata holds its key and a SHA-256
+  digest of its arrays (each one's name, dtype, shape and bytes). Reading an entry reads the whole
+  file into memory (never a map of it, which a process truncating the file would turn into a
+  SIGBUS), checks the key and the digest, and only then returns the arrays. So a flipped bit, a
+  file cut short or an entry under another run's name (a float32 run where the float64 truth
+  belongs) is a miss: the entry is removed where the directory is writable and skipped where it is
+  not, so a read-only cache still serves its good entries.
+* The model's part of the key is a digest of its content: the config, and every weight tensor's
+  name, dtype, shape and bytes. Weights handed in from Python (`BertBackbone(weights=w)`), which can
+  be changed in place, are hashed at every use. For a model loaded from a preset directory (weights
+  that are read-only views of its files) the weights' digest is kept on disk, under the files'
+  names, sizes, inode numbers, modification and change times (`st_ctime_ns`: an edit that restores
+  the modification time still changes it), and reused while none of them changes.
+
+Entries are written through `bert_ref.io.atomic` (a temporary name, renamed into place) without
+fsync: an entry that did not reach the disk before a crash fails its digest and is a miss. Reading
+an entry touches it (its modification time orders the eviction).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
-import math
 import os
+import re
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,78 +55,110 @@ import numpy as np
 from bert_ref import __version__
 from bert_ref.io import atomic
 
+ENV_DIR = "BERT_REF_ORACLE_CACHE"
+ENV_MB = "BERT_REF_ORACLE_CACHE_MB"
 _OFF = ("off", "0", "false", "no")
 DEFAULT_LIMIT_MB = 2048
+MAX_LIMIT_MB = 1e9
+#: Written into every entry's metadata; an entry of another format is a miss.
+FORMAT = "bert_ref oracle cache 2"
+SUFFIX = ".safetensors"
+_ENTRY = re.compile(r"[0-9a-f]{64}")
 
-_digests: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+# model -> (the files' signature, the model's digest): reused while the signature holds.
+_digests: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
 
 
 def cache_root() -> Path | None:
-    """The cache directory, or None when `BERT_REF_ORACLE_CACHE` disables it."""
-    value = os.environ.get("BERT_REF_ORACLE_CACHE", "").strip()
+    """The cache directory, or None when `BERT_REF_ORACLE_CACHE` disables it. ValueError when the
+    variable names something that is not a directory."""
+    value = os.environ.get(ENV_DIR, "").strip()
     if value.lower() in _OFF:
         return None
     if value:
-        return Path(value).expanduser()
+        path = Path(value).expanduser()
+        if "\0" in value or (path.exists() and not path.is_dir()):
+            raise ValueError(f"{ENV_DIR}={value!r} is not valid: expected a directory (created if missing), or "
+                             f"one of {', '.join(_OFF)} to turn the cache off")
+        return path
     from bert_ref.io.hub.settings import cache_dir
 
     return cache_dir() / "oracle"
 
 
 def limit_bytes() -> int:
-    """`BERT_REF_ORACLE_CACHE_MB` in bytes (default 2048 MiB)."""
-    raw = os.environ.get("BERT_REF_ORACLE_CACHE_MB", "").strip()
+    """`BERT_REF_ORACLE_CACHE_MB` in bytes (default 2048 MiB). ValueError unless it is a number of
+    MiB from 0 to 1e9."""
+    raw = os.environ.get(ENV_MB, "").strip()
     if not raw:
         return DEFAULT_LIMIT_MB * 2 ** 20
     try:
         mb = float(raw)
     except ValueError:
-        mb = -1.0
-    if not mb >= 0:
-        raise ValueError(f"BERT_REF_ORACLE_CACHE_MB={raw!r} is not valid: expected a number of MiB >= 0")
+        mb = float("nan")
+    if not 0 <= mb <= MAX_LIMIT_MB:
+        raise ValueError(f"{ENV_MB}={raw!r} is not valid: expected a number of MiB from 0 to {MAX_LIMIT_MB:g} "
+                         f"(unset for the default {DEFAULT_LIMIT_MB}; 0 stores nothing)")
     return int(mb * 2 ** 20)
 
 
-def model_digest(model: Any) -> str:
-    """SHA-256 of a `BertBackbone`'s config and weights (names, dtypes, shapes, bytes); computed once
-    per model object (its weights are read-only).
-
-    Hashing BERT-base's 438 MB takes about 0.2 s (per tensor, on the cores' threads), so the
-    weights' part is also kept on disk for a
-    model loaded from a preset directory whose weights are read-only views of its files (as
-    `from_preset` maps them): it is stored under the directory's files' names, sizes, modification
-    times and inode numbers, and reused while none of them changes."""
-    try:
-        return _digests[model]
-    except (KeyError, TypeError):
-        pass
-    h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    h.update(_weights_digest(model).encode())
-    digest = h.hexdigest()
-    try:
-        _digests[model] = digest
-    except TypeError:
-        pass
-    return digest
+def check_settings() -> Path | None:
+    """Validate both settings (ValueError naming the variable and the valid range); the directory,
+    or None when the cache is off. Call it before any work that would use the cache."""
+    root = cache_root()
+    limit_bytes()
+    return root
 
 
-def _hash_weights(weights: Mapping[str, Any]) -> str:
-    """SHA-256 over each tensor's name, dtype, shape and the SHA-256 of its bytes; the tensors are
-    hashed on the cores' threads (hashlib releases the GIL)."""
+# ----------------------------------------------------------------------------------------------
+# Digests
+
+
+def arrays_digest(arrays: Mapping[str, Any], salt: str = "") -> str:
+    """SHA-256 over `salt` and each array's name, dtype, shape and the SHA-256 of its bytes (C
+    order), in name order; the arrays are hashed on the cores' threads (hashlib releases the GIL)."""
     from bert_ref.model.runtime import map_concurrent
 
-    names = sorted(weights)
+    names = sorted(arrays)
 
-    def tensor_digest(name: str) -> str:
-        w = np.ascontiguousarray(weights[name])
-        return hashlib.sha256(w.data.cast("B")).hexdigest()
+    def one(name: str) -> str:
+        a = np.ascontiguousarray(arrays[name])
+        return hashlib.sha256(a.reshape(-1).view(np.uint8).data).hexdigest()
 
-    h = hashlib.sha256()
-    for name, digest in zip(names, map_concurrent(tensor_digest, names), strict=True):
-        w = weights[name]
-        h.update(f"{name}|{w.dtype.str}|{w.dtype.name}|{w.shape}|{digest}|".encode())
+    h = hashlib.sha256(f"{salt}|".encode())
+    for name, digest in zip(names, map_concurrent(one, names), strict=True):
+        a = arrays[name]
+        h.update(f"{name}|{a.dtype.str}|{a.dtype.name}|{tuple(a.shape)}|{digest}|".encode())
     return h.hexdigest()
+
+
+def model_digest(model: Any) -> str:
+    """SHA-256 of a `BertBackbone`'s config and weights (see the module docstring): weights from a
+    preset directory are hashed once per change of its files, any others at every call.
+
+    Hashing BERT-base's 438 MB takes about 0.2 s (per tensor, on the cores' threads)."""
+    signature = _files_signature(model)
+    if signature is not None:
+        try:
+            known = _digests.get(model)
+        except TypeError:
+            known = None
+        if known is not None and known[0] == signature:
+            return known[1]
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    h.update(_weights_digest(model, signature).encode())
+    digest = h.hexdigest()
+    if signature is not None:
+        try:
+            _digests[model] = (signature, digest)
+        except TypeError:
+            pass
+    return digest
 
 
 def _stored_weights(model: Any) -> Mapping[str, Any]:
@@ -119,41 +168,49 @@ def _stored_weights(model: Any) -> Mapping[str, Any]:
     return model.weights if weights is None else weights
 
 
+@functools.cache
+def _reader_digest() -> str:
+    """SHA-256 of the checkpoint readers' source: a changed conversion is other weights."""
+    h = hashlib.sha256()
+    for p in sorted((Path(__file__).parents[1] / "io" / "checkpoints").glob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _files_signature(model: Any) -> str | None:
-    """What identifies the files `model`'s weights were mapped from, or None when that cannot stand
-    for the weights (no preset directory, or a weight array that could have been changed in place)."""
+    """What identifies the files `model`'s weights were read from, or None when that cannot stand
+    for the weights (no preset directory, or a weight array that could be changed in place)."""
     source = getattr(model, "source", None)
     weights = _stored_weights(model)
     if not source or not Path(source).is_dir() or any(np.asarray(w).flags.writeable for w in weights.values()):
         return None
-    h = hashlib.sha256(f"bert_ref {__version__}|{Path(source).resolve()}|".encode())
+    h = hashlib.sha256(f"bert_ref {__version__} {_reader_digest()}|{Path(source).resolve()}|".encode())
     for p in sorted(Path(source).iterdir()):
         try:
             st = p.stat()
         except OSError:
             return None
-        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_dev}|".encode())
+        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}|{st.st_dev}|".encode())
     h.update("|".join(f"{n}:{np.asarray(w).dtype.str}:{np.shape(w)}" for n, w in sorted(weights.items())).encode())
     return h.hexdigest()
 
 
-def _weights_digest(model: Any) -> str:
+def _weights_digest(model: Any, signature: str | None) -> str:
     root = cache_root()
-    signature = _files_signature(model) if root is not None else None
     path = None if signature is None or root is None else root / "digests" / signature
     if path is not None:
         try:
             known = path.read_text(encoding="ascii").strip()
-            if len(known) == 64:
+            if re.fullmatch(r"[0-9a-f]{64}", known):
                 return known
         except (OSError, UnicodeDecodeError):
             pass
-    digest = _hash_weights(_stored_weights(model))
+    digest = arrays_digest(_stored_weights(model))
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_text(path, digest)
-        except OSError:
+        except OSError:  # a read-only cache: hashed again next time
             pass
     return digest
 
@@ -188,26 +245,37 @@ def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str, keys: Ite
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------------------------
+# Entries
+
+
 def load(key: str) -> dict[str, np.ndarray] | None:
-    """The arrays stored under `key`, or None (absent, disabled, or unreadable: then removed)."""
+    """The arrays stored under `key`, verified, or None (absent, disabled, or not what `store` wrote
+    for `key`: then removed where the directory allows)."""
     root = cache_root()
     if root is None:
         return None
-    path = root / f"{key}.npz"
-    if not path.is_file():
-        return None
+    path = root / f"{key}{SUFFIX}"
+    inode = None
     try:
-        out = _map_entry(path) if os.name == "posix" else None
-        if out is None:
-            with np.load(path, allow_pickle=False) as data:
-                out = {k: data[k] for k in data.files}
-        for k, a in out.items():
-            if a.dtype == np.dtype("V2"):  # bfloat16, as np.savez stores it
-                import ml_dtypes
-
-                out[k] = a.view(ml_dtypes.bfloat16)
-    except Exception:  # a damaged entry is a miss
-        path.unlink(missing_ok=True)
+        with open(path, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            inode = st.st_ino
+            data = np.empty(st.st_size, np.uint8)
+            view, got = data.data, 0
+            while got < st.st_size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got != st.st_size:
+            raise ValueError(f"{path}: read {got} of {st.st_size} bytes (cut short while being read)")
+        out = _verified(data, key, str(path))
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged or unreadable entry is a miss
+        if inode is not None:
+            _remove(path, inode)
         return None
     try:
         os.utime(path)
@@ -216,78 +284,80 @@ def load(key: str) -> dict[str, np.ndarray] | None:
     return out
 
 
-def _map_entry(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of an entry as copy-on-write maps of its file: nothing is copied or read until the
-    arrays are (BERT-base's two runs at 8 x 128 are 132 MB, which `np.load` copies twice, checking
-    each member's CRC, in about 0.1 s). The arrays are writable, and writing changes only this
-    process's pages. Entries are only ever replaced whole (written to a temporary name, renamed),
-    never rewritten in place, so a mapped file does not change under its reader.
+def _verified(data: np.ndarray, key: str, where: str) -> dict[str, np.ndarray]:
+    """The arrays of the entry `data` (a whole file), after checking its format, key and digest;
+    ValueError (or another error of the reader) when any of them is wrong."""
+    from bert_ref.io.checkpoints.safetensors_io import numpy_dtype, parse_header
 
-    None when a member is compressed or in a .npy format other than 1.0 / 2.0 (`np.load` reads it
-    then); ValueError when the file is not the zip of .npy members `store` writes (a damaged entry)."""
-    import mmap
-    import zipfile
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        with zipfile.ZipFile(f) as zf:
-            infos = zf.infolist()
-        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
-            return None
-        buffer = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
-    out: dict[str, np.ndarray] = {}
-    for info in infos:
-        if not info.filename.endswith(".npy"):
-            raise ValueError(f"{path}: {info.filename} is not an array")
-        at = info.header_offset
-        local = buffer[at:at + 30].tobytes()
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise ValueError(f"{path}: no local header for {info.filename}")
-        start = at + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
-        end = start + info.file_size
-        if end > size:
-            raise ValueError(f"{path}: {info.filename} is cut short")
-        header = io.BytesIO(buffer[start:min(end, start + 65536)].tobytes())
-        version = np.lib.format.read_magic(header)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
-        else:  # a newer .npy format: np.load reads it
-            return None
-        offset = start + header.tell()
-        if dtype.hasobject or offset + math.prod(shape) * dtype.itemsize != end:
-            raise ValueError(f"{path}: {info.filename} does not hold {shape} {dtype}")
-        data = buffer[offset:end]
-        out[info.filename[:-4]] = np.ndarray(shape, dtype, buffer=data, order="F" if fortran else "C")
+    header, metadata, start = parse_header(data, where)
+    if metadata.get("format") != FORMAT or metadata.get("key") != key:
+        raise ValueError(f"{where}: not the entry for {key}")
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        dtype = numpy_dtype(info["dtype"], where)
+        out[name] = data[start + begin:start + end].view(dtype).reshape(tuple(info["shape"]))  # no copy
+    if arrays_digest(out, key) != metadata.get("sha256"):
+        raise ValueError(f"{where}: the arrays do not match their digest")
     return out
 
 
+def _remove(path: Path, inode: int | None) -> None:
+    """Remove the damaged entry `path` if it is still the file read (inode) and the directory lets us."""
+    try:
+        if inode is None or path.stat().st_ino == inode:
+            path.unlink()
+    except OSError:  # gone already, or a read-only cache: skipped
+        pass
+
+
 def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
-    """Store `arrays` under `key` (atomically), then evict down to `limit_bytes()`. Failing to
-    write (a read-only disk, no space) is not an error: the run is simply not cached."""
-    root = cache_root()
-    if root is None:
+    """Store `arrays` under `key` (atomically, with their digest), then evict down to
+    `limit_bytes()`. Failing to write (a read-only disk, no space) is not an error: the run is
+    simply not cached."""
+    from bert_ref.io.checkpoints.safetensors_io import SafetensorsError, header_bytes
+
+    root, limit = cache_root(), limit_bytes()
+    if root is None or limit == 0:
         return None
-    path = root / f"{key}.npz"
+    path = root / f"{key}{SUFFIX}"
+    prepared = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        a = a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
+        prepared[name] = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
+    try:
+        metadata = {"format": FORMAT, "key": key, "sha256": arrays_digest(prepared, key)}
+        head, spans = header_bytes({k: (a.dtype, a.shape) for k, a in prepared.items()}, metadata)
+    except SafetensorsError:  # a dtype safetensors cannot hold: not cached
+        return None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with atomic.open_atomic(path) as f:
-            # numpy's stub types **kwds as if they could fill `allow_pickle`; they are arrays.
-            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
+        with atomic.open_atomic(path, durable=False) as f:
+            f.write(head)
+            for name in sorted(spans, key=lambda k: spans[k][0]):
+                f.write(prepared[name].reshape(-1).view(np.uint8).data)
     except OSError:
         return None
-    evict(limit_bytes())
+    evict(limit)
     return path
 
 
 def evict(limit: int) -> None:
-    """Remove the least recently used entries until the cache holds at most `limit` bytes."""
+    """Remove the least recently used entries until the cache holds at most `limit` bytes (and any
+    entry of the format before this one, `<key>.npz`, which is never read)."""
     root = cache_root()
     if root is None or not root.is_dir():
         return
     entries = []
-    for p in root.glob("*.npz"):
+    for p in root.iterdir():
+        if not _ENTRY.fullmatch(p.stem):
+            continue
+        if p.suffix == ".npz":
+            _remove(p, None)
+            continue
+        if p.suffix != SUFFIX:
+            continue
         try:
             st = p.stat()
         except OSError:
@@ -297,5 +367,5 @@ def evict(limit: int) -> None:
     for _, size, p in sorted(entries, key=lambda e: e[0]):
         if total <= limit:
             break
-        p.unlink(missing_ok=True)
+        _remove(p, None)
         total -= size

@@ -94,6 +94,7 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
     if cache:
         from bert_ref.oracle import cache as oracle_cache
 
+        oracle_cache.check_settings()  # a bad BERT_REF_ORACLE_CACHE(_MB) fails before the run, not after
         entry = oracle_cache.entry_key(model, inputs, policy.name, keys)
         hit = oracle_cache.load(entry)
         if hit is not None and (keys is None or all(k in hit for k in keys)):

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import socket
 import sys
@@ -238,22 +237,17 @@ class _ShardFile:
             self._open(specs)
 
     def _open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
-        from bert_ref.io.checkpoints.safetensors_io import code_for
+        from bert_ref.io.checkpoints.safetensors_io import header_bytes
 
-        header, offset = {}, 0
+        prefix, spans = header_bytes(specs)
         self.layout: dict[str, tuple[int, int, np.dtype]] = {}  # key -> (data offset, bytes per row, dtype)
-        for name in sorted(specs, key=lambda k: (-np.dtype(specs[k][0]).itemsize, k)):
-            dtype, shape = np.dtype(specs[name][0]), tuple(specs[name][1])
-            nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {"dtype": code_for(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self.layout[name] = (offset, nbytes // shape[0] if shape and shape[0] else 0, dtype)
-            offset += nbytes
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as the safetensors writer does
-        self.start = 8 + len(text)
-        self.size = self.start + offset
+        for name, (begin, end) in spans.items():
+            rows = tuple(specs[name][1])[:1]
+            self.layout[name] = (begin, (end - begin) // rows[0] if rows and rows[0] else 0, np.dtype(specs[name][0]))
+        self.start = len(prefix)
+        self.size = self.start + max((end for _, end in spans.values()), default=0)
         self.file = atomic.AtomicFile(self.path)
-        _pwrite(self._fd(), len(text).to_bytes(8, "little") + text, 0)
+        _pwrite(self._fd(), prefix, 0)
         os.ftruncate(self._fd(), self.size)
 
     def _fd(self) -> int:

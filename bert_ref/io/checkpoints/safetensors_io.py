@@ -17,7 +17,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,54 +100,73 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
     must cover the buffer exactly, without gaps or overlaps.
     """
     path = Path(path)
-    size = path.stat().st_size
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = _header_length(f.read(8), size, str(path))
+        raw = f.read(n)
+    return _parse_header_json(raw, size, str(path))
+
+
+def parse_header(data: Any, where: str) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    """`read_header` for a whole file already in memory (`data`: bytes, or a 1-D uint8 array);
+    `where` names it in errors."""
+    view = memoryview(data).cast("B")
+    n = _header_length(view[:8].tobytes(), len(view), where)
+    return _parse_header_json(view[8:8 + n].tobytes(), len(view), where)
+
+
+def _header_length(first: bytes, size: int, where: str) -> int:
+    """The header length the first 8 bytes of a `size`-byte file state, checked against the file."""
     if size < 8:
         raise SafetensorsError(
-            f"{path}: truncated safetensors file ({size} bytes; the 8-byte header length is missing)")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n < 2 or n > MAX_HEADER_BYTES:
-            raise SafetensorsError(
-                f"{path}: corrupt safetensors file: header length {n} is outside [2, {MAX_HEADER_BYTES}]"
-            )
-        if 8 + n > size:
-            raise SafetensorsError(
-                f"{path}: truncated safetensors file: the header needs {n} bytes after the first 8, "
-                f"but the file has {size - 8}"
-            )
-        raw = f.read(n)
+            f"{where}: truncated safetensors file ({size} bytes; the 8-byte header length is missing)")
+    (n,) = struct.unpack("<Q", first)
+    if n < 2 or n > MAX_HEADER_BYTES:
+        raise SafetensorsError(
+            f"{where}: corrupt safetensors file: header length {n} is outside [2, {MAX_HEADER_BYTES}]"
+        )
+    if 8 + n > size:
+        raise SafetensorsError(
+            f"{where}: truncated safetensors file: the header needs {n} bytes after the first 8, "
+            f"but the file has {size - 8}"
+        )
+    return int(n)
+
+
+def _parse_header_json(raw: bytes, size: int, where: str) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    n = len(raw)
     depth = limits.json_depth(raw)
     if depth > 3:  # {name: {"shape": [...]}}: a deeper header is not a safetensors header
-        raise SafetensorsError(f"{path}: corrupt safetensors file: the header JSON is nested {depth} levels deep; "
+        raise SafetensorsError(f"{where}: corrupt safetensors file: the header JSON is nested {depth} levels deep; "
                                "a safetensors header has 3")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: corrupt safetensors file: the header is not UTF-8 JSON ({e})") from None
+        raise SafetensorsError(f"{where}: corrupt safetensors file: the header is not UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
-        raise SafetensorsError(f"{path}: corrupt safetensors file: the header is not a JSON object")
+        raise SafetensorsError(f"{where}: corrupt safetensors file: the header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise SafetensorsError(f"{path}: corrupt safetensors file: __metadata__ must map strings to strings")
+        raise SafetensorsError(f"{where}: corrupt safetensors file: __metadata__ must map strings to strings")
 
     data_start = 8 + n
     data_len = size - data_start
     spans = []
     for name, info in header.items():
-        where = f"{path}: tensor {name!r}"
+        at = f"{where}: tensor {name!r}"
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise SafetensorsError(f"{where}: header entry must have dtype, shape and data_offsets, got {info!r}")
+            raise SafetensorsError(f"{at}: header entry must have dtype, shape and data_offsets, got {info!r}")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(code, str):
-            raise SafetensorsError(f"{where}: dtype must be a string, got {code!r}")
+            raise SafetensorsError(f"{at}: dtype must be a string, got {code!r}")
         if code not in _DTYPES and code not in _ML_DTYPES:
-            numpy_dtype(code, where)  # raises with the list of known dtypes
+            numpy_dtype(code, at)  # raises with the list of known dtypes
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
-            raise SafetensorsError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+            raise SafetensorsError(f"{at}: shape must be a list of non-negative integers, got {shape!r}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -155,17 +174,17 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
             or not 0 <= offsets[0] <= offsets[1]
         ):
             raise SafetensorsError(
-                f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+                f"{at}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
         begin, end = offsets
         if end > data_len:
             raise SafetensorsError(
-                f"{where}: data_offsets [{begin}, {end}] run past the end of the data "
+                f"{at}: data_offsets [{begin}, {end}] run past the end of the data "
                 f"({data_len} bytes after the header): the file is truncated"
             )
         expected = math.prod(shape) * _itemsize(code)
         if end - begin != expected:
             raise SafetensorsError(
-                f"{where}: {code} shape {shape} needs {expected} bytes, but data_offsets "
+                f"{at}: {code} shape {shape} needs {expected} bytes, but data_offsets "
                 f"[{begin}, {end}] span {end - begin}"
             )
         spans.append((begin, end, name))
@@ -175,16 +194,38 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
         if begin != position:
             kind = "a gap before" if begin > position else "an overlap at"
             raise SafetensorsError(
-                f"{path}: tensor {name!r}: corrupt safetensors file: {kind} byte {begin} "
+                f"{where}: tensor {name!r}: corrupt safetensors file: {kind} byte {begin} "
                 f"(the previous tensor ends at {position})"
             )
         position = end
     if position != data_len:
         raise SafetensorsError(
-            f"{path}: corrupt safetensors file: tensors cover {position} bytes but the data "
+            f"{where}: corrupt safetensors file: tensors cover {position} bytes but the data "
             f"section has {data_len} (trailing bytes)"
         )
     return header, metadata, data_start
+
+
+def header_bytes(specs: Mapping[str, tuple[Any, Sequence[int]]],
+                 metadata: Mapping[str, str] | None = None) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The start of a safetensors file holding arrays of `specs` (name -> (dtype, shape)), for a
+    writer that writes the data itself: the 8-byte header length and the JSON header (with
+    `metadata` as `__metadata__`), padded with spaces so the data start 8-byte aligned as the
+    safetensors writer does; and each array's [begin, end) byte span in the data. Arrays are laid
+    out widest dtype first, then by name, so every array is aligned and the same specs always give
+    the same bytes."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    spans: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for name in sorted(specs, key=lambda k: (-np.dtype(specs[k][0]).itemsize, k)):
+        dtype, shape = np.dtype(specs[name][0]), [int(d) for d in specs[name][1]]
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": code_for(dtype), "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        spans[name] = (offset, offset + nbytes)
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text, spans
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
