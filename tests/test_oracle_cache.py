@@ -211,3 +211,26 @@ def test_the_command_checks_the_settings_before_reading_anything(tmp_path):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "BERT_REF_ORACLE_CACHE_MB='inf' is not valid: expected a number of MiB from 0 to 1e+09" in r.stderr
+
+
+def test_eviction_removes_only_the_caches_own_files(oc, monkeypatch):
+    arrays = {"sequence_output": np.zeros((1, 2, 3), np.float32)}
+    key = "ab" * 32
+    path = oracle_cache.store(key, arrays)
+    old = oc / ("cd" * 32 + ".npz")  # an entry of the format before: never read again
+    old.write_bytes(b"PK")
+    killed = oc / f".{key}{oracle_cache.SUFFIX}.x1y2z3w4.tmp"  # a writer killed an hour ago
+    killed.write_bytes(b"half")
+    os.utime(killed, (time.time() - 2 * oracle_cache.STALE_TEMP_S,) * 2)
+    live = oc / f".{'ef' * 32}{oracle_cache.SUFFIX}.a1b2c3d4.tmp"  # a writer at work now
+    live.write_bytes(b"in progress")
+    foreign = {"notes.txt": "mine", "thesis.tmp-backup": "mine", ("0" * 64) + ".txt": "mine"}
+    for name, text in foreign.items():
+        (oc / name).write_text(text)
+    oracle_cache.evict(10 ** 9)
+    assert path.exists() and live.exists() and not old.exists() and not killed.exists()
+    assert all((oc / name).read_text() == text for name, text in foreign.items())
+    # A limit of 0 stores nothing and keeps nothing.
+    monkeypatch.setenv("BERT_REF_ORACLE_CACHE_MB", "0")
+    assert oracle_cache.store(key, arrays) is None and not path.exists()
+    assert all((oc / name).exists() for name in foreign) and live.exists()

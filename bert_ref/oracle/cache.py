@@ -40,11 +40,14 @@ an entry touches it (its modification time orders the eviction).
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import functools
 import hashlib
 import json
 import os
 import re
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -63,6 +66,8 @@ MAX_LIMIT_MB = 1e9
 #: Written into every entry's metadata; an entry of another format is a miss.
 FORMAT = "bert_ref oracle cache 2"
 SUFFIX = ".safetensors"
+#: A temporary entry file untouched this long belongs to a writer that was killed.
+STALE_TEMP_S = 3600
 _ENTRY = re.compile(r"[0-9a-f]{64}")
 
 # model -> (the files' signature, the model's digest): reused while the signature holds.
@@ -271,7 +276,7 @@ def load(key: str) -> dict[str, np.ndarray] | None:
         if got != st.st_size:
             raise ValueError(f"{path}: read {got} of {st.st_size} bytes (cut short while being read)")
         out = _verified(data, key, str(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, ImportError):  # absent, or bfloat16 without ml_dtypes here: a miss, kept
         return None
     except Exception:  # a damaged or unreadable entry is a miss
         if inode is not None:
@@ -318,7 +323,10 @@ def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
     from bert_ref.io.checkpoints.safetensors_io import SafetensorsError, header_bytes
 
     root, limit = cache_root(), limit_bytes()
-    if root is None or limit == 0:
+    if root is None:
+        return None
+    if limit == 0:
+        evict(0)
         return None
     path = root / f"{key}{SUFFIX}"
     prepared = {}
@@ -344,19 +352,24 @@ def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
 
 
 def evict(limit: int) -> None:
-    """Remove the least recently used entries until the cache holds at most `limit` bytes (and any
-    entry of the format before this one, `<key>.npz`, which is never read)."""
+    """Remove the least recently used entries until the cache holds at most `limit` bytes; also any
+    entry of the format before this one (`<key>.npz`, never read), and the temporary file of an
+    entry whose writer was killed (`.<key>.safetensors.XXXXXXXX.tmp`, untouched for an hour)."""
     root = cache_root()
     if root is None or not root.is_dir():
         return
     entries = []
+    stale = time.time() - STALE_TEMP_S
     for p in root.iterdir():
-        if not _ENTRY.fullmatch(p.stem):
+        if fnmatch.fnmatchcase(p.name, atomic.temp_glob("?" * 64 + SUFFIX)) and _ENTRY.fullmatch(p.name[1:65]):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < stale:
+                    _remove(p, None)
+            continue
+        if not _ENTRY.fullmatch(p.stem) or p.suffix not in (SUFFIX, ".npz"):
             continue
         if p.suffix == ".npz":
             _remove(p, None)
-            continue
-        if p.suffix != SUFFIX:
             continue
         try:
             st = p.stat()
