@@ -121,6 +121,19 @@ def test_the_python_api_refuses_the_same_dtypes_as_the_files(work, dtype):
         assert_close_to_reference({"last_hidden_state": out}, model, inputs, cache=False)
 
 
+def test_compare_to_truth_reads_what_the_files_read(work):
+    # Before: compare_to_truth refused Hugging Face's names that compare --input and bert_ref.testing read
+    # ("unknown output key 'last_hidden_state'"; "unknown input key(s) ['input_ids', 'attention_mask']").
+    model = BertBackbone.from_preset(work / "tiny")
+    ids, mask = np.array([[2, 31, 32, 3, 0]]), np.array([[1, 1, 1, 1, 0]])
+    out = model({"token_ids": ids, "padding_mask": mask})
+    report = compare_to_truth(model, {"input_ids": ids, "attention_mask": mask},
+                              {"last_hidden_state": out["sequence_output"], "input_ids": ids})
+    assert report.passed and [e.key for e in report] == ["sequence_output"]
+    assert "last_hidden_state read as sequence_output" in report.notes
+    assert "ignored the inputs stored with the outputs: input_ids" in report.notes
+
+
 # -- one UTF-8 policy -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["tokenize", "embed"])

@@ -12,7 +12,7 @@ import numpy as np
 from bert_ref.encoder import TRACE_POOLER, forward
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
 from bert_ref.oracle.blocked import as_flat
-from bert_ref.oracle.candidates import check_output_dtype
+from bert_ref.oracle.candidates import canonical_outputs, check_inputs
 from bert_ref.oracle.compare import compare
 from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key
 from bert_ref.oracle.report import Report
@@ -154,10 +154,12 @@ def compare_to_truth(
     Returns:
         A `Report` against the "float64 truth", with each `Entry.floor_ratio` filled in.
     """
-    flat = as_flat(candidate, "candidate")
-    for k in flat:
-        parse_key(k)  # unknown keys and dtypes are an error before any work is done
-        check_output_dtype(np.asarray(flat[k]).dtype, candidate_name, k)
+    as_flat(candidate, "candidate")  # a mapping, or a TypeError that says what is expected
+    # The one reader of candidates and inputs (as for files): Hugging Face names, stacked arrays,
+    # the dtype rule and the key grammar, all checked before any work is done.
+    read = canonical_outputs(candidate, candidate_name)
+    flat, notes = read.arrays, tuple(read.notes) + tuple(notes)
+    inputs = check_inputs({k: np.asarray(v) for k, v in inputs.items()}, "inputs")
     given = precision is not None
     if precision is None:
         precision = detect_precision(flat)
