@@ -148,6 +148,21 @@ def test_invalid_utf8_on_stdin_is_an_error_naming_the_line_and_byte(work, env, c
     assert r.stdout == b""
 
 
+@pytest.mark.parametrize("args, where", [
+    (["tokenize", "{tiny}", b"the \xff cat"], "TEXT argument 1"),
+    (["tokenize", "{tiny}", "the cat", "--sequence-length", "8", "--pair", b"\xe9t\xe9"], "--pair"),
+    (["embed", "{tiny}", "the cat", b"caf\xe9"], "TEXT argument 2"),
+    (["trace", "{tiny}", b"caf\xe9"], "TEXT"),
+], ids=["tokenize", "pair", "embed", "trace"])
+def test_invalid_utf8_in_an_argument_is_the_same_error(work, env, args, where):
+    # Before: the bytes reached the tokenizer as lone surrogates and were tokenized as [UNK], exit 0.
+    argv = [a if isinstance(a, bytes) else a.format(tiny=work / "tiny").encode() for a in args]
+    r = subprocess.run([sys.executable.encode(), b"-m", b"bert_ref", *argv], capture_output=True, env=env, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    err = r.stderr.decode()
+    assert f"{where}: not valid UTF-8: byte " in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_the_dataset_path_reports_invalid_utf8_the_same_way(work):
     (work / "bad.jsonl").write_bytes(b'{"text": "the cat"}\n{"text": "\xff dog"}\n')
     with pytest.raises(DatasetError, match=r"record 1 \(bad.jsonl:2\): not valid UTF-8: byte ff at byte offset 30"):

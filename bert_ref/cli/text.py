@@ -91,6 +91,8 @@ def _configure_tokenize(p: argparse.ArgumentParser) -> None:
 
 def _run_tokenize(args: argparse.Namespace) -> int:
     texts = _texts(args)
+    if args.pair is not None:
+        check_text(args.pair, "--pair")
     if args.pair is not None and args.sequence_length is None:
         raise _TextError("--pair needs --sequence-length")
     if args.sequence_length is not None:
