@@ -92,6 +92,9 @@ class BertBackbone:
             arrays (see `BertConfig.weight_shapes()`); arrays in the policy's storage dtype are
             used without copying.
         seed: int. Seed of the random initialisation.
+        plain: run the plain ops of `bert_ref.ops` alone, in the calling thread (the code a
+            learner reads), instead of their fast twins in `bert_ref.model.kernels`; see
+            `bert_ref.forward`.
 
     Call it with `{"token_ids", "segment_ids", "padding_mask"}` ([B, S] each; the last two
     optional) to get `{"sequence_output": [B, S, H], "pooled_output": [B, H]}`.
@@ -129,6 +132,7 @@ class BertBackbone:
         layer_norm_epsilon: float = 1e-12,
         weights: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        plain: bool = False,
     ):
         self.config = BertConfig(
             vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
@@ -137,6 +141,7 @@ class BertBackbone:
             activation=activation, layer_norm_epsilon=layer_norm_epsilon,
         )
         self.dtype_policy = get_policy(dtype)
+        self.plain = plain
         storage = self.dtype_policy.variable_dtype
         if weights is None:
             checked = encoder.init_weights(self.config, seed=seed, dtype=storage)
@@ -219,8 +224,10 @@ class BertBackbone:
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         trace: Any = None,
+        plain: bool | None = None,
     ) -> dict[str, Any]:
-        """Run the encoder; see `bert_ref.forward` for the arguments and the outputs.
+        """Run the encoder; see `bert_ref.forward` for the arguments and the outputs (`plain`: None
+        for the model's own setting).
 
         Inputs whose activations would not fit in memory are refused before any work (a
         `bert_ref.model.limits.LimitError` giving the estimate; see BERT_REF_MAX_ACTIVATION_BYTES)."""
@@ -235,6 +242,7 @@ class BertBackbone:
         return encoder.forward(
             self.prepared_weights(), self.config, inputs, dtype=self.dtype_policy,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, trace=trace,
+            plain=self.plain if plain is None else plain,
         )
 
     predict = __call__
@@ -243,7 +251,7 @@ class BertBackbone:
 
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, load_weights: bool = True, dtype: Any = None, *,
-                    defer_finite_check: bool = False) -> BertBackbone:
+                    defer_finite_check: bool = False, plain: bool = False) -> BertBackbone:
         """Build a backbone from a preset.
 
         `preset` is a built-in name (see `BertBackbone.presets`), `"kaggle://owner/model/framework/
@@ -256,7 +264,7 @@ class BertBackbone:
         which reads all of them. With `defer_finite_check=True` that check runs at the model's first
         use of its weights instead (`model(...)`, `weights`, `prepared_weights`, `save_to_preset`),
         with the same error; a caller that may need only the config (a compare whose runs are all
-        cached) then never reads them.
+        cached) then never reads them. `plain`: as in the constructor.
 
         >>> model = BertBackbone.from_preset("bert_tiny_en_uncased", load_weights=False)
         >>> model.count_params()

@@ -13,13 +13,14 @@ Data flow (shapes for batch B, sequence S, hidden H):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from bert_ref import ops
-from bert_ref.model import kernels
+from bert_ref.model import kernels, runtime
 from bert_ref.model.config import BertConfig
 from bert_ref.model.precision import Policy, get_policy
 
@@ -103,7 +104,7 @@ def check_weights(weights: Mapping[str, Any], config: BertConfig, *, source: str
 
 class PreparedWeights(dict):
     """The weights as `forward` computes with them under one policy: grouped per layer (see
-    `ops.encoder_layer`) and in the policy's work dtype (rounded to its compute dtype).
+    `_encode`) and in the policy's work dtype (rounded to its compute dtype).
 
     Keys: "token", "position", "segment", "norm_gamma", "norm_beta", "layers" (list of per-layer
     dicts), "pooler_kernel", "pooler_bias". Arrays that need no cast are the caller's arrays, not
@@ -258,9 +259,12 @@ def _outputs(policy: Policy, x: np.ndarray, pooled: np.ndarray, hidden_states: l
     return out
 
 
+Record = Callable[[str, np.ndarray], None]
+
+
 def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertConfig, inputs: Mapping[str, Any], *,
             dtype: Any = None, output_hidden_states: bool = False, output_attentions: bool = False,
-            trace: Callable[[str, np.ndarray], None] | bool | None = None) -> dict[str, Any]:
+            trace: Record | bool | None = None, plain: bool = False) -> dict[str, Any]:
     """Run the encoder. A pure function: nothing is stored between calls.
 
     Args:
@@ -269,26 +273,28 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
         inputs: `{"token_ids": [B, S] ints, "segment_ids": [B, S] ints (default 0),
             "padding_mask": [B, S] bool/0-1 (default all valid)}`.
         dtype: the policy (see `bert_ref.model.precision`): None/"float32", "float64", "float16",
-            "bfloat16", "mixed_float16", "mixed_bfloat16".
+            "bfloat16", "mixed_float16", "mixed_bfloat16", "tf32", "int8".
         output_hidden_states: also return "hidden_states", num_layers + 1 arrays [B, S, H]: the
             embeddings' layer-norm output, then each layer's output (Hugging Face's convention).
         output_attentions: also return "attention_probs", one [B, h, S, S] array per layer.
         trace: a callable `trace(name, array)` called with a copy of every named intermediate (see
             TRACE_EMBEDDINGS, TRACE_LAYER prefixed "transformer_layer_{i}/", TRACE_POOLER), or True
             to return them all as an ordered dict under "trace".
+        plain: run the ops of `bert_ref.ops` alone, in this thread: the code a learner reads.
 
     Returns:
         `{"sequence_output": [B, S, H], "pooled_output": [B, H], ...}` in the compute dtype.
 
-    The model is the ops of `bert_ref.ops` composed step by named step; each `step(name, value)`
-    is where the policy rounds to its compute dtype and where the trace records. The policy also
-    rounds the input of every dense layer (`Policy.dense_input`) and both operands of the two
-    attention matmuls (`Policy.matmul_input`); for float32 and float64 all three are the identity.
-    The ops come from `bert_ref.model.kernels` (the same results, faster; the float32 exact GELU there
-    is a more accurate formula, within a tested bound of `ops.gelu`) unless the policy rounds
-    matmul inputs; with nothing to trace or round (float32 and float64), `kernels.forward` runs
-    these same steps fused and split over threads (bit-identical outputs, except attention over
-    right-padded rows, computed over the valid keys only: within a few ulps).
+    The model is the ops composed step by named step (`_encode`, then the pooler); each
+    `step(name, value)` is where the policy rounds to its compute dtype and where the trace records.
+    The policy also rounds the input of every dense layer (`Policy.dense_input`) and both operands
+    of the two attention matmuls (`Policy.matmul_input`); for float32 and float64 all three are the
+    identity. The ops are those of `bert_ref.ops` with `plain=True` or when the policy rounds matmul
+    inputs, else their twins in `bert_ref.model.kernels`: the same results, faster, bit for bit,
+    except two, within tested bounds: the float32 exact GELU there is a more accurate formula, and
+    where nothing is rounded or recorded between the three attention steps, attention over
+    right-padded rows runs over the valid keys only (a few ulps). With nothing to trace or round
+    (float32 and float64) the batch is split over threads (`runtime.in_batch_parts`, bit for bit).
 
     Padding: padded *keys* get exactly zero attention weight (keras-hub's semantics, which
     transformers' default sdpa path shares). Padded *positions* still produce outputs, as in both
@@ -300,62 +306,79 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     token_ids, segment_ids, mask = validate_inputs(inputs, config)
     recorded: dict[str, np.ndarray] = {}
     record = recorded.__setitem__ if trace is True else trace or None
-    f = ops if policy.rounds_matmul_inputs else kernels  # kernels: the same math, faster (in place)
-    if f is kernels and record is None and not policy.rounds:  # nothing to trace or round: these steps, fused
-        return kernels.forward(params, config, token_ids, segment_ids, mask, output_hidden_states, output_attentions)
-    eps, heads, prefix = config.layer_norm_epsilon, config.num_heads, ""
+    f = ops if plain or policy.rounds_matmul_inputs else kernels  # kernels: the same ops, faster
+    encode = functools.partial(_encode, f, params, config, policy, record, output_hidden_states, output_attentions)
+    if f is kernels and record is None and not policy.rounds:  # the same steps, the batch split over threads
+        encode = functools.partial(runtime.in_batch_parts, encode, hidden=config.hidden_dim)
+    x, hidden_states, attentions = encode(token_ids, segment_ids, mask)
+    # Pooler: the [CLS] position, over the whole batch. [B, S, H] -> [B, H]
+    pooled = _step(policy, record, "pooled_output",
+                   f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
+    return _outputs(policy, x, pooled, hidden_states, attentions, recorded if trace is True else None)
+
+
+def _step(policy: Policy, record: Record | None, name: str, value: np.ndarray) -> np.ndarray:
+    """A named step: `value` rounded to the policy's compute dtype; a copy recorded in the trace."""
+    value = policy.round(value)
+    if record is not None:
+        record(name, policy.output(value).copy())
+    return value
+
+
+def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy, record: Record | None,
+            output_hidden_states: bool, output_attentions: bool, token_ids: np.ndarray, segment_ids: np.ndarray,
+            mask: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | None, list[np.ndarray] | None]:
+    """The embeddings and the encoder layers, step by named step, on the ops of `f` (`bert_ref.ops`
+    or `bert_ref.model.kernels`). [B, S] ids -> [B, S, H], and the hidden states and attention
+    probabilities asked for (None when not)."""
+    eps, heads, key_mask, prefix = config.layer_norm_epsilon, config.num_heads, mask[:, None, None, :], ""
+    fused = record is None and not policy.rounds and not policy.rounds_matmul_inputs  # no step between steps
 
     def step(name: str, value: np.ndarray) -> np.ndarray:
-        """A named step: round to the policy's compute dtype; record a copy in the trace."""
-        value = policy.round(value)
-        if record is not None:
-            record(prefix + name, policy.output(value).copy())
-        return value
+        return _step(policy, record, prefix + name, value)
 
     def self_attention(x: np.ndarray, p: dict) -> np.ndarray:  # [B, S, H] -> [B, S, H]
         h = policy.dense_input(x)
-        q = step("query", f.dense(h, *p["query"]))  # [B, S, A]
-        k = step("key", f.dense(h, *p["key"]))
-        v = step("value", f.dense(h, *p["value"]))
-        q, k, v = (policy.matmul_input(f.split_heads(a, heads)) for a in (q, k, v))  # [B, h, S, d]
-        scores = step("attention_scores", f.attention_scores(q, k))  # [B, h, S, S]
-        probs = step("attention_probs", f.masked_softmax(scores, mask[:, None, None, :]))
-        if output_attentions:
+        q, k, v = (policy.matmul_input(f.split_heads(step(name, f.dense(h, *p[name])), heads))  # [B, h, S, d]
+                   for name in ("query", "key", "value"))
+        if fused:  # nothing to round or record in between: scores, softmax and context as one op
+            context, probs = f.attention(q, k, v, key_mask, output_attentions)
+        else:
+            scores = step("attention_scores", f.attention_scores(q, k))  # [B, h, S, S]
+            probs = step("attention_probs", f.masked_softmax(scores, key_mask))
+            context = step("attention_context", f.attention_context(policy.matmul_input(probs), v))  # [B, S, A]
+        if attentions is not None:
             attentions.append(probs)
-        context = step("attention_context", f.attention_context(policy.matmul_input(probs), v))  # [B, S, A]
         return step("attention_output", f.dense(policy.dense_input(context), *p["output"]))
 
     def feed_forward(y: np.ndarray, p: dict) -> np.ndarray:  # [B, S, H] -> [B, S, F] -> [B, S, H]
-        inner = step("feedforward_intermediate", f.dense(policy.dense_input(y), p["ffn_kernel1"], p["ffn_bias1"]))
-        inner = step("feedforward_activation", f.ACTIVATIONS[config.activation](inner))
+        h = policy.dense_input(y)
+        if fused:  # nothing to round or record in between: the dense layer and its activation as one op
+            inner = f.dense(h, p["ffn_kernel1"], p["ffn_bias1"], config.activation)
+        else:
+            inner = step("feedforward_intermediate", f.dense(h, p["ffn_kernel1"], p["ffn_bias1"]))
+            inner = step("feedforward_activation", f.ACTIVATIONS[config.activation](inner))
         return step("feedforward_output", f.dense(policy.dense_input(inner), p["ffn_kernel2"], p["ffn_bias2"]))
 
-    # Embeddings. [B, S] ids -> [B, S, H]; summed in keras' order ((token + position) + segment).
-    token = step("embeddings/token", f.embedding(params["token"], token_ids))
-    position = step("embeddings/position", np.broadcast_to(params["position"][: token_ids.shape[1]], token.shape))
-    segment = step("embeddings/segment", f.embedding(params["segment"], segment_ids))
-    x = step("embeddings/sum", policy.round(token + position) + segment)
-    x = step("embeddings/layer_norm", f.layer_norm(x, params["norm_gamma"], params["norm_beta"], eps))
-    hidden_states, attentions = [x], list[np.ndarray]()
+    def embeddings() -> np.ndarray:  # [B, S] ids -> [B, S, H]; summed in keras' order ((token + position) + segment)
+        token = step("embeddings/token", f.embedding(params["token"], token_ids))
+        position = step("embeddings/position", np.broadcast_to(params["position"][: token_ids.shape[1]], token.shape))
+        segment = step("embeddings/segment", f.embedding(params["segment"], segment_ids))
+        return step("embeddings/sum", policy.round(token + position) + segment)
 
-    # num_layers post-LN encoder layers. [B, S, H] -> [B, S, H]
-    for i, p in enumerate(params["layers"]):
+    x = step("embeddings/layer_norm", f.layer_norm(embeddings(), params["norm_gamma"], params["norm_beta"], eps))
+    hidden_states, attentions = [x] if output_hidden_states else None, list[np.ndarray]() if output_attentions else None
+
+    # num_layers post-LN encoder layers: each sublayer's output is added to its input, then normalised.
+    for i, p in enumerate(params["layers"]):  # [B, S, H] -> [B, S, H]
         prefix = f"transformer_layer_{i}/"
-        residual = step("attention_residual", self_attention(x, p) + x)
-        y = step("self_attention_layer_norm",
-                 f.layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps))
-        residual = step("feedforward_residual", feed_forward(y, p) + y)
-        x = step("feedforward_layer_norm", f.layer_norm(residual, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps))
-        if output_hidden_states:
+        x = step("attention_residual", self_attention(x, p) + x)
+        x = step("self_attention_layer_norm", f.layer_norm(x, p["attention_norm_gamma"], p["attention_norm_beta"], eps))
+        x = step("feedforward_residual", feed_forward(x, p) + x)
+        x = step("feedforward_layer_norm", f.layer_norm(x, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps))
+        if hidden_states is not None:
             hidden_states.append(x)
-
-    # Pooler: the [CLS] position. [B, S, H] -> [B, H]
-    prefix = ""
-    pooled = step("pooled_output",
-                  f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
-
-    asked = (hidden_states if output_hidden_states else None, attentions if output_attentions else None)
-    return _outputs(policy, x, pooled, *asked, recorded if trace is True else None)
+    return x, hidden_states, attentions
 
 
 def count_params(weights: Mapping[str, np.ndarray]) -> int:

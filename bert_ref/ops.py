@@ -5,9 +5,9 @@ tricks — that computes in the dtype of its floating inputs, with a shape comme
 B = batch, S = sequence, H = hidden_dim, A = num_heads * key_dim, F = intermediate_dim,
 h = num_heads, d = key_dim, V = vocabulary_size.
 
-`bert_ref.encoder.forward` composes these ops into the model, step by named step.
-`bert_ref.model.kernels` holds faster versions of some of them (over threads, in cache-sized blocks,
-in place), each tested against the op here.
+`bert_ref.encoder.forward` composes these ops into the model, step by named step; with
+`plain=True` it runs them, and only them. `bert_ref.model.kernels` holds faster twins of the same
+names (over threads, in cache-sized blocks, in place), each tested against the op here.
 """
 
 from __future__ import annotations
@@ -58,13 +58,14 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
     return centred * (1 / np.sqrt(var + x.dtype.type(epsilon))) * gamma + beta
 
 
-def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Affine map, `x @ kernel + bias`. [..., In], [In, Out], [Out] -> [..., Out]
+def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, activation: str | None = None) -> np.ndarray:
+    """Affine map, `x @ kernel + bias`, then `ACTIVATIONS[activation]` if one is named (as keras'
+    `Dense(activation=...)`). [..., In], [In, Out], [Out] -> [..., Out]
 
     The leading axes are flattened so that the product is one [N, In] @ [In, Out] GEMM (NumPy
     would otherwise run one small GEMM per leading index, several times slower)."""
-    y = x.reshape(-1, x.shape[-1]) @ kernel + bias  # [N, Out]
-    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+    y = (x.reshape(-1, x.shape[-1]) @ kernel + bias).reshape(*x.shape[:-1], kernel.shape[-1])  # [..., Out]
+    return y if activation is None else ACTIVATIONS[activation](y)
 
 
 def is_half(dtype: np.dtype) -> bool:
@@ -185,39 +186,15 @@ def attention_context(probs: np.ndarray, v: np.ndarray) -> np.ndarray:
     return merge_heads(probs @ v)
 
 
-def multi_head_attention(x: np.ndarray, query: Dense, key: Dense, value: Dense, output: Dense, num_heads: int,
-                         mask: np.ndarray) -> np.ndarray:
-    """Masked multi-head self-attention. [B, S, H] -> [B, S, H]
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
+              keep_probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Masked scaled dot-product attention: the scores, their masked softmax, the context.
 
-    `query`, `key`, `value` are (kernel [H, A], bias [A]) pairs, `output` is (kernel [A, H],
-    bias [H]); head j is columns j*d:(j+1)*d of q, k and v. `mask` is [B, 1, 1, S] bool over the
-    keys: queries at padded positions still attend to the valid keys (their outputs exist, as in
-    keras-hub and HF).
-    """
-    q, k, v = (split_heads(dense(x, *w), num_heads) for w in (query, key, value))  # [B, h, S, d]
+    [B, h, S, d] q, k, v, [B, 1, 1, S] bool mask -> (context [B, S, h*d], probabilities [B, h, S, S],
+    or None unless `keep_probs`). Queries at padded positions still attend to the valid keys (their
+    outputs exist, as in keras-hub and HF)."""
     probs = masked_softmax(attention_scores(q, k), mask)  # [B, h, S, S]
-    return dense(attention_context(probs, v), *output)  # [B, S, A] -> [B, S, H]
-
-
-def feed_forward(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
-                 activation: str) -> np.ndarray:
-    """Position-wise feed-forward, `act(x @ w1 + b1) @ w2 + b2`. [B, S, H] -> [B, S, F] -> [B, S, H]"""
-    return dense(ACTIVATIONS[activation](dense(x, w1, b1)), w2, b2)
-
-
-def encoder_layer(x: np.ndarray, params: dict, num_heads: int, mask: np.ndarray, activation: str,
-                  epsilon: float) -> np.ndarray:
-    """One post-LN transformer encoder layer (BERT's). [B, S, H] -> [B, S, H]
-
-    `params` holds (kernel, bias) pairs "query", "key", "value", "output", and the arrays
-    "attention_norm_gamma/beta", "ffn_kernel1/bias1", "ffn_kernel2/bias2", "ffn_norm_gamma/beta".
-    Post-LN: each sublayer's output is added to its input, then normalised.
-    """
-    p = params
-    attention = multi_head_attention(x, p["query"], p["key"], p["value"], p["output"], num_heads, mask)
-    y = layer_norm(attention + x, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon)
-    ffn = feed_forward(y, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation)
-    return layer_norm(ffn + y, p["ffn_norm_gamma"], p["ffn_norm_beta"], epsilon)
+    return attention_context(probs, v), (probs if keep_probs else None)
 
 
 def pooler(sequence: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ several threads' chunks.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import multiprocessing
 import os
@@ -22,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bert_ref import BertBackbone, ops
+from bert_ref import BertBackbone, encoder, ops
+from bert_ref.encoder import forward
 from bert_ref.model import kernels, runtime
-from bert_ref.model.precision import Policy, get_policy
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 
@@ -251,16 +250,6 @@ def test_valid_keys_apply_only_to_right_padding():
     assert kernels._prefix_lengths(np.array([[1, 0, 1]], bool)) is None  # a hole
 
 
-@dataclasses.dataclass(frozen=True)
-class _PlainPolicy(Policy):
-    """float32 that claims to round its matmul inputs (by the identity): the forward then runs
-    on the plain ops of bert_ref.ops instead of bert_ref.model.kernels."""
-
-    @property
-    def rounds_matmul_inputs(self) -> bool:
-        return True
-
-
 def _random_inputs(rng: np.random.Generator, vocabulary: int, mask: np.ndarray) -> dict:
     """Random token and segment ids for the [B, S] padding `mask`."""
     return {"token_ids": rng.integers(0, vocabulary, mask.shape), "segment_ids": rng.integers(0, 2, mask.shape),
@@ -270,19 +259,17 @@ def _random_inputs(rng: np.random.Generator, vocabulary: int, mask: np.ndarray) 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16"])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
 def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, activation, _erf_table_gelu):
-    base = get_policy(dtype)
-    plain = _PlainPolicy(base.name, base.variable_dtype, base.compute_dtype, base.work_dtype)
+    # Step by step (traced): kernels against plain=True, every trace point.
     model = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=3, hidden_dim=24, intermediate_dim=40,
                          max_sequence_length=70, activation=activation, seed=5, dtype=dtype)
     mask = np.ones((5, 70), bool)
     mask[1, 30:] = False
     mask[3, :] = False  # a fully padded row
     inputs = _random_inputs(np.random.default_rng(1), 50, mask)
-    from bert_ref.encoder import forward
-
     with _Block(64):  # many blocks and threads even at this size
-        fast = forward(dict(model.weights), model.config, inputs, dtype=base, output_attentions=True, trace=True)
-    slow = forward(dict(model.weights), model.config, inputs, dtype=plain, output_attentions=True, trace=True)
+        fast = forward(dict(model.weights), model.config, inputs, dtype=dtype, output_attentions=True, trace=True)
+    slow = forward(dict(model.weights), model.config, inputs, dtype=dtype, output_attentions=True, trace=True,
+                   plain=True)
     assert list(fast["trace"]) == list(slow["trace"])
     for name in fast["trace"]:
         _same(fast["trace"][name], slow["trace"][name])
@@ -290,24 +277,6 @@ def test_forward_on_kernels_is_bit_identical_to_forward_on_plain_ops(dtype, acti
         _same(a, b)
     _same(fast["sequence_output"], slow["sequence_output"])
     _same(fast["pooled_output"], slow["pooled_output"])
-
-
-@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
-def test_forward_is_the_plain_encoder_layers_composed(activation, _erf_table_gelu, _all_keys):
-    # encoder.forward (kernels, step by step) against ops.encoder_layer (plain, one call per layer).
-    model = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=48,
-                         max_sequence_length=16, activation=activation, seed=2)
-    rng = np.random.default_rng(2)
-    mask = np.ones((3, 16), bool)
-    mask[0, 9:] = False
-    inputs = {"token_ids": rng.integers(0, 50, (3, 16)), "padding_mask": mask}
-    out = model(inputs, output_hidden_states=True)
-    prepared = model.prepared_weights()
-    x = out["hidden_states"][0]
-    for i, layer in enumerate(prepared["layers"]):
-        x = ops.encoder_layer(x, layer, 4, mask[:, None, None, :], activation, model.config.layer_norm_epsilon)
-        _same(out["hidden_states"][i + 1], x)
-    _same(out["pooled_output"], ops.pooler(x, prepared["pooler_kernel"], prepared["pooler_bias"]))
 
 
 def test_one_thread_gives_the_same_results_and_starts_no_pool(monkeypatch):
@@ -353,8 +322,8 @@ def _split_model(dtype, activation):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
 def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation, _all_keys):
-    # kernels.forward (no trace: fused, batch split over `threads` parts) against the step-by-step
-    # forward (a trace callable forces the steps) — every output, hidden state and probability.
+    # The untraced forward (attention as one op, the batch split over `threads` parts) against the
+    # step-by-step forward (a trace callable forces the steps): every output, hidden state and probability.
     monkeypatch.setattr(runtime, "THREADS", threads)  # 16: one part per sequence
     model, inputs = _split_model(dtype, activation)
     if runtime.blas() is not None:
@@ -399,8 +368,7 @@ def test_batch_split_restores_openblas_threads_and_reraises_errors(monkeypatch):
     bad = dict(model.prepared_weights())
     bad["layers"] = [dict(bad["layers"][0], ffn_kernel1=np.zeros((3, 3), np.float32))]
     with pytest.raises(ValueError):
-        kernels.forward(bad, model.config, inputs["token_ids"], inputs["segment_ids"],
-                        inputs["padding_mask"].astype(bool), False, False)
+        forward(encoder.PreparedWeights(bad, model.dtype_policy, model.config), model.config, inputs)
     assert blas[1]() == before
 
 

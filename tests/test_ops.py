@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bert_ref import ops
+from bert_ref import BertBackbone, BertConfig, ops
 
 GRID = np.linspace(-10.0, 10.0, 400_001)  # step 5e-5 over [-10, 10], the range ops.erf promises its accuracy on
 REF_ERF = np.array([math.erf(v) for v in GRID])
@@ -142,23 +142,26 @@ def test_masked_softmax_is_stable_for_huge_scores():
     np.testing.assert_allclose(p[0, 0, 0], [1 / (1 + math.e), math.e / (1 + math.e), 0.0], atol=1e-7)
 
 
-def test_multi_head_attention_matches_a_per_head_loop():
+@pytest.mark.parametrize("plain", [True, False])
+def test_self_attention_matches_a_per_head_loop(plain):
+    # The forward's attention sublayer (its trace points, float64) against a per-head loop written
+    # out here; key_dim 3 with A = 9 != H = 10 (keras-hub allows it). Tolerances: float64 rounding
+    # of sums of at most 10 terms of size <= ~30 (standard-normal weights) is below 1e-13.
     rng = np.random.default_rng(2)
-    B, S, H, h = 2, 6, 10, 3  # key_dim 3, A = 9 != H (keras-hub allows it)
+    B, S, H, h = 2, 6, 10, 3
     d = H // h
-    A = h * d
-    x = rng.standard_normal((B, S, H))
-    wq, wk, wv = (rng.standard_normal((H, A)) for _ in range(3))
-    bq, bk, bv = (rng.standard_normal(A) for _ in range(3))
-    wo, bo = rng.standard_normal((A, H)), rng.standard_normal(H)
+    config = BertConfig(vocabulary_size=20, num_layers=1, num_heads=h, hidden_dim=H, intermediate_dim=8,
+                        max_sequence_length=S)
+    weights = {name: rng.standard_normal(shape) for name, shape in config.weight_shapes().items()}
+    model = BertBackbone(**config.to_dict(), dtype="float64", weights=weights)
     mask = np.ones((B, S), bool)
     mask[1, 4:] = False
-    key_mask = mask[:, None, None, :]
-    out = ops.multi_head_attention(x, (wq, bq), (wk, bk), (wv, bv), (wo, bo), h, key_mask)
-    heads = [ops.split_heads(ops.dense(x, w, b), h) for w, b in ((wq, bq), (wk, bk), (wv, bv))]
-    probs = ops.masked_softmax(ops.attention_scores(heads[0], heads[1]), key_mask)
-    q, k, v = x @ wq + bq, x @ wk + bk, x @ wv + bv
-    ctx = np.zeros((B, S, A))
+    out = model({"token_ids": rng.integers(0, 20, (B, S)), "padding_mask": mask}, trace=True, plain=plain,
+                output_attentions=True)
+    t, x = out["trace"], out["trace"]["embeddings/layer_norm"]
+    A = "transformer_layer_0/self_attention_layer/"
+    q, k, v = (x @ weights[A + n + "/kernel"] + weights[A + n + "/bias"] for n in ("query", "key", "value"))
+    ctx = np.zeros((B, S, h * d))
     for b in range(B):
         for j in range(h):
             sl = slice(j * d, (j + 1) * d)
@@ -166,9 +169,16 @@ def test_multi_head_attention_matches_a_per_head_loop():
             s[:, ~mask[b]] = -np.inf
             p = np.exp(s - s.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
-            np.testing.assert_allclose(probs[b, j], p, rtol=0, atol=1e-14)
+            np.testing.assert_allclose(out["attention_probs"][0][b, j], p, rtol=0, atol=1e-14)
             ctx[b, :, sl] = p @ v[b, :, sl]
-    np.testing.assert_allclose(out, ctx @ wo + bo, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(t["transformer_layer_0/attention_context"], ctx, rtol=0, atol=1e-12)
+    expected = ctx @ weights[A + "attention_output/kernel"] + weights[A + "attention_output/bias"]
+    np.testing.assert_allclose(t["transformer_layer_0/attention_output"], expected, rtol=0, atol=1e-12)
+    # ops.attention is the three steps as one op
+    heads = [ops.split_heads(t["transformer_layer_0/" + n], h) for n in ("query", "key", "value")]
+    context, probs = ops.attention(*heads, mask[:, None, None, :])
+    np.testing.assert_array_equal(context, t["transformer_layer_0/attention_context"])
+    np.testing.assert_array_equal(probs, out["attention_probs"][0])
 
 
 def test_pooler_uses_first_position_and_tanh():

@@ -4,10 +4,10 @@ Every function here has the name, the signature and the result of its twin in `b
 bit for bit, since each does the same floating-point operations on the same values in the same
 order (tests/test_kernels.py checks each against its twin over hypothesis-drawn shapes and
 dtypes) — with one exception: the float32 exact GELU uses another formula
-(`_gelu_logit_block`), more accurate than the plain op's and within a stated, tested bound of it.
-In `forward`, attention over right-padded rows leaves out the padded keys
-(`_attention_valid_keys`), which re-associates two sums (bound stated and tested). Otherwise what
-differs is only the arrangement:
+(`_gelu_logit_block`), more accurate than the plain op's and within a stated, tested bound of it;
+and `attention`, over right-padded rows, leaves out the padded keys (`_attention_valid_keys`),
+which re-associates two sums (bound stated and tested). Otherwise what differs is only the
+arrangement:
 
 - elementwise chains (erf, both GELUs) run over blocks of `BLOCK` float32 elements (1 MiB), so that a block's
   temporaries stay in the CPU cache instead of streaming whole activations through memory once
@@ -18,20 +18,22 @@ differs is only the arrangement:
   argument* (when it is a C-contiguous float32/float64 array) and return it. `encoder.forward`
   passes them only intermediates it owns; call them on a copy otherwise.
 
-The forward uses this module instead of `ops` unless the dtype policy rounds the matmul inputs
-(`Policy.rounds_matmul_inputs`), where only the plain ops apply the rounding at the right places.
+`encoder.forward` composes these exactly as it composes the plain ops (one composition, `_encode`,
+over either module), unless `plain=True` or the dtype policy rounds the matmul inputs
+(`Policy.rounds_matmul_inputs`). Where nothing is rounded or recorded between two steps it calls
+them as one op, in both modules: `attention` (scores, softmax, context) and `dense(..., activation)`
+(here: bias and activation over cache-sized blocks, one pass over memory instead of two). The batch
+split over threads is `bert_ref.model.runtime.in_batch_parts`.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from bert_ref import ops
-from bert_ref.model.runtime import THREAD_STATE, batch_parts, one_blas_thread, parallel, threads
+from bert_ref.model.runtime import parallel, threads
 from bert_ref.ops import (  # unchanged: no faster form
     attention_scores,
     embedding,
@@ -234,17 +236,40 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
     return x
 
 
-def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """`ops.dense`, the bias added in place over row chunks on THREADS threads. [..., In] -> [..., Out]"""
+def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, activation: str | None = None) -> np.ndarray:
+    """`ops.dense`, the bias added in place over row chunks on THREADS threads; with an `activation`,
+    bias and activation applied together to one cache-sized block of rows at a time (one pass over
+    memory instead of two). [..., In], [In, Out], [Out] -> [..., Out]"""
     y = np.matmul(x.reshape(-1, x.shape[-1]), kernel)  # [N, Out]
-    if np.result_type(y, bias) != y.dtype:
+    if np.result_type(y, bias) != y.dtype or y.dtype.type not in _GELU_BLOCKS:
         y = y + bias
+        if activation is not None:
+            y = ACTIVATIONS[activation](y)
+    elif activation is not None:
+        _bias_activation(y, bias, activation)
     else:
         def add_bias(first: int, last: int) -> None:
             y[first:last] += bias
 
         parallel(add_bias, y.shape[0], min_size=64)
     return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.ndarray:
+    """`ACTIVATIONS[activation](y + bias)` for a float32/float64 [N, F] GEMM output, in place, one
+    cache-sized block of rows at a time."""
+    block = {"gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}[activation]
+    rows = max(1, _block_elements(y.dtype) // y.shape[1])
+
+    def run(first: int, last: int) -> None:
+        for start in range(first * rows, min(last * rows, y.shape[0]), rows):
+            part = y[start : start + rows]
+            part += bias
+            flat = part.reshape(-1)
+            block(flat, flat)
+
+    parallel(run, -(-y.shape[0] // rows), min_size=4)
+    return y
 
 
 def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -288,24 +313,7 @@ def attention_context(probs: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# The whole forward, fused: used by `encoder.forward` when nothing is traced or rounded
-
-
-def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.ndarray:
-    """`ACTIVATIONS[activation](y + bias)` for a [N, F] GEMM output, in place: bias and activation
-    applied to one cache-sized block of rows at a time (one pass over memory instead of two)."""
-    block = {"gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}[activation]
-    rows = max(1, _block_elements(y.dtype) // y.shape[1])
-
-    def run(first: int, last: int) -> None:
-        for start in range(first * rows, min(last * rows, y.shape[0]), rows):
-            part = y[start : start + rows]
-            part += bias
-            flat = part.reshape(-1)
-            block(flat, flat)
-
-    parallel(run, -(-y.shape[0] // rows), min_size=4)
-    return y
+# Attention: over the valid keys of right-padded rows
 
 
 # Attention over the valid keys only when every padding mask row is a prefix (right padding):
@@ -353,112 +361,13 @@ def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: 
     return out.reshape(b, s, h * d), probs
 
 
-def _layers(params: dict, x: np.ndarray, mask: np.ndarray, heads: int, activation: str, eps: float,
-            hidden: list | None, attentions: list | None) -> np.ndarray:
-    """The encoder layers of `encoder.forward`, op for op, on the kernels above. [B, S, H] -> [B, S, H]"""
-    key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
-    lengths = _prefix_lengths(mask) if VALID_KEYS else None
-    for p in params["layers"]:
-        # Each intermediate is freed as soon as it is used (del), so that the next allocation can
-        # reuse its memory: the peak stays near the FFN's [B, S, F] activation plus a few [B, S, H].
-        q, k, v = (split_heads(dense(x, *p[name]), heads) for name in ("query", "key", "value"))  # [B, h, S, d]
-        if lengths is not None:
-            context, probs = _attention_valid_keys(q, k, v, lengths, attentions is not None)  # [B, S, A]
-            del q, k, v
-            if attentions is not None:
-                attentions.append(probs)
-        else:
-            probs = masked_softmax(attention_scores(q, k), key_mask)  # [B, h, S, S]
-            del q, k
-            if attentions is not None:
-                attentions.append(probs)
-            context = attention_context(probs, v)  # [B, S, A]
-            del v
-        del probs
-        residual = dense(context, *p["output"])  # [B, S, H]
-        del context
-        residual += x
-        del x
-        y = layer_norm(residual, p["attention_norm_gamma"], p["attention_norm_beta"], eps)
-        del residual
-        inner = _bias_activation(np.matmul(y.reshape(-1, y.shape[-1]), p["ffn_kernel1"]), p["ffn_bias1"], activation)
-        residual = dense(inner, p["ffn_kernel2"], p["ffn_bias2"]).reshape(y.shape)  # [B*S, F] -> [B, S, H]
-        del inner
-        residual += y
-        del y
-        x = layer_norm(residual, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps)
-        del residual
-        if hidden is not None:
-            hidden.append(x)
-    return x
-
-
-def _forward_part(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray,
-                  want_hidden: bool, want_attentions: bool) -> dict[str, Any]:
-    """`encoder.forward`'s outputs for these inputs, computed with the kernels in this thread."""
-    x = embedding(params["token"], token_ids)  # [B, S, H]
-    x += params["position"][: token_ids.shape[1]]  # keras' order: (token + position) + segment
-    x += embedding(params["segment"], segment_ids)
-    x = layer_norm(x, params["norm_gamma"], params["norm_beta"], config.layer_norm_epsilon)
-    hidden = [x] if want_hidden else None
-    attentions: list | None = [] if want_attentions else None
-    x = _layers(params, x, mask, config.num_heads, config.activation, config.layer_norm_epsilon, hidden, attentions)
-    out: dict[str, Any] = {"sequence_output": x}
-    if hidden is not None:
-        out["hidden_states"] = hidden
-    if attentions is not None:
-        out["attention_probs"] = attentions
-    return out
-
-
-def forward(params: dict, config: Any, token_ids: np.ndarray, segment_ids: np.ndarray, mask: np.ndarray,
-            output_hidden_states: bool, output_attentions: bool) -> dict[str, Any]:
-    """`encoder.forward` for the float32 and float64 policies with no trace: the same ops on the
-    same values, arranged for speed (bit-identical to the steps, except that attention over
-    right-padded rows runs over the valid keys only, within a few ulps: `_attention_valid_keys`).
-
-    - The batch is split into `batch_parts(B)` parts, each run through the whole encoder by its
-      own thread, with OpenBLAS at one thread: no fork/join around each GEMM, and every part's
-      elementwise work runs on its own core. (A GEMM's rows do not depend on the other rows.)
-    - The FFN bias and activation run together over cache-sized blocks (`_bias_activation`).
-    - Every op comes from this module (in place, no merge copy, softmax one pass shorter).
-    - With right padding (`_prefix_lengths`), attention runs over each row's valid keys only.
-    """
-    parts = batch_parts(token_ids.shape[0], token_ids.shape[1], config.hidden_dim)
-    args = (output_hidden_states, output_attentions)
-    if parts == 1:
-        whole = _forward_part(params, config, token_ids, segment_ids, mask, *args)
-        whole["pooled_output"] = pooler(whole["sequence_output"], params["pooler_kernel"], params["pooler_bias"])
-        return whole
-    bounds = [token_ids.shape[0] * i // parts for i in range(parts + 1)]
-    results: list[Any] = [None] * parts
-
-    def run(i: int) -> None:
-        THREAD_STATE.serial = True
-        try:
-            rows = slice(bounds[i], bounds[i + 1])
-            results[i] = _forward_part(params, config, token_ids[rows], segment_ids[rows], mask[rows], *args)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            results[i] = error
-        finally:
-            THREAD_STATE.serial = False
-
-    with one_blas_thread():
-        threads = [threading.Thread(target=run, args=(i,), name=f"bert_ref-part{i}") for i in range(1, parts)]
-        for t in threads:
-            t.start()
-        run(0)
-        for t in threads:
-            t.join()
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    out: dict[str, Any] = {}
-    for key in results[0]:
-        if key in ("hidden_states", "attention_probs"):
-            out[key] = [np.concatenate(layer) for layer in zip(*(r[key] for r in results), strict=True)]
-        else:
-            out[key] = np.concatenate([r[key] for r in results])
-    # The pooler on the whole batch: a GEMM of B rows (one of a single row may round differently).
-    out["pooled_output"] = pooler(out["sequence_output"], params["pooler_kernel"], params["pooler_bias"])
-    return out
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
+              keep_probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """`ops.attention`: over each row's valid keys only where the [B, 1, 1, S] mask is right
+    padding (`_attention_valid_keys`, within its stated bound), else on the kernels above (bit for
+    bit). [B, h, S, d] x3 -> context [B, S, h*d], probabilities [B, h, S, S] (None unless `keep_probs`)"""
+    lengths = _prefix_lengths(mask.reshape(mask.shape[0], mask.shape[-1])) if VALID_KEYS else None
+    if lengths is not None:
+        return _attention_valid_keys(q, k, v, lengths, keep_probs)
+    probs = masked_softmax(attention_scores(q, k), mask)  # [B, h, S, S]
+    return attention_context(probs, v), (probs if keep_probs else None)

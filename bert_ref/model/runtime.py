@@ -174,3 +174,50 @@ def batch_parts(batch: int, sequence: int, hidden: int) -> int:
     thread count cannot be set."""
     n = min(threads(), batch, batch * sequence * hidden // MIN_PART)
     return n if n > 1 and blas() is not None else 1
+
+
+def in_batch_parts(run: Callable[..., Any], *arrays: np.ndarray, hidden: int) -> Any:
+    """`run(*arrays)`, with the batch (the first axis of every array) split into `batch_parts` parts,
+    each run through `run` by its own thread while OpenBLAS is held at one thread: no fork/join around
+    each GEMM, and each part's elementwise work on its own core. The parts' results (an array, or a
+    tuple or list of them, nested; None) are concatenated along the batch; an error in a part is raised
+    here, once every part has ended. A GEMM's rows do not depend on the other rows, so the result is
+    `run(*arrays)`'s, bit for bit (parts are kept above OpenBLAS's small-matrix sizes: MIN_PART)."""
+    batch, sequence = arrays[0].shape[:2]
+    parts = batch_parts(batch, sequence, hidden)
+    if parts == 1:
+        return run(*arrays)
+    bounds = [batch * i // parts for i in range(parts + 1)]
+    results: list[Any] = [None] * parts
+
+    def part(i: int) -> None:
+        THREAD_STATE.serial = True
+        try:
+            results[i] = run(*(a[bounds[i] : bounds[i + 1]] for a in arrays))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            results[i] = error
+        finally:
+            THREAD_STATE.serial = False
+
+    with one_blas_thread():
+        started = [threading.Thread(target=part, args=(i,), name=f"bert_ref-part{i}") for i in range(1, parts)]
+        for t in started:
+            t.start()
+        part(0)
+        for t in started:
+            t.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return _concatenate(results)
+
+
+def _concatenate(results: list[Any]) -> Any:
+    """The parts' results, joined along the batch: arrays concatenated, tuples and lists element by
+    element, None left None."""
+    first = results[0]
+    if first is None:
+        return None
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concatenate(list(r)) for r in zip(*results, strict=True))
+    return np.concatenate(results)

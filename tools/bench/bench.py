@@ -47,6 +47,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -243,15 +244,22 @@ def time_interleaved(runners: dict[str, Callable[[], Any]], repeats: int) -> dic
 
 
 def load_baseline(path: str):
-    """Import the `bert_ref` package of another checkout (DIR/bert_ref) as `bert_ref_baseline`."""
+    """Import the `bert_ref` package of another checkout (DIR/bert_ref) as `bert_ref_baseline`.
+
+    The copy's own absolute imports (`from bert_ref.model import kernels`, the lazy names'
+    "bert_ref.backbone") are renamed too, so that the baseline runs its own code throughout."""
     src = Path(path).resolve() / "bert_ref"
     if not (src / "__init__.py").exists():
         raise SystemExit(f"--baseline {path}: no bert_ref package at {src}")
     tmp = Path(tempfile.mkdtemp(prefix="bert_ref_baseline_"))
     shutil.copytree(src, tmp / "bert_ref_baseline")
+    for py in (tmp / "bert_ref_baseline").rglob("*.py"):
+        py.write_text(re.sub(r"\bbert_ref(?=[.\s\"])", "bert_ref_baseline", py.read_text()))
     sys.path.insert(0, str(tmp))
     import bert_ref_baseline
 
+    loaded = [m.__file__ for name, m in sys.modules.items() if name.startswith("bert_ref_baseline.")]
+    assert all(f is not None and f.startswith(str(tmp)) for f in loaded), "the baseline imports the current code"
     return bert_ref_baseline
 
 
