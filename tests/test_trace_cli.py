@@ -46,9 +46,27 @@ def test_trace_of_a_golden_sentence_matches_transformers(minilm):
     for i, (ours, theirs) in enumerate(zip(tr.hidden_states, golden, strict=True)):
         err = np.abs(ours.astype(np.float64) - theirs).max()
         assert err <= manifest["tolerance"]["float32"], (i, err)
-    # The trace's named steps are the same arrays the outputs are made of.
-    np.testing.assert_array_equal(tr.trace["transformer_layer_5/feedforward_layer_norm"][0], tr.hidden_states[6])
-    np.testing.assert_array_equal(tr.trace["embeddings/layer_norm"][0], tr.hidden_states[0])
+    # The summaries of the named steps are of the same arrays the outputs are made of.
+    assert list(tr.steps) == step_names(6)
+    for name, h in (("transformer_layer_5/feedforward_layer_norm", tr.hidden_states[6]),
+                    ("embeddings/layer_norm", tr.hidden_states[0])):
+        x = h.astype(np.float64)
+        assert (tr.steps[name].mean, tr.steps[name].max) == (x.mean(), x.max())
+        np.testing.assert_array_equal(tr.steps[name].norms, np.sqrt((x * x).sum(-1)))
+        np.testing.assert_array_equal(tr.hidden_norms()[0 if name.startswith("emb") else 6], tr.steps[name].norms)
+
+
+def test_trace_keeps_attention_and_hidden_states_only(minilm):
+    """Memory: every other step is summarised, not kept (O(layers x heads x S^2) of attention)."""
+    model, tokenizer = minilm
+    tr = run_text(model, tokenizer, *PAIR)
+    assert not hasattr(tr, "trace")
+    kept = [a for a in vars(tr).values() if isinstance(a, np.ndarray)]
+    kept += [a for v in vars(tr).values() if isinstance(v, list) for a in v if isinstance(a, np.ndarray)]
+    kept += [st.norms for st in tr.steps.values() if st.norms is not None]
+    s, layers = len(tr.tokens), 6
+    attention = layers * 12 * s * s * 4
+    assert sum(a.nbytes for a in kept) <= attention + (layers + 1) * s * 384 * 4 + (len(tr.steps) + 1) * s * 8
 
 
 def test_trace_prints_every_step_labelled_by_token(minilm_dir):
@@ -89,6 +107,23 @@ def test_trace_plot_writes_heatmaps_and_norms(minilm_dir, tmp_path):
     assert f"wrote {out / 'attention_layer_0.png'}" in r.stderr
 
 
+def test_trace_plots_of_a_long_text_thin_their_labels(minilm, tmp_path):
+    """300 tokens: the heatmaps stay CELL_MAX inches a head, with at most LABELS_MAX labels an axis."""
+    need("matplotlib", MATPLOTLIB_INSTALL)
+    from bert_ref.learn import plots
+
+    _, tokenizer = minilm
+    small = BertBackbone(vocabulary_size=tokenizer.vocabulary_size(), num_layers=1, num_heads=4, hidden_dim=16,
+                         intermediate_dim=16, max_sequence_length=512, seed=0)  # quick to run
+    tr = run_text(small, tokenizer, " ".join(["word"] * 298))
+    assert len(tr.tokens) == 300
+    assert list(plots.tick_positions(300)) == list(range(0, 300, 8)) and len(plots.tick_positions(300)) <= 40
+    paths = write_plots(tr, tmp_path, dpi=40)
+    for path in paths:
+        width, height = struct.unpack(">II", path.read_bytes()[16:24])
+        assert width <= 40 * (4 * plots.CELL_MAX + 0.8) and height <= 40 * (plots.CELL_MAX + 0.6) + 1, (path, width)
+
+
 def test_trace_plot_draws_every_layer_by_default(minilm, tmp_path):
     need("matplotlib", MATPLOTLIB_INSTALL)
     _, tokenizer = minilm
@@ -113,6 +148,8 @@ def test_trace_plot_without_matplotlib_says_how_to_install(minilm_dir, tmp_path,
     (["--layers", "0"], "--layers chooses the layers to plot: it needs --plot DIR"),
     (["--plot", "{tmp}", "--layers", "6"], "layer 6 is outside [0, 6): the model has 6 layers"),
     (["--layers", "x"], "expected layer numbers separated by commas"),
+    (["--html", "{tmp}/missing/page.html"], "/missing does not exist"),
+    (["--html", "{tmp}"], "is a directory; give the page's file name"),
 ])
 def test_trace_bad_usage_is_exit_2(minilm_dir, tmp_path, args, message):
     if "--plot" in args:
@@ -127,3 +164,14 @@ def test_trace_of_an_empty_text_or_unknown_preset_is_exit_2(minilm_dir, tmp_path
     assert r.returncode == 2 and "TEXT is empty" in r.stderr
     r = run_bert_ref("trace", tmp_path / "nothing", "text")
     assert r.returncode == 2 and "cannot load preset" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_only_a_model_with_very_many_heads_is_too_large_to_plot():
+    from bert_ref.learn.plots import check_plot_size
+
+    check_plot_size(12, 512)  # MiniLM at its longest text is drawn
+    with pytest.raises(ValueError, match=r"--plot: 512 tokens make .* plot a shorter text \(at most \d+ tokens with "
+                                         r"1200 heads"):
+        check_plot_size(1200, 512)
+    with pytest.raises(ValueError, match="5000 heads are too many to draw in one picture at any length"):
+        check_plot_size(5000, 3)

@@ -29,10 +29,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bert_ref.io import atomic
+from bert_ref.learn.trace import TextTrace
 
 #: Largest float16 [L, h, S, S] attention stored whole, in bytes (base64 makes it 4/3 larger).
 DENSE_BUDGET = 3 << 19  # 1.5 MiB
@@ -133,6 +138,18 @@ def trace_page(tokens: Sequence[str], attention_probs: Sequence[np.ndarray], hid
             f"each query's {attention['k']} largest weights (float16); the rest are left out")
     return PAGE.format(title=html.escape(title), description=html.escape(description), note=html.escape(note),
                        css=CSS, data=payload, script=SCRIPT)
+
+
+def page_for(tr: TextTrace, *, title: str = "bert-ref trace", description: str = "") -> str:
+    """`trace_page` of a `run_text` result: its tokens, segments, attention and hidden-state norms."""
+    return trace_page(tr.tokens, tr.attention_probs, tr.hidden_norms(), segment_ids=[int(g) for g in tr.segment_ids],
+                      title=title, description=description)
+
+
+def write_page(tr: TextTrace, path: str | os.PathLike, *, title: str = "bert-ref trace",
+               description: str = "") -> Path:
+    """Write `page_for(tr)` to `path` (UTF-8, through `bert_ref.io.atomic`: whole or not at all)."""
+    return atomic.write_text(Path(path), page_for(tr, title=title, description=description))
 
 
 PAGE = """<!doctype html>

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from chromium import Chromium  # noqa: E402
-
 from bert_ref.cli import main  # noqa: E402
+
+from chromium import Chromium  # noqa: E402
 
 PAIR = ("The cat sat on the mat.", "It was tired.")
 OUT = ROOT / "docs" / "figures" / "trace_page.png"
