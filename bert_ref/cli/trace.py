@@ -87,8 +87,8 @@ def _run_trace(args: argparse.Namespace) -> int:
     if args.html is not None:
         text = args.text if args.pair is None else f"{args.text} | {args.pair}"
         shown = text if len(text) <= 300 else text[:300] + " ..."
-        description = (f"{Path(str(args.preset)).name or args.preset} ({model.dtype_policy.name}), "
-                       f"{len(tr.tokens)} tokens: {shown}")
+        preset = str(args.preset) if len(str(args.preset)) <= 60 else "..." + str(args.preset)[-57:]
+        description = f"{preset} ({model.dtype_policy.name} policy), {len(tr.tokens)} tokens: {shown}"
         path = write_page(tr, args.html, title=f"bert-ref trace: {len(tr.tokens)} tokens", description=description)
         print(f"wrote {path}", file=sys.stderr, flush=True)
     return 0

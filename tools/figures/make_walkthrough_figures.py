@@ -12,6 +12,9 @@ It is the same as
 
 and writes docs/figures/attention_layer_0.png, attention_layer_5.png and hidden_state_norms.png
 (about 0.3 MB in all). Re-running with the same matplotlib writes identical files.
+
+The walkthrough's other pictures have their own tools here: make_layer_diagram.py (the post-LN and
+pre-LN layers, SVG) and make_trace_page_figure.py (a screenshot of `bert-ref trace --html`).
 """
 
 from __future__ import annotations
