@@ -11,6 +11,9 @@ value, far from a rounding boundary (0.75534, 0.24740).
 from __future__ import annotations
 
 import doctest
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,23 @@ def test_walkthrough_runs_and_prints_what_it_shows(monkeypatch):
 def test_walkthrough_pictures_exist_and_are_small():
     text = WALKTHROUGH.read_text(encoding="utf-8")
     pictures = [ROOT / "docs" / "figures" / name
-                for name in ("attention_layer_0.png", "attention_layer_5.png", "hidden_state_norms.png")]
+                for name in ("attention_layer_0.png", "attention_layer_5.png", "hidden_state_norms.png",
+                             "trace_page.png", "layer_post_ln_pre_ln.svg")]
     for p in pictures:
         assert f"(figures/{p.name})" in text, f"the walkthrough does not show {p.name}"
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
     assert sum(p.stat().st_size for p in pictures) < 1_000_000
+
+
+def test_layer_diagram_is_what_its_tool_draws(tmp_path):
+    """docs/figures/layer_post_ln_pre_ln.svg is reproducible: the tool writes the same bytes."""
+    out = tmp_path / "layer.svg"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "figures" / "make_layer_diagram.py"), str(out)], check=True,
+                   capture_output=True, timeout=60)
+    svg = (ROOT / "docs" / "figures" / "layer_post_ln_pre_ln.svg").read_bytes()
+    assert out.read_bytes() == svg
+    root = ET.fromstring(svg)  # well-formed XML, an SVG root
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert labels.count("layer norm") == 4 and "feedforward_layer_norm" in labels
