@@ -25,10 +25,14 @@ def _read_only(w: np.ndarray) -> np.ndarray:
 class TokenEmbedding:
     """The token embedding table as a layer, like keras' `ReversibleEmbedding`.
 
-    `emb(token_ids)` looks rows up ([B, S] -> [B, S, H]); `emb(hidden, reverse=True)` maps hidden
-    states to vocabulary logits with the transposed table ([..., H] -> [..., V]), as BERT's
-    masked-LM head does with tied weights. Computed in the model's policy; returned in its
-    compute dtype. Ids are range-checked like the backbone's inputs.
+    `emb(token_ids)` looks rows up ([B, S] -> [B, S, H]); `emb(hidden, reverse=True)` is the
+    product with the transposed table, `hidden @ embeddings.T` ([..., H] -> [..., V]): each
+    vocabulary entry's dot product with `hidden`. That is all it is. It is *not* BERT's masked-LM
+    head: the head pre-training used is dense (H -> H), GELU, layer norm, *then* this product plus a
+    per-token bias, and none of that is here (nor in most checkpoints, all-MiniLM-L6-v2 included).
+    On an input embedding it finds the nearest tokens; on the encoder's output at [MASK] it does not
+    predict the word (docs/walkthrough.md, section 9, shows both). Computed in the model's policy;
+    returned in its compute dtype. Ids are range-checked like the backbone's inputs.
     """
 
     def __init__(self, backbone: BertBackbone):

@@ -330,7 +330,16 @@ def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy,
             mask: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | None, list[np.ndarray] | None]:
     """The embeddings and the encoder layers, step by named step, on the ops of `f` (`bert_ref.ops`
     or `bert_ref.model.kernels`). [B, S] ids -> [B, S, H], and the hidden states and attention
-    probabilities asked for (None when not)."""
+    probabilities asked for (None when not).
+
+    Each layer is BERT's post-LN layer: each sublayer's output is added to its input, then normalised,
+
+        y   = layer_norm(x + self_attention(x))      # attention_residual, self_attention_layer_norm
+        out = layer_norm(y + feed_forward(y))        # feedforward_residual, feedforward_layer_norm
+
+    (pre-LN, GPT-2's, would be `y = x + attention(layer_norm(x))`, `out = y + ffn(layer_norm(y))`: a
+    different function of the same weights). The picture, post-LN beside pre-LN, with these step
+    names: docs/figures/layer_post_ln_pre_ln.svg (drawn by tools/figures/make_layer_diagram.py)."""
     eps, heads, key_mask, prefix = config.layer_norm_epsilon, config.num_heads, mask[:, None, None, :], ""
     fused = record is None and not policy.rounds and not policy.rounds_matmul_inputs  # no step between steps
 
