@@ -113,12 +113,15 @@ def plot_attention(probs: np.ndarray, tokens: Sequence[str], layer: int, path: P
             continue
         image = ax.imshow(probs[j], vmin=0.0, vmax=1.0, cmap="viridis", interpolation=interpolation)
         ax.set_title(f"head {j}", fontsize=9)
-        ax.set_xticks(ticks)
-        ax.set_yticks(ticks)
         # Every head is labelled while every token is; thinned labels go on the outer heads only.
         every = len(ticks) == s
-        ax.set_xticklabels(labels if every or j + cols >= heads else [], rotation=90, fontsize=fontsize)
-        ax.set_yticklabels(labels if every or j % cols == 0 else [], fontsize=fontsize)
+        bottom, left = every or j + cols >= heads, every or j % cols == 0
+        ax.set_xticks(ticks if bottom else [])
+        ax.set_yticks(ticks if left else [])
+        if bottom:
+            ax.set_xticklabels(labels, rotation=90, fontsize=fontsize)
+        if left:
+            ax.set_yticklabels(labels, fontsize=fontsize)
         ax.tick_params(length=0 if every else 2)
     fig.suptitle(f"layer {layer} attention probabilities (rows: queries, columns: keys)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.93, 0.97))
