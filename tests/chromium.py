@@ -34,7 +34,7 @@ def find_chromium() -> str | None:
     """The first of BROWSERS on PATH (CHROMIUM overrides), or None."""
     explicit = os.environ.get("CHROMIUM")
     if explicit:
-        return explicit
+        return shutil.which(explicit)
     for name in BROWSERS:
         path = shutil.which(name)
         if path:
