@@ -27,7 +27,6 @@ import functools
 import importlib.util
 import json
 import math
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 
 from bert_ref import ops
 from bert_ref.backbone import BertBackbone
+from bert_ref.io import atomic
 from bert_ref.model.config import BertConfig
 from bert_ref.text.tokenizer import BertTokenizer
 
@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = Path(args.new)
         if target.exists():
             parser.error(f"{target} exists: not overwriting your work")
-        shutil.copyfile(Path(__file__).with_name("workbook.py"), target)
+        atomic.write_bytes(target, Path(__file__).with_name("workbook.py").read_bytes())
         print(f"wrote {target}: fill in the functions, then `python -m bert_ref.learn.exercises 1 --workbook {target}`")
         return 0
     if args.which == "list":
