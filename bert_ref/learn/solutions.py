@@ -13,6 +13,17 @@ import numpy as np
 
 from bert_ref import ops
 
+
+def self_attention(x: np.ndarray, p: dict, num_heads: int, mask: np.ndarray) -> np.ndarray:
+    """Multi-head self-attention with its output projection, from `ops`. [B, S, H] -> [B, S, H]"""
+    q, k, v = (ops.split_heads(ops.dense(x, *p[n]), num_heads) for n in ("query", "key", "value"))  # [B, h, S, d]
+    return ops.dense(ops.attention(q, k, v, mask, keep_probs=False)[0], *p["output"])
+
+
+def feed_forward(x: np.ndarray, p: dict, activation: str) -> np.ndarray:
+    """The position-wise feed-forward, `act(x @ w1 + b1) @ w2 + b2`. [B, S, H] -> [B, S, F] -> [B, S, H]"""
+    return ops.dense(ops.dense(x, p["ffn_kernel1"], p["ffn_bias1"], activation), p["ffn_kernel2"], p["ffn_bias2"])
+
 # ---- 1. The 1/sqrt(d) scale and attention entropy
 
 
@@ -33,18 +44,18 @@ def attention_entropy(probs: np.ndarray) -> np.ndarray:
 
 def post_ln_layer(x: np.ndarray, p: dict, num_heads: int, mask: np.ndarray, activation: str,
                   epsilon: float) -> np.ndarray:
-    attention = ops.multi_head_attention(x, p["query"], p["key"], p["value"], p["output"], num_heads, mask)
+    attention = self_attention(x, p, num_heads, mask)
     y = ops.layer_norm(x + attention, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon)
-    ffn = ops.feed_forward(y, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation)
+    ffn = feed_forward(y, p, activation)
     return ops.layer_norm(y + ffn, p["ffn_norm_gamma"], p["ffn_norm_beta"], epsilon)
 
 
 def pre_ln_layer(x: np.ndarray, p: dict, num_heads: int, mask: np.ndarray, activation: str,
                  epsilon: float) -> np.ndarray:
     h = ops.layer_norm(x, p["attention_norm_gamma"], p["attention_norm_beta"], epsilon)
-    y = x + ops.multi_head_attention(h, p["query"], p["key"], p["value"], p["output"], num_heads, mask)
+    y = x + self_attention(h, p, num_heads, mask)
     h = ops.layer_norm(y, p["ffn_norm_gamma"], p["ffn_norm_beta"], epsilon)
-    return y + ops.feed_forward(h, p["ffn_kernel1"], p["ffn_bias1"], p["ffn_kernel2"], p["ffn_bias2"], activation)
+    return y + feed_forward(h, p, activation)
 
 
 # ---- 3. Positional heads

@@ -43,7 +43,8 @@ def post_ln_layer(x: np.ndarray, p: dict, num_heads: int, mask: np.ndarray, acti
 
     `p` is one layer of `model.prepared_weights()["layers"]`: (kernel, bias) pairs "query", "key",
     "value", "output", and "attention_norm_gamma/beta", "ffn_kernel1/bias1", "ffn_kernel2/bias2",
-    "ffn_norm_gamma/beta". `ops.multi_head_attention` and `ops.feed_forward` do the two sublayers.
+    "ffn_norm_gamma/beta". Attention is `ops.split_heads`, `ops.dense` and `ops.attention`; the
+    feed-forward is `ops.dense` twice, the first with the activation.
     """
     raise NotImplementedError("exercise 2: write post_ln_layer")
 

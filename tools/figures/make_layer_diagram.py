@@ -5,7 +5,7 @@ and every machine. Run from anywhere:
 
     python tools/figures/make_layer_diagram.py [OUT.svg]
 
-Left, post-LN (BERT, `bert_ref.ops.encoder_layer`): each sublayer's output is added to its input,
+Left, post-LN (BERT, the layer `bert_ref.encoder` composes): each sublayer's output is added to its input,
 then normalised; the grey names are the trace's steps (`forward(trace=True)`,
 "transformer_layer_{i}/..."). Right, pre-LN (GPT-2 and most later models): each sublayer's input is
 normalised and its output added to the un-normalised stream. Colours are from the Okabe-Ito palette.
