@@ -6,7 +6,8 @@
     bert-ref compare PRESET --input IN --candidate CAND [--precision P] [--floor-ratio K] [--atol A] [--rtol R]
                      [--truth] [--activation G] [--layer-norm-epsilon E] [--json] [--junit FILE]
     bert-ref run PRESET --dataset IN --out DIR [--outputs ...] [--shard-size N] [--scheduler S] [--workers N]
-    bert-ref compare PRESET --dataset IN --candidate DIR_OR_FILE [--reference RUN_DIR]   (see bert_ref.scale)
+    bert-ref compare PRESET --dataset IN --candidate DIR_OR_FILE [--reference RUN_DIR] [--floor-from RUN_DIR]
+    bert-ref pack PRESET --dataset IN --out DIR   the packed inputs of a dataset, for a port (see bert_ref.scale)
     bert-ref download PRESET                 prefetch into the cache
     bert-ref convert SRC DST                 any loadable preset -> a native preset directory
     bert-ref example [PRESET]                a sentence pair through real weights (installed MiniLM by default)

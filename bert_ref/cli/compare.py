@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +172,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def write_junit(path: str | os.PathLike, report: Any, suite: str) -> Path:
+def write_junit(path: str | os.PathLike, report: Any, suite: str,
+                extra: Sequence[tuple[str, str | None]] = ()) -> Path:
     """A JUnit XML file for `report`: one test case per output (in computation order), a failure
-    element with the output's errors for each one over tolerance, the whole table as system-out.
+    element with the output's errors for each one over tolerance, the whole table as system-out;
+    then the `extra` cases, (name, failure message or None), e.g. a dataset's worst records.
     Written through `bert_ref.io.atomic` (whole or not at all)."""
     from xml.sax.saxutils import escape, quoteattr
 
@@ -194,8 +196,14 @@ def write_junit(path: str | os.PathLike, report: Any, suite: str) -> Path:
                f"{stats.worst_candidate})" + (f", {e.floor_ratio:.3g}x the floor" if e.floor_ratio is not None else ""))
         cases.append(f"    <testcase {attrs}>\n      <failure message={quoteattr(msg)} type=\"OverTolerance\">"
                      f"{escape(msg)}</failure>\n    </testcase>")
+    for name, failure in extra:
+        attrs = f"classname={quoteattr('bert_ref.compare.' + suite)} name={quoteattr(name)}"
+        cases.append(f"    <testcase {attrs}/>" if failure is None else
+                     f"    <testcase {attrs}>\n      <failure message={quoteattr(failure)} type=\"OverTolerance\">"
+                     f"{escape(failure)}</failure>\n    </testcase>")
+    failures = len(report.failures) + sum(f is not None for _, f in extra)
     text = ('<?xml version="1.0" encoding="utf-8"?>\n<testsuites>\n'
-            f"  <testsuite name={quoteattr(suite)} tests=\"{len(report)}\" failures=\"{len(report.failures)}\" "
+            f"  <testsuite name={quoteattr(suite)} tests=\"{len(report) + len(extra)}\" failures=\"{failures}\" "
             'errors="0" skipped="0">\n' + "\n".join(cases) + "\n"
             f"    <system-out>{escape(report.format_table())}</system-out>\n  </testsuite>\n</testsuites>\n")
     return atomic.write_text(path, text)

@@ -168,6 +168,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# pack
+
+
+def _configure_pack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", metavar="PRESET", help="built-in name, local directory, kaggle://... or hf://...")
+    scale_args.add_pack_arguments(p)
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from bert_ref.cli import scale
+
+    return scale.cli_pack(args)
+
+
+# ----------------------------------------------------------------------------------------------
 # download / convert
 
 
@@ -387,6 +402,12 @@ def add_commands(register: Callable[..., None]) -> None:
     register("run", "run a preset on an inputs file and write the outputs", _configure_run, _cmd_run,
              "Run PRESET on the inputs in IN and write sequence_output and pooled_output (and, if asked, "
              "hidden_states.{i}, attention_probs.{i}, trace arrays) to OUT.")
+    register("pack", "tokenize and pack a dataset for a port: the inputs of `run --dataset`", _configure_pack,
+             _cmd_pack,
+             "Write the packed inputs of every record of IN into DIR, with the sharding, order and batching of "
+             "`run --dataset` with the same options: shard-*.safetensors holding record_index, length, offsets, batch, "
+             "token_ids, segment_ids and padding_mask (docs/dataset.md shows a port's loop over them), and "
+             "manifest.json. No model runs.")
     register("download", "prefetch a preset into the cache", _configure_download, _cmd_download)
     register("convert", "convert any loadable preset to a native preset directory", _configure_convert, _cmd_convert,
              "Read SRC (keras-hub, Hugging Face or native; local or remote) and write a native preset "

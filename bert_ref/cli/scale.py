@@ -1,4 +1,4 @@
-"""`bert-ref run --dataset` and `compare --dataset`.
+"""`bert-ref run --dataset`, `pack` and `compare --dataset`.
 """
 
 from __future__ import annotations
@@ -7,14 +7,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bert_ref.cli import say
-from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+from bert_ref.cli import UsageError, say
 from bert_ref.scale.compare import compare_dataset
-from bert_ref.scale.run import run_dataset
+from bert_ref.scale.run import pack_dataset, run_dataset
 from bert_ref.scale.shards import MANIFEST
 
 # ----------------------------------------------------------------------------------------------
 # The command line (called from bert_ref.cli)
+
+
+def _summary(manifest: dict[str, Any], out: str) -> str:
+    s = manifest["settings"]
+    policy = manifest["job"]["policy"]
+    if s["scheduler"] == "distributed":
+        where = f"Dask cluster at {s['address']}" + (f", {s['workers']} worker(s)" if s["workers"] else "")
+    else:
+        where = f"{s['scheduler']} scheduler, {s['workers']} worker(s)"
+    head = f"{policy} policy, " if policy else "inputs only, "
+    return f"{head}{where} x {s['threads_per_worker']} thread(s); manifest: {Path(out) / MANIFEST}"
+
+
+def _common(args: Any) -> dict[str, Any]:
+    return dict(shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
+                sequence_length=args.sequence_length, truncate=args.truncate, batch_tokens=args.batch_tokens,
+                progress=False if args.no_progress else None, log=say)
 
 
 def cli_run(args: Any) -> int:
@@ -24,48 +40,48 @@ def cli_run(args: Any) -> int:
         raise ValueError("--dataset runs take --out and --outputs, not "
                          "--input/--output/--attentions/--trace/--hidden-states")
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
-    manifest = run_dataset(args.preset, args.dataset, args.out, dtype=args.dtype, outputs=outputs,
-                           shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers,
-                           threads=args.threads, sequence_length=args.sequence_length, truncate=args.truncate,
-                           batch_tokens=args.batch_tokens, progress=False if args.no_progress else None, log=say)
-    s = manifest["settings"]
-    say(f"{manifest['job']['policy']} policy, {s['scheduler']} scheduler, {s['workers'] or '?'} worker(s) x "
-         f"{s['threads_per_worker']} thread(s); manifest: {Path(args.out) / MANIFEST}")
+    if not outputs:
+        raise ValueError("--outputs is empty; for the inputs alone use `bert-ref pack`")
+    manifest = run_dataset(args.preset, args.dataset, args.out, dtype=args.dtype, outputs=outputs, **_common(args))
+    say(_summary(manifest, args.out))
+    return 0
+
+
+def cli_pack(args: Any) -> int:
+    manifest = pack_dataset(args.preset, args.dataset, args.out, **_common(args))
+    say(_summary(manifest, args.out))
     return 0
 
 
 def cli_compare(args: Any) -> int:
     if args.input is not None:
         raise ValueError("give --dataset or --input, not both")
-    if args.reference is not None and (args.truth or args.dtype is not None):
-        raise ValueError("--reference takes its policy from the run; do not combine it with --truth or --dtype")
-    if args.worst < 1:
-        raise ValueError(f"--worst must be >= 1, got {args.worst}")
-    unsupported = [flag for flag, value in (("--precision", getattr(args, "precision", None)),
-                                            ("--floor-ratio", getattr(args, "floor_ratio", None)),
-                                            ("--activation", getattr(args, "activation", None)),
-                                            ("--layer-norm-epsilon", getattr(args, "layer_norm_epsilon", None)),
-                                            ("--junit", getattr(args, "junit", None))) if value is not None]
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)}: not available with --dataset (it takes --atol, --rtol, --truth, "
-                         "--dtype, --json)")
-    tolerances = []
-    for name, given, default in (("atol", args.atol, DEFAULT_ATOL), ("rtol", args.rtol, DEFAULT_RTOL)):
-        try:
-            value = float(given) if given is not None else default
-        except (TypeError, ValueError):
-            raise ValueError(f"--{name} {given!r}: with --dataset give one number (per-output tolerances are for "
-                             "--input)") from None
-        tolerances.append(value)
-    atol, rtol = tolerances
-    dtype = "float64" if args.truth else args.dtype
-    report = compare_dataset(args.preset, args.dataset, args.candidate, reference=args.reference, dtype=dtype,
-                             atol=atol, rtol=rtol, shard_size=args.shard_size, scheduler=args.scheduler,
-                             workers=args.workers, threads=args.threads, sequence_length=args.sequence_length,
-                             truncate=args.truncate, batch_tokens=args.batch_tokens, worst=args.worst,
+    if args.reference is not None and args.dtype is not None and (args.truth or args.precision):
+        raise ValueError("--reference takes its policy from the run; do not combine it with --dtype")
+    for flag in ("activation", "layer_norm_epsilon"):
+        if getattr(args, flag, None) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')}: not available with --dataset (convert a preset with the "
+                             "changed config instead)")
+    if getattr(args, "check_padded", False):
+        raise UsageError("--check-padded: a dataset compare covers valid positions only (the run stores no padded "
+                         "positions)")
+    report = compare_dataset(args.preset, args.dataset, args.candidate, reference=args.reference,
+                             floor_from=args.floor_from, dtype=args.dtype, truth=args.truth, precision=args.precision,
+                             floor_ratio=args.floor_ratio, atol=args.atol, rtol=args.rtol, records=args.records,
+                             shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers,
+                             threads=args.threads, sequence_length=args.sequence_length, truncate=args.truncate,
+                             batch_tokens=args.batch_tokens, worst=args.worst,
                              progress=False if args.no_progress else None)
+    if args.junit:
+        from bert_ref.cli.compare import write_junit
+
+        write_junit(args.junit, report.report, f"{args.preset} vs {Path(args.candidate).name}",
+                    extra=report.junit_cases())
     if args.json:
-        say(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        d = report.to_dict()
+        d["preset"] = args.preset
+        say(json.dumps(d, indent=2, allow_nan=False))
     else:
+        say(f"preset {args.preset}; dataset {args.dataset}")
         say(report.format_table())
     return 0 if report.passed else 1

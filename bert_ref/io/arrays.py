@@ -37,8 +37,10 @@ and what would be right.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import struct
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -103,12 +105,44 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """key -> (shape, dtype) of a `.npz`, from each member's `.npy` header, before anything is
-    inflated. Checked: it is a zip of `.npy` members, at most BERT_REF_MAX_ARCHIVE_ENTRIES of them,
-    none holding pickled objects (dtype object: never loaded), none inflating to more than its
-    header declares (a deflate bomb); with `total_limit`, the declared arrays total at most
-    BERT_REF_MAX_INPUT_BYTES."""
+#: The largest expansion of deflate (RFC 1951: 1032 output bytes per input byte, at best).
+DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One array of an `.npz` / `.safetensors` file: its key, shape and dtype, and where its bytes
+    are, so that rows can be read without the rest (`read_member_rows`).
+
+    Attributes:
+        offset: the file offset of the array's first byte when it can be read in place (a
+            safetensors array, an uncompressed `.npz` member), else None (a compressed member,
+            streamed).
+        zip_name: the `.npz` member's name (None for safetensors).
+        header: bytes of the `.npy` header before the data inside the member (`.npz` only).
+        fortran: stored in Fortran order (read whole, not by rows).
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int | None
+    zip_name: str | None = None
+    header: int = 0
+    fortran: bool = False
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=object)) * self.dtype.itemsize if self.shape else self.dtype.itemsize
+
+
+def _npz_members(path: Path, *, total_limit: bool) -> dict[str, Member]:
+    """key -> `Member` of a `.npz`, from each member's `.npy` header, before anything is inflated.
+    Checked: it is a zip of `.npy` members, at most BERT_REF_MAX_ARCHIVE_ENTRIES of them, none
+    holding pickled objects (dtype object: never loaded), each holding exactly the bytes its header
+    declares (a forged header declaring 10^9 rows, a deflate bomb, a member cut short or past the
+    end of the file); with `total_limit`, the declared arrays total at most BERT_REF_MAX_INPUT_BYTES."""
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
@@ -118,9 +152,10 @@ def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, 
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise ArrayFileError(f"{path}: cannot read as .npz (not a zip archive: truncated, or another format)") from None
+    size = path.stat().st_size
     total = 0
-    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    with zf:
+    out: dict[str, Member] = {}
+    with zf, open(path, "rb") as raw:
         infos = zf.infolist()
         limits.check("archive_entries", len(infos), f"{path}: the number of arrays")
         for info in infos:
@@ -132,7 +167,7 @@ def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, 
                                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
                     if read_header is None:
                         raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
-                    shape, _, dtype = read_header(member)
+                    shape, fortran, dtype = read_header(member)
                 except (ValueError, EOFError, SyntaxError) as e:
                     raise ArrayFileError(f"{path}: key {key!r} is not a .npy array ({_one_line(e)})") from None
                 header_bytes = member.tell()
@@ -143,12 +178,38 @@ def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, 
             if info.file_size > header_bytes + declared:
                 raise ArrayFileError(f"{path}: key {key!r} inflates to {info.file_size:,} bytes but its header "
                                      f"declares {declared:,} bytes of {dtype} {shape}; the file is corrupt")
+            if info.file_size < header_bytes + declared:
+                raise ArrayFileError(f"{path}: key {key!r} declares shape {tuple(shape)} of {dtype} ({declared:,} "
+                                     f"bytes), but the member holds {max(0, info.file_size - header_bytes):,} bytes "
+                                     "of data: a corrupt or forged file")
+            offset = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                raw.seek(info.header_offset)
+                local = raw.read(30)
+                if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                    raise ArrayFileError(f"{path}: key {key!r}: corrupt zip member header")
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                offset = info.header_offset + 30 + name_len + extra_len + header_bytes
+                if offset + declared > size:
+                    raise ArrayFileError(f"{path}: key {key!r} declares {declared:,} bytes of data, but the file ends "
+                                         f"{offset + declared - size:,} bytes before them (truncated)")
+            elif info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > info.compress_size * \
+                    DEFLATE_MAX_RATIO + 1024:
+                raise ArrayFileError(f"{path}: key {key!r} declares {info.file_size:,} bytes compressed into "
+                                     f"{info.compress_size:,}, more than deflate can expand: a forged file")
             total += declared
             if total_limit:
                 limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
                              " bytes")
-            out[key] = (tuple(int(n) for n in shape), _bfloat16(path, key) if dtype == np.dtype("V2") else dtype)
+            out[key] = Member(key, tuple(int(n) for n in shape),
+                              _bfloat16(path, key) if dtype == np.dtype("V2") else dtype, offset, info.filename,
+                              header_bytes, bool(fortran))
     return out
+
+
+def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """key -> (shape, dtype) of a `.npz` (see `_npz_members` for what is checked)."""
+    return {k: (m.shape, m.dtype) for k, m in _npz_members(path, total_limit=total_limit).items()}
 
 
 def _check_file(path: Path) -> None:
@@ -184,28 +245,89 @@ def read_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.
         raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
 
 
-def read_rows(path: str | os.PathLike, keys: Sequence[str], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows `[start, stop)` (the first axis) of arrays `keys` of a `.npz` or `.safetensors` file
-    (`read_header` has checked it); bfloat16 as ml_dtypes' bfloat16."""
+def array_members(path: str | os.PathLike) -> dict[str, Member]:
+    """key -> `Member` of every array in a `.npz` or `.safetensors` file, from its headers alone, with
+    the checks of `read_header` (every array holds the bytes it declares)."""
     path = Path(path)
+    suffix = _suffix(path, (".npz", ".safetensors"))
+    _check_file(path)
     try:
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                out = {}
-                for k in keys:
-                    arr = data[k][start:stop]
-                    out[k] = arr.view(_bfloat16(path, k)) if arr.dtype == np.dtype("V2") else arr
-                return out
-        from bert_ref.io.checkpoints.safetensors_io import read_safetensors
+        if suffix == ".npz":
+            return _npz_members(path, total_limit=False)
+        from bert_ref.io.checkpoints.safetensors_io import numpy_dtype
+        from bert_ref.io.checkpoints.safetensors_io import read_header as safetensors_header
 
-        tensors, _ = read_safetensors(path)
-        return {k: np.array(tensors[k][start:stop]) for k in keys}
+        header, _, start = safetensors_header(path)  # every array lies inside the file
+        return {k: Member(k, tuple(v["shape"]), numpy_dtype(v["dtype"], f"{path}: key {k!r}"),
+                          start + v["data_offsets"][0]) for k, v in header.items()}
+    except ArrayFileError:
+        raise
+    except limits.LimitError as e:
+        raise ArrayFileError(str(e)) from None
+    except OSError as e:
+        raise file_error(e, path, "read") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, struct.error) as e:
+        raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+
+
+def read_member_rows(path: str | os.PathLike, member: Member, start: int, stop: int) -> np.ndarray:
+    """Rows `[start, stop)` of `member`'s first axis, a fresh array, reading no other rows: in
+    place at the array's offset (safetensors, an uncompressed `.npz` member, as `np.savez` writes),
+    or streamed through a compressed member up to row `stop`, one chunk at a time."""
+    path = Path(path)
+    rows = member.shape[0] if member.shape else 1
+    if not 0 <= start <= stop <= rows:
+        raise ArrayFileError(f"{path}: key {member.key!r}: rows [{start}, {stop}) are outside [0, {rows}]")
+    shape = (stop - start, *member.shape[1:])
+    count = (stop - start) * member.row_bytes
+    try:
+        if member.fortran:
+            with zipfile.ZipFile(path) as z, z.open(member.zip_name or "") as f:
+                whole = np.lib.format.read_array(f, allow_pickle=False)
+            return np.ascontiguousarray(whole[start:stop]).view(member.dtype)
+        if member.offset is not None:
+            data = bytearray(count)
+            view = memoryview(data)
+            with open(path, "rb", buffering=0) as f:
+                f.seek(member.offset + start * member.row_bytes)
+                got = 0
+                while got < count:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        raise ArrayFileError(f"{path}: key {member.key!r}: the file ends before row {stop} "
+                                             "(truncated)")
+                    got += n
+            return np.frombuffer(data, member.dtype).reshape(shape)
+        with zipfile.ZipFile(path) as z, z.open(member.zip_name or "") as f:
+            skip = member.header + start * member.row_bytes
+            while skip:
+                n = len(f.read(min(skip, _CHUNK)))
+                if n == 0:
+                    raise ArrayFileError(f"{path}: key {member.key!r}: the member ends before row {start} (truncated)")
+                skip -= n
+            chunk = f.read(count)
+        if len(chunk) != count:
+            raise ArrayFileError(f"{path}: key {member.key!r}: the member ends before row {stop} (truncated)")
+        return np.frombuffer(chunk, member.dtype).reshape(shape).copy()
     except ArrayFileError:
         raise
     except OSError as e:
         raise file_error(e, path, "read") from None
-    except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise ArrayFileError(f"{path}: cannot read rows {start}..{stop} ({_one_line(e)})") from None
+    except (ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ArrayFileError(f"{path}: cannot read rows {start}..{stop} of key {member.key!r} "
+                             f"({_one_line(e)})") from None
+
+
+def read_rows(path: str | os.PathLike, keys: Sequence[str], start: int, stop: int,
+              members: Mapping[str, Member] | None = None) -> dict[str, np.ndarray]:
+    """Rows `[start, stop)` (the first axis) of arrays `keys` of a `.npz` or `.safetensors` file
+    (`read_header` has checked it), reading only those rows (`read_member_rows`); bfloat16 as
+    ml_dtypes' bfloat16. `members`: the file's `array_members`, when already read."""
+    found = array_members(path) if members is None else members
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise ArrayFileError(f"{path}: no key {missing[0]!r}")
+    return {k: read_member_rows(path, found[k], start, stop) for k in keys}
 
 
 def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -> dict[str, np.ndarray]:

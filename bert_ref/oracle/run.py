@@ -165,22 +165,53 @@ def compare_to_truth(
         precision = detect_precision(flat)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if floor_ratio is None and atol is None and rtol is None and (given or precision in HALF_PRECISIONS):
-        floor_ratio = DEFAULT_FLOOR_RATIO
+    floor_ratio = default_floor_ratio(given, precision, floor_ratio, atol, rtol)
     truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
-    floor_name = f"our {precision} vs float64 truth"
+    floor, floor_name = floor_outputs(model, inputs, flat, precision, truth, cache=cache)
+    return truth_report(truth, flat, floor, precision=precision, floor_ratio=floor_ratio, atol=atol, rtol=rtol,
+                        padding_mask=inputs.get("padding_mask"), check_padded=check_padded,
+                        candidate_name=candidate_name, floor_name=floor_name, notes=notes)
+
+
+def default_floor_ratio(given: bool, precision: str, floor_ratio: float | None, atol: Any, rtol: Any) -> float | None:
+    """K of the floor-ratio mode: `floor_ratio`, else `DEFAULT_FLOOR_RATIO` when the precision was
+    given or is a half precision and no `atol` / `rtol` asks for the absolute mode, else None."""
+    if floor_ratio is None and atol is None and rtol is None and (given or precision in HALF_PRECISIONS):
+        return DEFAULT_FLOOR_RATIO
+    return floor_ratio
+
+
+def float64_floor(truth: Mapping[str, np.ndarray], f32: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float64 floor: our float64 run is the truth itself, so its error cannot be measured
+    against it; it is modelled as the float32 floor scaled by the ratio of the unit roundoffs
+    (2^-53 / 2^-24): the same algorithm's rounding error scales with the unit roundoff."""
+    scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"]
+    return {k: truth[k] + (np.asarray(f32[k]).astype(np.float64) - truth[k]) * scale for k in f32}
+
+
+def floor_name(precision: str) -> str:
+    """The name of `floor_outputs`' floor of `precision`."""
+    return "our float32 vs float64 truth x 2^-29" if precision == "float64" else f"our {precision} vs float64 truth"
+
+
+def floor_outputs(model: Any, inputs: Mapping[str, Any], keys: Any, precision: str, truth: Mapping[str, np.ndarray],
+                  *, cache: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """The floor of `precision` on `inputs` and its name: our run at that precision (for float64,
+    `float64_floor` of our float32 run), to be compared with `truth`, our float64 run."""
     if precision == "float64":
-        # Our float64 run is the truth itself: its error cannot be measured against it. The floor is
-        # modelled as the float32 floor scaled by the ratio of the unit roundoffs (2^-53 / 2^-24):
-        # the same algorithm's rounding error scales with the unit roundoff.
-        f32 = oracle_outputs(model, inputs, flat, dtype="float32", cache=cache)
-        scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"]
-        floor = {k: truth[k] + (f32[k].astype(np.float64) - truth[k]) * scale for k in f32}
-        floor_name = "our float32 vs float64 truth x 2^-29"
-    else:
-        floor = oracle_outputs(model, inputs, flat, dtype=PRECISIONS[precision].policy, cache=cache)
-    return compare(truth, flat, atol=DEFAULT_ATOL if atol is None else atol,
-                   rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=inputs.get("padding_mask"),
+        f32 = oracle_outputs(model, inputs, keys, dtype="float32", cache=cache)
+        return float64_floor(truth, f32), floor_name(precision)
+    return oracle_outputs(model, inputs, keys, dtype=PRECISIONS[precision].policy, cache=cache), floor_name(precision)
+
+
+def truth_report(truth: Mapping[str, Any], candidate: Mapping[str, Any], floor: Mapping[str, Any], *,
+                 precision: str, floor_ratio: float | None, atol: Any, rtol: Any, padding_mask: Any = None,
+                 check_padded: bool = False, candidate_name: str = "candidate", floor_name: str = "floor",
+                 notes: Sequence[str] = ()) -> Report:
+    """The verdict against the float64 truth, next to the floor (`compare_to_truth`'s, once its
+    runs are done; the dataset compare calls it batch by batch)."""
+    return compare(truth, candidate, atol=DEFAULT_ATOL if atol is None else atol,
+                   rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=padding_mask,
                    check_padded=check_padded, floor=floor,
                    floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
                    candidate_name=candidate_name, floor_name=floor_name, notes=notes)

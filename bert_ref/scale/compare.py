@@ -1,10 +1,36 @@
-"""`compare --dataset`: a candidate's shards against the reference, record by record.
+"""`compare --dataset`: a candidate's outputs on a whole dataset, judged as the single-batch compare
+judges one batch.
+
+Each shard is a task. The shard's records are taken batch by batch, in the length-sorted batches of
+`bert-ref run` (so a reference computed on the fly has the bits of a `run` shard), and each batch
+goes through the oracle's own verdict: `bert_ref.oracle.run.truth_report` against the float64
+truth next to the floor of the candidate's precision, or `bert_ref.oracle.compare.compare` with
+tolerances. The per-batch entries are merged into one entry per output over the dataset
+(`merge_entry`; the one place that knows how each statistic combines), and the verdict is taken
+there once, over the whole dataset: in the floor-ratio mode an output passes when its largest
+error is at most K times the floor's largest error over the same records (`dataset_entry`).
+
+Where the reference and the floor come from:
+
+* the truth (`--truth`, `--precision`, `--floor-ratio`, or a half-precision candidate): our
+  float64 run, computed on the fly or read from `--reference DIR` (a `bert-ref run --dtype
+  float64` directory); the floor: our run at the candidate's precision, computed on the fly or
+  read from `--floor-from DIR` (a `bert-ref run --dtype P` directory of the same job; for float64,
+  a float32 run, scaled as `bert_ref.oracle.run.float64_floor` says). With both directories no model
+  runs at all;
+* otherwise our run in `--dtype` (default float32), on the fly or from `--reference`, with
+  `--atol` / `--rtol` (numbers, or per kind of output: `1e-5,hidden_states=1e-4`).
+
+Every shard read from a directory is checked against its manifest's sha256 and must hold its own
+records. The candidate's records may be a subset (`--records A:B`, or a candidate holding only some
+records): only those are compared, and the report says how many. A candidate that carries its
+input ids has them checked against the packed ids, record by record; one whose rows resemble other
+records' outputs more than their own is reported as misaligned.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -14,273 +40,501 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.oracle.keys import parse_key, try_parse_key
-from bert_ref.oracle.report import json_safe
-from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
-from bert_ref.scale.dataset import DatasetError
+from bert_ref.oracle.keys import parse_key
+from bert_ref.oracle.report import Entry, Report, Stats, json_safe
+from bert_ref.scale.candidate import CandidateIndex, index_candidate, is_sequence_key, key_order, read_records
+from bert_ref.scale.dataset import DatasetError, length_batches, pad_batch
 from bert_ref.scale.engine import Engine, Progress
 from bert_ref.scale.options import DEFAULT_BATCH_TOKENS, DEFAULT_SHARD_SIZE, OUTPUT_CHOICES
-from bert_ref.scale.run import job_for, prepare_job
-from bert_ref.scale.shards import MANIFEST, ScaleJob, compute_outputs, shard_name, verify_shard
+from bert_ref.scale.run import job_for, prepare_job, read_manifest
+from bert_ref.scale.shards import INPUT_KEYS, MANIFEST, ScaleJob, read_shard, shard_name, verify_shard
+
+#: Fields of a run directory's job that must agree with the compare's for its shards to be used.
+SAME_JOB = ("weights_sha256", "tokenizer_sha256", "dataset_sha256", "num_records", "shard_size", "batch_tokens",
+            "sequence_length", "truncate")
+#: Records of one shard whose alignment is checked (the rows' own reference vs the others').
+MIN_ALIGNMENT_RECORDS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every shard task needs besides its records (small, picklable)."""
+
+    keys: tuple[str, ...]
+    truth: bool  # against the float64 truth, next to a floor
+    precision: str | None
+    floor_ratio: float | None
+    atol: Any
+    rtol: Any
+    worst: int
+    first: int  # --records: the range compared
+    last: int
+    reference: str | None  # run directories
+    floor_from: str | None
+    floor_policy: str | None  # the policy of --floor-from's run
+    model: bool  # does a task run the model (a reference or floor on the fly)?
+    candidate_name: str
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging per-batch entries
+
+
+def _remap(index: tuple[int, ...] | None, records: np.ndarray) -> tuple[int, ...] | None:
+    return None if index is None else (int(records[index[0]]), *index[1:])
+
+
+def _merge_stats(a: Stats | None, b: Stats, by_ratio: bool, records: np.ndarray | None = None) -> Stats:
+    """Two sets of statistics as one (with `records`, b's batch rows are renamed to their records).
+    Maxima and sums combine exactly; the worst element is the first non-finite one, else the one
+    furthest over its tolerance (`by_ratio`) or with the largest error; `rel_error_over_cut` is the
+    largest over the batches, each with its own magnitude cut (10% of its RMS value)."""
+    if records is not None:
+        b = dataclasses.replace(b, worst_index=_remap(b.worst_index, records),
+                                min_cosine_index=_remap(b.min_cosine_index, records))
+    if a is None:
+        return b
+    count = a.count + b.count
+    with np.errstate(over="ignore", invalid="ignore"):
+        rms = math.sqrt((a.rms_error ** 2 * a.count + b.rms_error ** 2 * b.count) / count) if count else 0.0
+
+    def rank(s: Stats) -> tuple[int, float]:
+        key = s.tolerance_ratio if by_ratio else (s.worst_error if s.worst_error is not None else s.max_abs_error)
+        return (1 if s.nonfinite else 0, -math.inf if key is None or math.isnan(key) else key)
+
+    w = a if rank(a) >= rank(b) else b
+    cos = a if a.min_cosine <= b.min_cosine or math.isnan(a.min_cosine) else b
+
+    def top(x: float, y: float) -> float:
+        return math.nan if math.isnan(x) or math.isnan(y) else max(x, y)
+
+    return Stats(count=count, max_abs_error=top(a.max_abs_error, b.max_abs_error),
+                 max_rel_error=top(a.max_rel_error, b.max_rel_error),
+                 max_ulp_error=top(a.max_ulp_error, b.max_ulp_error),
+                 rms_error=math.nan if math.isnan(a.rms_error) or math.isnan(b.rms_error) else rms,
+                 tolerance_ratio=top(a.tolerance_ratio, b.tolerance_ratio), worst_index=w.worst_index,
+                 worst_reference=w.worst_reference, worst_candidate=w.worst_candidate,
+                 nonfinite=a.nonfinite + b.nonfinite, passed=a.passed and b.passed, worst_error=w.worst_error,
+                 worst_tolerance=w.worst_tolerance, rel_error_over_cut=top(a.rel_error_over_cut, b.rel_error_over_cut),
+                 magnitude_cut=max(a.magnitude_cut, b.magnitude_cut), min_cosine=cos.min_cosine,
+                 min_cosine_index=cos.min_cosine_index)
+
+
+@dataclasses.dataclass
+class Merged:
+    """One output's entries over many batches (see `merge_entry`)."""
+
+    key: str
+    stage: str
+    layer: int | None
+    valid: Stats | None = None
+    floor: Stats | None = None
+    floor_scale: float = 0.0
+    atol: float = 0.0
+    rtol: float = 0.0
+    width: int = 0
+    records: int = 0
+
+
+def merge_entry(m: Merged, e: Entry, records: np.ndarray, floor_mode: bool) -> Merged:
+    """Add one batch's oracle `Entry` (rows = `records`) to `m`."""
+    m.valid = _merge_stats(m.valid, e.valid, not floor_mode, records)
+    if e.floor is not None:
+        m.floor = _merge_stats(m.floor, e.floor, False, records)
+        m.floor_scale = max(m.floor_scale, e.floor_scale or 0.0)
+    m.atol, m.rtol = e.atol, e.rtol
+    m.width = max(m.width, e.shape[1] if len(e.shape) == 3 else 0)
+    m.records += e.shape[0]
+    return m
+
+
+def merge_into(into: dict[str, Merged], other: Mapping[str, Merged], floor_mode: bool) -> None:
+    """Merge another task's `Merged` entries (records already renamed) into `into`."""
+    for key, m in other.items():
+        if key not in into:
+            into[key] = m
+            continue
+        t = into[key]
+        if m.valid is not None:
+            t.valid = _merge_stats(t.valid, m.valid, not floor_mode)
+        if m.floor is not None:
+            t.floor = _merge_stats(t.floor, m.floor, False)
+        t.floor_scale = max(t.floor_scale, m.floor_scale)
+        t.width, t.records = max(t.width, m.width), t.records + m.records
+        t.atol, t.rtol = m.atol, m.rtol
+
+
+def dataset_entry(m: Merged, floor_ratio: float | None, hidden: int) -> Entry:
+    """The verdict on one output over the dataset (the single-batch rule of `bert_ref.oracle.compare`,
+    taken once over every record): in the floor-ratio mode the output passes when its largest error
+    is at most K x the floor's largest (`floor_scale`: at least one rounding of the largest
+    reference value, as in a batch); otherwise when every element is within its tolerance. A
+    non-finite candidate value always fails."""
+    from bert_ref.oracle.keys import placement
+
+    assert m.valid is not None
+    v = m.valid
+    f_ratio = rms_ratio = None
+    atol, rtol = m.atol, m.rtol
+    if m.floor is not None:
+        a, b = v.max_abs_error, m.floor_scale
+        f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
+        a, b = v.rms_error, m.floor.rms_error
+        rms_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
+    if floor_ratio is not None:
+        limit = floor_ratio * m.floor_scale
+        atol, rtol = limit, 0.0
+        ratio = v.max_abs_error / limit if limit > 0 else (0.0 if v.max_abs_error == 0 else math.inf)
+        v = dataclasses.replace(v, tolerance_ratio=math.nan if math.isnan(v.max_abs_error) else ratio,
+                                worst_tolerance=limit)
+    passed = bool(v.nonfinite == 0 and not math.isnan(v.tolerance_ratio) and v.tolerance_ratio <= 1.0)
+    v = dataclasses.replace(v, passed=passed)
+    _, stage, layer = placement(m.key)
+    seq = is_sequence_key(m.key)
+    shape = (m.records, m.width, hidden) if seq else (m.records, hidden)
+    axes = ("record", "position", "channel") if seq else ("record", "channel")
+    return Entry(m.key, stage, layer, shape, axes, v, None, passed, m.floor,
+                 f_ratio, m.floor_scale if m.floor is not None else None, rms_ratio, atol, rtol)
+
+
+# ----------------------------------------------------------------------------------------------
+# One shard
+
+
+def _worst_records(ref: np.ndarray, cand: np.ndarray, mask: np.ndarray | None, atol: float,
+                   rtol: float, by_ratio: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per record (row): its largest error |c - r| and (with `by_ratio`) its largest error /
+    tolerance (atol + rtol * |r|, the element rule of `bert_ref.oracle.compare`), at valid
+    positions, in float64; a non-finite error counts as inf. Without `by_ratio` the second array
+    is the first over `atol` (the floor-ratio mode's tolerance is one number per output)."""
+    r = ref.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.abs(cand.astype(np.float64) - r)
+        err[~np.isfinite(err)] = np.inf
+        if by_ratio:
+            tol = atol + rtol * np.abs(r)
+            ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
+    if mask is not None and err.ndim == 3:
+        err *= mask[:, :, None]
+        if by_ratio:
+            ratio *= mask[:, :, None]
+    axes = tuple(range(1, err.ndim))
+    e = err.max(axis=axes)
+    if by_ratio:
+        return e, ratio.max(axis=axes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return e, (e / atol if atol > 0 else np.where(e > 0, np.inf, 0.0))
+
+
+def _vectors(key: str, arr: np.ndarray) -> np.ndarray:
+    """One vector per record for the alignment check: position 0 ([CLS]) or the pooled row."""
+    return np.asarray(arr[:, 0] if arr.ndim == 3 else arr, np.float64)
+
+
+def _alignment(ref: np.ndarray, cand: np.ndarray, records: np.ndarray) -> dict[str, Any]:
+    """How many rows of the candidate resemble their own record's reference more than any other
+    record's (cosine of the vectors centred on the reference's mean), and one row that does not."""
+    m = len(records)
+    if m < MIN_ALIGNMENT_RECORDS:
+        return {"checked": 0, "own": 0, "example": None}
+    mu = ref.mean(axis=0)
+    x, y = cand - mu, ref - mu
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    sim = np.nan_to_num(x @ y.T, nan=-2.0)  # [m, m]
+    best = np.argmax(sim, axis=1)
+    own = best == np.arange(m)
+    example = None
+    if not own.all():
+        i = int(np.flatnonzero(~own)[0])
+        example = (int(records[i]), int(records[best[i]]))
+    return {"checked": m, "own": int(own.sum()), "example": example}
+
+
+def _check_inputs(ins: Mapping[str, list[Any]], ours: Mapping[str, np.ndarray], lengths: np.ndarray,
+                  records: np.ndarray) -> list[dict[str, Any]]:
+    """Records whose candidate inputs differ from the packed ones: (record, which, position, values)."""
+    bad = []
+    for p, r in enumerate(records):
+        n = int(lengths[p])
+        for key, rows in ins.items():
+            row = np.asarray(rows[p]).reshape(-1)
+            want = ours[key][p, :n]
+            if key == "padding_mask":
+                got = (row != 0).astype(np.int64)
+                if row.shape[0] < n or not got[:n].all() or got[n:].any():
+                    pos = int(np.flatnonzero(got[:n] == 0)[0]) if row.shape[0] >= n and not got[:n].all() else \
+                        (n if row.shape[0] >= n else row.shape[0])
+                    bad.append({"record": int(r), "input": key, "position": pos, "candidate_length": int(got.sum()),
+                                "length": n})
+                    break
+                continue
+            if row.shape[0] < n:
+                bad.append({"record": int(r), "input": key, "position": int(row.shape[0]), "candidate": None,
+                            "packed": int(want[row.shape[0]])})
+                break
+            diff = np.flatnonzero(row[:n].astype(np.int64) != want.astype(np.int64))
+            if diff.size:
+                j = int(diff[0])
+                bad.append({"record": int(r), "input": key, "position": j, "candidate": int(row[j]),
+                            "packed": int(want[j])})
+                break
+    return bad
+
+
+def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: CandidateIndex, plan: Plan,
+                  ref_entry: Mapping[str, Any] | None, floor_entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The task of `compare_dataset`: one shard's merged entries, its worst records, the records
+    whose inputs differ, and the alignment check. `cand` is the candidate cut to this shard."""
+    from bert_ref.oracle.compare import compare
+    from bert_ref.oracle.run import float64_floor, floor_name, floor_outputs, oracle_outputs, truth_report
+    from bert_ref.scale.shards import set_threads, worker_model, worker_tokenizer
+
+    t0 = time.perf_counter()
+    set_threads(job.threads)
+    ref = flo = None
+    if ref_entry is not None:
+        ref = _read_run_shard(plan.reference or "", ref_entry, shard, start, stop, "--reference")
+    if floor_entry is not None:
+        flo = _read_run_shard(plan.floor_from or "", floor_entry, shard, start, stop, "--floor-from")
+    model = worker_model(job)[0] if plan.model else None
+    if ref is not None:
+        lengths = ref.lengths
+        batches = [np.flatnonzero(ref.arrays["batch"] == b) for b in range(int(ref.arrays["batch"].max()) + 1)]
+        padded_inputs = {k: ref.arrays[k] for k in INPUT_KEYS}
+        records = None
+    else:
+        records = job.dataset.read(start, stop, vocabulary_size=job.vocabulary_size, num_segments=job.num_segments,
+                                   max_length=job.max_length, tokenizer=lambda: worker_tokenizer(job),
+                                   truncate=job.truncate)
+        lengths = records.lengths
+        batches = length_batches(lengths, job.batch_tokens)
+        padded_inputs = pad_batch(records, np.arange(len(lengths)))
+    if flo is not None and not (np.array_equal(flo.lengths, lengths)):
+        raise DatasetError(f"--floor-from {plan.floor_from}: shard {shard} holds other record lengths than the "
+                           "reference's: a run of another tokenizer or sequence length")
+    index = np.arange(start, stop)
+    wanted = (cand.rec_file >= 0) & (index >= plan.first) & (index < plan.last)
+    floor_mode = plan.floor_ratio is not None
+    merged: dict[str, Merged] = {}
+    worst: dict[str, list[tuple[int, float, float]]] = {k: [] for k in plan.keys}
+    mismatched: list[dict[str, Any]] = []
+    # The alignment check looks at the last layer's output: sequence_output, else the deepest
+    # hidden state, else pooled_output.
+    hidden = sorted((k for k in plan.keys if parse_key(k).name == "hidden_states"), key=key_order, reverse=True)
+    align_key = next((k for k in ("sequence_output", *hidden, "pooled_output") if k in plan.keys), plan.keys[0])
+    align_ref: list[np.ndarray] = []
+    align_cand: list[np.ndarray] = []
+    align_rec: list[np.ndarray] = []
+    notes: list[str] = []
+    for rows in batches:
+        sel = rows[wanted[rows]]
+        if not sel.size:
+            continue
+        width = int(lengths[rows].max())
+        recs = index[sel]
+        inputs = {k: np.asarray(padded_inputs[k][sel, :width]) for k in INPUT_KEYS}
+        inputs["padding_mask"] = inputs["padding_mask"].astype(bool)
+        cand_out, cand_in = read_records(cand, sel)
+        if cand_in:
+            mismatched += _check_inputs(cand_in, {k: np.asarray(padded_inputs[k])[sel] for k in INPUT_KEYS},
+                                        lengths[sel], recs)
+        c_arrays = {}
+        for key in plan.keys:
+            parts = cand_out[key]
+            if is_sequence_key(key):
+                short = [i for i, a in enumerate(parts) if a.shape[0] < int(lengths[sel[i]])]
+                if short:
+                    i = short[0]
+                    r = int(recs[i])
+                    raise DatasetError(f"{key}: record {r} ({job.dataset.source(r)}) has {int(lengths[sel[i]])} "
+                                       f"tokens but the candidate gives {parts[i].shape[0]} positions: is the "
+                                       "candidate in the dataset's record order? (a candidate sorted by length must "
+                                       "carry record_index)")
+                arr = np.zeros((len(sel), width, parts[0].shape[-1]), parts[0].dtype)
+                for i, a in enumerate(parts):
+                    arr[i, : min(width, a.shape[0])] = a[:width]
+                c_arrays[key] = arr
+            else:
+                c_arrays[key] = np.stack(parts)
+        # The reference (and the floor) for these rows: read, or computed on the full batch (the bits
+        # of a `run` shard) and cut to the rows compared.
+        full = {k: np.asarray(padded_inputs[k][rows, :width]) for k in INPUT_KEYS}
+        full["padding_mask"] = full["padding_mask"].astype(bool)
+        pos = np.searchsorted(rows, sel) if np.all(np.diff(rows) >= 0) else np.array([np.flatnonzero(rows == s)[0]
+                                                                                     for s in sel])
+        if ref is not None:
+            r_arrays = {k: ref.padded(k, sel, width) for k in plan.keys}
+        else:
+            assert model is not None
+            dtype = "float64" if plan.truth else None
+            out = oracle_outputs(model, full, plan.keys, dtype=dtype)
+            r_arrays = {k: np.asarray(out[k])[pos] for k in plan.keys}
+        if plan.truth:
+            assert plan.precision is not None
+            if flo is not None:
+                f_arrays = {k: flo.padded(k, sel, width) for k in plan.keys}
+                if plan.precision == "float64":
+                    f_arrays = float64_floor(r_arrays, f_arrays)
+                name = floor_name(plan.precision)
+            else:
+                assert model is not None
+                truth_full = ({k: np.asarray(out[k]) for k in plan.keys} if ref is None
+                              else {k: ref.padded(k, rows, width) for k in plan.keys})
+                f_full, name = floor_outputs(model, full, plan.keys, plan.precision, truth_full)
+                f_arrays = {k: np.asarray(f_full[k])[pos] for k in plan.keys}
+            report = truth_report(r_arrays, c_arrays, f_arrays, precision=plan.precision,
+                                  floor_ratio=plan.floor_ratio, atol=plan.atol, rtol=plan.rtol,
+                                  padding_mask=inputs["padding_mask"], candidate_name=plan.candidate_name,
+                                  floor_name=name)
+        else:
+            from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+
+            report = compare(r_arrays, c_arrays, atol=DEFAULT_ATOL if plan.atol is None else plan.atol,
+                             rtol=DEFAULT_RTOL if plan.rtol is None else plan.rtol,
+                             padding_mask=inputs["padding_mask"], candidate_name=plan.candidate_name)
+            name = None
+        if name and name not in notes:
+            notes.append(name)
+        mask = inputs["padding_mask"]
+        for e in report:
+            merge_entry(merged.setdefault(e.key, Merged(e.key, e.stage, e.layer)), e, recs, floor_mode)
+            err, ratio = _worst_records(r_arrays[e.key], c_arrays[e.key], mask, e.atol, e.rtol, not floor_mode)
+            score = err if floor_mode else ratio
+            worst[e.key] += [(int(recs[i]), float(err[i]), float(ratio[i])) for i in np.argsort(-score, kind="stable")
+                             [:plan.worst]]
+        align_ref.append(_vectors(align_key, r_arrays[align_key]))
+        align_cand.append(_vectors(align_key, c_arrays[align_key]))
+        align_rec.append(recs)
+    for items in worst.values():
+        items.sort(key=lambda w: -(w[1] if floor_mode else w[2]))
+        del items[plan.worst:]
+    align = (_alignment(np.concatenate(align_ref), np.concatenate(align_cand), np.concatenate(align_rec))
+             if align_rec else {"checked": 0, "own": 0, "example": None})
+    return {"shard": shard, "merged": merged, "worst": worst, "mismatched": mismatched[:20],
+            "mismatched_count": len(mismatched), "alignment": align, "compared": int(wanted.sum()),
+            "floor_names": notes, "seconds": time.perf_counter() - t0}
+
+
+def _read_run_shard(directory: str, entry: Mapping[str, Any], shard: int, start: int, stop: int, flag: str) -> Any:
+    why = verify_shard(directory, entry)
+    if why is not None:
+        raise DatasetError(f"{flag} shard {shard} ({Path(directory) / shard_name(shard)}): {why}; rerun `bert-ref run` "
+                           "with the same arguments to recompute it")
+    return read_shard(Path(directory) / entry["file"], start, stop)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclasses.dataclass
+class DatasetReport:
+    """A candidate against the reference over a dataset: the oracle's `Report` (one entry per
+    output, over every record compared; `Entry.where` names record, position and channel), the
+    worst records per output with their sources, and what was found about the candidate's inputs
+    and alignment."""
+
+    report: Report
+    worst: dict[str, list[dict[str, Any]]]
+    compared: int
+    num_records: int
+    problems: list[str]
+    notes: list[str]
+    worst_source: dict[str, str | None]
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed and not self.problems
+
+    @property
+    def first_failure(self) -> str | None:
+        e = self.report.first_failure
+        return e.key if e is not None else None
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        return {e.key: e for e in self.report}
+
+    def ranking(self) -> str:
+        return ("max abs error" if self.report.floor_ratio_limit is not None else "error / tolerance")
+
+    def _worst_text(self, key: str, w: Mapping[str, Any]) -> str:
+        e = self.entries[key]
+        src = f" ({w['source']})" if w.get("source") else ""
+        if self.report.floor_ratio_limit is not None and e.floor_scale:
+            return f"record {w['record']}{src}: {w['max_abs']:.2e} ({_times(w['max_abs'] / e.floor_scale)} floor)"
+        return f"record {w['record']}{src}: {_times(w['ratio'])} tol (max abs {w['max_abs']:.2e})"
+
+    def format_table(self) -> str:
+        head = (f"{self.compared:,} of {self.num_records:,} records compared, valid positions"
+                if self.compared != self.num_records else f"{self.num_records:,} records, valid positions")
+        lines = [head] + ["FAIL: " + p for p in self.problems] + [self.report.format_table()]
+        first = self.report.first_failure
+        if first is not None and self.worst_source.get(first.key):
+            idx = first.valid.worst_index
+            lines.append(f"(record {idx[0] if idx else '?'} is {self.worst_source[first.key]})")
+        lines.append(f"Worst records per output (ranked by {self.ranking()}):")
+        for key, items in self.worst.items():
+            lines.append(f"  {key}: " + "; ".join(self._worst_text(key, w) for w in items))
+        if self.problems and self.report.passed:
+            lines.append("FAIL: the values are within the limits, but " + self.problems[0])
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.report.to_dict()
+        d.update({"passed": self.passed, "records": self.num_records, "compared": self.compared,
+                  "worst_records": self.worst, "problems": self.problems})
+        return json_safe(d)
+
+    def junit_cases(self) -> list[tuple[str, str | None]]:
+        """Extra JUnit cases: each worst record (failing when over the limit) and each problem."""
+        cases: list[tuple[str, str | None]] = []
+        limit = self.report.floor_ratio_limit
+        for key, items in self.worst.items():
+            e = self.entries[key]
+            for w in items:
+                over = (w["max_abs"] > limit * e.floor_scale if limit is not None and e.floor_scale is not None
+                        else w["ratio"] > 1.0)
+                cases.append((f"{key} record {w['record']}" + (f" ({w['source']})" if w.get("source") else ""),
+                              f"{key}: {self._worst_text(key, w)}" if over else None))
+        cases += [("inputs and alignment", p) for p in self.problems]
+        return cases
+
 
 # ----------------------------------------------------------------------------------------------
 # compare
 
 
-_SEQUENCE_KEYS = ("sequence_output",)
-
-
-def _is_dataset_output(key: str) -> bool:
-    parsed = try_parse_key(key)
-    return parsed is not None and not parsed.trace and parsed.name in OUTPUT_CHOICES
-
-
-def _candidate_outputs(f: Path, header: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> list[str]:
-    """The output keys of a candidate file, checked by the one reader's rules (key grammar, dtype);
-    inputs stored with them are ignored, as in a one-batch candidate."""
-    from bert_ref.io.arrays import ArrayFileError
-    from bert_ref.oracle.candidates import check_input_dtype, check_output_dtype, output_name
-
-    outs = []
+def parse_records(text: str | None, n: int) -> tuple[int, int]:
+    """`--records A:B` as [A, B) inside [0, n) (either side may be empty)."""
+    if text is None:
+        return 0, n
+    a, sep, b = text.partition(":")
     try:
-        for key, (_, dtype) in header.items():
-            if key in ("record_index", "length"):
-                check_input_dtype(dtype, str(f), key)  # integers
-                continue
-            name = output_name(key, str(f))
-            if name is None:
-                continue
-            if name != key or not _is_dataset_output(key):
-                raise DatasetError(f"{f}: key {key!r}: a dataset candidate file holds sequence_output, pooled_output "
-                                   "and hidden_states.{i} by these names, with records on the first axis (and "
-                                   "optionally record_index)")
-            check_output_dtype(dtype, str(f), key)
-            outs.append(key)
-    except ArrayFileError as e:
-        raise DatasetError(str(e)) from None
-    return outs
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else n
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 0 <= lo < hi:
+        raise ValueError(f"--records {text!r}: expected A:B with 0 <= A < B (records A .. B-1), e.g. 0:1000")
+    if lo >= n:
+        raise ValueError(f"--records {text!r}: the dataset has {n} records")
+    return lo, min(hi, n)
 
 
-def _index_candidate(paths: Sequence[str | os.PathLike],
-                     num_records: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """(files, keys, file of each record, row of each record) of a candidate's output files."""
-    from bert_ref.scale.dataset import array_header
-
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".npz", ".safetensors"))
-            if not found:
-                raise DatasetError(f"{p}: holds no .npz or .safetensors files of outputs")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DatasetError(f"{p}: no such file or directory")
-    rec_file = np.full(num_records, -1, np.int64)
-    rec_row = np.full(num_records, -1, np.int64)
-    keys: list[str] | None = None
-    next_record = 0
-    for i, f in enumerate(files):
-        header = array_header(f)
-        outs = _candidate_outputs(f, header)
-        if not outs:
-            raise DatasetError(f"{f}: holds no outputs (sequence_output, pooled_output, hidden_states.{{i}})")
-        outs.sort(key=lambda k: parse_key(k).placement[0])
-        if keys is None:
-            keys = outs
-        elif outs != keys:
-            raise DatasetError(f"{f}: holds {outs}, but {files[0]} holds {keys}; every candidate file must hold "
-                               "the same outputs")
-        rows = {header[k][0][0] for k in outs}
-        if len(rows) != 1:
-            raise DatasetError(f"{f}: outputs have different numbers of records: {sorted(rows)}")
-        n = rows.pop()
-        if "record_index" in header:
-            from bert_ref.scale.dataset import ArrayFile, load_rows
-
-            index = load_rows(ArrayFile(str(f), header["record_index"][0][0], 0, ("record_index",)), 0,
-                               header["record_index"][0][0])["record_index"].reshape(-1)
-            if index.shape[0] != n:
-                raise DatasetError(f"{f}: record_index has {index.shape[0]} entries but the outputs have {n} records")
-        else:
-            index = np.arange(next_record, next_record + n)
-        out_of_range = np.flatnonzero((index < 0) | (index >= num_records))
-        if out_of_range.size:
-            j = int(out_of_range[0])
-            raise DatasetError(f"{f}: row {j} is record {int(index[j])}, outside the dataset's [0, {num_records})")
-        index = index.astype(np.int64)  # in range: no uint64 wraps around
-        seen = rec_file[index] >= 0
-        if seen.any():
-            j = int(np.flatnonzero(seen)[0])
-            raise DatasetError(f"{f}: row {j} is record {int(index[j])}, which {files[rec_file[index[j]]]} also holds")
-        rec_file[index] = i
-        rec_row[index] = np.arange(n)
-        next_record = int(index.max()) + 1 if n else next_record
-    missing = np.flatnonzero(rec_file < 0)
-    if missing.size:
-        raise DatasetError(f"the candidate has no outputs for {missing.size} of {num_records} records "
-                           f"(the first is record {int(missing[0])})")
-    return [str(f) for f in files], keys or [], rec_file, rec_row
-
-
-def _candidate_rows(files: Sequence[str], rec_file: np.ndarray, rec_row: np.ndarray,
-                    keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """The candidate's outputs for a list of records, in that order."""
-    from bert_ref.scale.dataset import ArrayFile, load_rows
-
-    out: dict[str, list] = {k: [None] * len(rec_file) for k in keys}
-    for fi in np.unique(rec_file):
-        pos = np.flatnonzero(rec_file == fi)
-        rows = rec_row[pos]
-        a, b = int(rows.min()), int(rows.max()) + 1
-        data = load_rows(ArrayFile(files[fi], 0, 0, tuple(keys)), a, b)
-        for k in keys:
-            for p, r in zip(pos, rows, strict=True):
-                out[k][p] = data[k][r - a]
-    result = {}
-    for k, parts in out.items():
-        width = max(p.shape[0] for p in parts) if parts[0].ndim >= 2 else None
-        if width is None:
-            result[k] = np.stack(parts)
-        else:
-            result[k] = np.stack([np.pad(p, [(0, width - p.shape[0])] + [(0, 0)] * (p.ndim - 1)) for p in parts])
-    return result
-
-
-def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand_files: Sequence[str], rec_file: np.ndarray,
-                  rec_row: np.ndarray, keys: Sequence[str], atol: float, rtol: float, worst: int,
-                  reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The Dask task of `compare_dataset`: statistics of one shard (valid positions only)."""
-    t0 = time.perf_counter()
-    if reference is not None:
-        why = verify_shard(reference["dir"], reference["entry"])
-        if why is not None:
-            raise DatasetError(f"reference shard {shard} ({Path(reference['dir']) / shard_name(shard)}): {why}; "
-                               "rerun `bert-ref run` with the same arguments to recompute it")
-        from safetensors.numpy import load_file
-
-        ref = load_file(str(Path(reference["dir"]) / reference["entry"]["file"]))
-        missing = [k for k in keys if k not in ref]
-        if missing:
-            raise DatasetError(f"{reference['dir']}: the run holds no {missing[0]}; rerun it with --outputs "
-                               "including it")
-        sources = None
-    else:
-        records, ref, _ = compute_outputs(job, start, stop)
-        sources = records.sources
-    lengths = ref["length"].astype(np.int64)
-    cand = _candidate_rows(cand_files, rec_file, rec_row, keys)
-    stats = {}
-    for key in keys:
-        r, c = ref[key], cand[key]
-        if key not in _SEQUENCE_KEYS and parse_key(key).name != "hidden_states":
-            valid = np.ones(r.shape[:1], bool)
-            if c.shape[1:] != r.shape[1:]:
-                raise DatasetError(f"{key}: the candidate's records have shape {c.shape[1:]}, the reference's "
-                                   f"{r.shape[1:]}")
-            rr, cc, rec_of = r.astype(np.float64), c.astype(np.float64), np.arange(r.shape[0])
-            elem_rec = np.repeat(rec_of, int(np.prod(r.shape[1:])))
-            pos = None
-            rr, cc = rr.reshape(-1), cc.reshape(-1)
-        else:
-            if c.shape[2:] != r.shape[2:]:
-                raise DatasetError(f"{key}: the candidate's positions have shape {c.shape[2:]}, the reference's "
-                                   f"{r.shape[2:]}")
-            short = np.flatnonzero(lengths > c.shape[1])
-            if short.size:
-                j = int(short[0])
-                raise DatasetError(f"{key}: record {start + j} has {int(lengths[j])} tokens but the candidate gives "
-                                   f"{c.shape[1]} positions")
-            width = min(r.shape[1], c.shape[1])
-            valid = np.arange(width)[None, :] < lengths[:, None]  # [n, L]
-            rr, cc = r[:, :width][valid].astype(np.float64), c[:, :width][valid].astype(np.float64)  # [T, H]
-            elem_rec = np.repeat(np.nonzero(valid)[0], r.shape[2])
-            pos = np.repeat(np.nonzero(valid)[1], r.shape[2])
-            rr, cc = rr.reshape(-1), cc.reshape(-1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            err = np.abs(cc - rr)
-        finite = np.isfinite(rr) & np.isfinite(cc)
-        same = (np.isnan(rr) & np.isnan(cc)) | (rr == cc)
-        err = np.where(finite, err, np.where(same, 0.0, np.inf))
-        tol = atol + rtol * np.abs(np.where(np.isfinite(rr), rr, 0.0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(tol > 0, err / np.where(tol > 0, tol, 1.0), np.where(err > 0, np.inf, 0.0))
-        n = r.shape[0]
-        per_max = np.zeros(n)
-        per_ratio = np.zeros(n)
-        np.maximum.at(per_max, elem_rec, err)
-        np.maximum.at(per_ratio, elem_rec, ratio)
-        order = np.argsort(-per_ratio, kind="stable")[:worst]
-        w = int(np.argmax(ratio)) if ratio.size else 0
-        channel = r.shape[-1]
-        stats[key] = {
-            "count": int(err.size), "sum_sq": float(np.sum(np.square(err))) if np.isfinite(err).all() else math.inf,
-            "max_abs": float(err.max()) if err.size else 0.0, "max_ratio": float(ratio.max()) if ratio.size else 0.0,
-            "nonfinite_mismatch": int((~finite & ~same).sum()),
-            "worst_element": None if not err.size else {
-                "record": start + int(elem_rec[w]), "position": None if pos is None else int(pos[w]),
-                "channel": int(w % channel), "reference": float(rr[w]), "candidate": float(cc[w])},
-            "worst_records": [{"record": start + int(j), "max_abs": float(per_max[j]), "ratio": float(per_ratio[j]),
-                               "source": sources[j] if sources else None} for j in order],
-        }
-    return {"shard": shard, "stats": stats, "seconds": time.perf_counter() - t0}
-
-
-@dataclasses.dataclass
-class DatasetReport:
-    """Statistics of a candidate's outputs against the reference over a whole dataset.
-
-    `entries` maps each output key (in computation order) to: count (valid elements), max_abs, rms,
-    max_ratio (the worst |c - r| / (atol + rtol*|r|); <= 1 passes), passed, worst_element, and
-    worst_records (record index, its max abs error and ratio, and its source)."""
-
-    entries: dict[str, dict[str, Any]]
-    atol: float
-    rtol: float
-    num_records: int
-    reference_name: str
-    candidate_name: str
-
-    @property
-    def passed(self) -> bool:
-        return all(e["passed"] for e in self.entries.values())
-
-    @property
-    def first_failure(self) -> str | None:
-        return next((k for k, e in self.entries.items() if not e["passed"]), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe({"passed": self.passed, "first_failure": self.first_failure, "atol": self.atol,
-                           "rtol": self.rtol, "records": self.num_records, "reference": self.reference_name,
-                           "candidate": self.candidate_name, "entries": self.entries})
-
-    def format_table(self) -> str:
-        rows = [["key", "elements", "max abs", "rms", "x tol", "worst records (record: max abs)", "result"]]
-        for k, e in self.entries.items():
-            worst = ", ".join(f"{w['record']}: {w['max_abs']:.2e}" for w in e["worst_records"][:3])
-            rows.append([k, f"{e['count']:,}", f"{e['max_abs']:.2e}", f"{e['rms']:.2e}", f"{e['max_ratio']:.3g}",
-                         worst, "ok" if e["passed"] else "FAIL"])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        rule = f"|candidate - reference| <= atol + rtol*|reference|, atol={self.atol:g}, rtol={self.rtol:g}"
-        head = f"{self.candidate_name} vs {self.reference_name}, {self.num_records} records, valid positions"
-        if self.passed:
-            tail = f"PASS: all {len(self.entries)} outputs within tolerance ({rule})."
-        else:
-            k = self.first_failure or ""
-            e = self.entries[k]
-            we = e["worst_element"]
-            where = f"record {we['record']}" + (f", position {we['position']}" if we["position"] is not None else "") \
-                + f", channel {we['channel']}"
-            src = next((w["source"] for w in e["worst_records"] if w["record"] == we["record"] and w["source"]), None)
-            tail = (f"FAIL: {sum(not x['passed'] for x in self.entries.values())} of {len(self.entries)} outputs over "
-                    f"tolerance ({rule}).\nFirst over tolerance: {k}: max abs error {e['max_abs']:.3e} "
-                    f"({e['max_ratio']:.3g}x its tolerance) at {where}" + (f" ({src})" if src else "")
-                    + f" (reference {we['reference']:.7g}, candidate {we['candidate']:.7g}).")
-        return head + "\n" + "\n".join(lines) + "\n" + tail
+def _run_dir(directory: str | os.PathLike, flag: str) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{flag} {directory}: no {MANIFEST}; give a `bert-ref run --dataset` directory")
+    manifest = read_manifest(path)
+    if not manifest.get("complete"):
+        raise DatasetError(f"{flag} {directory}: the run is not complete; rerun `bert-ref run` to finish it")
+    if not manifest["job"].get("outputs"):
+        raise DatasetError(f"{flag} {directory}: a `bert-ref pack` directory holds no outputs; give a "
+                           "`bert-ref run` directory")
+    return manifest
 
 
 def compare_dataset(
@@ -289,9 +543,14 @@ def compare_dataset(
     candidate: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     reference: str | os.PathLike | None = None,
+    floor_from: str | os.PathLike | None = None,
     dtype: Any = None,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    truth: bool = False,
+    precision: str | None = None,
+    floor_ratio: float | None = None,
+    atol: Any = None,
+    rtol: Any = None,
+    records: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     scheduler: str = "local",
     workers: int | None = None,
@@ -302,87 +561,208 @@ def compare_dataset(
     worst: int = 5,
     progress: bool | None = None,
 ) -> DatasetReport:
-    """Compare a candidate's outputs on `dataset` with ours, over every record.
+    """Compare a candidate's outputs on `dataset` with ours (see the module docstring).
 
     Args:
-        candidate: a directory of `.npz` / `.safetensors` files, or a list of files. Each holds
-            outputs with records on the first axis (`sequence_output` [n, S, H] with S at least each
-            record's length; `pooled_output` [n, H]; `hidden_states.{i}`) and optionally
-            `record_index` [n]; without it, files hold consecutive records in file-name order.
-        reference: a `run_dataset` directory to read the reference from (every shard's sha256 is
-            checked); None computes it on the fly with policy `dtype`, writing nothing.
-        atol, rtol: an element passes when `|c - r| <= atol + rtol * |r|`; only valid positions
-            (below each record's length) are compared.
+        candidate: a directory of `.npz` / `.safetensors` files, or files (`bert_ref.scale.candidate`).
+        reference: a `run_dataset` directory to read the reference from (the float64 truth in the
+            truth mode); None computes it on the fly, writing nothing.
+        floor_from: a `run_dataset` directory at the candidate's precision to read the floor from.
+        dtype: the reference's policy in the absolute mode (default float32).
+        truth, precision, floor_ratio: the truth mode, as `bert-ref compare` (the precision is
+            detected from the candidate's dtypes when not given; K defaults to 4 when a precision is
+            given or detected half, unless `atol` / `rtol` are).
+        atol, rtol: tolerances (numbers or per kind of output, `bert_ref.oracle.tolerances`).
+        records: "A:B", compare only records A .. B-1.
         worst: how many worst records to report per output.
-        The other arguments are `run_dataset`'s.
+        The other arguments are `run_dataset`'s (taken from `reference` when given).
 
     Returns:
         A `DatasetReport`; `report.passed` is the verdict.
     """
-    if not (atol >= 0 and rtol >= 0):
-        raise ValueError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
+    from bert_ref.model.precision import PRECISIONS
+    from bert_ref.oracle.run import default_floor_ratio
+    from bert_ref.oracle.tolerances import parse_tolerance
+
+    if worst < 1:
+        raise ValueError(f"--worst must be >= 1, got {worst}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if floor_ratio is not None and not floor_ratio > 0:
+        raise ValueError(f"--floor-ratio must be > 0, got {floor_ratio}")
+    if floor_ratio is not None and (atol is not None or rtol is not None):
+        raise ValueError("--floor-ratio and --atol/--rtol are two different checks; give one")
+    atol = parse_tolerance(atol, "atol") if atol is not None else None
+    rtol = parse_tolerance(rtol, "rtol") if rtol is not None else None
     engine = Engine(scheduler, workers, threads)
-    ref_manifest = None
-    if reference is not None:
-        path = Path(reference) / MANIFEST
-        if not path.is_file():
-            raise DatasetError(f"--reference {reference}: no {MANIFEST}; give a `bert-ref run --dataset` directory")
-        ref_manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not ref_manifest.get("complete"):
-            raise DatasetError(f"--reference {reference}: the run is not complete; rerun `bert-ref run` to finish it")
-        rj = ref_manifest["job"]
-        dtype, shard_size = rj["policy"], int(rj["shard_size"])
+    ref_manifest = _run_dir(reference, "--reference") if reference is not None else None
+    floor_manifest = _run_dir(floor_from, "--floor-from") if floor_from is not None else None
+    source = ref_manifest or floor_manifest
+    if source is not None:
+        rj = source["job"]
+        shard_size, batch_tokens = int(rj["shard_size"]), int(rj["batch_tokens"])
         sequence_length, truncate = rj["sequence_length"], rj["truncate"]
-    job, fields, _ = prepare_job(preset, dataset, dtype=dtype, sequence_length=sequence_length, truncate=truncate,
-                              outputs=OUTPUT_CHOICES, batch_tokens=batch_tokens, threads=engine.threads, out=None)
-    if ref_manifest is not None:
-        for name in ("weights_sha256", "tokenizer_sha256", "dataset_sha256", "num_records"):
-            if ref_manifest["job"].get(name) != fields[name]:
-                raise DatasetError(f"--reference {reference}: its {name} is {ref_manifest['job'].get(name)!r}, "
-                                   f"but {preset} / {dataset} give {fields[name]!r}")
+    job, fields, ckpt = prepare_job(preset, dataset, dtype="float64", sequence_length=sequence_length,
+                                    truncate=truncate, outputs=OUTPUT_CHOICES, batch_tokens=batch_tokens,
+                                    threads=engine.threads, out=None)
+    fields["shard_size"] = shard_size
+    for flag, m, d in (("--reference", ref_manifest, reference), ("--floor-from", floor_manifest, floor_from)):
+        if m is None:
+            continue
+        for name in SAME_JOB:
+            if m["job"].get(name) != fields[name]:
+                raise DatasetError(f"{flag} {d}: its {name} is {m['job'].get(name)!r}, but {preset} / {dataset} "
+                                   f"with these options give {fields[name]!r}")
+    config = ckpt.config
     paths = [candidate] if isinstance(candidate, (str, os.PathLike)) else list(candidate)
-    files, keys, rec_file, rec_row = _index_candidate(paths, job.dataset.num_records)
-    layers = fields["config"]["num_layers"]
-    for k in keys:
-        if parse_key(k).layers_needed > layers:
-            raise DatasetError(f"the candidate holds {k} but {preset} has {layers} layers "
-                               f"(hidden_states.0 .. hidden_states.{layers})")
-    wanted = tuple(o for o in OUTPUT_CHOICES if any(parse_key(k).name == o for k in keys))
-    job = dataclasses.replace(job, outputs=wanted)
-    shards = job.dataset.shards(shard_size)
-    tasks = []
-    for i, (a, b) in enumerate(shards):
-        ref = None
-        if ref_manifest is not None and reference is not None:
-            ref = {"dir": str(Path(reference).resolve()), "entry": ref_manifest["shards"][i]}
-        tasks.append((job_for(job, a, b), i, a, b, files, rec_file[a:b], rec_row[a:b], keys, atol, rtol, worst, ref))
-    results: list[dict[str, Any] | None] = [None] * len(tasks)
-    bar = Progress(job.dataset.num_records, 0, progress)
+    cand = index_candidate(paths, job.dataset.num_records, config.num_layers, config.hidden_dim)
+    first, last = parse_records(records, job.dataset.num_records)
+    index = np.arange(job.dataset.num_records)
+    subset = cand.present & (index >= first) & (index < last)
+    if not subset.any():
+        raise DatasetError(f"the candidate holds none of records {first}..{last - 1}")
+    # The mode, as the single-batch compare chooses it.
+    detected = cand.precision
+    truth_mode = truth or precision is not None or floor_ratio is not None or (
+        detected in ("float16", "bfloat16") and atol is None and rtol is None)
+    notes = list(cand.notes)
+    prec = None
+    if truth_mode:
+        prec = precision or detected
+        if precision is None and detected != "float32":
+            notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
+        floor_ratio = default_floor_ratio(precision is not None, prec, floor_ratio, atol, rtol)
+        if ref_manifest is not None and ref_manifest["job"]["policy"] != "float64":
+            raise DatasetError(f"--reference {reference}: a {ref_manifest['job']['policy']} run; a compare against "
+                               "the truth needs `bert-ref run --dtype float64`")
+    elif ref_manifest is not None and dtype is not None and ref_manifest["job"]["policy"] != dtype:
+        raise DatasetError(f"--reference {reference}: a {ref_manifest['job']['policy']} run, not {dtype}")
+    if floor_manifest is not None:
+        if not truth_mode:
+            raise DatasetError("--floor-from gives the floor of a compare against the truth: add --precision P "
+                               "(or --truth)")
+        want = "float32" if prec == "float64" else PRECISIONS[prec or "float32"].policy
+        if floor_manifest["job"]["policy"] != want:
+            raise DatasetError(f"--floor-from {floor_from}: a {floor_manifest['job']['policy']} run; the {prec} floor "
+                               f"needs `bert-ref run --dtype {want}`")
+    for flag, m, d in (("--reference", ref_manifest, reference), ("--floor-from", floor_manifest, floor_from)):
+        if m is not None:
+            missing = [k for k in cand.keys if parse_key(k).name not in m["job"]["outputs"]]
+            if missing:
+                raise DatasetError(f"{flag} {d}: the run holds no {missing[0]}; rerun it with --outputs including "
+                                   f"{parse_key(missing[0]).name}")
+    needs_model = ref_manifest is None or (truth_mode and floor_manifest is None)
+    if ref_manifest is None:
+        policy = "float64" if truth_mode else (dtype or "float32")
+    elif prec == "float64":
+        policy = "float32"
+    else:
+        policy = PRECISIONS[prec].policy if truth_mode and prec is not None else "float32"
+    wanted_outputs = tuple(o for o in OUTPUT_CHOICES if any(parse_key(k).name == o for k in cand.keys))
+    job = dataclasses.replace(job, policy=policy, outputs=wanted_outputs)
+    name = Path(paths[0]).name if len(paths) == 1 else f"{len(cand.files)} files"
+    plan = Plan(tuple(cand.keys), truth_mode, prec, floor_ratio, atol, rtol, worst, first, last,
+                str(Path(reference).resolve()) if reference is not None else None,
+                str(Path(floor_from).resolve()) if floor_from is not None else None,
+                floor_manifest["job"]["policy"] if floor_manifest is not None else None, needs_model, name)
+    n = job.dataset.num_records
+    num_shards = -(-n // shard_size)
+    ref_entries = {e["shard"]: e for e in ref_manifest["shards"]} if ref_manifest else {}
+    floor_entries = {e["shard"]: e for e in floor_manifest["shards"]} if floor_manifest else {}
+    todo = [k for k in range(num_shards) if subset[k * shard_size:min((k + 1) * shard_size, n)].any()]
+
+    def tasks() -> Any:
+        for k in todo:
+            a, b = k * shard_size, min((k + 1) * shard_size, n)
+            yield (job_for(job, a, b), k, a, b, cand.part(a, b), plan, ref_entries.get(k) if ref_manifest else None,
+                   floor_entries.get(k) if floor_manifest else None)
+
+    results: list[dict[str, Any]] = []
+    bar = Progress(int(subset.sum()), 0, progress, "records compared")
 
     def done(i: int, result: dict[str, Any]) -> None:
-        results[i] = result
-        bar.update(shards[i][1] - shards[i][0])
+        results.append(result)
+        k = todo[i]
+        bar.shard(k, k * shard_size, min((k + 1) * shard_size, n), result["seconds"], count=result["compared"])
 
     try:
-        engine.run(compare_shard, tasks, done)
+        engine.run(compare_shard, tasks(), done)
     finally:
         bar.close()
-    entries = {}
-    for key in keys:
-        parts = [r["stats"][key] for r in results if r is not None]
-        count = sum(p["count"] for p in parts)
-        sum_sq = sum(p["sum_sq"] for p in parts)
-        top = max(parts, key=lambda p: p["max_ratio"])
-        worst_records = sorted((w for p in parts for w in p["worst_records"]), key=lambda w: -w["ratio"])[:worst]
-        if reference is not None:
-            for w in worst_records:
-                w["source"] = None
-        max_ratio = max(p["max_ratio"] for p in parts)
-        entries[key] = {"count": count, "max_abs": max(p["max_abs"] for p in parts),
-                        "rms": math.sqrt(sum_sq / count) if count else 0.0, "max_ratio": max_ratio,
-                        "nonfinite_mismatch": sum(p["nonfinite_mismatch"] for p in parts),
-                        "passed": bool(max_ratio <= 1.0), "worst_element": top["worst_element"],
-                        "worst_records": worst_records}
-    ref_name = f"our {job.policy}" + (f" ({reference})" if reference is not None else "")
-    cand_name = Path(paths[0]).name if len(paths) == 1 else f"{len(files)} files"
-    return DatasetReport(entries, float(atol), float(rtol), job.dataset.num_records, ref_name, cand_name)
+    return _report(results, plan, job, config.hidden_dim, notes, int(subset.sum()), n, reference, preset, cand)
+
+
+def _report(results: list[dict[str, Any]], plan: Plan, job: ScaleJob, hidden: int, notes: list[str], compared: int,
+            n: int, reference: Any, preset: str, cand: CandidateIndex) -> DatasetReport:
+    floor_mode = plan.floor_ratio is not None
+    results.sort(key=lambda r: r["shard"])
+    merged: dict[str, Merged] = {}
+    for r in results:
+        merge_into(merged, r["merged"], floor_mode)
+    entries = tuple(dataset_entry(merged[k], plan.floor_ratio, hidden) for k in sorted(merged, key=key_order))
+    ds = job.dataset
+    worst: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(merged, key=key_order):
+        items = [w for r in results for w in r["worst"][key]]
+        items.sort(key=lambda w: -(w[1] if floor_mode else w[2]))
+        worst[key] = [{"record": rec, "max_abs": err, "ratio": ratio, "source": ds.source(rec)}
+                      for rec, err, ratio in items[:plan.worst]]
+    if compared != n:
+        present = int(cand.present.sum())
+        why = []
+        if present != n:
+            why.append(f"the candidate holds {present:,}")
+        if (plan.first, plan.last) != (0, n):
+            why.append(f"--records {plan.first}:{plan.last}")
+        notes.insert(0, f"compared {compared:,} of the dataset's {n:,} records ({'; '.join(why)}); the others are "
+                        "not judged")
+    floor_names = [x for r in results for x in r["floor_names"]]
+    ref_name = ("float64 truth" if plan.truth else f"our {job.policy}") + (f" ({reference})" if reference else "")
+    report = Report(entries, plan.atol if plan.atol is not None else _default("atol"),
+                    plan.rtol if plan.rtol is not None else _default("rtol"), False, ref_name, plan.candidate_name,
+                    floor_names[0] if floor_names and plan.truth else None, plan.floor_ratio, plan.precision,
+                    tuple(notes))
+    problems = []
+    bad = [m for r in results for m in r["mismatched"]]
+    count = sum(r["mismatched_count"] for r in results)
+    if count:
+        m = bad[0]
+        rec = m["record"]
+        if m["input"] == "padding_mask":
+            what = f"its padding_mask has {m['candidate_length']} real tokens, the packed record {m['length']}"
+        elif m.get("candidate") is None:
+            what = f"its {m['input']} stops at position {m['position']}"
+        else:
+            what = f"{m['input']}[{m['position']}] is {m['candidate']}, the packed id {m['packed']}"
+        problems.append(f"the candidate's inputs differ from the packed inputs at {count:,} record(s); the first is "
+                        f"record {rec} ({ds.source(rec)}): {what}. The port was run on other inputs (another "
+                        "tokenizer or text, or rows in another order): run it on `bert-ref pack` shards and write "
+                        "record_index with each row")
+    checked = sum(r["alignment"]["checked"] for r in results)
+    own = sum(r["alignment"]["own"] for r in results)
+    if checked and own / checked < 0.5 and not report.passed:
+        ex = next((r["alignment"]["example"] for r in results if r["alignment"]["example"]), None)
+        example = ""
+        if ex is not None:
+            example = (f" (e.g. the row given for record {ex[0]} ({ds.source(ex[0])}) resembles record {ex[1]} "
+                       f"({ds.source(ex[1])}))")
+        problems.append(f"the candidate looks misaligned: {checked - own:,} of {checked:,} rows resemble another "
+                        f"record's reference more than their own{example}. Write record_index with each row (a "
+                        "candidate sorted by length needs it), or keep the dataset's record order")
+    worst_source = {}
+    for e in report:
+        idx = e.valid.worst_index
+        worst_source[e.key] = ds.source(idx[0]) if idx else None
+    return DatasetReport(report, worst, compared, n, problems, notes, worst_source)
+
+
+def _times(x: float) -> str:
+    if not math.isfinite(x):
+        return f"{x}x"
+    return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
+
+
+def _default(name: str) -> float:
+    from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+
+    return DEFAULT_ATOL if name == "atol" else DEFAULT_RTOL

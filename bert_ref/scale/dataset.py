@@ -9,20 +9,26 @@ A dataset is a sequence of *records*, each one BERT input row. Four layouts are 
 * **token ids**: an `.npz` or `.safetensors` file with `token_ids` [N, S] (and optionally
   `segment_ids`, `padding_mask`), or a directory of such files (read in file-name order);
 * **Parquet** (`.parquet`, the `parquet` extra): a `text` column (and optionally `text_pair`);
-  each shard reads the table and slices it, which suits evaluation sets (for millions of rows,
-  JSONL or token ids are read by byte range instead).
+  each shard reads only the row groups that hold its records, streamed in batches (a row group
+  of millions of rows costs a pass over it per shard: write Parquet with row groups of at most a
+  few shards' records).
 
 Blank lines are not records. Record indices count from 0 in file order; every error about a record
 names its index and where it came from (`data.jsonl:17`, `ids.npz row 5`).
+
+Sizes are checked when the dataset is opened, before any shard is planned: every array file must
+hold the bytes its headers declare (`bert_ref.io.arrays`), and a Parquet row group may not decode
+to more than the `BERT_REF_MAX_INPUT_BYTES` limit. Text records are tokenized only up to the
+sequence length: a 50 MB line cut by `truncate` costs a few blocks of it, not the whole line.
 
 A record's *length* is its number of real tokens. Token-id records must be right-padded (their
 `padding_mask` row is ones, then zeros) and hold at least one real token; only the first `length`
 positions are computed. Text records longer than the sequence length are an error unless
 `truncate=True` (then they are cut as keras-hub's packer cuts them, round robin).
 
-`Dataset` is a small picklable description (paths, offsets, record counts): a worker that receives
-one reads its records itself, from the same path (shared storage on a cluster), so record data
-never travels through a scheduler.
+`Dataset` is a small picklable description (absolute paths, offsets, record counts): a worker that
+receives one reads its records itself, from the same path (shared storage on a cluster), so record
+data never travels through a scheduler.
 
     >>> ds = open_dataset("data.jsonl")                                       # doctest: +SKIP
     >>> ds.num_records, ds.shards(256)[:2]                                    # doctest: +SKIP
@@ -31,6 +37,7 @@ never travels through a scheduler.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import os
@@ -40,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.io.arrays import ArrayFileError, read_header, read_rows
+from bert_ref.io.arrays import ArrayFileError, Member, array_members, read_header, read_rows
 from bert_ref.io.errors import check_regular_file
 from bert_ref.oracle.candidates import check_input_header
 from bert_ref.text.lines import decode_line, is_blank, parse_record, split_lines
@@ -49,6 +56,11 @@ __all__ = ["Dataset", "Records", "open_dataset", "length_batches", "DatasetError
 
 ARRAY_SUFFIXES = (".npz", ".safetensors")
 TEXT_KINDS = ("jsonl", "lines", "parquet")
+#: A text record over the length limit is tokenized whole, to say how long it is, up to this many
+#: characters; a longer one is "more than N tokens".
+EXACT_COUNT_CHARS = 100_000
+#: Rows per batch when a Parquet row group is streamed.
+PARQUET_BATCH_ROWS = 4096
 
 
 class DatasetError(ValueError):
@@ -79,6 +91,10 @@ class ArrayFile:
     rows: int
     width: int
     keys: tuple
+    members: tuple[Member, ...] = ()
+
+    def member(self, key: str) -> Member:
+        return next(m for m in self.members if m.key == key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +109,7 @@ class Dataset:
             the end of the file); parquet: row numbers.
         lines: text kinds: [num_records] 1-based line numbers.
         files: arrays kind: the files, in order, with their row counts.
+        groups: parquet: the first row of each row group, and the row count at the end.
     """
 
     path: str
@@ -102,6 +119,20 @@ class Dataset:
     lines: np.ndarray | None = None
     files: tuple = ()
     first: int = 0  # `offsets` and `lines` start at this record (see `part`)
+    groups: tuple[int, ...] = ()
+
+    def source(self, record: int) -> str:
+        """Where record `record` comes from (`data.jsonl:17`, `ids.npz row 5`), without reading it."""
+        name = Path(self.path).name
+        if self.kind in ("jsonl", "lines") and self.lines is not None and 0 <= record - self.first < len(self.lines):
+            return f"{name}:{int(self.lines[record - self.first])}"
+        if self.kind == "arrays":
+            first = 0
+            for f in self.files:
+                if record < first + f.rows:
+                    return f"{Path(f.path).name} row {record - first}"
+                first += f.rows
+        return f"{name} row {record}" if self.kind != "lines" and self.kind != "jsonl" else f"{name} record {record}"
 
     def part(self, start: int, stop: int) -> Dataset:
         """The same dataset, carrying only what records `[start, stop)` need (what a worker gets)."""
@@ -187,15 +218,17 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def open_dataset(path: str | os.PathLike) -> Dataset:
-    """Index a dataset (see the module docstring) without reading its records' contents.
+    """Index a dataset (see the module docstring) without reading its records' contents. The path
+    is made absolute, so that workers elsewhere (a cluster sharing the storage) find it.
 
     Raises:
-        DatasetError: a missing path, an unreadable file, an empty dataset, or array files whose
-            keys, dtypes or shapes are wrong (naming the file and key).
+        DatasetError: a missing path, an unreadable file, an empty dataset, array files whose
+            keys, dtypes or shapes are wrong or that lack the bytes they declare, a Parquet row
+            group over the size limit (naming the file and key).
     """
-    p = Path(path)
+    p = Path(os.path.abspath(path))
     if not p.exists():
-        raise DatasetError(f"{p}: no such file or directory")
+        raise DatasetError(f"{path}: no such file or directory")
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in ARRAY_SUFFIXES)
         if not files:
@@ -228,7 +261,7 @@ def _open_text(p: Path, kind: str) -> Dataset:
 
 def array_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """key -> (shape, dtype) of an `.npz` / `.safetensors` file, from its headers (the one array
-    reader, `bert_ref.io.arrays.read_header`)."""
+    reader, `bert_ref.io.arrays.read_header`: every array must hold the bytes it declares)."""
     try:
         return read_header(path)
     except ArrayFileError as e:
@@ -239,12 +272,13 @@ def _open_arrays(p: Path, paths: Sequence[Path]) -> Dataset:
     files = []
     total = 0
     for f in paths:
-        header = array_header(f)
         try:
+            found = array_members(f)
+            header = {k: (m.shape, m.dtype) for k, m in found.items()}
             shape = check_input_header(header, str(f))
         except ArrayFileError as e:
             raise DatasetError(str(e)) from None
-        files.append(ArrayFile(str(f), int(shape[0]), int(shape[1]), tuple(header)))
+        files.append(ArrayFile(str(f), int(shape[0]), int(shape[1]), tuple(header), tuple(found.values())))
         total += int(shape[0])
     if total == 0:
         raise DatasetError(f"{p}: holds no records (token_ids has 0 rows)")
@@ -264,10 +298,22 @@ def _open_parquet(p: Path) -> Dataset:
     names = meta.schema_arrow.names
     if "text" not in names:
         raise DatasetError(f"{p}: a Parquet dataset needs a 'text' column (and optionally 'text_pair'); found {names}")
-    n = meta.metadata.num_rows
+    from bert_ref.model import limits
+
+    md = meta.metadata
+    starts = [0]
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        decoded = max(int(group.total_byte_size), sum(int(group.column(c).total_uncompressed_size)
+                                                       for c in range(group.num_columns)))
+        limits.check("input_bytes", decoded, f"{p}: row group {g} decoded", " bytes")
+        starts.append(starts[-1] + int(group.num_rows))
+    n = md.num_rows
     if n == 0:
         raise DatasetError(f"{p}: holds no records (0 rows)")
-    return Dataset(str(p), "parquet", int(n))
+    if starts[-1] != n:
+        raise DatasetError(f"{p}: its row groups hold {starts[-1]} rows but the file says {n}: a corrupt file")
+    return Dataset(str(p), "parquet", int(n), groups=tuple(starts))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,13 +323,7 @@ def _open_parquet(p: Path) -> Dataset:
 def _text_items(ds: Dataset, start: int, stop: int) -> list[tuple[int, str, Any, Any]]:
     """(record index, source, text, text_pair) for records [start, stop) of a text dataset."""
     if ds.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(ds.path).slice(start, stop - start)
-        texts = table.column("text").to_pylist()
-        pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else [None] * len(texts)
-        name = Path(ds.path).name
-        return [(start + i, f"{name} row {start + i}", t, q) for i, (t, q) in enumerate(zip(texts, pairs, strict=True))]
+        return _parquet_items(ds, start, stop)
     offsets, lines = ds.offsets, ds.lines
     if offsets is None or lines is None:
         raise ValueError(f"{ds.path}: not indexed as a text dataset")
@@ -312,6 +352,36 @@ def _text_items(ds: Dataset, start: int, stop: int) -> list[tuple[int, str, Any,
     return items
 
 
+def _parquet_items(ds: Dataset, start: int, stop: int) -> list[tuple[int, str, Any, Any]]:
+    """Records [start, stop) of a Parquet dataset: only the row groups holding them, streamed."""
+    import pyarrow.parquet as pq
+
+    name = Path(ds.path).name
+    items: list[tuple[int, str, Any, Any]] = []
+    pf = pq.ParquetFile(ds.path)
+    columns = ["text"] + (["text_pair"] if "text_pair" in pf.schema_arrow.names else [])
+    groups = list(ds.groups)
+    g = max(0, bisect.bisect_right(groups, start) - 1)
+    while g < len(groups) - 1 and groups[g] < stop:
+        row = groups[g]
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[g], columns=columns):
+            a, b = max(start, row), min(stop, row + batch.num_rows)
+            if a < b:
+                part = batch.slice(a - row, b - a)
+                texts = part.column(0).to_pylist()
+                pairs = part.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
+                items += [(a + i, f"{name} row {a + i}", t, q)
+                          for i, (t, q) in enumerate(zip(texts, pairs, strict=True))]
+            row += batch.num_rows
+            if row >= stop:
+                break
+        g += 1
+    if len(items) != stop - start:
+        raise DatasetError(f"{ds.path}: changed since it was indexed (expected records [{start}, {stop}), "
+                           f"read {len(items)})")
+    return items
+
+
 def _read_text_records(ds: Dataset, start: int, stop: int, tokenizer: Any, max_length: int, truncate: bool) -> Records:
     from bert_ref.text.tokenizer import pack
 
@@ -319,10 +389,19 @@ def _read_text_records(ds: Dataset, start: int, stop: int, tokenizer: Any, max_l
     for record, src, text, pair in _text_items(ds, start, stop):
         if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
             raise DatasetError(f"record {record} ({src}): text and text_pair must be strings")
-        parts = [tokenizer.encode(text)] + ([tokenizer.encode(pair)] if pair is not None else [])
+        # Tokenize only up to the budget: round-robin truncation keeps at most `max_length` tokens
+        # of any part, so a part cut at max_length + 1 packs as the whole one would (and the + 1
+        # shows that it was too long).
+        cap = max_length + 1
+        parts = [tokenizer.encode(text, cap)] + ([tokenizer.encode(pair, cap)] if pair is not None else [])
         need = sum(len(q) for q in parts) + len(parts) + 1
         if need > max_length and not truncate:
-            raise DatasetError(f"record {record} ({src}): {need} tokens after packing; the longest record "
+            exact = all(len(q) < cap for q in parts)
+            if not exact and len(text) + len(pair or "") <= EXACT_COUNT_CHARS:
+                need = sum(len(tokenizer.encode(t)) for t in (text, pair) if t is not None) + len(parts) + 1
+                exact = True
+            count = f"{need} tokens" if exact else f"more than {max_length} tokens"
+            raise DatasetError(f"record {record} ({src}): {count} after packing; the longest record "
                                f"allowed is {max_length} (the model's max_sequence_length or --sequence-length); "
                                "pass --truncate to cut text records")
         packed = pack([[q] for q in parts], sequence_length=min(need, max_length), cls_id=tokenizer.cls_token_id,
@@ -337,8 +416,9 @@ def _read_text_records(ds: Dataset, start: int, stop: int, tokenizer: Any, max_l
 
 
 def load_rows(f: ArrayFile, a: int, b: int) -> dict[str, np.ndarray]:
+    """Rows `[a, b)` of each array of `f`, read by slices (`bert_ref.io.arrays.read_rows`)."""
     try:
-        return read_rows(f.path, f.keys, a, b)
+        return read_rows(f.path, f.keys, a, b, {m.key: m for m in f.members} if f.members else None)
     except ArrayFileError as e:
         raise DatasetError(str(e)) from None
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["add_run_arguments", "add_compare_arguments", "DEFAULT_SHARD_SIZE", "DEFAULT_BATCH_TOKENS",
-           "OUTPUT_CHOICES"]
+__all__ = ["add_run_arguments", "add_pack_arguments", "add_compare_arguments", "DEFAULT_SHARD_SIZE",
+           "DEFAULT_BATCH_TOKENS", "OUTPUT_CHOICES"]
 
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_BATCH_TOKENS = 4096
@@ -26,13 +26,26 @@ def add_run_arguments(p: Any) -> None:
     _common_arguments(g)
 
 
+def add_pack_arguments(p: Any) -> None:
+    """`bert-ref pack`'s arguments (after PRESET)."""
+    p.add_argument("--dataset", metavar="IN", required=True,
+                   help="JSONL (text, text_pair), plain text lines, Parquet, or .npz / .safetensors token ids")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="the directory of packed shards: one shard-*.safetensors per shard + manifest.json")
+    _common_arguments(p)
+
+
 def add_compare_arguments(p: Any) -> None:
     """`bert-ref compare`'s dataset arguments."""
     g = p.add_argument_group("dataset comparisons (instead of --input; needs the scale extra)")
     g.add_argument("--dataset", metavar="IN", help="the dataset the candidate was run on (see `run --dataset`)")
     g.add_argument("--reference", metavar="RUN_DIR",
                    help="read the reference from a `run --dataset` directory (checksums checked) instead of "
-                        "computing it")
+                        "computing it; with --precision / --truth, a `run --dtype float64` directory")
+    g.add_argument("--floor-from", metavar="RUN_DIR",
+                   help="read the floor of --precision P from a `run --dataset --dtype P` directory of the same job "
+                        "(for float64, a float32 run) instead of computing it")
+    g.add_argument("--records", metavar="A:B", help="compare records A .. B-1 only (the report says so)")
     g.add_argument("--worst", type=int, default=5, help="worst records reported per output (default 5)")
     _common_arguments(g)
 
@@ -51,4 +64,5 @@ def _common_arguments(g: Any) -> None:
     g.add_argument("--truncate", action="store_true", help="cut longer text records instead of failing")
     g.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
                    help=f"records per batch x longest length <= this (default {DEFAULT_BATCH_TOKENS})")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, else one line per shard on stderr)")

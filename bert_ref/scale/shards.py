@@ -1,5 +1,20 @@
-"""The job and the worker side: a job description, the weights' identity, one shard computed and
-written, a shard verified.
+"""The job and the worker side: a job description, the weights' and tokenizer's identity, one
+shard computed and written, a shard read back and verified.
+
+**A shard file** (`shard-{k:05d}.safetensors`) holds records `[a, b)` of the dataset in record
+order; with n records of L_i real tokens each, T = sum L_i, L = max L_i:
+
+* `record_index` [n] int64 (a, a+1, ..., b-1), `length` [n] int32 (L_i), `offsets` [n+1] int64
+  (the running sum of `length`: record i's positions are rows `offsets[i]:offsets[i+1]` of the
+  position arrays), `batch` [n] int32 (the length-sorted batch each record was computed in,
+  numbered in the order they ran: `--batch-tokens`);
+* the inputs, as the model saw them: `token_ids`, `segment_ids`, `padding_mask` [n, L] int32,
+  right-padded (`bert-ref pack` writes these alone);
+* the outputs, valid positions only: `sequence_output` and `hidden_states.{i}` [T, H] (ragged,
+  rows by `offsets`), `pooled_output` [n, H].
+
+So the stored bytes are the valid elements' bytes plus the small inputs, whatever the padding.
+The arrays are in a fixed order with no `__metadata__`: the same records give the same bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +27,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +35,29 @@ import numpy as np
 
 from bert_ref.io import atomic
 from bert_ref.io.errors import file_error
-from bert_ref.scale.dataset import Dataset, Records, file_sha256, length_batches, pad_batch
+from bert_ref.scale.dataset import Dataset, DatasetError, Records, file_sha256, length_batches, pad_batch
 from bert_ref.scale.memory import peak_rss, rss
 from bert_ref.scale.options import DEFAULT_BATCH_TOKENS
 
 MANIFEST = "manifest.json"
-RUN_FORMAT = "bert_ref dataset run 1"
+RUN_FORMAT = "bert_ref dataset run 2"
+#: The arrays of a shard that describe its records and inputs (the rest are outputs).
+RECORD_KEYS = ("record_index", "length", "offsets", "batch")
+INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
+def ragged(key: str) -> bool:
+    """Outputs stored by valid position ([T, H], rows by `offsets`): `sequence_output` and
+    `hidden_states.{i}` (by the one key grammar, `bert_ref.oracle.keys`)."""
+    from bert_ref.oracle.keys import try_parse_key
+
+    parsed = try_parse_key(key)
+    return parsed is not None and not parsed.trace and parsed.name in ("sequence_output", "hidden_states")
+
 LOCAL_SCHEDULERS = ("local", "processes", "synchronous")
 WEIGHT_SUFFIXES = (".safetensors", ".h5", ".bin", ".pt", ".pth", ".msgpack")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # The fields of the job that must agree for a run directory to be resumed.
 JOB_FIELDS = ("weights_sha256", "tokenizer_sha256", "config", "policy", "outputs", "dataset_sha256", "num_records",
-              "shard_size", "sequence_length", "truncate")
+              "shard_size", "batch_tokens", "sequence_length", "truncate")
 
 
 def need_dask() -> Any:
@@ -51,6 +77,9 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
 
 
+
+
+
 # ----------------------------------------------------------------------------------------------
 # The job and the worker side
 
@@ -63,7 +92,8 @@ class ScaleJob:
         preset_dir: the preset's local directory (the same path on every worker).
         weights_sha256: sha256 of the preset's weight files; each worker checks it once.
         policy: the dtype policy name.
-        outputs: which outputs to write (`OUTPUT_CHOICES`).
+        outputs: which outputs to write (`OUTPUT_CHOICES`); none: the inputs alone (`pack`), and
+            no model is loaded.
         dataset: the dataset, cut down by `Dataset.part` to one shard when sent to a worker.
         max_length: the longest record allowed.
         truncate: cut longer text records instead of failing.
@@ -72,6 +102,7 @@ class ScaleJob:
         out: the run directory (None: nothing is written, see `compare_dataset`).
         tokenizer_sha256: `tokenizer_sha256` of the preset (None: it has no vocabulary); each
             worker checks it before tokenizing.
+        vocabulary_size, num_segments: the model's, to check ids against.
     """
 
     preset_dir: str
@@ -85,6 +116,8 @@ class ScaleJob:
     threads: int | None = None
     out: str | None = None
     tokenizer_sha256: str | None = None
+    vocabulary_size: int = 0
+    num_segments: int = 0
 
 
 _WORKER: dict[Any, Any] = {}  # per-process cache: models, tokenizers, the thread setting
@@ -138,7 +171,7 @@ def _trim_freed_memory() -> None:
         pass
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     """BLAS threads (threadpoolctl, when installed; else the *_NUM_THREADS variables the worker was
     started with) and bert_ref's own elementwise threads, once per process."""
     _trim_freed_memory()
@@ -156,7 +189,7 @@ def _set_threads(threads: int | None) -> None:
     _WORKER["threads"] = threads
 
 
-def _model(job: ScaleJob) -> tuple[Any, float]:
+def worker_model(job: ScaleJob) -> tuple[Any, float]:
     """The job's backbone, loaded (and its weights checked) once per process; (model, load seconds)."""
     key = (job.preset_dir, job.policy, job.weights_sha256)
     if key in _WORKER:
@@ -173,7 +206,7 @@ def _model(job: ScaleJob) -> tuple[Any, float]:
     return model, time.perf_counter() - t
 
 
-def _tokenizer(job: ScaleJob) -> Any:
+def worker_tokenizer(job: ScaleJob) -> Any:
     key = ("tokenizer", job.preset_dir, job.tokenizer_sha256)
     if key not in _WORKER:
         from bert_ref.text.tokenizer import BertTokenizer
@@ -186,18 +219,34 @@ def _tokenizer(job: ScaleJob) -> Any:
     return _WORKER[key]
 
 
+class _Layout:
+    """Where each record's values go: rows of `[n, ...]` arrays, or `offsets` rows of ragged ones."""
+
+    def __init__(self, specs: Mapping[str, tuple[Any, tuple[int, ...]]], offsets: np.ndarray):
+        self.specs = {k: (np.dtype(d), tuple(shape)) for k, (d, shape) in specs.items()}
+        self.offsets = offsets
+
+    def start_row(self, key: str, row: int) -> int:
+        return int(self.offsets[row]) if ragged(key) else row
+
+
 class _Arrays:
-    """Where `compute_outputs` puts the outputs: arrays in memory (see `_ShardFile` for a file)."""
+    """Where `compute_outputs` puts the arrays: in memory (see `_ShardFile` for a file)."""
 
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
 
-    def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
-        self.arrays = {k: np.zeros(shape, dtype) for k, (dtype, shape) in specs.items()}
+    def open(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.arrays = {k: np.zeros(shape, dtype) for k, (dtype, shape) in layout.specs.items()}
 
     def put(self, key: str, row: int, value: np.ndarray) -> None:
-        """Record `row`'s values: [m, H] (its first m positions) or [H]."""
-        self.arrays[key][row, : value.shape[0]] = value
+        """Record `row`'s values: [m, H] (its m valid positions) or [H]."""
+        at = self.layout.start_row(key, row)
+        if ragged(key):
+            self.arrays[key][at:at + value.shape[0]] = value
+        else:
+            self.arrays[key][at] = value
 
     def put_all(self, key: str, value: np.ndarray) -> None:
         self.arrays[key][...] = value
@@ -213,9 +262,9 @@ def _pwrite(fd: int, data: Any, offset: int) -> None:
 class _ShardFile:
     """A safetensors file written in place as the outputs are computed, so that no shard-sized
     buffer is held in memory: the header first (shapes are known in advance), then each record's
-    rows at their offsets (`os.pwrite`; never-written positions read as 0), into a temporary file
-    of `bert_ref.io.atomic`. `commit` hashes it and renames it into place (flushed and fsynced by
-    the atomic writer); `close` removes the temporary file unless committed.
+    rows at their offsets (`os.pwrite`), into a temporary file of `bert_ref.io.atomic`. `commit`
+    hashes it and renames it into place (flushed and fsynced by the atomic writer); `close` removes
+    the temporary file unless committed.
 
     The arrays are in a fixed order (widest dtype first, so every array is aligned; then by name)
     and there is no `__metadata__`: the same arrays always give the same bytes."""
@@ -232,18 +281,20 @@ class _ShardFile:
         except OSError as e:
             raise (file_error(e, self.path, "write") if e.filename is None else e) from None
 
-    def open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    def open(self, layout: _Layout) -> None:
         with self._writing():
-            self._open(specs)
+            self._open(layout)
 
-    def _open(self, specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    def _open(self, layout: _Layout) -> None:
         from bert_ref.io.checkpoints.safetensors_io import header_bytes
 
+        self.layout_ = layout
+        specs = layout.specs
         prefix, spans = header_bytes(specs)
-        self.layout: dict[str, tuple[int, int, np.dtype]] = {}  # key -> (data offset, bytes per row, dtype)
+        self.places: dict[str, tuple[int, int, np.dtype]] = {}  # key -> (data offset, bytes per row, dtype)
         for name, (begin, end) in spans.items():
-            rows = tuple(specs[name][1])[:1]
-            self.layout[name] = (begin, (end - begin) // rows[0] if rows and rows[0] else 0, np.dtype(specs[name][0]))
+            rows = specs[name][1][:1]
+            self.places[name] = (begin, (end - begin) // rows[0] if rows and rows[0] else 0, specs[name][0])
         self.start = len(prefix)
         self.size = self.start + max((end for _, end in spans.values()), default=0)
         self.file = atomic.AtomicFile(self.path)
@@ -256,14 +307,14 @@ class _ShardFile:
         return self.file.fd
 
     def _at(self, key: str, row: int, value: np.ndarray) -> tuple[np.ndarray, int]:
-        offset, row_bytes, dtype = self.layout[key]
+        offset, row_bytes, dtype = self.places[key]
         value = np.ascontiguousarray(value, dtype=dtype)
         if value.dtype.byteorder == ">":
             value = value.astype(value.dtype.newbyteorder("<"))
         return value, self.start + offset + row * row_bytes
 
     def put(self, key: str, row: int, value: np.ndarray) -> None:
-        value, at = self._at(key, row, value)
+        value, at = self._at(key, self.layout_.start_row(key, row), value)
         with self._writing():
             _pwrite(self._fd(), value.reshape(-1).view(np.uint8), at)
 
@@ -288,40 +339,63 @@ class _ShardFile:
             self.file = None
 
 
-def compute_outputs(job: ScaleJob, start: int, stop: int,
-                    sink: Any = None) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
-    """Records `[start, stop)` through the model: (records, arrays in record order, timings).
-
-    The arrays are `record_index`, `length` and the outputs (see the module docstring). With a
-    `sink` (a `_ShardFile`) they are written there as they are computed and the returned dict is
-    empty."""
-    from bert_ref.oracle.keys import flatten_outputs
-
-    _set_threads(job.threads)
-    model, t_load = _model(job)
-    t0 = time.perf_counter()
-    config = model.config
-    records = job.dataset.read(start, stop, vocabulary_size=config.vocabulary_size, num_segments=config.num_segments,
-                               max_length=job.max_length, tokenizer=lambda: _tokenizer(job), truncate=job.truncate)
-    t1 = time.perf_counter()
-    n, width, hidden = len(records.index), int(records.lengths.max()), config.hidden_dim
-    dtype = model.dtype_policy.compute_dtype
-    specs: dict[str, tuple[Any, tuple[int, ...]]] = {"record_index": (np.int64, (n,)), "length": (np.int32, (n,))}
+def shard_specs(job: ScaleJob, records: Records, hidden: int, num_layers: int,
+                dtype: Any) -> tuple[_Layout, list[np.ndarray]]:
+    """The arrays of a shard of `records` (see the module docstring) and its length batches."""
+    n, width = len(records.index), int(records.lengths.max())
+    total = int(records.lengths.sum())
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(records.lengths, out=offsets[1:])
+    specs: dict[str, tuple[Any, tuple[int, ...]]] = {
+        "record_index": (np.int64, (n,)), "length": (np.int32, (n,)), "offsets": (np.int64, (n + 1,)),
+        "batch": (np.int32, (n,)), **{k: (np.int32, (n, width)) for k in INPUT_KEYS}}
     if "sequence_output" in job.outputs:
-        specs["sequence_output"] = (dtype, (n, width, hidden))
+        specs["sequence_output"] = (dtype, (total, hidden))
     if "pooled_output" in job.outputs:
         specs["pooled_output"] = (dtype, (n, hidden))
     if "hidden_states" in job.outputs:
-        specs.update({f"hidden_states.{i}": (dtype, (n, width, hidden)) for i in range(config.num_layers + 1)})
+        specs.update({f"hidden_states.{i}": (dtype, (total, hidden)) for i in range(num_layers + 1)})
+    return _Layout(specs, offsets), length_batches(records.lengths, job.batch_tokens)
+
+
+def compute_outputs(job: ScaleJob, start: int, stop: int,
+                    sink: Any = None) -> tuple[Records, dict[str, np.ndarray], dict[str, float]]:
+    """Records `[start, stop)` through the model: (records, the shard's arrays, timings).
+
+    The arrays are the shard file's (see the module docstring). With a `sink` (a `_ShardFile`)
+    they are written there as they are computed and the returned dict is empty. A job without
+    outputs (`pack`) loads no model."""
+    from bert_ref.oracle.keys import flatten_outputs
+
+    set_threads(job.threads)
+    model, t_load = worker_model(job) if job.outputs else (None, 0.0)
+    t0 = time.perf_counter()
+    records = job.dataset.read(start, stop, vocabulary_size=job.vocabulary_size, num_segments=job.num_segments,
+                               max_length=job.max_length, tokenizer=lambda: worker_tokenizer(job),
+                                   truncate=job.truncate)
+    t1 = time.perf_counter()
+    if model is not None:
+        config, dtype = model.config, model.dtype_policy.compute_dtype
+        layout, batches = shard_specs(job, records, config.hidden_dim, config.num_layers, dtype)
+    else:
+        layout, batches = shard_specs(job, records, 0, 0, np.float32)
     out = sink if sink is not None else _Arrays()
-    out.open(specs)
+    out.open(layout)
+    batch_of = np.zeros(len(records.index), np.int32)
+    for b, rows in enumerate(batches):
+        batch_of[rows] = b
+    padded = pad_batch(records, np.arange(len(records.index)))  # [n, L] each
     out.put_all("record_index", records.index.astype(np.int64))
     out.put_all("length", records.lengths.astype(np.int32))
-    for rows in length_batches(records.lengths, job.batch_tokens):
+    out.put_all("offsets", layout.offsets)
+    out.put_all("batch", batch_of)
+    for key in INPUT_KEYS:
+        out.put_all(key, padded[key].astype(np.int32))
+    outputs = [k for k in layout.specs if k not in RECORD_KEYS and k not in INPUT_KEYS]
+    for rows in batches if outputs else []:
+        assert model is not None
         result = flatten_outputs(model(pad_batch(records, rows), output_hidden_states="hidden_states" in job.outputs))
-        for key in specs:
-            if key in ("record_index", "length"):
-                continue
+        for key in outputs:
             value = result[key]  # [b, L_batch, H] or [b, H]
             if value.dtype != np.dtype(dtype):
                 raise TypeError(f"{key} came out as {value.dtype}; the {job.policy} policy computes in "
@@ -332,9 +406,8 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
     return records, (out.arrays if sink is None else {}), {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
 
 
-
 def compute_shard(job: ScaleJob, shard: int, start: int, stop: int) -> dict[str, Any]:
-    """The Dask task: compute records `[start, stop)` and write `shard-{shard}.safetensors` into
+    """The task: compute records `[start, stop)` and write `shard-{shard}.safetensors` into
     `job.out` (temporary name, then rename). Returns the manifest entry of the shard."""
     t_start = time.time()
     rss_start = rss()
@@ -369,3 +442,78 @@ def verify_shard(directory: str | os.PathLike, entry: Mapping[str, Any] | None) 
     if file_sha256(path) != entry["sha256"]:
         return "sha256 differs from the manifest's (corrupt)"
     return None
+
+
+@dataclasses.dataclass
+class Shard:
+    """A shard file read back (memory-mapped): its records and arrays (see the module docstring)."""
+
+    path: Path
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def index(self) -> np.ndarray:
+        return self.arrays["record_index"]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.arrays["length"].astype(np.int64)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.arrays["offsets"]
+
+    def record(self, key: str, j: int) -> np.ndarray:
+        """Row `j`'s values of `key`: [L_j, H] for a ragged output, else its row."""
+        if ragged(key):
+            return self.arrays[key][int(self.offsets[j]):int(self.offsets[j + 1])]
+        return self.arrays[key][j]
+
+    def padded(self, key: str, rows: Sequence[int] | np.ndarray, width: int | None = None) -> np.ndarray:
+        """`key` for rows `rows` as a [b, W, H] array padded with zeros (W: their longest length, or
+        `width`); non-ragged arrays as [b, ...]."""
+        rows = np.asarray(rows, np.int64)
+        arr = self.arrays[key]
+        if not ragged(key):
+            return arr[rows]
+        w = int(self.lengths[rows].max()) if width is None else width
+        out = np.zeros((len(rows), w, arr.shape[1]), arr.dtype)
+        for i, j in enumerate(rows):
+            n = min(int(self.lengths[j]), w)
+            out[i, :n] = arr[int(self.offsets[j]):int(self.offsets[j]) + n]
+        return out
+
+
+def read_shard(path: str | os.PathLike, start: int | None = None, stop: int | None = None) -> Shard:
+    """A shard file, checked to hold records `[start, stop)` in order with consistent offsets (a
+    swapped or foreign shard whose manifest entry agrees is caught here).
+
+    Raises:
+        DatasetError: naming the file and what is inconsistent.
+    """
+    from bert_ref.io.checkpoints.safetensors_io import read_safetensors
+
+    path = Path(path)
+    try:
+        arrays, _ = read_safetensors(path)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read the shard ({' '.join(str(e).split())})") from None
+    missing = [k for k in RECORD_KEYS if k not in arrays]
+    if missing:
+        raise DatasetError(f"{path}: not a {RUN_FORMAT!r} shard (no {missing[0]}); rerun `bert-ref run` into an "
+                           "empty --out")
+    index, lengths, offsets = arrays["record_index"], arrays["length"], arrays["offsets"]
+    n = index.shape[0]
+    expected = None if start is None or stop is None else np.arange(start, stop)
+    if expected is not None and (n != len(expected) or not np.array_equal(index, expected)):
+        first = int(index[0]) if n else None
+        raise DatasetError(f"{path}: holds records starting at {first} ({n} records), but the manifest places it at "
+                           f"records [{start}, {stop}): a swapped or foreign shard; rerun `bert-ref run` to "
+                           "recompute it")
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or not np.array_equal(np.diff(offsets), lengths):
+        raise DatasetError(f"{path}: offsets do not match length: a corrupt shard")
+    for k, v in arrays.items():
+        rows = int(offsets[-1]) if ragged(k) else (n + 1 if k == "offsets" else n)
+        if v.shape[:1] != (rows,):
+            raise DatasetError(f"{path}: {k} has shape {v.shape}, expected {rows} rows: a corrupt shard")
+    return Shard(path, arrays)
