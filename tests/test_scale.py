@@ -27,8 +27,8 @@ from safetensors.numpy import load_file  # noqa: E402
 from bert_ref import BertBackbone  # noqa: E402
 from bert_ref.scale.compare import compare_dataset  # noqa: E402
 from bert_ref.scale.dataset import DatasetError, length_batches, open_dataset  # noqa: E402
-from bert_ref.scale.run import run_dataset  # noqa: E402
-from bert_ref.scale.shards import MANIFEST, verify_shard  # noqa: E402
+from bert_ref.scale.run import LOCK, run_dataset  # noqa: E402
+from bert_ref.scale.shards import MANIFEST, ragged, read_shard, verify_shard  # noqa: E402
 from bert_ref.text.tokenizer import BertTokenizer  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz") + [
@@ -72,8 +72,17 @@ def texts(d: Path) -> list[dict]:
 
 
 def shards(out: Path) -> dict[int, dict[str, np.ndarray]]:
+    """Each shard's arrays, the ragged outputs padded back to [n, L, H] with zeros."""
     m = json.loads((out / MANIFEST).read_text())
-    return {e["shard"]: load_file(str(out / e["file"])) for e in m["shards"]}
+    result = {}
+    for e in m["shards"]:
+        shard = read_shard(out / e["file"])
+        arrays = load_file(str(out / e["file"]))
+        for k in arrays:
+            if ragged(k):
+                arrays[k] = shard.padded(k, np.arange(len(shard.index)))
+        result[e["shard"]] = arrays
+    return result
 
 
 def check_against_single_forward(d: Path, out: Path) -> None:
@@ -139,7 +148,8 @@ def test_run_writes_shards_equal_to_single_record_forwards(data, tmp_path):
         assert e["sha256"] == hashlib.sha256((out / e["file"]).read_bytes()).hexdigest()
         assert {"load_s", "read_s", "compute_s", "commit_s", "task_s"} <= set(e["timings"])
     assert all(verify_shard(out, e) is None for e in m["shards"])
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [e["file"] for e in m["shards"]]  # no temp files
+    # No temporary files: the shards, the manifest and the run directory's lock file.
+    assert sorted(p.name for p in out.iterdir()) == [LOCK, MANIFEST] + [e["file"] for e in m["shards"]]
     check_against_single_forward(data, out)
 
 
@@ -305,11 +315,11 @@ def test_compare_finds_the_perturbed_record(data, tmp_path):
                                  shard_size=16, scheduler="synchronous", progress=False)
         assert not report.passed and report.first_failure == "sequence_output"
         e = report.entries["sequence_output"]
-        assert e["worst_records"][0]["record"] == 23 and e["worst_element"]["position"] == 2
-        assert e["worst_element"]["channel"] == 5 and e["max_abs"] == pytest.approx(1e-3, rel=1e-3)
-        assert report.entries["pooled_output"]["passed"]
+        assert report.worst["sequence_output"][0]["record"] == 23 and e.valid.worst_index == (23, 2, 5)
+        assert e.valid.max_abs_error == pytest.approx(1e-3, rel=1e-3)
+        assert report.entries["pooled_output"].passed
         assert "record 23, position 2, channel 5" in report.format_table()
-    assert report.entries["sequence_output"]["worst_records"][0]["source"] == "data.jsonl:25"
+        assert report.worst["sequence_output"][0]["source"] == "data.jsonl:25"
 
 
 def test_compare_refuses_a_reference_with_a_corrupt_shard(data, tmp_path):
@@ -326,11 +336,12 @@ def test_compare_refuses_a_reference_with_a_corrupt_shard(data, tmp_path):
                         progress=False)
 
 
-def test_compare_names_records_the_candidate_lacks(data, tmp_path):
+def test_compare_of_a_partial_candidate_judges_its_records_and_says_so(data, tmp_path):
     np.savez(tmp_path / "part.npz", pooled_output=np.zeros((30, 16)), record_index=np.arange(30))
-    with pytest.raises(DatasetError, match=r"no outputs for 10 of 40 records \(the first is record 30\)"):
-        compare_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "part.npz", scheduler="synchronous",
-                        progress=False)
+    report = compare_dataset(str(data / "tiny"), data / "data.jsonl", tmp_path / "part.npz", scheduler="synchronous",
+                             progress=False)
+    assert report.compared == 30 and not report.passed
+    assert "compared 30 of the dataset's 40 records (the candidate holds 30)" in report.format_table()
 
 
 def test_local_thread_workers_give_the_synchronous_bytes(data, tmp_path):
@@ -450,8 +461,9 @@ def test_cli_run_on_processes_then_compare_and_resume(data, tmp_path):
     report = json.loads(r.stdout)
     # our float32 against the float64 truth: within the default atol 1e-5 (float32 rounding of a
     # 2-layer network of width 16 stays near 1e-7).
-    assert report["passed"] and report["entries"]["sequence_output"]["max_abs"] < 1e-5
-    assert report["entries"]["sequence_output"]["max_abs"] > 0  # float32 really was compared with float64
+    seq = next(e for e in report["entries"] if e["key"] == "sequence_output")
+    assert report["passed"] and seq["valid"]["max_abs_error"] < 1e-5
+    assert seq["valid"]["max_abs_error"] > 0  # float32 really was compared with float64
     r = cli("run", data / "tiny", "--dataset", data / "data.jsonl", "--out", out, "--dtype", "float32",
             "--shard-size", "16", "--scheduler", "synchronous")
     assert r.returncode == 0 and "3 of 3 shards verified by sha256 and skipped, 0 to compute" in r.stdout
@@ -461,7 +473,7 @@ def test_cli_run_on_processes_then_compare_and_resume(data, tmp_path):
     (["--input", "x.npz"], "--dataset runs take --out and --outputs, not --input"),
     (["--scheduler", "bogus"], "--scheduler 'bogus': use local, processes, synchronous, or a Dask scheduler address"),
     (["--outputs", "attention_probs"], "choose from sequence_output, pooled_output, hidden_states"),
-    (["--shard-size", "0"], "shard size must be a positive integer"),
+    (["--shard-size", "0"], "--shard-size must be a positive integer"),
 ])
 def test_cli_dataset_usage_errors(data, tmp_path, args, message):
     r = cli("run", data / "tiny", "--dataset", data / "data.jsonl", "--out", tmp_path / "run", *args)

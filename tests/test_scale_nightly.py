@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,3 +103,319 @@ def test_the_dataset_hash_is_over_its_content_not_its_name(data, tmp_path):
     import hashlib
     assert first["job"]["dataset_sha256"] == hashlib.sha256((data / "data.jsonl").read_bytes()).hexdigest()
     assert json.loads((out / MANIFEST).read_text())["complete"]
+
+
+# -- packed inputs for the port ----------------------------------------------------------------
+
+from safetensors.numpy import load_file, save_file  # noqa: E402
+
+from bert_ref.scale.compare import compare_dataset  # noqa: E402
+from bert_ref.scale.run import pack_dataset  # noqa: E402
+from bert_ref.scale.shards import INPUT_KEYS, RECORD_KEYS, read_shard  # noqa: E402
+from bert_ref.text.tokenizer import BertTokenizer  # noqa: E402
+
+# Float32 rounding of this 2-layer, width-16 network: our float32 run differs from the float64 truth
+# by about 1e-7; a port that computes exactly what our float32 policy computes is at 1.00x its floor.
+
+
+def texts(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def port_loop(packed: Path, out: Path, preset: Path, *, dtype: str = "float32", with_ids: bool = True,
+              **bug: Any) -> Path:
+    """The porter's loop of docs/dataset.md: read the pack shards, run "the port" batch by batch
+    (here our own model in `dtype`, optionally with a planted bug: a config field changed), write
+    candidate shards with Hugging Face names, record_index and the ids it ran on."""
+    base = BertBackbone.from_preset(preset, dtype=dtype)
+    config = {**base.config.to_dict(), **bug}
+    model = BertBackbone(**config, dtype=dtype, weights=base.weights)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(packed.glob("shard-*.safetensors")):
+        s = load_file(str(path))
+        for b in np.unique(s["batch"]):
+            rows = np.flatnonzero(s["batch"] == b)
+            w = int(s["length"][rows].max())
+            feed = {"input_ids": s["token_ids"][rows, :w].astype(np.int64),
+                    "token_type_ids": s["segment_ids"][rows, :w].astype(np.int64),
+                    "attention_mask": s["padding_mask"][rows, :w].astype(np.int64)}
+            y = model({"token_ids": feed["input_ids"], "segment_ids": feed["token_type_ids"],
+                       "padding_mask": feed["attention_mask"]})
+            arrays = {"record_index": s["record_index"][rows], "last_hidden_state": y["sequence_output"],
+                      "pooler_output": y["pooled_output"], **(feed if with_ids else {})}
+            save_file(arrays, str(out / f"{path.stem}-{b:03d}.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    """The packed inputs, the float64 truth and the float32 floor of the module's dataset."""
+    d = data
+    opts = dict(shard_size=8, batch_tokens=40, scheduler="synchronous", progress=False)
+    pack_dataset(str(d / "tiny"), d / "data.jsonl", d / "packed", **opts)
+    run_dataset(str(d / "tiny"), d / "data.jsonl", d / "truth", dtype="float64", **opts)
+    run_dataset(str(d / "tiny"), d / "data.jsonl", d / "f32", dtype="float32", **opts)
+    run_dataset(str(d / "tiny"), d / "data.jsonl", d / "f16", dtype="float16", **opts)
+    port_loop(d / "packed", d / "port_ok", d / "tiny")
+    return d
+
+
+def cmp(d: Path, candidate, **kw):
+    kw.setdefault("shard_size", 8)
+    kw.setdefault("batch_tokens", 40)
+    kw.setdefault("scheduler", "synchronous")
+    kw.setdefault("progress", False)
+    return compare_dataset(str(d / "tiny"), d / "data.jsonl", candidate, **kw)
+
+
+def test_pack_writes_the_inputs_of_run_with_the_same_sharding_order_and_batching(runs):
+    d = runs
+    packed = json.loads((d / "packed" / MANIFEST).read_text())
+    truth = json.loads((d / "truth" / MANIFEST).read_text())
+    assert packed["kind"] == "pack" and packed["job"]["policy"] is None and packed["job"]["outputs"] == []
+    assert [e["records"] for e in packed["shards"]] == [e["records"] for e in truth["shards"]]
+    tok = BertTokenizer.from_preset(d / "tiny")
+    recs = texts(d / "data.jsonl")
+    batches = 0
+    for ep, et in zip(packed["shards"], truth["shards"], strict=True):
+        p, t = load_file(str(d / "packed" / ep["file"])), load_file(str(d / "truth" / et["file"]))
+        assert set(p) == set(RECORD_KEYS + INPUT_KEYS)  # no outputs
+        for key in RECORD_KEYS + INPUT_KEYS:  # run's shards carry the same input arrays
+            np.testing.assert_array_equal(p[key], t[key])
+        batches += len(np.unique(p["batch"]))
+        for j, r in enumerate(p["record_index"]):  # the ids are the tokenizer's own packing
+            rec = recs[r]
+            want = tok([rec["text"]], [rec["text_pair"]] if "text_pair" in rec else None, sequence_length=MAX_LEN)
+            n = int(p["length"][j])
+            np.testing.assert_array_equal(p["token_ids"][j, :n], want["token_ids"][0, :n])
+            np.testing.assert_array_equal(p["segment_ids"][j, :n], want["segment_ids"][0, :n])
+            assert p["padding_mask"][j].sum() == n and not p["token_ids"][j, n:].any()
+        # Batches hold records of similar length within the token budget, numbered in length order.
+        for b in np.unique(p["batch"]):
+            rows = np.flatnonzero(p["batch"] == b)
+            assert len(rows) == 1 or len(rows) * p["length"][rows].max() <= 40
+    assert batches > len(packed["shards"])  # the budget really split shards into several batches
+
+
+def test_a_port_run_on_the_pack_shards_passes_and_a_port_with_a_wrong_epsilon_fails(runs):
+    d = runs
+    ok = cmp(d, d / "port_ok", reference=d / "truth", floor_from=d / "f32", precision="float32")
+    assert ok.passed, ok.format_table()
+    for e in ok.report:  # the port computes what our float32 computes: exactly its floor
+        assert e.floor_ratio == pytest.approx(1.0)
+    # (A tanh GELU is below what float32 can show on this random-weight model: its pre-activations
+    # are near 0, where the two GELUs agree; the MiniLM test below shows that bug.)
+    eps = port_loop(d / "packed", d / "port_eps", d / "tiny", layer_norm_epsilon=1e-3)
+    bad = cmp(d, eps, reference=d / "truth", floor_from=d / "f32", precision="float32")
+    assert not bad.passed and not bad.problems  # a wrong port, not a misaligned one
+    assert bad.report.first_failure is not None and bad.report.first_failure.floor_ratio > 4
+
+
+def test_candidate_ids_that_differ_from_the_packed_ids_name_the_record(runs, tmp_path):
+    d = runs
+    cand = tmp_path / "cand"
+    shutil.copytree(d / "port_ok", cand)
+    victim = max(cand.glob("*.safetensors"), key=lambda f: load_file(str(f))["input_ids"].shape[0])
+    arrays = load_file(str(victim))
+    arrays["input_ids"][2, 1] += 1
+    rec = int(arrays["record_index"][2])
+    save_file(arrays, str(victim))
+    report = cmp(d, cand, reference=d / "truth", floor_from=d / "f32", precision="float32")
+    assert not report.passed  # the outputs are right, the inputs are not
+    src = f"data.jsonl:{rec + 1}"
+    assert any(f"at 1 record(s); the first is record {rec} ({src}): token_ids[1] is" in p for p in report.problems)
+
+
+def test_a_length_sorted_candidate_without_record_index_is_diagnosed_as_misaligned(runs, tmp_path):
+    d = runs
+    parts = [load_file(str(f)) for f in sorted((d / "port_ok").glob("*.safetensors"))]
+    width = max(p["last_hidden_state"].shape[1] for p in parts)
+    seq = np.concatenate([np.pad(p["last_hidden_state"], [(0, 0), (0, width - p["last_hidden_state"].shape[1]),
+                                                          (0, 0)]) for p in parts])
+    pooled = np.concatenate([p["pooler_output"] for p in parts])
+    lengths = np.concatenate([p["attention_mask"].sum(1) for p in parts])
+    order = np.argsort(lengths, kind="stable")
+    np.savez(tmp_path / "sorted.npz", sequence_output=seq[order], pooled_output=pooled[order])
+    report = cmp(d, tmp_path / "sorted.npz", reference=d / "truth", floor_from=d / "f32", precision="float32")
+    assert not report.passed
+    assert any(p.startswith("the candidate looks misaligned") for p in report.problems), report.format_table()
+    # The same rows in record order pass: the diagnosis is about the order, not the values.
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    np.savez(tmp_path / "sorted_with_index.npz", sequence_output=seq[order], pooled_output=pooled[order],
+             record_index=np.concatenate([p["record_index"] for p in parts])[order])
+    assert cmp(d, tmp_path / "sorted_with_index.npz", reference=d / "truth", floor_from=d / "f32",
+               precision="float32").passed
+
+
+# -- dataset compare = single-batch compare -----------------------------------------------------
+
+
+def test_the_floor_read_from_a_run_gives_the_verdict_computed_on_the_fly(runs):
+    d = runs
+    on_the_fly = cmp(d, d / "f16", precision="float16")
+    from_dirs = cmp(d, d / "f16", reference=d / "truth", floor_from=d / "f16", precision="float16")
+    truth_only = cmp(d, d / "f16", reference=d / "truth", precision="float16")
+    for r in (on_the_fly, from_dirs, truth_only):
+        assert r.passed and r.report.precision == "float16" and r.report.floor_ratio_limit == 4.0
+    for a, b, c in zip(on_the_fly.report, from_dirs.report, truth_only.report, strict=True):
+        assert a.floor_scale == b.floor_scale == c.floor_scale
+        assert a.valid.max_abs_error == b.valid.max_abs_error == c.valid.max_abs_error
+        assert a.floor_ratio == pytest.approx(1.0)  # our own float16 run is the float16 floor
+
+
+def test_a_half_precision_candidate_is_judged_against_the_truth_without_flags(runs):
+    r = cmp(runs, runs / "f16")  # detected from the dtypes, as the single-batch compare does
+    assert r.report.precision == "float16" and r.report.floor_ratio_limit == 4.0 and r.passed
+    assert any("precision float16, from the candidate's dtypes" in n for n in r.report.notes)
+
+
+def test_one_batch_gives_the_single_batch_compare_numbers(runs, tmp_path):
+    # All records in one shard and one batch: the dataset compare is exactly compare_to_truth on that batch.
+    from bert_ref.oracle.run import compare_to_truth
+    from bert_ref.scale.dataset import open_dataset, pad_batch
+
+    d = runs
+    big = dict(shard_size=64, batch_tokens=10_000)
+    report = cmp(d, d / "port_ok", precision="float32", **big)
+    ds = open_dataset(d / "data.jsonl")
+    records = ds.read(0, ds.num_records, vocabulary_size=len(VOCAB), num_segments=2, max_length=MAX_LEN,
+                      tokenizer=lambda: BertTokenizer.from_preset(d / "tiny"))
+    inputs = pad_batch(records, np.arange(ds.num_records))
+    model = BertBackbone.from_preset(d / "tiny", dtype="float32")
+    outs = model(inputs)
+    single = compare_to_truth(model, inputs, {"sequence_output": outs["sequence_output"],
+                                              "pooled_output": outs["pooled_output"]}, precision="float32")
+    for key in ("sequence_output", "pooled_output"):
+        a, b = report.entries[key], single[key]
+        assert a.valid.max_abs_error == b.valid.max_abs_error and a.floor_scale == b.floor_scale
+        assert a.valid.rms_error == pytest.approx(b.valid.rms_error, rel=1e-12)
+        assert a.valid.count == b.valid.count and a.passed == b.passed
+
+
+def planted(d: Path, tmp: Path, changes: dict[tuple[int, int, int], float]) -> Path:
+    """Our float64 truth as a candidate file (float64, record order) with errors added at
+    (record, position, channel) of sequence_output."""
+    from test_scale import shards as read_shards  # the truth's shards, padded back to [n, L, H]
+
+    s = read_shards(d / "truth")
+    seq = np.concatenate([np.pad(x["sequence_output"], [(0, 0), (0, MAX_LEN - x["sequence_output"].shape[1]),
+                                                        (0, 0)]) for x in s.values()])
+    pooled = np.concatenate([x["pooled_output"] for x in s.values()])
+    for (r, p, c), delta in changes.items():
+        seq[r, p, c] += delta
+    np.savez(tmp / "planted.npz", sequence_output=seq, pooled_output=pooled)
+    return tmp / "planted.npz"
+
+
+def test_the_fail_sentence_describes_the_element_with_the_largest_error(runs, tmp_path):
+    d = runs
+    cand = planted(d, tmp_path, {(3, 1, 7): 2e-4, (20, 2, 4): 5e-4, (11, 0, 9): -1e-4})
+    report = cmp(d, cand, reference=d / "truth", floor_from=d / "f32", precision="float32")
+    e = report.entries["sequence_output"]
+    assert not report.passed and e.valid.worst_index == (20, 2, 4)
+    truth = read_shard(d / "truth" / "shard-00002.safetensors").record("sequence_output", 4)[2, 4]
+    text = report.format_table()
+    sentence = next(line for line in text.splitlines() if line.startswith("First over tolerance"))
+    assert "at record 20, position 2, channel 4 the reference is " + format(truth, ".7g") in sentence
+    assert "and the candidate " + format(truth + 5e-4, ".7g") in sentence
+    assert f"error {e.valid.max_abs_error:.3e} (the output's largest)" in sentence
+    assert "(record 20 is data.jsonl:21)" in text
+
+
+def test_worst_records_are_ranked_by_what_is_printed(runs, tmp_path):
+    d = runs
+    cand = planted(d, tmp_path, {(3, 1, 7): 2e-4, (20, 2, 4): 5e-4, (11, 0, 9): -1e-4})
+    report = cmp(d, cand, reference=d / "truth", floor_from=d / "f32", precision="float32")
+    worst = report.worst["sequence_output"]
+    assert [w["record"] for w in worst[:3]] == [20, 3, 11]
+    assert [w["max_abs"] for w in worst] == sorted((w["max_abs"] for w in worst), reverse=True)
+    assert "(ranked by max abs error)" in report.format_table()
+    # Against tolerances the ranking is by error / tolerance, and that is what is printed.
+    report = cmp(d, cand, reference=d / "truth", atol="1e-6", rtol="0.5")
+    worst = report.worst["sequence_output"]
+    assert [w["ratio"] for w in worst] == sorted((w["ratio"] for w in worst), reverse=True)
+    assert "(ranked by error / tolerance)" in report.format_table() and "x tol" in report.format_table()
+
+
+def test_per_output_tolerances_apply_to_their_output(runs, tmp_path):
+    d = runs
+    cand = planted(d, tmp_path, {(5, 1, 1): 1e-3})
+    loose = cmp(d, cand, reference=d / "truth", atol="1e-6,sequence_output=1e-2", rtol="0")
+    assert loose.passed and loose.entries["sequence_output"].atol == 1e-2
+    tight = cmp(d, cand, reference=d / "truth", atol="1e-2,sequence_output=1e-6", rtol="0")
+    assert not tight.passed and tight.first_failure == "sequence_output"
+    assert tight.entries["pooled_output"].passed
+
+
+def test_records_compares_the_range_and_says_so(runs, tmp_path):
+    d = runs
+    cand = planted(d, tmp_path, {(20, 2, 4): 5e-4})
+    report = cmp(d, cand, reference=d / "truth", floor_from=d / "f32", precision="float32", records="0:16")
+    assert report.passed and report.compared == 16
+    assert "compared 16 of the dataset's 30 records (--records 0:16)" in report.format_table()
+    assert report.entries["sequence_output"].shape[0] == 16
+
+
+def test_the_command_prints_sources_and_writes_junit_with_the_worst_records(runs, tmp_path):
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    d = runs
+    cand = planted(d, tmp_path, {(20, 2, 4): 5e-4})
+    r = subprocess.run([sys.executable, "-m", "bert_ref", "compare", str(d / "tiny"), "--dataset",
+                        str(d / "data.jsonl"), "--candidate", str(cand), "--reference", str(d / "truth"),
+                        "--floor-from", str(d / "f32"), "--precision", "float32", "--junit", str(tmp_path / "j.xml"),
+                        "--worst", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "record 20 (data.jsonl:21)" in r.stdout and "(record 20 is data.jsonl:21)" in r.stdout
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    cases = {c.get("name"): c.find("failure") is not None for c in suite.findall("testcase")}
+    assert cases["sequence_output"] and not cases["pooled_output"]  # one case per output
+    assert cases["sequence_output record 20 (data.jsonl:21)"]  # then the worst records
+    assert int(suite.get("tests")) == 2 + 2 * 2 and int(suite.get("failures")) == 2
+
+
+# -- the issue's acceptance on real weights --------------------------------------------------------
+
+
+def test_minilm_nightly_job_passes_a_correct_half_port_and_fails_a_tanh_gelu_and_a_misaligned_one(minilm_dir,
+                                                                                                 tmp_path, capsys):
+    """all-MiniLM-L6-v2 converted to float64 (the README's recipe), 24 records of real text packed,
+    the float64 truth run; then three candidates through the porter's loop: our
+    float16 (a correct half-precision port: at its floor by definition), a float32 port with the
+    tanh GELU (its error is far over the float32 floor on these weights), and the correct float32
+    port's rows sorted by length without record_index."""
+    from bert_ref.cli import main
+
+    corpus = [json.loads(line) for line in (Path(__file__).resolve().parents[1] / "golden" / "tokenizer" /
+                                            "corpus.jsonl").read_text("utf-8").splitlines()][:16]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
+    assert main(["convert", str(minilm_dir), str(tmp_path / "m64"), "--dtype", "float64"]) == 0
+    common = ["--dataset", str(data), "--shard-size", "8", "--scheduler", "synchronous", "--no-progress"]
+    assert main(["pack", str(tmp_path / "m64"), "--out", str(tmp_path / "packed"), *common]) == 0
+    assert main(["run", str(tmp_path / "m64"), "--out", str(tmp_path / "truth"), "--dtype", "float64", *common]) == 0
+    capsys.readouterr()
+
+    def compare(candidate: Path, precision: str) -> tuple[int, str]:
+        status = main(["compare", str(tmp_path / "m64"), "--candidate", str(candidate), "--reference",
+                       str(tmp_path / "truth"), "--precision", precision, *common])
+        return status, capsys.readouterr().out
+
+    half = port_loop(tmp_path / "packed", tmp_path / "half", tmp_path / "m64", dtype="float16")
+    status, out = compare(half, "float16")
+    assert status == 0, out
+    tanh = port_loop(tmp_path / "packed", tmp_path / "tanh", tmp_path / "m64", activation="gelu_approximate")
+    status, out = compare(tanh, "float32")
+    assert status == 1 and "First over tolerance: sequence_output" in out and "misaligned" not in out, out
+    ok = port_loop(tmp_path / "packed", tmp_path / "ok", tmp_path / "m64")
+    parts = [load_file(str(f)) for f in sorted(ok.glob("*.safetensors"))]
+    width = max(p["last_hidden_state"].shape[1] for p in parts)
+    seq = np.concatenate([np.pad(p["last_hidden_state"], [(0, 0), (0, width - p["last_hidden_state"].shape[1]),
+                                                          (0, 0)]) for p in parts])
+    order = np.argsort(np.concatenate([p["attention_mask"].sum(1) for p in parts]), kind="stable")
+    np.savez(tmp_path / "sorted.npz", last_hidden_state=seq[order])
+    status, out = compare(tmp_path / "sorted.npz", "float32")
+    assert status == 1 and "FAIL: the candidate looks misaligned" in out, out
