@@ -30,9 +30,10 @@ distributed = need("distributed", 'pip install "bert-ref[scale]"')
 from test_scale_nightly import MAX_LEN, VOCAB, make_preset, write_jsonl  # noqa: E402
 
 from bert_ref.model.limits import LimitError  # noqa: E402
+from bert_ref.scale.cluster import probe  # noqa: E402
 from bert_ref.scale.compare import compare_dataset  # noqa: E402
 from bert_ref.scale.dataset import ArrayFile, DatasetError, load_rows, open_dataset  # noqa: E402
-from bert_ref.scale.engine import Engine, probe_scheduler  # noqa: E402
+from bert_ref.scale.engine import Engine  # noqa: E402
 from bert_ref.scale.run import locked, run_dataset  # noqa: E402
 from bert_ref.scale.shards import MANIFEST  # noqa: E402
 from bert_ref.text.tokenizer import BertTokenizer  # noqa: E402
@@ -74,7 +75,7 @@ def test_an_npz_declaring_a_billion_rows_is_refused_before_anything_is_planned(d
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("token_ids.npy", npy_bytes((10 ** 9, 128), np.int64, b"\0" * 64))
     assert path.stat().st_size < 400
-    with pytest.raises(DatasetError, match=r"forged\.npz: token_ids declares shape \(1000000000, 128\) of int64 "
+    with pytest.raises(DatasetError, match=r"forged\.npz: key 'token_ids' declares shape \(1000000000, 128\) of int64 "
                                            r"\(1,024,000,000,000 bytes\), but the member holds 64 bytes"):
         run(data, tmp_path / "out", dataset=path)
     assert not (tmp_path / "out").exists()  # nothing planned, nothing written
@@ -84,13 +85,14 @@ def test_an_npz_truncated_inside_its_data_is_refused(data, tmp_path):
     np.savez(tmp_path / "ok.npz", token_ids=np.ones((50, 8), np.int32))
     raw = (tmp_path / "ok.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(raw[:200] + raw[-300:])  # the central directory survives, data does not
-    with pytest.raises(DatasetError, match=r"cut\.npz"):
+    with pytest.raises(DatasetError, match=r"cut\.npz: key 'token_ids': the zip directory places it at byte -?[\d,]+, "
+                                           r"outside the file's 500 bytes \(truncated or corrupt\)"):
         open_dataset(tmp_path / "cut.npz")
 
 
 def test_an_npz_holding_pickled_objects_is_refused_without_loading_them(tmp_path):
     np.savez(tmp_path / "p.npz", token_ids=np.array([[1, 2], [3, None]], dtype=object))
-    with pytest.raises(DatasetError, match="holds pickled Python objects, which are never loaded"):
+    with pytest.raises(DatasetError, match="holds pickled Python objects .* which are never loaded"):
         open_dataset(tmp_path / "p.npz")
 
 
@@ -161,8 +163,9 @@ def test_a_huge_line_is_tokenized_only_up_to_the_budget(data, tmp_path):
     finally:
         tracemalloc.stop()
     assert recs.lengths.tolist() == [MAX_LEN, 4]
-    # The line, its text and its JSON parse (~21 MB each); tokenizing it whole would hold millions of tokens.
-    assert peak < 120 << 20, peak
+    # A few copies of the 21 MB line (the bytes read, the line, its text, the JSON text and its parse);
+    # tokenizing it whole would hold millions of tokens (GBs).
+    assert peak < 200 << 20, peak
     with pytest.raises(DatasetError, match=rf"record 0 \(big\.jsonl:1\): more than {MAX_LEN} tokens after packing"):
         ds.read(0, 1, vocabulary_size=len(VOCAB), num_segments=2, max_length=MAX_LEN, tokenizer=lambda: tok)
 
@@ -330,10 +333,11 @@ class Server:
 
 
 @pytest.mark.parametrize("reply, message", [
-    (b"", r"accepted the connection but sent no Dask handshake within 1 s; is a Dask scheduler listening there"),
-    (b"\xff" * 8, r"answered with something other than a Dask handshake \(its first 8 bytes announce "
-                  r"18,446,744,073,709,551,615 bytes\)"),
-    (b"HTTP/1.1 400 Bad Request\r\n\r\n", r"answered with something other than a Dask handshake"),
+    (b"", r"the server there accepted the connection but sent nothing within 1 s"),
+    (b"\xff" * 8, r"the server there does not speak Dask's protocol: its first bytes announce a message of "
+                  r"18,446,744,073,709,551,615 bytes"),
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", r"the server there does not speak Dask's protocol: it answered "
+                                          r"'HTTP/1\.1'\.\.\. \(an HTTP server\)"),
 ])
 def test_a_scheduler_address_that_does_not_speak_dask_gives_a_message_not_a_hang(data, tmp_path, monkeypatch,
                                                                                    reply, message):
@@ -351,8 +355,8 @@ def test_a_closed_port_says_it_cannot_connect(data, tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    with pytest.raises(OSError, match=rf"--scheduler tcp://127\.0\.0\.1:{port}: cannot connect"):
-        probe_scheduler(f"tcp://127.0.0.1:{port}", 2)
+    with pytest.raises(OSError, match=rf"--scheduler tcp://127\.0\.0\.1:{port}: nothing listens there"):
+        probe(f"tcp://127.0.0.1:{port}", 2)
 
 
 def test_tasks_are_submitted_a_window_at_a_time(tmp_path):

@@ -160,6 +160,10 @@ def _npz_members(path: Path, *, total_limit: bool) -> dict[str, Member]:
         limits.check("archive_entries", len(infos), f"{path}: the number of arrays")
         for info in infos:
             key = info.filename.removesuffix(".npy")
+            if not 0 <= info.header_offset < size:
+                raise ArrayFileError(f"{path}: key {key!r}: the zip directory places it at byte "
+                                     f"{info.header_offset:,}, outside the file's {size:,} bytes (truncated or "
+                                     "corrupt)")
             with zf.open(info) as member:
                 try:
                     version = np.lib.format.read_magic(member)
