@@ -182,6 +182,10 @@ def _npz_members(path: Path, *, total_limit: bool) -> dict[str, Member]:
             if info.file_size > header_bytes + declared:
                 raise ArrayFileError(f"{path}: key {key!r} inflates to {info.file_size:,} bytes but its header "
                                      f"declares {declared:,} bytes of {dtype} {shape}; the file is corrupt")
+            total += declared
+            if total_limit:
+                limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
+                             " bytes")
             if info.file_size < header_bytes + declared:
                 raise ArrayFileError(f"{path}: key {key!r} declares shape {tuple(shape)} of {dtype} ({declared:,} "
                                      f"bytes), but the member holds {max(0, info.file_size - header_bytes):,} bytes "
@@ -201,10 +205,6 @@ def _npz_members(path: Path, *, total_limit: bool) -> dict[str, Member]:
                     DEFLATE_MAX_RATIO + 1024:
                 raise ArrayFileError(f"{path}: key {key!r} declares {info.file_size:,} bytes compressed into "
                                      f"{info.compress_size:,}, more than deflate can expand: a forged file")
-            total += declared
-            if total_limit:
-                limits.check("input_bytes", total, f"{path}: the declared size of its arrays (up to key {key!r})",
-                             " bytes")
             out[key] = Member(key, tuple(int(n) for n in shape),
                               _bfloat16(path, key) if dtype == np.dtype("V2") else dtype, offset, info.filename,
                               header_bytes, bool(fortran))
