@@ -118,9 +118,10 @@ class PreparedWeights(dict):
 
 def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
     """Group and cast the weights for one policy (see `PreparedWeights`): dense kernels with
-    `policy.kernel`, biases and embeddings with `policy.weight`, layer-norm parameters with
-    `policy.norm_weight`."""
+    `policy.kernel`, biases and embeddings with `policy.weight` (embeddings with the policy's
+    `embedding_table` where it has one), layer-norm parameters with `policy.norm_weight`."""
     w, kernel, norm = policy.weight, policy.kernel, policy.norm_weight
+    table = policy.embedding_table  # a weight, except for int8 recipes that quantise the lookups
 
     def dense(path: str) -> tuple[np.ndarray, np.ndarray]:
         return kernel(weights[path + "/kernel"]), w(weights[path + "/bias"])
@@ -144,9 +145,9 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
             "ffn_norm_beta": norm(weights[p + "feedforward_layer_norm/beta"]),
         })
     return PreparedWeights({
-        "token": w(weights["token_embedding/embeddings"]),
-        "position": w(weights["position_embedding/embeddings"]),
-        "segment": w(weights["segment_embedding/embeddings"]),
+        "token": table(weights["token_embedding/embeddings"]),
+        "position": table(weights["position_embedding/embeddings"]),
+        "segment": table(weights["segment_embedding/embeddings"]),
         "norm_gamma": norm(weights["embeddings_layer_norm/gamma"]),
         "norm_beta": norm(weights["embeddings_layer_norm/beta"]),
         "layers": layers,
@@ -318,8 +319,8 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
 
 
 def _step(policy: Policy, record: Record | None, name: str, value: np.ndarray) -> np.ndarray:
-    """A named step: `value` rounded to the policy's compute dtype; a copy recorded in the trace."""
-    value = policy.round(value)
+    """A named step: `value` rounded at the policy's rounding point of `name`; a copy recorded in the trace."""
+    value = policy.round_at(name.rsplit("/", 1)[-1] if name.startswith("transformer_layer_") else name, value)
     if record is not None:
         record(name, policy.output(value).copy())
     return value
@@ -373,7 +374,7 @@ def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy,
         token = step("embeddings/token", f.embedding(params["token"], token_ids))
         position = step("embeddings/position", np.broadcast_to(params["position"][: token_ids.shape[1]], token.shape))
         segment = step("embeddings/segment", f.embedding(params["segment"], segment_ids))
-        return step("embeddings/sum", policy.round(token + position) + segment)
+        return step("embeddings/sum", policy.round_at("embeddings/token+position", token + position) + segment)
 
     x = step("embeddings/layer_norm", f.layer_norm(embeddings(), params["norm_gamma"], params["norm_beta"], eps))
     hidden_states, attentions = [x] if output_hidden_states else None, list[np.ndarray]() if output_attentions else None

@@ -260,21 +260,21 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     # Other inputs, policy or weights are other entries.
     other = dict(inputs, token_ids=inputs["token_ids"].copy())
     other["token_ids"][0, 0] = 5
-    key64 = oracle_cache.entry_key(model, inputs, "float64", keys)
-    assert oracle_cache.entry_key(model, other, "float64", keys) != key64
-    assert oracle_cache.entry_key(model, inputs, "float32", keys) != key64
+    key64 = oracle_cache.entry_key(model, inputs, "float64")
+    assert oracle_cache.entry_key(model, other, "float64") != key64
+    assert oracle_cache.entry_key(model, inputs, "float32") != key64
     twin = BertBackbone(**model.config.to_dict(), seed=4)
     assert oracle_cache.model_digest(twin) != oracle_cache.model_digest(model)
     # So is the same run by changed forward code (a kernel edited in place, version unchanged).
     monkeypatch.setattr(oracle_cache, "code_digest", lambda: "0" * 64)
-    assert oracle_cache.entry_key(model, inputs, "float64", keys) != key64
+    assert oracle_cache.entry_key(model, inputs, "float64") != key64
     monkeypatch.undo()
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     # Bounded: entries of one size S under a limit of 2.5 S: the least recently used one goes.
     oc = tmp_path / "oc"
     size = next(oc.glob("*" + oracle_cache.SUFFIX)).stat().st_size
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE_MB", str(2.5 * size / 2 ** 20))
-    first_entry = oc / (oracle_cache.entry_key(model, inputs, "float64", keys) + oracle_cache.SUFFIX)
+    first_entry = oc / (oracle_cache.entry_key(model, inputs, "float64") + oracle_cache.SUFFIX)
     os.utime(first_entry, (1e9, 1e9))  # the oldest
     oracle_outputs(model, other, keys, dtype="float64", cache=True)
     assert len(list(oc.glob("*" + oracle_cache.SUFFIX))) == 2
@@ -288,7 +288,7 @@ def test_cache_reuses_runs_and_stays_bounded(model, inputs, tmp_path, monkeypatc
     b2 = oracle_outputs(model, inputs, keys, dtype="bfloat16", cache=True)
     assert b2["sequence_output"].dtype.name == "bfloat16"
     assert np.array_equal(b1["sequence_output"], b2["sequence_output"])
-    entry = tmp_path / "oc" / (oracle_cache.entry_key(model, inputs, "bfloat16", keys) + oracle_cache.SUFFIX)
+    entry = tmp_path / "oc" / (oracle_cache.entry_key(model, inputs, "bfloat16") + oracle_cache.SUFFIX)
     entry.write_bytes(b"broken")
     assert oracle_cache.load(entry.stem) is None and not entry.exists()
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", "off")

@@ -87,6 +87,17 @@ class Policy:
             return x
         return x.astype(self.compute_dtype).astype(self.work_dtype)
 
+    def round_at(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The rounding point of the named step `name` (`encoder.forward`'s step names, plus
+        "embeddings/token+position"). The same `round` at every step here; the legitimate variants
+        of a precision that `bert_ref.oracle.ensemble` runs round differently at some steps."""
+        return self.round(x)
+
+    def embedding_table(self, w: np.ndarray) -> np.ndarray:
+        """An embedding table as the lookups use it: a weight like the rest here; the int8 recipes
+        that quantise the lookups (`bert_ref.oracle.int8`) round it."""
+        return self.weight(w)
+
     def weight(self, w: np.ndarray) -> np.ndarray:
         """A stored weight as the math uses it: rounded to the compute dtype, held in `work_dtype`.
 

@@ -1,11 +1,12 @@
 """An on-disk cache of the oracle's own runs (the float64 truth, the floors, the reference).
 
-`bert-ref compare` runs our model up to three times (reference, float64 truth, the floor's
-precision); on BERT-base at 8 x 128 that is most of its time. The runs depend only on the model
-(config and weights), the inputs, the policy and the outputs asked for, so each is stored once,
-keyed by a SHA-256 digest of exactly those (and of the bert_ref version and the source of the
-modules that compute a forward, so that a changed kernel never reads runs of the old one), and a
-second compare of another candidate on the same inputs reads them back.
+`bert-ref compare` runs our model several times (reference, float64 truth, the floor's precision
+and its ensemble); on BERT-base at 8 x 128 that is most of its time. The runs depend only on the
+model (config and weights), the inputs and the policy, so each is stored once, keyed by a SHA-256
+digest of exactly those (and of the bert_ref version and the source of the modules that compute a
+forward, so that a changed kernel never reads runs of the old one); an entry holds every output
+asked of its run so far, and a second compare of another candidate on the same inputs, with the
+same or other outputs, reads them back (adding to the entry what it lacks).
 
 Location and size (environment variables, both checked before any run: a bad value is a
 `ValueError` naming the variable and what is valid):
@@ -49,7 +50,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,7 @@ def _weights_digest(model: Any, signature: str | None) -> str:
 # The modules whose code decides what a forward computes (their source is part of every key),
 # relative to the package.
 FORWARD_MODULES = ("ops.py", "_erf_table.py", "encoder.py", "model/kernels.py", "model/runtime.py",
-                   "model/precision.py", "model/config.py")
+                   "model/precision.py", "model/config.py", "oracle/ensemble.py", "oracle/int8.py")
 
 
 @functools.cache
@@ -235,12 +236,13 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str, keys: Iterable[str] | None) -> str:
-    """The digest naming one run: model, inputs, policy, the outputs asked for, bert_ref's version
-    and the forward's source (`code_digest`)."""
+def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str) -> str:
+    """The digest naming one run: model, inputs, policy, bert_ref's version and the forward's source
+    (`code_digest`). Not the outputs asked for: an entry holds the union of every output asked of
+    that run so far (`bert_ref.oracle.run.oracle_outputs` adds what is missing), so a candidate
+    with another set of outputs on the same inputs is a hit."""
     h = hashlib.sha256()
     h.update(f"bert_ref {__version__} {code_digest()}|{model_digest(model)}|{policy_name}|".encode())
-    h.update(json.dumps(None if keys is None else sorted(keys)).encode())
     for name in ("token_ids", "segment_ids", "padding_mask"):
         if name in inputs and inputs[name] is not None:
             a = np.ascontiguousarray(np.asarray(inputs[name]))

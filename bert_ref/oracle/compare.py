@@ -58,6 +58,7 @@ float32 floor". `compare_to_truth` does all of this for a model and inputs.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -67,13 +68,15 @@ import numpy as np
 
 from bert_ref.model import runtime
 from bert_ref.model.precision import UNIT_ROUNDOFF
+from bert_ref.oracle import verdict
 from bert_ref.oracle.blocked import Workspace, as_flat, summaries
 from bert_ref.oracle.candidates import check_output_dtype
 from bert_ref.oracle.keys import axes, placement, valid_mask
-from bert_ref.oracle.report import Entry, Report, Stats
+from bert_ref.oracle.report import Check, Entry, Report, Stats
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, parse_tolerance, tolerance_for
 
-__all__ = ["compare"]
+__all__ = ["compare", "judge"]
+
 
 def compare(
     reference: Mapping[str, Any],
@@ -91,6 +94,9 @@ def compare(
     candidate_name: str = "candidate",
     floor_name: str = "floor",
     notes: Sequence[str] = (),
+    ensemble: Mapping[str, Mapping[str, Any]] | None = None,
+    limits: Mapping[str, float] | None = None,
+    recipe_variants: Sequence[str] = (),
 ) -> Report:
     """Compare every output of `candidate` with `reference`'s; see the module docstring.
 
@@ -112,6 +118,16 @@ def compare(
             `bert_ref.model.precision.TABLE`).
         reference_name, candidate_name, floor_name: labels for the printed report.
         notes: lines printed above the table (how the candidate file was read, ...).
+        ensemble: in the floor-ratio mode, runs of legitimate variants of the floor's precision
+            (name -> outputs; `bert_ref.oracle.ensemble`), the floor among them (the first, when
+            `floor` is not given): each output is then also judged by the statistics of
+            `bert_ref.oracle.verdict`, each against the largest the ensemble reaches, and its
+            max-abs floor (`Entry.floor_scale`) is the ensemble's largest max abs error.
+        limits: K per statistic (default `verdict.LIMITS`; `floor_ratio` is max_abs's K).
+        recipe_variants: names of ensemble members that compute the floor's int8 recipe exactly
+            (other float arithmetic): the `recipe` statistic, the candidate's distance from the
+            floor run, is then checked against theirs (`verdict.recipe_check`) at the outputs of the
+            embeddings and the first layer (`verdict.RECIPE_LAYERS`).
 
     Returns:
         A `Report`, entries in computation order.
@@ -127,6 +143,14 @@ def compare(
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(UNIT_ROUNDOFF)}")
     ref = as_flat(reference, "reference")
     cand = as_flat(candidate, "candidate")
+    ens = {name: as_flat(m, f"ensemble member {name}") for name, m in (ensemble or {}).items()}
+    if ens and floor is None:
+        floor = next(iter(ens.values()))
+    if ens and floor_ratio is None:
+        raise ValueError("an ensemble is the floor of the floor-ratio mode: give floor_ratio (K) with it")
+    k_of = {**verdict.default_limits(), **(limits or {})}
+    if floor_ratio is not None:
+        k_of["max_abs"] = floor_ratio
     flo = as_flat(floor, "floor") if floor is not None else {}
     flo_ref = as_flat(floor_reference, "floor_reference") if floor_reference is not None else ref
     if not cand:
@@ -162,15 +186,31 @@ def compare(
             raise ValueError(f"{key}: {candidate_name} has shape {c.shape}, {reference_name} has shape {r.shape}")
         check_output_dtype(c.dtype, candidate_name, key)
         valid = valid_mask(key, r.shape, mask)
-        f_stats = f_ratio = f_scale = rms_ratio = None
+        f_stats = f_ratio = f_scale = rms_ratio = p_scale = None
         if key in flo and key in flo_ref:
             f, fr = np.asarray(flo[key]), np.asarray(flo_ref[key])
             if f.shape != r.shape or fr.shape != r.shape:
                 raise ValueError(f"{key}: {floor_name} outputs have shapes {f.shape} and {fr.shape}, "
                                  f"{reference_name} has shape {r.shape}")
-            f_stats, _, biggest = summaries(fr, f, 0.0, 0.0, valid, False, _workspace())
+            f_stats, fp_stats, biggest = summaries(fr, f, 0.0, 0.0, valid, floor_ratio is not None, _workspace())
             if f_stats is not None:
                 f_scale = max(f_stats.max_abs_error, u * biggest)
+            if fp_stats is not None and valid is not None:  # the floor at padded positions: its own size
+                p_scale = max(fp_stats.max_abs_error, u * _largest(fr, ~np.broadcast_to(valid, fr.shape)))
+        # The ensemble's statistics (each member against the reference, at valid positions).
+        t_rows = c_rows = None
+        theirs: list[dict[str, float]] = []
+        if ens:
+            t_rows = verdict.rows(r, key, valid)
+            for name, m in ens.items():
+                if key not in m or np.shape(m[key]) != r.shape:
+                    raise ValueError(f"{key}: ensemble member {name} has no output of shape {r.shape}")
+                theirs.append(verdict.statistics(verdict.rows(m[key], key, valid), t_rows))
+                if valid is not None and p_scale is not None:
+                    p_scale = max(p_scale, _largest(np.abs(np.asarray(m[key], np.float64) - r),
+                                                    ~np.broadcast_to(valid, r.shape)))
+            if f_scale is not None:
+                f_scale = max([f_scale, *(t["max_abs"] for t in theirs)])
         if floor_ratio is not None:
             k_atol, k_rtol = (floor_ratio * f_scale if f_scale is not None else 0.0), 0.0
         else:
@@ -179,16 +219,36 @@ def compare(
         v_stats, p_stats, _ = summaries(r, c, k_atol, k_rtol, valid, True, _workspace())
         if v_stats is None:  # no valid element (a fully padded batch): nothing can fail there
             v_stats = Stats(0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 0, True)
+        if floor_ratio is not None and p_stats is not None and p_scale is not None:
+            # Padded positions are held to K times the floor *there* (the floor at valid positions
+            # says nothing about them), so the report's numbers agree with the verdict.
+            p_atol = floor_ratio * p_scale
+            p_ratio = p_stats.max_abs_error / p_atol if p_atol > 0 else (0.0 if p_stats.max_abs_error == 0
+                                                                         else math.inf)
+            p_stats = dataclasses.replace(p_stats, tolerance_ratio=p_ratio, passed=bool(p_ratio <= 1.0),
+                                          worst_tolerance=p_atol)
+        checks: tuple[Check, ...] = ()
+        power = None
+        if ens and t_rows is not None and f_scale is not None:
+            c_rows = verdict.rows(c, key, valid)
+            mine = verdict.statistics(c_rows, t_rows)
+            checks = verdict.make_checks(mine, theirs, floor_scale=f_scale, limits=k_of)
+            if recipe_variants and "recipe" in k_of and layer is not None and layer <= verdict.RECIPE_LAYERS:
+                f0 = verdict.rows(next(iter(ens.values()))[key], key, valid)
+                variants = [verdict.rows(ens[n][key], key, valid) for n in recipe_variants]
+                checks += (verdict.recipe_check(c_rows, f0, t_rows, variants, k_of["recipe"]),)
+            power = verdict.power(t_rows, theirs[0], checks)
         # A NaN or inf in the candidate fails the output wherever it is, padded positions included.
         passed = (v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
-                  and (p_stats is None or p_stats.nonfinite == 0))
+                  and (p_stats is None or p_stats.nonfinite == 0) and all(k.passed for k in checks))
         if f_stats is not None and f_scale is not None:
             a, b = v_stats.max_abs_error, f_scale
             f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
             a, b = v_stats.rms_error, f_stats.rms_error
             rms_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
         return Entry(key, stage, layer, tuple(r.shape), axes(key, r.ndim), v_stats, p_stats, passed,
-                             f_stats, f_ratio, f_scale, rms_ratio, k_atol, k_rtol)
+                     f_stats, f_ratio, f_scale, rms_ratio, k_atol, k_rtol, p_scale if floor_ratio is not None
+                     else None, checks, power)
 
     # Outputs are independent, and NumPy releases the GIL in the array passes: summarise them on
     # the cores' threads (each entry is computed exactly as in a loop; order is kept).
@@ -200,3 +260,48 @@ def compare(
         entries = [entry(p) for p in placed]
     return Report(tuple(entries), atol_spec, rtol_spec, bool(check_padded), reference_name, candidate_name,
                   floor_name if floor is not None else None, floor_ratio, precision, tuple(notes))
+
+
+def _largest(x: np.ndarray, where: np.ndarray) -> float:
+    """The largest |x| where `where` (0 where nothing is selected)."""
+    return float(np.max(np.abs(x), where=where, initial=0.0))
+
+
+def judge(
+    truth: Mapping[str, Any],
+    candidate: Mapping[str, Any],
+    ensemble: Mapping[str, Mapping[str, Any]],
+    *,
+    precision: str,
+    padding_mask: Any = None,
+    check_padded: bool = False,
+    limits: Mapping[str, float] | None = None,
+    candidate_name: str = "candidate",
+    floor_name: str | None = None,
+    notes: Sequence[str] = (),
+) -> Report:
+    """The verdict of a port in `precision`: `candidate` against the float64 `truth`, each output's
+    statistics against the largest the `ensemble` reaches (name -> outputs, the floor first; see
+    `bert_ref.oracle.ensemble` and `bert_ref.oracle.verdict`). Needs no model: the caller ran the
+    truth and the ensemble (`bert_ref.oracle.run.compare_to_truth` does, for a model and inputs).
+
+    Args:
+        truth, candidate: output key -> array (our names; `flatten_outputs` shapes).
+        ensemble: the runs of our legitimate variants in `precision`; the first is the floor.
+        precision: "float16", "bfloat16", "tf32", "int8", "float32" or "float64".
+        padding_mask: [B, S] (1 = real token), or None.
+        check_padded: padded positions fail too (against the ensemble's error there).
+        limits: K per statistic (default `verdict.LIMITS`).
+
+    Returns:
+        A `Report` whose entries carry `checks` (one `Check` per statistic) and `power`.
+    """
+    if not ensemble:
+        raise ValueError("judge needs an ensemble of at least one run (the floor)")
+    k = {**verdict.default_limits(), **(limits or {})}
+    first = next(iter(ensemble))
+    return compare(truth, candidate, padding_mask=padding_mask, check_padded=check_padded, ensemble=ensemble,
+                   floor_ratio=k["max_abs"], limits=k, precision=precision, reference_name="float64 truth",
+                   candidate_name=candidate_name, floor_name=floor_name or f"our {first} vs float64 truth",
+                   notes=notes)
+

@@ -11,10 +11,12 @@ import numpy as np
 
 from bert_ref.encoder import TRACE_POOLER, forward
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
+from bert_ref.oracle import ensemble, int8
 from bert_ref.oracle.blocked import as_flat
 from bert_ref.oracle.candidates import canonical_outputs, check_inputs
 from bert_ref.oracle.compare import compare
-from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key
+from bert_ref.oracle.int8 import Int8Scheme
+from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key, valid_mask
 from bert_ref.oracle.report import Report
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -86,20 +88,26 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
 
     `model` is a `BertBackbone`. `keys` (an iterable of output keys) limits what is computed and
     returned: hidden states, attention probabilities and the trace are only computed when asked
-    for; None returns `sequence_output` and `pooled_output`. With `cache=True` the run is read
-    from / written to the on-disk cache (`bert_ref.oracle.cache`)."""
-    keys = None if keys is None else list(keys)
+    for; None returns `sequence_output` and `pooled_output`. `dtype` is a policy name or a `Policy`
+    (the ensemble's variants, `bert_ref.oracle.ensemble`). With `cache=True` the run is read from /
+    written to the on-disk cache (`bert_ref.oracle.cache`): one entry per model, inputs and policy,
+    holding the union of every output asked of it, so asking for other outputs of a cached run
+    computes the union and replaces the entry."""
+    wanted = ["sequence_output", "pooled_output"] if keys is None else list(keys)
     policy = model.dtype_policy if dtype is None else get_policy(dtype)
     entry = None
+    run_keys = wanted
     if cache:
         from bert_ref.oracle import cache as oracle_cache
 
         oracle_cache.check_settings()  # a bad BERT_REF_ORACLE_CACHE(_MB) fails before the run, not after
-        entry = oracle_cache.entry_key(model, inputs, policy.name, keys)
+        entry = oracle_cache.entry_key(model, inputs, policy.name)
         hit = oracle_cache.load(entry)
-        if hit is not None and (keys is None or all(k in hit for k in keys)):
-            return hit
-    parsed = [parse_key(k) for k in keys or ()]
+        if hit is not None:
+            if all(k in hit for k in wanted):
+                return {k: hit[k] for k in wanted}
+            run_keys = list(dict.fromkeys([*hit, *wanted]))  # the union: the entry keeps what it held
+    parsed = [parse_key(k) for k in run_keys]
     want_hidden = any(p.name == "hidden_states" and not p.trace for p in parsed)
     want_att = any(p.name == "attention_probs" and not p.trace for p in parsed)
     want_trace = any(p.trace for p in parsed)
@@ -110,11 +118,68 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
     else:
         out = forward(model.weights, model.config, inputs, dtype=policy, **options)
     flat = flatten_outputs(out)
-    if keys is not None:
-        flat = {k: flat[k] for k in keys if k in flat}
     if entry is not None:
-        oracle_cache.store(entry, flat)
-    return flat
+        oracle_cache.store(entry, {k: flat[k] for k in run_keys if k in flat})
+    return {k: flat[k] for k in wanted if k in flat}
+
+
+def ensemble_outputs(model: Any, inputs: Mapping[str, Any], keys: Any, precision: str, *,
+                     scheme: Int8Scheme | None = None, cache: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """The runs of `precision`'s ensemble (`bert_ref.oracle.ensemble.members`; int8: of `scheme`),
+    member name -> outputs, the floor first."""
+    return {m.name: oracle_outputs(model, inputs, keys, dtype=m.policy, cache=cache)
+            for m in ensemble.members(precision, scheme)}
+
+
+def _truncated(model: Any, layers: int) -> Any:
+    """The model's first `layers` layers as a model of their own (same embeddings and layers): the
+    early outputs of a scheme's run cost a fraction of a full forward."""
+    from bert_ref.backbone import BertBackbone
+
+    config = model.config.to_dict()
+    if layers >= config["num_layers"]:
+        return model
+    config["num_layers"] = layers
+    keep = {k: v for k, v in model.weights.items()
+            if not k.startswith("transformer_layer_") or int(k.split("_")[2].split("/")[0]) < layers}
+    return BertBackbone(**config, weights=keep)
+
+
+def detect_int8_scheme(model: Any, inputs: Mapping[str, Any], candidate: Mapping[str, Any],
+                       truth: Mapping[str, np.ndarray], *, cache: bool = False) -> int8.Detection:
+    """Which int8 recipe (`bert_ref.oracle.int8.CANDIDATE_SCHEMES`) the candidate's errors follow.
+
+    The embeddings' part from `hidden_states.0` (a quantised embedding table leaves its own pattern
+    there: quantised tables only when it matches); the rest from the first output after the
+    embeddings, by the correlation of the candidate's error with each scheme's (a model cut after
+    that layer runs each scheme cheaply).
+    A candidate with only final outputs is matched there, among the presets, on the whole model."""
+    flat = as_flat(candidate, "candidate")
+    mask = inputs.get("padding_mask")
+    mask = None if mask is None else np.asarray(mask).astype(bool)
+    parsed = sorted((parse_key(k) for k in flat), key=lambda p: p.placement[0])
+    later = [p for p in parsed if p.layers_needed >= 1]
+    schemes = list(int8.CANDIDATE_SCHEMES)
+    if later:
+        key = later[0].key
+        small = _truncated(model, later[0].layers_needed)
+    else:
+        key = next(k for k in ("sequence_output", "pooled_output", "hidden_states.0") if k in flat)
+        small = model
+        schemes = list(int8.PRESETS.values())
+    keys = [key] + (["hidden_states.0"] if "hidden_states.0" in flat and key != "hidden_states.0" else [])
+
+    def corr(k: str, scheme: int8.Int8Scheme) -> float:
+        ours = oracle_outputs(small, inputs, keys, dtype=int8.scheme_policy(scheme), cache=cache)
+        return int8.error_correlation(flat[k], ours[k], truth[k], valid_mask(k, truth[k].shape, mask))
+
+    if "hidden_states.0" in keys and key != "hidden_states.0":
+        # Quantised tables only when their error pattern is matched: a bug in the embeddings (a wrong
+        # epsilon) also makes a large error there, which float tables must not be excused by.
+        table = "u8" if corr("hidden_states.0", int8.Int8Scheme(embeddings="u8")) >= int8.MATCH_CORRELATION \
+            else "float"
+        schemes = [s for s in schemes if s.embeddings == table]
+    return int8.rank_schemes({s: corr(key, s) for s in schemes}, key, early=bool(later))
 
 
 def compare_to_truth(
@@ -130,26 +195,35 @@ def compare_to_truth(
     candidate_name: str = "candidate",
     notes: Sequence[str] = (),
     cache: bool = False,
+    int8_scheme: str | Int8Scheme | None = None,
+    limits: Mapping[str, float] | None = None,
 ) -> Report:
     """Compare `candidate` with the float64 truth, next to the floor of its precision.
 
     The truth is our float64 policy on `model`'s weights; the floor is our policy of the
     candidate's precision on the same weights (float16, bfloat16, tf32, int8, float32 — see
-    `bert_ref.model.precision`) against the truth: the error that precision has by nature. For float64,
-    whose run is the truth itself, the floor is the float32 floor times 2^-29 (the ratio of the
-    two unit roundoffs).
+    `bert_ref.model.precision`) against the truth: the error that precision has by nature. In the
+    floor-ratio mode the floor is an ensemble (`bert_ref.oracle.ensemble`): our run and legitimate
+    variants of it, and each output is judged by the statistics of `bert_ref.oracle.verdict`, each
+    against the largest the ensemble reaches. For float64, whose run is the truth itself, the floor
+    is the float32 floor times 2^-29 (the ratio of the two unit roundoffs), alone.
 
     Args:
         precision: the candidate's precision (`bert_ref.model.precision.PRECISIONS`); None:
             `detect_precision` from its dtypes.
-        floor_ratio: K of the floor-ratio mode: an output passes when its max abs error is at most
-            K times its floor (`Entry.floor_scale`). The default mode is floor-ratio with
-            `DEFAULT_FLOOR_RATIO` when `precision` is given or the candidate is stored in float16 /
-            bfloat16, unless `atol` or `rtol` is given; otherwise absolute tolerances (defaults
-            `DEFAULT_ATOL`, `DEFAULT_RTOL`).
+        floor_ratio: K of the max abs error (the floor-ratio mode): an output passes when its max abs
+            error is at most K times its floor (`Entry.floor_scale`) and every other statistic is
+            within its limit. The default mode is floor-ratio with `DEFAULT_FLOOR_RATIO` when
+            `precision` is given or the candidate is stored in float16 / bfloat16, unless `atol` or
+            `rtol` is given; otherwise absolute tolerances (defaults `DEFAULT_ATOL`, `DEFAULT_RTOL`).
         atol, rtol: absolute-mode tolerances, numbers or per kind (see `parse_tolerance`).
-        check_padded: also fail on padded positions (`padding_mask` is taken from `inputs`).
+        check_padded: also fail on padded positions (`padding_mask` is taken from `inputs`), against
+            the floor's error at padded positions.
         cache: read and write our runs through the on-disk cache (`bert_ref.oracle.cache`).
+        int8_scheme: for int8, the recipe (`bert_ref.oracle.int8`: a preset such as "ort" or
+            "torch", or key=value parts); None: detected from the candidate's errors (a note says
+            which, and how sure).
+        limits: K per statistic (default `bert_ref.oracle.verdict.LIMITS`).
 
     Returns:
         A `Report` against the "float64 truth", with each `Entry.floor_ratio` filled in.
@@ -165,12 +239,34 @@ def compare_to_truth(
         precision = detect_precision(flat)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    scheme = int8.parse_int8_scheme(int8_scheme) if int8_scheme is not None else None
+    if scheme is not None and precision != "int8":
+        raise ValueError(f"an int8 scheme ({scheme.spec}) is for --precision int8, not {precision}")
     floor_ratio = default_floor_ratio(given, precision, floor_ratio, atol, rtol)
+    notes = list(notes)
     truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
-    floor, floor_name = floor_outputs(model, inputs, flat, precision, truth, cache=cache)
+    runs: dict[str, dict[str, np.ndarray]] = {}
+    recipe_variants: tuple[str, ...] = ()
+    if precision == "float64" or floor_ratio is None:
+        floor, name = floor_outputs(model, inputs, flat, precision, truth, cache=cache)
+    else:
+        name = floor_name(precision)
+        recipe_known = scheme is not None
+        if precision == "int8" and scheme is None:
+            detection = detect_int8_scheme(model, inputs, flat, truth, cache=cache)
+            scheme, recipe_known = detection.scheme, detection.explains
+            notes.append(detection.note())
+        chosen = ensemble.members(precision, scheme)
+        runs = {m.name: oracle_outputs(model, inputs, flat, dtype=m.policy, cache=cache) for m in chosen}
+        if precision == "int8" and recipe_known:
+            recipe_variants = tuple(m.name for m in chosen[1:] if m.exact)
+        floor = next(iter(runs.values()))
+        if precision == "int8" and scheme is not None:
+            name = f"our int8 ({scheme.spec}) vs float64 truth"
     return truth_report(truth, flat, floor, precision=precision, floor_ratio=floor_ratio, atol=atol, rtol=rtol,
                         padding_mask=inputs.get("padding_mask"), check_padded=check_padded,
-                        candidate_name=candidate_name, floor_name=floor_name, notes=notes)
+                        candidate_name=candidate_name, floor_name=name, notes=notes, ensemble=runs or None,
+                        limits=limits, recipe_variants=recipe_variants)
 
 
 def default_floor_ratio(given: bool, precision: str, floor_ratio: float | None, atol: Any, rtol: Any) -> float | None:
@@ -207,11 +303,13 @@ def floor_outputs(model: Any, inputs: Mapping[str, Any], keys: Any, precision: s
 def truth_report(truth: Mapping[str, Any], candidate: Mapping[str, Any], floor: Mapping[str, Any], *,
                  precision: str, floor_ratio: float | None, atol: Any, rtol: Any, padding_mask: Any = None,
                  check_padded: bool = False, candidate_name: str = "candidate", floor_name: str = "floor",
-                 notes: Sequence[str] = ()) -> Report:
+                 notes: Sequence[str] = (), ensemble: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                 limits: Mapping[str, float] | None = None, recipe_variants: tuple[str, ...] = ()) -> Report:
     """The verdict against the float64 truth, next to the floor (`compare_to_truth`'s, once its
     runs are done; the dataset compare calls it batch by batch)."""
     return compare(truth, candidate, atol=DEFAULT_ATOL if atol is None else atol,
                    rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=padding_mask,
                    check_padded=check_padded, floor=floor,
                    floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
-                   candidate_name=candidate_name, floor_name=floor_name, notes=notes)
+                   candidate_name=candidate_name, floor_name=floor_name, notes=notes,
+                   ensemble=ensemble, limits=limits, recipe_variants=recipe_variants)

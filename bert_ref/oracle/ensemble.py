@@ -1,0 +1,142 @@
+"""The floor as a distribution: our run in a precision, and legitimate variants of it.
+
+A port's error in a precision depends on choices that are all correct: where it rounds, in which
+order it sums, whether its kernels are fused. One run of ours is one sample of that; the verdict
+(`bert_ref.oracle.verdict`) compares each statistic of a candidate with the largest any member of
+this ensemble reaches, so a correct port that rounds elsewhere is not mistaken for a wrong one.
+
+- float16, bfloat16: our policy (keras' rounding points); `fused`: no rounding of the attention
+  scores, the feed-forward pre-activation, the residual sums or the partial embedding sum, which
+  fused kernels keep in float32; `wide`: all math in float64, rounded to the half type at the same
+  steps (exact accumulation).
+- float32: our policy (the fast kernels); `plain`: the plain ops of `bert_ref.ops` (other summation
+  orders, GELU and softmax formulas); `wide`: math in float64, rounded to float32 after each step.
+- tf32: our policy; `wide`: the same TF32 operands, everything else in float64 rounded to float32
+  after each step.
+- int8: the scheme's run (`bert_ref.oracle.int8`); `wide`: the same quantisation with float64 math
+  (integer accumulation is exact); `sr1`, `sr2`: its dense inputs rounded stochastically (two
+  seeds), other realisations of the same recipe's rounding.
+- float64: the modelled floor only (`compare_to_truth`).
+
+Stochastic rounding is used where it helps, for int8, whose rounding is coarse and deterministic
+given the recipe: for the half types it doubles the rounding variance and, measured on the port
+suite, widened the ensemble without covering any real port better than `fused` and `wide` do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from bert_ref.model.precision import Policy, TF32Policy, get_policy, round_to_tf32
+from bert_ref.oracle.int8 import DEFAULT_SCHEME, Int8Scheme, Int8SchemePolicy, scheme_policy
+
+#: Steps a fused kernel does not round (their result goes straight into the next operation).
+FUSED_STEPS = frozenset({"attention_scores", "feedforward_intermediate", "attention_residual", "feedforward_residual",
+                         "embeddings/token+position"})
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipRounding(Policy):
+    """A half-precision policy that does not round at the named steps `skip` (see `FUSED_STEPS`)."""
+
+    skip: frozenset[str] = frozenset()
+
+    def round_at(self, name: str, x: np.ndarray) -> np.ndarray:
+        return x if name in self.skip else self.round(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlainOps(Policy):
+    """float32 through the plain ops of `bert_ref.ops` instead of the fast kernels: the same math,
+    summed and formulated otherwise."""
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class WideTF32(TF32Policy):
+    """TF32 operands for every matrix product, everything else computed in float64 and rounded to
+    float32 after each step."""
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        return round_to_tf32(np.asarray(w, dtype=np.float32)).astype(np.float64)
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        return round_to_tf32(x).astype(np.float64)
+
+    def matmul_input(self, x: np.ndarray) -> np.ndarray:
+        return round_to_tf32(x).astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class WideInt8(Int8SchemePolicy):
+    """An int8 recipe with the same quantisation, everything else computed in float64 and rounded to
+    float32 after each step: what integer accumulation (exact) with a float epilogue computes."""
+
+    def weight(self, w: np.ndarray) -> np.ndarray:
+        return np.asarray(w, dtype=np.float32).astype(np.float64)
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        return super().kernel(w).astype(np.float64)
+
+    def embedding_table(self, w: np.ndarray) -> np.ndarray:
+        return super().embedding_table(w).astype(np.float64)
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        return super().dense_input(x).astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One run of the ensemble: its `name` (also its name in the oracle cache), its `policy`, why it
+    is a legitimate port of the precision, and whether it is a deterministic variant of the floor's
+    computation (`exact`: the same roundings where they matter, other float arithmetic) rather than
+    another realisation of its rounding (stochastic rounding)."""
+
+    name: str
+    policy: Policy
+    why: str
+    exact: bool = True
+
+
+def members(precision: str, scheme: Int8Scheme | None = None) -> tuple[Member, ...]:
+    """The ensemble of a precision (the floor first); `scheme` for int8 (default `symmetric`)."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    if precision in ("float16", "bfloat16"):
+        p = get_policy(precision)
+        return (
+            Member(precision, p, "our policy: keras' rounding points"),
+            Member(f"{precision}~fused", SkipRounding(f"{precision}~fused", p.variable_dtype, p.compute_dtype,
+                                                      p.work_dtype, FUSED_STEPS),
+                   "fused kernels: no rounding of scores, pre-activation, residual sums"),
+            Member(f"{precision}~wide", Policy(f"{precision}~wide", p.variable_dtype, p.compute_dtype, f64),
+                   "exact accumulation: float64 math rounded at the same steps"),
+        )
+    if precision == "float32":
+        return (
+            Member("float32", get_policy("float32"), "our policy: the fast kernels"),
+            Member("float32~plain", PlainOps("float32~plain", f32, f32, f32), "the plain ops: other summation orders"),
+            Member("float32~wide", Policy("float32~wide", f32, f32, f64),
+                   "exact accumulation: float64 math rounded to float32 after each step"),
+        )
+    if precision == "tf32":
+        return (
+            Member("tf32", get_policy("tf32"), "our policy"),
+            Member("tf32~wide", WideTF32("tf32~wide", f32, f32, f64),
+                   "TF32 operands, float64 math rounded to float32 after each step"),
+        )
+    if precision == "int8":
+        scheme = scheme or DEFAULT_SCHEME
+        floor = scheme_policy(scheme)
+        wide = WideInt8(f"{floor.name}~wide", f32, f32, f64, scheme)
+        return (Member(floor.name, floor, f"the recipe {scheme.spec}"),
+                Member(wide.name, wide, "the same recipe with exact accumulation (float64 math)"),
+                *(Member(pol.name, pol, "the same recipe, dense inputs rounded stochastically", exact=False)
+                  for pol in (scheme_policy(scheme, seed) for seed in (1, 2))))
+    if precision == "float64":
+        return ()
+    raise ValueError(f"no ensemble for precision {precision!r}")
