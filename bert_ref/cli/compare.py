@@ -45,6 +45,11 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
                    help="the candidate's precision: compare with the float64 truth, next to our own error in that "
                         "precision (the floor), in the floor-ratio mode unless --atol/--rtol are given "
                         "(default: from the candidate's dtypes)")
+    p.add_argument("--int8-scheme", default=None, metavar="SCHEME",
+                   help="with --precision int8, the port's dynamic-quantisation recipe: a preset (symmetric, torch, "
+                        "ort, ort-matmul) and/or key=value parts (weights=s8|s8r|s7|u8, per=tensor|channel, "
+                        "act=s8|u8|u7, embeddings=float|u8), e.g. 'ort,per=channel' (default: detected from the "
+                        "candidate's errors; see docs/conformance.md)")
     p.add_argument("--floor-ratio", type=float, default=None, metavar="K",
                    help=f"an output passes when its max abs error against the truth is at most K x the floor "
                         f"(default mode and K={DEFAULT_FLOOR_RATIO:g} when a precision is given or detected)")
@@ -113,6 +118,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     cache = not args.no_cache
     if cache:
         check_cache_settings()  # a bad BERT_REF_ORACLE_CACHE(_MB) is an error before any work
+    if args.int8_scheme is not None:
+        from bert_ref.oracle.int8 import parse_int8_scheme
+
+        if args.precision not in (None, "int8"):
+            raise UsageError(f"--int8-scheme is for --precision int8, not --precision {args.precision}")
+        try:
+            parse_int8_scheme(args.int8_scheme)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        args.precision = "int8"
     read = read_candidate(args.candidate)
     candidate = read.arrays
     inputs = read_inputs(args.input)
@@ -134,6 +149,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             if precision is None and detected != "float32":
                 notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
             report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=args.floor_ratio,
+                                      int8_scheme=args.int8_scheme,
                                       atol=atol, rtol=rtol, check_padded=args.check_padded, candidate_name=name,
                                       notes=notes, cache=cache)
         else:

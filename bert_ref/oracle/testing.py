@@ -73,12 +73,14 @@ def assert_close_to_reference(
     activation: str | None = None,
     layer_norm_epsilon: float | None = None,
     cache: bool = True,
+    int8_scheme: str | None = None,
 ) -> None:
     """Assert that a port's outputs agree with bert_ref's, as `bert-ref compare` decides.
 
     The same rules as the command: with a precision (given, or float16 / bfloat16 read from the
     arrays' dtypes) the outputs are compared with our float64 truth in the floor-ratio mode (each
-    output's max abs error at most K times our own error in that precision); otherwise with our
+    output's statistics within their limits of our own runs' errors in that precision,
+    `bert_ref.oracle.verdict`); otherwise with our
     float32 outputs within `atol + rtol * |reference|`.
 
     Args:
@@ -97,6 +99,8 @@ def assert_close_to_reference(
         check_padded: padded positions fail the check too.
         activation, layer_norm_epsilon: override the preset's config.
         cache: reuse our runs through the on-disk cache (`bert_ref.oracle.cache`).
+        int8_scheme: with precision "int8", the port's recipe (`bert_ref.oracle.int8`, e.g. "torch",
+            "ort,per=channel"); default: detected from the outputs' errors.
 
     Raises:
         AssertionError: an output over tolerance; the message is the command's report (the table
@@ -139,7 +143,7 @@ def assert_close_to_reference(
         or (detected in HALF_PRECISIONS and atol is None and rtol is None))
     if use_truth:
         report = compare_to_truth(model, ins, flat, precision=precision, floor_ratio=floor_ratio, atol=atol, rtol=rtol,
-                                  check_padded=check_padded, notes=notes, cache=cache)
+                                  check_padded=check_padded, notes=notes, cache=cache, int8_scheme=int8_scheme)
     else:
         reference = oracle_outputs(model, ins, flat, cache=cache)
         report = compare(reference, flat, atol=DEFAULT_ATOL if atol is None else atol,
