@@ -142,7 +142,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     model = load_preset(args.preset, None if truth_mode else args.dtype, defer_finite_check=cache)
     model, notes = _override(model, args)
     notes = list(read.notes) + notes
-    check_candidate(candidate, model.config, inputs, args.candidate)
+    check_candidate(candidate, model.config, inputs, args.candidate, read.stacked)
     name = Path(args.candidate).name
     try:
         if truth_mode:

@@ -147,6 +147,7 @@ class Candidate:
 
     arrays: dict[str, np.ndarray]
     notes: tuple[str, ...]
+    stacked: tuple[tuple[str, int], ...] = ()  # (name, entries) of each stacked array split (`check_stacked`)
 
 def output_name(key: str, source: str) -> str | None:
     """Our key for an output key or an alias of a single output (`last_hidden_state`,
@@ -180,6 +181,7 @@ def canonical_outputs(arrays: Mapping[str, Any], source: str) -> Candidate:
     notes: list[str] = []
     out: dict[str, np.ndarray] = {}
     ignored = []
+    stacked: list[tuple[str, int]] = []  # each stacked array split, for `check_stacked`
 
     def put(key: str, value: Any, given_as: str) -> None:
         arr = np.asarray(value)
@@ -198,6 +200,7 @@ def canonical_outputs(arrays: Mapping[str, Any], source: str) -> Candidate:
             name = _STACKED[key][0]
             for i, v in enumerate(value):
                 put(f"{name}.{i}", v, f"{key}[{i}]")
+            stacked.append((key, len(value)))
             continue
         if key in _STACKED and key != "attention_probs":
             name, ndim, want = _STACKED[key]
@@ -208,6 +211,7 @@ def canonical_outputs(arrays: Mapping[str, Any], source: str) -> Candidate:
                                      f"{ndim}-D {want}")
             for i in range(arr.shape[0]):
                 put(f"{name}.{i}", arr[i], key)
+            stacked.append((key, int(arr.shape[0])))
             notes.append(f"{key} {tuple(arr.shape)} split into {name}.0 .. {name}.{arr.shape[0] - 1}")
             continue
         name = output_name(key, source)
@@ -222,7 +226,7 @@ def canonical_outputs(arrays: Mapping[str, Any], source: str) -> Candidate:
     if not out:
         raise ArrayFileError(f"{source}: holds no outputs" + (f" (only inputs {ignored})" if ignored else "")
                              + f"; expected {OUTPUT_KEYS_HELP}")
-    return Candidate(out, tuple(notes))
+    return Candidate(out, tuple(notes), tuple(stacked))
 
 
 def read_candidate(path: str | os.PathLike) -> Candidate:
@@ -252,7 +256,7 @@ def read_candidate(path: str | os.PathLike) -> Candidate:
     if not raw:
         raise ArrayFileError(f"{path}: holds no arrays; expected {OUTPUT_KEYS_HELP}")
     read = canonical_outputs(raw, str(path))
-    return Candidate(read.arrays, tuple(notes) + read.notes)
+    return Candidate(read.arrays, tuple(notes) + read.notes, read.stacked)
 
 
 def read_outputs(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -186,9 +186,35 @@ def _valid_names(key: str) -> list[str]:
     return names
 
 
+#: Names other libraries give encoder outputs, and what each is in our terms: suggested before any
+#: spelling match, since a name that *means* another output is no typo of a similar-looking one.
+KNOWN_NAMES = {
+    "token_embeddings": "sentence-transformers' name for the last layer's output: store it as sequence_output "
+                        "(or last_hidden_state)",
+    "sentence_embedding": "sentence-transformers' pooled (and maybe normalised) sentence vector, not an encoder "
+                          "output: store token_embeddings as sequence_output, or check sentence vectors with "
+                          "`bert-ref embed`",
+    "sentence_embeddings": "sentence vectors, not an encoder output: store the last layer's output as "
+                           "sequence_output, or check sentence vectors with `bert-ref embed`",
+    "pooled": "pooled_output (Hugging Face: pooler_output)",
+    "pooler": "pooled_output (Hugging Face: pooler_output)",
+    "cls": "the [CLS] row of sequence_output, or pooled_output after the pooler: store the whole array",
+    "encoder_output": "sequence_output (or last_hidden_state)",
+    "encoder_outputs": "sequence_output (or last_hidden_state)",
+    "embedding_output": "hidden_states.0 (the embeddings' layer-norm output)",
+    "embeddings": "hidden_states.0 (the embeddings' layer-norm output)",
+    "logits": "a head's output, not the encoder's: compare sequence_output / pooled_output",
+}
+
+
 def unknown_key_message(key: str) -> str:
-    """"unexpected key 'X'; expected ... (closest match: 'Y')"."""
+    """"unexpected key 'X'; expected ... Did you mean 'Y'?": a known name of another library first
+    (`KNOWN_NAMES`), else the closest spelling."""
+    known = KNOWN_NAMES.get(key.lower().strip())
     close = difflib.get_close_matches(key, _valid_names(key), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    if known is not None:
+        hint = f" {key!r} is {known}."
+    else:
+        hint = f" Did you mean {close[0]!r}?" if close else ""
     return (f"unexpected key {key!r}; expected {OUTPUT_KEYS_HELP}, or Hugging Face's last_hidden_state, "
             f"pooler_output, hidden_states [L+1, B, S, H], attentions [L, B, heads, S, S].{hint}")

@@ -57,14 +57,38 @@ def expected_shapes(config: Any, batch: int, seq: int, keys: Iterable[str]) -> d
     return out
 
 
-def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[str, Any],
-                    source: str = "candidate") -> None:
-    """Check a candidate's keys and shapes against the model and the inputs, before running anything.
+def check_stacked(stacked: Sequence[tuple[str, int]], config: Any, source: str = "candidate") -> None:
+    """A stacked `hidden_states` of exactly L entries (L = the model's layers) is refused: Hugging
+    Face's holds L + 1 (the embeddings' output, then each layer's), and reading L entries in that
+    order would shift every layer by one and fail "at the embeddings" — wrong in verdict and place.
+    (`stacked`: (name, entries) per stacked array the reader split, `Candidate.stacked`.)
 
     Raises:
-        ValueError: an unknown key, a layer the model does not have, or a shape that is not the
-            inputs' padded batch (the message gives the shape expected and why).
+        ValueError: naming the entries found, the ones expected and how to store them unambiguously.
     """
+    layers = config.num_layers
+    for name, count in stacked:
+        if name == "hidden_states" and count == layers:
+            raise ValueError(
+                f"{source}: hidden_states has {count} entries, but the model has {layers} layers: a stacked "
+                f"hidden_states holds L+1 = {layers + 1} (hidden_states.0, the embeddings' output, then each "
+                f"layer's), so {count} entries cannot be placed without guessing. If they are the {layers} layers' "
+                f"outputs without the embeddings, store them as hidden_states.1 .. hidden_states.{layers} (or "
+                f"prepend the embeddings); if they lack the last layer, store hidden_states.0 .. "
+                f"hidden_states.{layers - 1}")
+
+
+def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[str, Any],
+                    source: str = "candidate", stacked: Sequence[tuple[str, int]] = ()) -> None:
+    """Check a candidate's keys and shapes against the model and the inputs, before running anything
+    (and its stacked arrays' lengths: `check_stacked`).
+
+    Raises:
+        ValueError: an unknown key, a layer the model does not have, a stacked hidden_states of L
+            entries, or a shape that is not the inputs' padded batch (the message gives the shape
+            expected and why).
+    """
+    check_stacked(stacked, config, source)
     layers = config.num_layers
     flat = as_flat(candidate, "candidate")
     for key in flat:

@@ -26,10 +26,12 @@ from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 __all__ = ["assert_close_to_reference"]
 
 
-def _canonical(candidate: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+def _canonical(candidate: Mapping[str, Any],
+               stacked: list[tuple[str, int]] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The candidate by our keys, read by the one reader of candidates
     (`bert_ref.oracle.candidates.canonical_outputs`: Hugging Face names, stacked arrays, the dtype
-    rule); torch tensors and other array-likes become NumPy arrays first."""
+    rule); torch tensors and other array-likes become NumPy arrays first. Each stacked array's
+    (name, entries) is appended to `stacked` (for `check_stacked`)."""
     if not isinstance(candidate, Mapping):
         raise TypeError("candidate_outputs must be a mapping of output names to arrays, got "
                         f"{type(candidate).__name__}")
@@ -42,6 +44,8 @@ def _canonical(candidate: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], lis
         else:
             arrays[key] = _numpy(value)
     read = canonical_outputs(arrays, "candidate_outputs")
+    if stacked is not None:
+        stacked.extend(read.stacked)
     return read.arrays, list(read.notes)
 
 
@@ -133,8 +137,9 @@ def assert_close_to_reference(
     if changes:
         model = BertBackbone(**{**model.config.to_dict(), **changes}, dtype=model.dtype_policy, weights=model.weights)
     ins = check_inputs({k: np.asarray(v) for k, v in inputs.items()}, "inputs")
-    flat, notes = _canonical(candidate_outputs)
-    check_candidate(flat, model.config, ins, "candidate_outputs")
+    stacked: list[tuple[str, int]] = []
+    flat, notes = _canonical(candidate_outputs, stacked)
+    check_candidate(flat, model.config, ins, "candidate_outputs", stacked)
     from bert_ref.oracle.run import detect_precision
 
     detected = detect_precision(flat)
