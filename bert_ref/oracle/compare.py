@@ -137,15 +137,15 @@ def compare(
             negative tolerances, a `floor_ratio` without a floor, or a `padding_mask` that does not fit.
     """
     atol_spec, rtol_spec = parse_tolerance(atol, "atol"), parse_tolerance(rtol, "rtol")
+    ens = {name: as_flat(m, f"ensemble member {name}") for name, m in (ensemble or {}).items()}
+    if ens and floor is None:
+        floor = next(iter(ens.values()))
     if floor_ratio is not None and (floor is None or not floor_ratio > 0):
         raise ValueError(f"floor_ratio={floor_ratio}: the floor-ratio mode needs a floor and K > 0")
     if precision is not None and precision not in UNIT_ROUNDOFF:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(UNIT_ROUNDOFF)}")
     ref = as_flat(reference, "reference")
     cand = as_flat(candidate, "candidate")
-    ens = {name: as_flat(m, f"ensemble member {name}") for name, m in (ensemble or {}).items()}
-    if ens and floor is None:
-        floor = next(iter(ens.values()))
     if ens and floor_ratio is None:
         raise ValueError("an ensemble is the floor of the floor-ratio mode: give floor_ratio (K) with it")
     k_of = {**verdict.default_limits(), **(limits or {})}
