@@ -89,7 +89,7 @@ def test_quantisers_follow_each_runtimes_rule():
 
 
 def test_symmetric_scheme_is_the_int8_policy(model, inputs):
-    assert int8.scheme_policy("symmetric") is get_policy("int8") or int8.scheme_policy("symmetric") == get_policy("int8")
+    assert int8.scheme_policy("symmetric") == get_policy("int8")
     f32 = np.dtype(np.float32)
     explicit = int8.Int8SchemePolicy("int8[symmetric]", f32, f32, f32, int8.DEFAULT_SCHEME)
     a = oracle_outputs(model, inputs, KEYS, dtype="int8")
