@@ -168,6 +168,21 @@ def judge_all(src: Path, expected: Mapping[str, Any], names: list[str] | None = 
     return rows
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The confusion matrix: one row per candidate, its expected and actual verdict, the statistics
+    that failed it, its largest ratio per statistic, the grade."""
+    out = ["| candidate | precision | expected | verdict (statistics over) | " + " | ".join(STATS)
+           + " | grade |", "|---|---|---|---|" + "---|" * len(STATS) + "---|"]
+    for r in rows:
+        worst = {s: max((o["checks"][s]["ratio"] for o in r["outputs"].values() if s in o["checks"]),
+                        default=math.nan) for s in STATS}
+        exp = r["expected"] + ("" if r["expected_first"] is None else f" at `{r['expected_first']}`")
+        got = r["verdict"] + ("" if r["first"] is None else f" at `{r['first']}` ({', '.join(r['failed_statistics'])})")
+        out.append(f"| {r['candidate']} | {r['precision']} | {exp} | {got} | "
+                   + " | ".join(_fmt(worst[s]) for s in STATS) + f" | {r['grade']} |")
+    return "\n".join(out)
+
+
 def _fmt(x: float) -> str:
     return "-" if not math.isfinite(x) else (f"{x:.2f}" if x < 100 else f"{x:.3g}")
 
@@ -178,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", default="suite", choices=["suite", "wide"])
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--only", default=None, help="comma-separated candidate names")
+    p.add_argument("--markdown", action="store_true", help="print the confusion matrix as a markdown table")
     a = p.parse_args(argv)
     expected = check_expected()
     src = SUITE_DIR if a.full_dir is None else a.full_dir / a.batch
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         got = r["verdict"] + ("" if r["first"] is None else f" {r['first']}")
         print(f"{r['candidate']:<28} {r['precision']:<8} {exp:<25} {got:<25} "
               + " ".join(f"{_fmt(worst[s]):>9}" for s in STATS) + f"  {r['grade']}", flush=True)
+    if a.markdown:
+        print(markdown(rows))
     wrong = [r["candidate"] for r in rows if r["grade"] == "WRONG"]
     print(f"{len(rows)} candidates, {len(wrong)} wrong" + (f": {', '.join(wrong)}" if wrong else ""))
     if a.json:
