@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.oracle.keys import ATTENTION_NAMES
+from bert_ref.oracle.keys import ATTENTION_NAMES, parse_key
 from bert_ref.oracle.report import Check, Power
 
 STATISTICS = ("max_abs", "rms", "mean_cos", "worst_cos", "channel", "recipe")
@@ -99,8 +99,7 @@ def rows(x: Any, key: str, valid: np.ndarray | None) -> np.ndarray:
     pooled outputs' sentences x channels; attention [B, heads, S, S] as (query, head) x keys.
     `valid` is `bert_ref.oracle.keys.valid_mask`'s (None: all valid)."""
     a = np.asarray(x)
-    name = key.rsplit("/", 1)[-1].split(".")[0]
-    if name in ATTENTION_NAMES and a.ndim == 4:  # [B, h, S, S] -> [B, S, h, S]: rows by query
+    if parse_key(key).name in ATTENTION_NAMES and a.ndim == 4:  # [B, h, S, S] -> [B, S, h, S]: rows by query
         a = a.transpose(0, 2, 1, 3)
         if valid is not None:
             valid = valid.transpose(0, 2, 1, 3)

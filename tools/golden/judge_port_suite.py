@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 SUITE_DIR = ROOT / "golden" / "ports" / "suite"
-STATS = ("max_abs", "rms", "mean_cos", "worst_cos", "channel")
+STATS = ("max_abs", "rms", "mean_cos", "worst_cos", "channel", "recipe")
 
 
 def check_expected(suite: Path = SUITE_DIR) -> dict[str, Any]:
