@@ -292,3 +292,25 @@ def test_cache_holds_the_union_of_outputs_asked(model, inputs, tmp_path, monkeyp
     assert np.array_equal(both["sequence_output"], a["sequence_output"])
     assert np.array_equal(both["hidden_states.1"], b["hidden_states.1"])
     assert oracle_cache.entry_key(model, inputs, "float64") + ".npz" == entries[0].name
+
+
+# -- the command ------------------------------------------------------------------------------------------
+
+
+def test_int8_scheme_on_the_command_line(model, inputs, tmp_path):
+    from needs import run_bert_ref
+
+    model.save_to_preset(tmp_path / "tiny")
+    np.savez(tmp_path / "in.npz", **inputs)
+    ours = oracle_outputs(model, inputs, KEYS, dtype=int8.scheme_policy("ort,per=channel"))
+    np.savez(tmp_path / "c.npz", **ours)
+    base = ("compare", tmp_path / "tiny", "-i", tmp_path / "in.npz", "-c", tmp_path / "c.npz")
+    r = run_bert_ref(*base, "--precision", "int8")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "note: int8 scheme ort,per=channel detected from the candidate's errors" in r.stdout
+    r = run_bert_ref(*base, "--int8-scheme", "torch")  # implies --precision int8; the wrong recipe
+    assert r.returncode == 1 and "distance from our run of the int8 recipe" in r.stdout, r.stdout
+    r = run_bert_ref(*base, "--int8-scheme", "ort,per=row")
+    assert r.returncode == 2 and "per='row' is not one of tensor, channel" in r.stderr, r.stderr
+    r = run_bert_ref(*base, "--int8-scheme", "ort", "--precision", "float16")
+    assert r.returncode == 2 and "--int8-scheme is for --precision int8" in r.stderr, r.stderr

@@ -209,7 +209,9 @@ def write_junit(path: str | os.PathLike, report: Any, suite: str,
         stats = v if not v.passed else (e.padded or v)
         msg = (f"{e.key} ({e.stage}): max abs error {stats.max_abs_error:.3e}, rms {stats.rms_error:.3e}, "
                f"worst at {e.where(stats.worst_index)} (reference {stats.worst_reference}, candidate "
-               f"{stats.worst_candidate})" + (f", {e.floor_ratio:.3g}x the floor" if e.floor_ratio is not None else ""))
+               f"{stats.worst_candidate})" + (f", {e.floor_ratio:.3g}x the floor" if e.floor_ratio is not None else "")
+               + "".join(f"; {c.label} {c.ratio:.3g}x the ensemble's largest (limit {c.limit:g}x)"
+                         for c in e.failed_checks if c.statistic != "max_abs"))
         cases.append(f"    <testcase {attrs}>\n      <failure message={quoteattr(msg)} type=\"OverTolerance\">"
                      f"{escape(msg)}</failure>\n    </testcase>")
     for name, failure in extra:
