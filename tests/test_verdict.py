@@ -278,7 +278,7 @@ def test_cache_holds_the_union_of_outputs_asked(model, inputs, tmp_path, monkeyp
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE", str(tmp_path / "oc"))
     a = oracle_outputs(model, inputs, ["sequence_output"], dtype="float64", cache=True)
     b = oracle_outputs(model, inputs, ["hidden_states.1", "pooled_output"], dtype="float64", cache=True)
-    entries = list((tmp_path / "oc").glob("*.npz"))
+    entries = list((tmp_path / "oc").glob("*" + oracle_cache.SUFFIX))
     assert len(entries) == 1  # one entry per model, inputs and policy, now holding all three outputs
     run = sys.modules["bert_ref.oracle.run"]
 
@@ -291,7 +291,7 @@ def test_cache_holds_the_union_of_outputs_asked(model, inputs, tmp_path, monkeyp
                           cache=True)
     assert np.array_equal(both["sequence_output"], a["sequence_output"])
     assert np.array_equal(both["hidden_states.1"], b["hidden_states.1"])
-    assert oracle_cache.entry_key(model, inputs, "float64") + ".npz" == entries[0].name
+    assert oracle_cache.entry_key(model, inputs, "float64") + oracle_cache.SUFFIX == entries[0].name
 
 
 # -- the command ------------------------------------------------------------------------------------------
