@@ -58,7 +58,7 @@ def _no_forward(monkeypatch, model):
 
 
 def _entry(model, inputs, policy, keys=KEYS) -> Path:
-    return oracle_cache.cache_root() / (oracle_cache.entry_key(model, inputs, policy, keys) + oracle_cache.SUFFIX)
+    return oracle_cache.cache_root() / (oracle_cache.entry_key(model, inputs, policy) + oracle_cache.SUFFIX)
 
 
 # -- damaged or misplaced entries ---------------------------------------------------------------------
