@@ -13,9 +13,11 @@ refused: which one "wins" would otherwise depend on their order.
 
 from __future__ import annotations
 
+import functools
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -103,54 +105,57 @@ def _copy(src: IO[bytes], dst: IO[bytes], budget: _Budget, name: str) -> None:
         dst.write(chunk)
 
 
+#: A member to extract: (its name in the archive, its path under the target, whether it is a
+#: directory, how to open its bytes).
+_Member = tuple[str, PurePosixPath, bool, Callable[[], IO[bytes]]]
+
+
+def _write_members(plan: list[_Member], target: Path, source: str) -> list[str]:
+    """Make the planned directories and copy the planned files under `target`, within the byte
+    limit (counted on what is read: a member may inflate beyond its declared size)."""
+    written, copied = [], _Budget(source)
+    for name, rel, is_dir, open_member in plan:
+        out = target / rel
+        if is_dir:
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, open(out, "wb") as dst:
+            _copy(src, dst, copied, name)
+        written.append(rel.as_posix())
+    return written
+
+
+def _tar_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    src = tar.extractfile(member)
+    assert src is not None  # a regular file (checked when planned)
+    return src
+
+
 def _extract_tar(archive: Path, target: Path, source: str) -> list[str]:
-    written = []
-    planned, copied = _Budget(source), _Budget(source)
+    planned, where = _Budget(source), f"archive from {source}"
     with tarfile.open(archive, "r:*") as tar:
-        plan = []
+        plan: list[_Member] = []
         for m in tar:  # one member at a time: the entry limit holds before the whole index is read
-            where = f"archive from {source}"
             rel = safe_relpath(m.name, where)
             if not (m.isfile() or m.isdir()):
                 raise UnsafeArchiveError(f"{where}: member {m.name!r} is {_kind(m)}; only regular "
                                          "files and directories are extracted")
             planned.entry(m.name, rel, m.size if m.isfile() else 0, m.isfile())
-            plan.append((m, rel))
-        for m, rel in plan:
-            out = target / rel
-            if m.isdir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            assert src is not None
-            with src, open(out, "wb") as dst:
-                _copy(src, dst, copied, m.name)
-            written.append(rel.as_posix())
-    return written
+            plan.append((m.name, rel, m.isdir(), functools.partial(_tar_file, tar, m)))
+        return _write_members(plan, target, source)
 
 
 def _extract_zip(archive: Path, target: Path, source: str) -> list[str]:
-    written = []
-    planned, copied = _Budget(source), _Budget(source)
+    planned, where = _Budget(source), f"archive from {source}"
     with zipfile.ZipFile(archive) as zf:
-        plan = []
+        plan: list[_Member] = []
         for info in zf.infolist():
-            where = f"archive from {source}"
             rel = safe_relpath(info.filename, where)
             mode = info.external_attr >> 16
             if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise UnsafeArchiveError(f"{where}: member {info.filename!r} is not a regular file "
                                          f"or directory (mode {oct(mode)}); links are not extracted")
             planned.entry(info.filename, rel, info.file_size, not info.is_dir())
-            plan.append((info, rel))
-        for info, rel in plan:
-            out = target / rel
-            if info.is_dir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(out, "wb") as dst:
-                _copy(src, dst, copied, info.filename)
-            written.append(rel.as_posix())
-    return written
+            plan.append((info.filename, rel, info.is_dir(), functools.partial(zf.open, info)))
+        return _write_members(plan, target, source)
