@@ -239,20 +239,23 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, activation: str | None = None) -> np.ndarray:
     """`ops.dense`, the bias added in place over row chunks on THREADS threads; with an `activation`,
     bias and activation applied together to one cache-sized block of rows at a time (one pass over
-    memory instead of two). [..., In], [In, Out], [Out] -> [..., Out]"""
-    y = np.matmul(x.reshape(-1, x.shape[-1]), kernel)  # [N, Out]
+    memory instead of two). [..., In], [In, Out], [Out] -> [..., Out]
+
+    The result owns its memory (it is not a view), so that NumPy may add the residual into it in
+    place (its temporary elision: `dense(...) + x` of a result no one else holds)."""
+    out = np.empty((*x.shape[:-1], kernel.shape[-1]), np.result_type(x, kernel))
+    y = np.matmul(x.reshape(-1, x.shape[-1]), kernel, out=out.reshape(-1, kernel.shape[-1]))  # [N, Out]
     if np.result_type(y, bias) != y.dtype or y.dtype.type not in _GELU_BLOCKS:
-        y = y + bias
-        if activation is not None:
-            y = ACTIVATIONS[activation](y)
-    elif activation is not None:
+        out = (y + bias).reshape(out.shape)
+        return out if activation is None else ACTIVATIONS[activation](out)
+    if activation is not None:
         _bias_activation(y, bias, activation)
     else:
         def add_bias(first: int, last: int) -> None:
             y[first:last] += bias
 
         parallel(add_bias, y.shape[0], min_size=64)
-    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+    return out
 
 
 def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.ndarray:
