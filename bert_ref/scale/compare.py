@@ -362,8 +362,7 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
         # of a `run` shard) and cut to the rows compared.
         full = {k: np.asarray(padded_inputs[k][rows, :width]) for k in INPUT_KEYS}
         full["padding_mask"] = full["padding_mask"].astype(bool)
-        pos = np.searchsorted(rows, sel) if np.all(np.diff(rows) >= 0) else np.array([np.flatnonzero(rows == s)[0]
-                                                                                     for s in sel])
+        pos = np.flatnonzero(wanted[rows])  # where the compared rows are in the batch (sel keeps rows' order)
         if ref is not None:
             r_arrays = {k: ref.padded(k, sel, width) for k in plan.keys}
         else:

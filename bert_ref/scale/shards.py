@@ -372,7 +372,7 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
     t0 = time.perf_counter()
     records = job.dataset.read(start, stop, vocabulary_size=job.vocabulary_size, num_segments=job.num_segments,
                                max_length=job.max_length, tokenizer=lambda: worker_tokenizer(job),
-                                   truncate=job.truncate)
+                               truncate=job.truncate)
     t1 = time.perf_counter()
     if model is not None:
         config, dtype = model.config, model.dtype_policy.compute_dtype
