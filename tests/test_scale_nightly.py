@@ -259,9 +259,17 @@ def test_the_floor_read_from_a_run_gives_the_verdict_computed_on_the_fly(runs):
     for r in (on_the_fly, from_dirs, truth_only):
         assert r.passed and r.report.precision == "float16" and r.report.floor_ratio_limit == 4.0
     for a, b, c in zip(on_the_fly.report, from_dirs.report, truth_only.report, strict=True):
-        assert a.floor_scale == b.floor_scale == c.floor_scale
+        # The truth read or computed: the same verdict, ensemble included (computed on the fly, by a
+        # model loaded in float64 or in float16: the same runs but for the order of a few sums).
+        assert a.floor_scale == c.floor_scale and [k.statistic for k in a.checks] == [k.statistic for k in c.checks]
+        for x, y in zip(a.checks, c.checks, strict=True):
+            assert x.value == y.value and x.members == pytest.approx(y.members, rel=1e-12) and x.passed == y.passed
         assert a.valid.max_abs_error == b.valid.max_abs_error == c.valid.max_abs_error
-        assert a.floor_ratio == pytest.approx(1.0)  # our own float16 run is the float16 floor
+        assert {k.statistic for k in a.checks} >= {"max_abs", "rms", "mean_cos", "worst_cos"}
+        assert len(a.check("rms").members) == 3  # float16, its fused and its wide variant
+        # --floor-from holds the floor run alone: it is the ensemble, and our float16 run is exactly it.
+        assert all(len(k.members) == 1 and k.ratio == pytest.approx(1.0) for k in b.checks)
+        assert b.floor_scale <= a.floor_scale
 
 
 def test_a_half_precision_candidate_is_judged_against_the_truth_without_flags(runs):
@@ -291,6 +299,12 @@ def test_one_batch_gives_the_single_batch_compare_numbers(runs, tmp_path):
         assert a.valid.max_abs_error == b.valid.max_abs_error and a.floor_scale == b.floor_scale
         assert a.valid.rms_error == pytest.approx(b.valid.rms_error, rel=1e-12)
         assert a.valid.count == b.valid.count and a.passed == b.passed
+        # The verdict's statistics, summed over the dataset's rows, are the single batch's (the same
+        # ensemble, the same K): equal up to the order of the sums.
+        assert [k.statistic for k in a.checks] == [k.statistic for k in b.checks] and a.checks
+        for x, y in zip(a.checks, b.checks, strict=True):
+            assert x.value == pytest.approx(y.value, rel=1e-9) and x.reference == pytest.approx(y.reference, rel=1e-9)
+            assert x.members == pytest.approx(y.members, rel=1e-9) and x.limit == y.limit
 
 
 def planted(d: Path, tmp: Path, changes: dict[tuple[int, int, int], float]) -> Path:

@@ -71,7 +71,8 @@ def cli_compare(args: Any) -> int:
                              shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers,
                              threads=args.threads, sequence_length=args.sequence_length, truncate=args.truncate,
                              batch_tokens=args.batch_tokens, worst=args.worst,
-                             progress=False if args.no_progress else None)
+                             progress=False if args.no_progress else None,
+                             int8_scheme=getattr(args, "int8_scheme", None))
     if args.junit:
         from bert_ref.cli.compare import write_junit
 

@@ -74,6 +74,7 @@ class Plan:
     floor_policy: str | None  # the policy of --floor-from's run
     model: bool  # does a task run the model (a reference or floor on the fly)?
     candidate_name: str
+    int8_scheme: str | None = None  # the int8 recipe of the ensemble (bert_ref.oracle.int8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,8 +122,67 @@ def _merge_stats(a: Stats | None, b: Stats, by_ratio: bool, records: np.ndarray 
 
 
 @dataclasses.dataclass
+class Sums:
+    """What the verdict's statistics of one run's error (`bert_ref.oracle.verdict.statistics`) need,
+    summed over batches: they are computed once, over every row of the dataset, by `statistics`."""
+
+    rows: int = 0
+    elems: int = 0
+    sum_sq: float = 0.0
+    max_abs: float = 0.0
+    sum_cos: float = 0.0
+    max_cos: float = 0.0
+    channel: np.ndarray | None = None  # [C] the sum over rows of each channel's error
+    nonfinite: bool = False
+
+    def add(self, x: np.ndarray, truth: np.ndarray) -> None:
+        """Rows [n, C] of a run and of the truth (`verdict.rows`)."""
+        from bert_ref.oracle import verdict
+
+        e = x - truth  # [n, C]
+        if not np.isfinite(e).all():
+            self.nonfinite = True
+            return
+        if e.size == 0:
+            return
+        deficit = verdict.cosine_deficits(x, truth)  # [n]
+        self.rows += e.shape[0]
+        self.elems += e.size
+        self.sum_sq += float(np.sum(e * e))
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(e))))
+        self.sum_cos += float(deficit.sum())
+        self.max_cos = max(self.max_cos, float(deficit.max()))
+        total = e.sum(axis=0)
+        self.channel = total if self.channel is None else self.channel + total
+
+    def merge(self, o: Sums) -> None:
+        self.rows, self.elems, self.sum_sq = self.rows + o.rows, self.elems + o.elems, self.sum_sq + o.sum_sq
+        self.max_abs, self.sum_cos = max(self.max_abs, o.max_abs), self.sum_cos + o.sum_cos
+        self.max_cos, self.nonfinite = max(self.max_cos, o.max_cos), self.nonfinite or o.nonfinite
+        if o.channel is not None:
+            self.channel = o.channel.copy() if self.channel is None else self.channel + o.channel
+
+    def statistics(self) -> dict[str, float]:
+        """`verdict.statistics` over every row added."""
+        from bert_ref.oracle import verdict
+
+        if self.nonfinite:
+            return dict.fromkeys(verdict.STATISTICS, math.nan)
+        if self.elems == 0:
+            return dict.fromkeys(verdict.STATISTICS, 0.0)
+        out = {"max_abs": self.max_abs, "rms": math.sqrt(self.sum_sq / self.elems),
+               "mean_cos": self.sum_cos / self.rows, "worst_cos": self.max_cos}
+        if self.rows >= verdict.CHANNEL_MIN_ROWS and self.channel is not None:
+            mean = self.channel / self.rows  # [C]
+            out["channel"] = float(np.sqrt(np.mean(mean * mean)))
+        return out
+
+
+@dataclasses.dataclass
 class Merged:
-    """One output's entries over many batches (see `merge_entry`)."""
+    """One output's entries over many batches (see `merge_entry`), and with an ensemble the sums of
+    the verdict's statistics of the candidate (`sums["candidate"]`) and of each member (the floor
+    first)."""
 
     key: str
     stage: str
@@ -134,6 +194,7 @@ class Merged:
     rtol: float = 0.0
     width: int = 0
     records: int = 0
+    sums: dict[str, Sums] = dataclasses.field(default_factory=dict)
 
 
 def merge_entry(m: Merged, e: Entry, records: np.ndarray, floor_mode: bool) -> Merged:
@@ -162,20 +223,33 @@ def merge_into(into: dict[str, Merged], other: Mapping[str, Merged], floor_mode:
         t.floor_scale = max(t.floor_scale, m.floor_scale)
         t.width, t.records = max(t.width, m.width), t.records + m.records
         t.atol, t.rtol = m.atol, m.rtol
+        for name, sums in m.sums.items():
+            t.sums.setdefault(name, Sums()).merge(sums)
 
 
-def dataset_entry(m: Merged, floor_ratio: float | None, hidden: int) -> Entry:
+def dataset_entry(m: Merged, floor_ratio: float | None, hidden: int,
+                  limits: Mapping[str, float] | None = None) -> Entry:
     """The verdict on one output over the dataset (the single-batch rule of `bert_ref.oracle.compare`,
     taken once over every record): in the floor-ratio mode the output passes when its largest error
     is at most K x the floor's largest (`floor_scale`: at least one rounding of the largest
-    reference value, as in a batch); otherwise when every element is within its tolerance. A
-    non-finite candidate value always fails."""
+    reference value, as in a batch, and with an ensemble the largest of its members'), and each
+    statistic of `bert_ref.oracle.verdict` is within its limit times the largest the ensemble
+    reaches (`verdict.make_checks` on the statistics over every record); otherwise when every
+    element is within its tolerance. A non-finite candidate value always fails."""
+    from bert_ref.oracle import verdict
     from bert_ref.oracle.keys import placement
 
     assert m.valid is not None
     v = m.valid
     f_ratio = rms_ratio = None
     atol, rtol = m.atol, m.rtol
+    checks: tuple[Any, ...] = ()
+    if m.sums and floor_ratio is not None:
+        mine = m.sums["candidate"].statistics()
+        theirs = [sums.statistics() for name, sums in m.sums.items() if name != "candidate"]
+        m.floor_scale = max([m.floor_scale, *(t["max_abs"] for t in theirs)])
+        k_of = {**verdict.default_limits(), **(limits or {}), "max_abs": floor_ratio}
+        checks = verdict.make_checks(mine, theirs, floor_scale=m.floor_scale, limits=k_of)
     if m.floor is not None:
         a, b = v.max_abs_error, m.floor_scale
         f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
@@ -187,14 +261,15 @@ def dataset_entry(m: Merged, floor_ratio: float | None, hidden: int) -> Entry:
         ratio = v.max_abs_error / limit if limit > 0 else (0.0 if v.max_abs_error == 0 else math.inf)
         v = dataclasses.replace(v, tolerance_ratio=math.nan if math.isnan(v.max_abs_error) else ratio,
                                 worst_tolerance=limit)
-    passed = bool(v.nonfinite == 0 and not math.isnan(v.tolerance_ratio) and v.tolerance_ratio <= 1.0)
-    v = dataclasses.replace(v, passed=passed)
+    valid_ok = bool(v.nonfinite == 0 and not math.isnan(v.tolerance_ratio) and v.tolerance_ratio <= 1.0)
+    v = dataclasses.replace(v, passed=valid_ok)
+    passed = valid_ok and all(c.passed for c in checks)
     _, stage, layer = placement(m.key)
     seq = is_sequence_key(m.key)
     shape = (m.records, m.width, hidden) if seq else (m.records, hidden)
     axes = ("record", "position", "channel") if seq else ("record", "channel")
     return Entry(m.key, stage, layer, shape, axes, v, None, passed, m.floor,
-                 f_ratio, m.floor_scale if m.floor is not None else None, rms_ratio, atol, rtol)
+                 f_ratio, m.floor_scale if m.floor is not None else None, rms_ratio, atol, rtol, None, checks, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,8 +362,18 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
                   ref_entry: Mapping[str, Any] | None, floor_entry: Mapping[str, Any] | None) -> dict[str, Any]:
     """The task of `compare_dataset`: one shard's merged entries, its worst records, the records
     whose inputs differ, and the alignment check. `cand` is the candidate cut to this shard."""
+    from bert_ref.oracle import verdict
     from bert_ref.oracle.compare import compare
-    from bert_ref.oracle.run import float64_floor, floor_name, floor_outputs, oracle_outputs, truth_report
+    from bert_ref.oracle.int8 import parse_int8_scheme
+    from bert_ref.oracle.keys import valid_mask
+    from bert_ref.oracle.run import (
+        ensemble_outputs,
+        float64_floor,
+        floor_name,
+        floor_outputs,
+        oracle_outputs,
+        truth_report,
+    )
     from bert_ref.scale.shards import set_threads, worker_model, worker_tokenizer
 
     t0 = time.perf_counter()
@@ -370,12 +455,23 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
             dtype = "float64" if plan.truth else None
             out = oracle_outputs(model, full, plan.keys, dtype=dtype)
             r_arrays = {k: np.asarray(out[k])[pos] for k in plan.keys}
+        members: dict[str, dict[str, np.ndarray]] = {}  # the ensemble's runs for these rows, the floor first
         if plan.truth:
             assert plan.precision is not None
+            with_ensemble = plan.floor_ratio is not None and plan.precision != "float64"
             if flo is not None:
                 f_arrays = {k: flo.padded(k, sel, width) for k in plan.keys}
                 if plan.precision == "float64":
                     f_arrays = float64_floor(r_arrays, f_arrays)
+                name = floor_name(plan.precision)
+                if with_ensemble:
+                    members = {"floor": f_arrays}
+            elif with_ensemble:  # as compare_to_truth: our run and its legitimate variants
+                assert model is not None
+                scheme = parse_int8_scheme(plan.int8_scheme) if plan.int8_scheme else None
+                runs = ensemble_outputs(model, full, plan.keys, plan.precision, scheme=scheme)
+                members = {n: {k: np.asarray(v[k])[pos] for k in plan.keys} for n, v in runs.items()}
+                f_arrays = next(iter(members.values()))
                 name = floor_name(plan.precision)
             else:
                 assert model is not None
@@ -398,7 +494,12 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
             notes.append(name)
         mask = inputs["padding_mask"]
         for e in report:
-            merge_entry(merged.setdefault(e.key, Merged(e.key, e.stage, e.layer)), e, recs, floor_mode)
+            m = merge_entry(merged.setdefault(e.key, Merged(e.key, e.stage, e.layer)), e, recs, floor_mode)
+            if members:  # the verdict's statistics, summed over the dataset's rows (`Sums`)
+                valid = valid_mask(e.key, r_arrays[e.key].shape, mask)
+                t_rows = verdict.rows(r_arrays[e.key], e.key, valid)
+                for run_name, arrays in (("candidate", c_arrays), *members.items()):
+                    m.sums.setdefault(run_name, Sums()).add(verdict.rows(arrays[e.key], e.key, valid), t_rows)
             err, ratio = _worst_records(r_arrays[e.key], c_arrays[e.key], mask, e.atol, e.rtol, not floor_mode)
             score = err if floor_mode else ratio
             worst[e.key] += [(int(recs[i]), float(err[i]), float(ratio[i])) for i in np.argsort(-score, kind="stable")
@@ -559,6 +660,7 @@ def compare_dataset(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     worst: int = 5,
     progress: bool | None = None,
+    int8_scheme: str | None = None,
 ) -> DatasetReport:
     """Compare a candidate's outputs on `dataset` with ours (see the module docstring).
 
@@ -574,6 +676,8 @@ def compare_dataset(
         atol, rtol: tolerances (numbers or per kind of output, `bert_ref.oracle.tolerances`).
         records: "A:B", compare only records A .. B-1.
         worst: how many worst records to report per output.
+        int8_scheme: the int8 recipe of the ensemble (`bert_ref.oracle.int8`; default `symmetric`:
+            the dataset compare does not detect it).
         The other arguments are `run_dataset`'s (taken from `reference` when given).
 
     Returns:
@@ -636,6 +740,13 @@ def compare_dataset(
                                "the truth needs `bert-ref run --dtype float64`")
     elif ref_manifest is not None and dtype is not None and ref_manifest["job"]["policy"] != dtype:
         raise DatasetError(f"--reference {reference}: a {ref_manifest['job']['policy']} run, not {dtype}")
+    if truth_mode and prec not in (None, "float64") and floor_ratio is not None:
+        if floor_manifest is not None:
+            notes.append(f"the floor read from --floor-from is the whole ensemble: each statistic is held to K x the "
+                         f"floor run's own (without --floor-from, our {prec} runs' variants are computed too and the "
+                         "largest of theirs is the reference)")
+        if prec == "int8" and int8_scheme is None:
+            notes.append("int8 recipe: symmetric (the dataset compare does not detect it; --int8-scheme names it)")
     if floor_manifest is not None:
         if not truth_mode:
             raise DatasetError("--floor-from gives the floor of a compare against the truth: add --precision P "
@@ -663,7 +774,8 @@ def compare_dataset(
     plan = Plan(tuple(cand.keys), truth_mode, prec, floor_ratio, atol, rtol, worst, first, last,
                 str(Path(reference).resolve()) if reference is not None else None,
                 str(Path(floor_from).resolve()) if floor_from is not None else None,
-                floor_manifest["job"]["policy"] if floor_manifest is not None else None, needs_model, name)
+                floor_manifest["job"]["policy"] if floor_manifest is not None else None, needs_model, name,
+                int8_scheme)
     n = job.dataset.num_records
     num_shards = -(-n // shard_size)
     ref_entries = {e["shard"]: e for e in ref_manifest["shards"]} if ref_manifest else {}
@@ -699,6 +811,9 @@ def _report(results: list[dict[str, Any]], plan: Plan, job: ScaleJob, hidden: in
     for r in results:
         merge_into(merged, r["merged"], floor_mode)
     entries = tuple(dataset_entry(merged[k], plan.floor_ratio, hidden) for k in sorted(merged, key=key_order))
+    if any(e.checks for e in entries):
+        notes.append("the verdict's statistics are taken over every compared record (the detection power of a "
+                     "batch's verdict is not computed over a dataset)")
     ds = job.dataset
     worst: dict[str, list[dict[str, Any]]] = {}
     for key in sorted(merged, key=key_order):
