@@ -683,7 +683,7 @@ def compare_dataset(
     Returns:
         A `DatasetReport`; `report.passed` is the verdict.
     """
-    from bert_ref.model.precision import PRECISIONS
+    from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS
     from bert_ref.oracle.run import default_floor_ratio
     from bert_ref.oracle.tolerances import parse_tolerance
 
@@ -727,7 +727,7 @@ def compare_dataset(
     # The mode, as the single-batch compare chooses it.
     detected = cand.precision
     truth_mode = truth or precision is not None or floor_ratio is not None or (
-        detected in ("float16", "bfloat16") and atol is None and rtol is None)
+        detected in HALF_PRECISIONS and atol is None and rtol is None)
     notes = list(cand.notes)
     prec = None
     if truth_mode:
