@@ -31,8 +31,6 @@ _INV_SQRT_2 = 0.7071067811865476  # 1 / sqrt(2)
 
 # erf: per dtype, the polynomial coefficients [coefficient (highest power first), interval] of
 # intervals of width 1/2 from 0, and the |x| from which erf(x) is ±1 to the dtype's precision.
-Dense = tuple[np.ndarray, np.ndarray]  # a dense layer's (kernel [In, Out], bias [Out])
-
 ERF_TABLES: dict[np.dtype, tuple[np.ndarray, float]] = {
     np.dtype(np.float64): (np.array(_erf_table.F64, dtype=np.float64).T.copy(), 6.0),
     np.dtype(np.float32): (np.array(_erf_table.F32, dtype=np.float32).T.copy(), 4.0),
