@@ -211,11 +211,6 @@ def _npz_members(path: Path, *, total_limit: bool) -> dict[str, Member]:
     return out
 
 
-def _npz_header(path: Path, *, total_limit: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """key -> (shape, dtype) of a `.npz` (see `_npz_members` for what is checked)."""
-    return {k: (m.shape, m.dtype) for k, m in _npz_members(path, total_limit=total_limit).items()}
-
-
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise ArrayFileError(f"{path}: no such file")
@@ -228,25 +223,7 @@ def read_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.
     alone (no array is loaded; bfloat16 is reported as ml_dtypes' bfloat16). The checks of
     `read_arrays` apply, except the total size limit: a dataset's files are read a slice at a time
     (`read_rows`)."""
-    path = Path(path)
-    suffix = _suffix(path, (".npz", ".safetensors"))
-    _check_file(path)
-    try:
-        if suffix == ".npz":
-            return _npz_header(path, total_limit=False)
-        from bert_ref.io.checkpoints.safetensors_io import numpy_dtype
-        from bert_ref.io.checkpoints.safetensors_io import read_header as safetensors_header
-
-        header, _, _ = safetensors_header(path)
-        return {k: (tuple(v["shape"]), numpy_dtype(v["dtype"], f"{path}: key {k!r}")) for k, v in header.items()}
-    except ArrayFileError:
-        raise
-    except limits.LimitError as e:
-        raise ArrayFileError(str(e)) from None
-    except OSError as e:
-        raise file_error(e, path, "read") from None
-    except (ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ArrayFileError(f"{path}: cannot read as {suffix} ({_one_line(e)})") from None
+    return {k: (m.shape, m.dtype) for k, m in array_members(path).items()}
 
 
 def array_members(path: str | os.PathLike) -> dict[str, Member]:
@@ -343,7 +320,7 @@ def read_arrays(path: str | os.PathLike, suffixes: tuple[str, ...] = SUFFIXES) -
     _check_file(path)
     try:
         if suffix == ".npz":
-            _npz_header(path, total_limit=True)
+            _npz_members(path, total_limit=True)  # checked before anything is inflated
             with np.load(path, allow_pickle=False) as data:
                 if not isinstance(data, np.lib.npyio.NpzFile):
                     raise ArrayFileError(f"{path}: not a .npz archive (it holds a single .npy array)")

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.io.arrays import ArrayFileError, Member, array_members, read_member_rows
+from bert_ref.io.arrays import Member, array_members, read_member_rows
 from bert_ref.oracle.keys import canonical_key, parse_key, try_parse_key
-from bert_ref.scale.dataset import DatasetError
+from bert_ref.scale.dataset import DatasetError, dataset_errors
 
 #: Hugging Face / ONNX input names, read as ours.
 INPUT_NAMES = {"token_ids": "token_ids", "input_ids": "token_ids", "segment_ids": "segment_ids",
@@ -120,17 +120,13 @@ def _layer_view(m: Member, i: int, key: str) -> Member:
 
 
 def members(path: Path) -> dict[str, Member]:
-    try:
+    with dataset_errors():
         return array_members(path)
-    except ArrayFileError as e:
-        raise DatasetError(str(e)) from None
 
 
 def read_rows(path: Path, member: Member, a: int, b: int) -> np.ndarray:
-    try:
+    with dataset_errors():
         return read_member_rows(path, member, a, b)
-    except ArrayFileError as e:
-        raise DatasetError(str(e)) from None
 
 
 def _read_file(f: Path, num_layers: int, hidden: int) -> tuple[CandidateFile, Member | None, list[str]]:
@@ -147,10 +143,8 @@ def _read_file(f: Path, num_layers: int, hidden: int) -> tuple[CandidateFile, Me
     def put(key: str, m: Member, name: str) -> None:
         if key in outputs:
             raise DatasetError(f"{f}: {key} is given twice (as {name} and under another name); keep one")
-        try:
+        with dataset_errors():
             check_output_dtype(m.dtype, str(f), name)  # the one dtype rule of outputs
-        except ArrayFileError as e:
-            raise DatasetError(str(e)) from None
         outputs[key] = m
 
     for name, m in found.items():
@@ -160,10 +154,8 @@ def _read_file(f: Path, num_layers: int, hidden: int) -> tuple[CandidateFile, Me
             key = INPUT_NAMES[name]
             if key in inputs:
                 raise DatasetError(f"{f}: both {name!r} and another name for {key}; keep one")
-            try:
+            with dataset_errors():
                 check_input_dtype(m.dtype, str(f), key)  # the one dtype rule of inputs
-            except ArrayFileError as e:
-                raise DatasetError(str(e)) from None
             inputs[key] = m
         elif name in IGNORED:
             ignored.append(name)

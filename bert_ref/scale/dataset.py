@@ -38,10 +38,11 @@ data never travels through a scheduler.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,25 +260,30 @@ def _open_text(p: Path, kind: str) -> Dataset:
     return Dataset(str(p), kind, len(lines), np.array(offsets, np.int64), np.array(lines, np.int64))
 
 
+@contextlib.contextmanager
+def dataset_errors() -> Iterator[None]:
+    """The one array reader's `ArrayFileError`, raised as a `DatasetError` (the same message)."""
+    try:
+        yield
+    except ArrayFileError as e:
+        raise DatasetError(str(e)) from None
+
+
 def array_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """key -> (shape, dtype) of an `.npz` / `.safetensors` file, from its headers (the one array
     reader, `bert_ref.io.arrays.read_header`: every array must hold the bytes it declares)."""
-    try:
+    with dataset_errors():
         return read_header(path)
-    except ArrayFileError as e:
-        raise DatasetError(str(e)) from None
 
 
 def _open_arrays(p: Path, paths: Sequence[Path]) -> Dataset:
     files = []
     total = 0
     for f in paths:
-        try:
+        with dataset_errors():
             found = array_members(f)
             header = {k: (m.shape, m.dtype) for k, m in found.items()}
             shape = check_input_header(header, str(f))
-        except ArrayFileError as e:
-            raise DatasetError(str(e)) from None
         files.append(ArrayFile(str(f), int(shape[0]), int(shape[1]), tuple(header), tuple(found.values())))
         total += int(shape[0])
     if total == 0:
@@ -417,10 +423,8 @@ def _read_text_records(ds: Dataset, start: int, stop: int, tokenizer: Any, max_l
 
 def load_rows(f: ArrayFile, a: int, b: int) -> dict[str, np.ndarray]:
     """Rows `[a, b)` of each array of `f`, read by slices (`bert_ref.io.arrays.read_rows`)."""
-    try:
+    with dataset_errors():
         return read_rows(f.path, f.keys, a, b, {m.key: m for m in f.members} if f.members else None)
-    except ArrayFileError as e:
-        raise DatasetError(str(e)) from None
 
 
 def _read_array_records(ds: Dataset, start: int, stop: int) -> Records:
