@@ -313,16 +313,17 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
         encode = functools.partial(runtime.in_batch_parts, encode, hidden=config.hidden_dim)
     x, hidden_states, attentions = encode(token_ids, segment_ids, mask)
     # Pooler: the [CLS] position, over the whole batch. [B, S, H] -> [B, H]
-    pooled = _step(policy, record, "pooled_output",
+    pooled = _step(policy, record, "", "pooled_output",
                    f.pooler(policy.dense_input(x[:, :1]), params["pooler_kernel"], params["pooler_bias"]))
     return _outputs(policy, x, pooled, hidden_states, attentions, recorded if trace is True else None)
 
 
-def _step(policy: Policy, record: Record | None, name: str, value: np.ndarray) -> np.ndarray:
-    """A named step: `value` rounded at the policy's rounding point of `name`; a copy recorded in the trace."""
-    value = policy.round_at(name.rsplit("/", 1)[-1] if name.startswith("transformer_layer_") else name, value)
+def _step(policy: Policy, record: Record | None, prefix: str, name: str, value: np.ndarray) -> np.ndarray:
+    """A named step: `value` rounded at the policy's rounding point `name`; a copy recorded in the
+    trace as `prefix + name` (the prefix: "transformer_layer_{i}/" inside layer i, else "")."""
+    value = policy.round_at(name, value)
     if record is not None:
-        record(name, policy.output(value).copy())
+        record(prefix + name, policy.output(value).copy())
     return value
 
 
@@ -345,7 +346,7 @@ def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy,
     fused = record is None and not policy.rounds and not policy.rounds_matmul_inputs  # no step between steps
 
     def step(name: str, value: np.ndarray) -> np.ndarray:
-        return _step(policy, record, prefix + name, value)
+        return _step(policy, record, prefix, name, value)
 
     def self_attention(x: np.ndarray, p: dict) -> np.ndarray:  # [B, S, H] -> [B, S, H]
         h = policy.dense_input(x)
