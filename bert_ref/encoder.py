@@ -294,8 +294,9 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     inputs, else their twins in `bert_ref.model.kernels`: the same results, faster, bit for bit,
     except two, within tested bounds: the float32 exact GELU there is a more accurate formula, and
     where nothing is rounded or recorded between the three attention steps, attention over
-    right-padded rows runs over the valid keys only (a few ulps). With nothing to trace or round
-    (float32 and float64) the batch is split over threads (`runtime.in_batch_parts`, bit for bit).
+    right-padded rows runs over the valid keys only (a few ulps). With nothing to trace, on the
+    kernels, the batch is split over threads (`runtime.in_batch_parts`, bit for bit: every step,
+    rounding included, works on rows of its own batch part).
 
     Padding: padded *keys* get exactly zero attention weight (keras-hub's semantics, which
     transformers' default sdpa path shares). Padded *positions* still produce outputs, as in both
@@ -309,7 +310,7 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     record = recorded.__setitem__ if trace is True else trace or None
     f = ops if plain or policy.rounds_matmul_inputs else kernels  # kernels: the same ops, faster
     encode = functools.partial(_encode, f, params, config, policy, record, output_hidden_states, output_attentions)
-    if f is kernels and record is None and not policy.rounds:  # the same steps, the batch split over threads
+    if f is kernels and record is None:  # the same steps, the batch split over threads
         encode = functools.partial(runtime.in_batch_parts, encode, hidden=config.hidden_dim)
     x, hidden_states, attentions = encode(token_ids, segment_ids, mask)
     # Pooler: the [CLS] position, over the whole batch. [B, S, H] -> [B, H]

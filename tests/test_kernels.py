@@ -319,11 +319,14 @@ def _split_model(dtype, activation):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 16])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
 def test_fused_forward_is_bit_identical_to_the_steps(monkeypatch, threads, dtype, activation, _all_keys):
     # The untraced forward (attention as one op, the batch split over `threads` parts) against the
     # step-by-step forward (a trace callable forces the steps): every output, hidden state and probability.
+    # The half-precision policies round after every step: the split alone (each part rounds its rows).
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
     monkeypatch.setattr(runtime, "THREADS", threads)  # 16: one part per sequence
     model, inputs = _split_model(dtype, activation)
     if runtime.blas() is not None:
@@ -406,6 +409,35 @@ def test_astype_over_threads_is_the_plain_cast(monkeypatch):
         _same(runtime.astype(x, dtype), x.astype(dtype))
     assert runtime.astype(x, np.float32) is x  # no copy when nothing is cast
     _same(runtime.astype(x.T, np.float64), x.T.astype(np.float64))  # not C-contiguous: the plain cast
+
+
+@pytest.mark.parametrize("work", [np.float32, np.float64])
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_round_through_is_the_plain_round_trip(monkeypatch, work, half):
+    # Bit for bit x.astype(half).astype(work): random bit patterns (every exponent, zeros, subnormals,
+    # inf, NaN), values of activations' size, exact ties at every mantissa bit that decides one, and
+    # the edges of the half type's normal range and overflow.
+    if half == "bfloat16":
+        half = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    monkeypatch.setattr(runtime, "THREADS", 3)
+    uint = np.uint32 if work == np.float32 else np.uint64
+    rng = np.random.default_rng(6)
+    bits = rng.integers(0, np.iinfo(uint).max, 300_000, dtype=uint, endpoint=True)
+    drop = {(np.float32, "float16"): 13, (np.float32, "bfloat16"): 16, (np.float64, "float16"): 42,
+            (np.float64, "bfloat16"): 45}[work, np.dtype(half).name]
+    ties = (bits & uint(~((1 << drop) - 1) & np.iinfo(uint).max)) | uint(1 << (drop - 1))  # exactly half way
+    edges = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, -65520, 65536, 2.0 ** -14,
+                      2.0 ** -14 * (1 - 2.0 ** -12), 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26, 2.0 ** -126,
+                      3.3e38, -3.4e38, 1e-40, 1.0, 1 + 2.0 ** -11, 1 + 2.0 ** -8, -1.5, 2.0, 1e-3, -1e-5, 7.0, 9.5,
+                      0.1, -0.25], work)  # 30 edges
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.concatenate([bits.view(work), ties.view(work), edges, (rng.standard_normal(300_000)
+                            * 10.0 ** rng.uniform(-9, 6, 300_000)).astype(work)]).reshape(-1, 10)
+        got, expected = runtime.round_through(x, half), x.astype(half).astype(work)
+    assert got.dtype == work and got.shape == x.shape
+    same = (got.view(uint) == expected.view(uint)) | (np.isnan(got) & np.isnan(expected))
+    assert same.all(), (x[~same][:5], got[~same][:5], expected[~same][:5])
+    _same(runtime.round_through(x[:0], half), x[:0])  # empty
 
 
 def test_map_concurrent_keeps_order_and_raises_the_first_error(monkeypatch):

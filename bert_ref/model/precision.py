@@ -80,12 +80,18 @@ class Policy:
         return self.compute_dtype != self.work_dtype
 
     def round(self, x: np.ndarray) -> np.ndarray:
-        """A rounding point: `x` (in `work_dtype`) rounded to `compute_dtype` and back.
+        """A rounding point: `x` (in `work_dtype`) rounded to `compute_dtype` and back (bit for bit
+        `x.astype(compute_dtype).astype(work_dtype)`, faster: `runtime.round_through`).
 
         The identity (no copy) for float32 and float64."""
         if not self.rounds:
             return x
-        return x.astype(self.compute_dtype).astype(self.work_dtype)
+        from bert_ref.model.runtime import round_through
+
+        x = np.asarray(x)
+        if x.dtype != self.work_dtype:
+            return x.astype(self.compute_dtype).astype(self.work_dtype)
+        return round_through(x, self.compute_dtype)
 
     def round_at(self, name: str, x: np.ndarray) -> np.ndarray:
         """The rounding point of the named step `name` (`encoder.forward`'s step names, plus
@@ -102,10 +108,12 @@ class Policy:
         """A stored weight as the math uses it: rounded to the compute dtype, held in `work_dtype`.
 
         No copy when the stored dtype already is the work dtype and no rounding is needed."""
-        from bert_ref.model.runtime import astype  # the same cast, over threads for large weights
+        from bert_ref.model.runtime import astype, round_through  # the same casts, over threads
 
         if self.rounds:
-            w = astype(w, self.compute_dtype)
+            w = np.asarray(w)
+            w = round_through(w, self.compute_dtype) if w.dtype in (np.float32, np.float64) \
+                else astype(w, self.compute_dtype)
         return astype(w, self.work_dtype)
 
     def kernel(self, w: np.ndarray) -> np.ndarray:
