@@ -136,9 +136,10 @@ def _rounding_spec(work: np.dtype, half: np.dtype) -> tuple[type, int, int, int]
 _ROUND_BLOCK = 1 << 16
 
 
-def round_through(x: np.ndarray, half: Any) -> np.ndarray:
+def round_through(x: np.ndarray, half: Any, out: np.ndarray | None = None) -> np.ndarray:
     """`x.astype(half).astype(x.dtype)`, bit for bit (NaN stays NaN), for a float32/float64 `x` and
-    `half` float16 or bfloat16: a new array, computed in cache-sized blocks over THREADS threads.
+    `half` float16 or bfloat16, computed in cache-sized blocks over THREADS threads: into `out` (a
+    C-contiguous array of `x`'s shape and dtype; it may be `x` itself), else a new array.
 
     NumPy casts float32 to float16 one element at a time (about 6 ns each, measured); on the bit
     pattern, round-to-nearest-even to the half type's 10 (float16) or 7 (bfloat16) mantissa bits is
@@ -150,32 +151,47 @@ def round_through(x: np.ndarray, half: Any) -> np.ndarray:
     x, half = np.asarray(x), np.dtype(half)
     spec = _rounding_spec(x.dtype, half)
     if spec is None or x.size == 0:
-        return x.astype(half).astype(x.dtype)
+        y = x.astype(half).astype(x.dtype)
+        if out is None:
+            return y
+        out[...] = y
+        return out
     uint, drop, low, high = spec
     one, keep = uint(1), uint(~((1 << drop) - 1) & (np.iinfo(uint).max))
     below, sign_off, span = uint((1 << (drop - 1)) - 1), uint(np.iinfo(uint).max >> 1), uint(high - low)
     src = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty(src.shape, x.dtype)
+    if out is None:
+        out = np.empty(x.shape, x.dtype)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {x.dtype} array of shape {x.shape}")
     bits: np.ndarray = src.view(uint)
-    obits: np.ndarray = out.view(uint)
+    obits: np.ndarray = out.reshape(-1).view(uint)
     shift = uint(drop)
 
     def run(first: int, last: int) -> None:
         for start in range(first * _ROUND_BLOCK, min(last * _ROUND_BLOCK, src.size), _ROUND_BLOCK):
             b, o = bits[start : start + _ROUND_BLOCK], obits[start : start + _ROUND_BLOCK]
-            np.right_shift(b, shift, out=o)  # the lowest kept bit ...
-            o &= one
-            o += below  # ... plus just under half the dropped bits' weight: ties go to even
-            o += b
-            o &= keep
             a = b & sign_off  # |x|'s bits
             a -= uint(low)  # (wraps below `low`)
-            odd = a >= span  # outside [low, high): cast as NumPy casts
-            if odd.any():
-                o[odd] = src[start : start + _ROUND_BLOCK][odd].astype(half).astype(x.dtype).view(uint)
+            odd = a >= span  # outside [low, high): cast as NumPy casts (before `o`, which may be `b`, is written)
+            where: np.ndarray | None = None
+            fix: np.ndarray | None = None
+            if odd.any():  # (zeros, exact as they are, are left to the bit rule: masked attention is full of them)
+                where = np.flatnonzero(odd)
+                values = src[start + where]
+                nonzero = values != 0
+                where, values = (where, values) if nonzero.all() else (where[nonzero], values[nonzero])
+                fix = values.astype(half).astype(x.dtype).view(uint)
+            t = np.right_shift(b, shift)  # the lowest kept bit ...
+            t &= one
+            t += below  # ... plus just under half the dropped bits' weight: ties go to even
+            t += b
+            np.bitwise_and(t, keep, out=o)
+            if fix is not None:
+                o[where] = fix
 
     parallel(run, -(-src.size // _ROUND_BLOCK), min_size=4)
-    return out.reshape(x.shape)
+    return out
 
 
 # OpenBLAS's thread count, controlled through its C API (as threadpoolctl does): (set, get), or
