@@ -308,9 +308,10 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     token_ids, segment_ids, mask = validate_inputs(inputs, config)
     recorded: dict[str, np.ndarray] = {}
     record = recorded.__setitem__ if trace is True else trace or None
-    f = ops if plain or policy.rounds_matmul_inputs else kernels  # kernels: the same ops, faster
+    base = ops if plain or policy.rounds_matmul_inputs else kernels  # kernels: the same ops, faster
+    f = policy.ops(base)  # (the ensemble's accumulation variants sum their products otherwise)
     encode = functools.partial(_encode, f, params, config, policy, record, output_hidden_states, output_attentions)
-    if f is kernels and record is None:  # the same steps, the batch split over threads
+    if base is kernels and record is None:  # the same steps, the batch split over threads
         encode = functools.partial(runtime.in_batch_parts, encode, hidden=config.hidden_dim)
     x, hidden_states, attentions = encode(token_ids, segment_ids, mask)
     # Pooler: the [CLS] position, over the whole batch. [B, S, H] -> [B, H]

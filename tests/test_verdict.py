@@ -167,7 +167,7 @@ def test_our_own_run_passes_with_every_statistic_within_its_ensemble(model, inpu
 
 def test_ensemble_members_are_distinct_legitimate_runs(model, inputs):
     runs = {m.name: oracle_outputs(model, inputs, KEYS, dtype=m.policy) for m in ensemble.members("float16")}
-    assert list(runs) == ["float16", "float16~fused", "float16~wide"]
+    assert list(runs) == ["float16", "float16~fused", "float16~wide", "float16~splitk", "float16~f16acc"]
     ours = runs["float16"]
     for name, out in runs.items():
         if name != "float16":  # each rounds elsewhere: other values, of the same size of error
@@ -176,6 +176,30 @@ def test_ensemble_members_are_distinct_legitimate_runs(model, inputs):
     p = get_policy("float16")
     same = ensemble.SkipRounding("f16-noskip", p.variable_dtype, p.compute_dtype, p.work_dtype, frozenset())
     assert np.array_equal(oracle_outputs(model, inputs, KEYS, dtype=same)["sequence_output"], ours["sequence_output"])
+
+
+@pytest.mark.parametrize("mode", [{"slices": 4}, {"block": 32}])
+def test_accumulation_members_round_their_partial_sums(mode):
+    # Split-K: each slice's float32 sum rounded to float16, the slices added in float16; float16
+    # accumulation: each block's float32 sum added to a float16 accumulator. Written out with astype.
+    p = get_policy("float16")
+    member = ensemble.Accumulating("acc", p.variable_dtype, p.compute_dtype, p.work_dtype, **mode)
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((64, 200)).astype(np.float16).astype(np.float32)
+    b = (rng.standard_normal((200, 48)) * 0.1).astype(np.float16).astype(np.float32)
+
+    def r(x):
+        return x.astype(np.float16).astype(np.float32)
+
+    bounds = [0, 50, 100, 150, 200] if "slices" in mode else [*range(0, 200, 32), 200]
+    parts = [a[:, lo:hi] @ b[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    expected = r(parts[0])
+    for part in parts[1:]:
+        expected = r(expected + (r(part) if "slices" in mode else part))
+    got = member.matmul(a, b)
+    np.testing.assert_array_equal(got, expected)
+    exact = a.astype(np.float64) @ b
+    assert np.sqrt(np.mean((got - exact) ** 2)) > 1.2 * np.sqrt(np.mean((r(a @ b) - exact) ** 2))  # more error
 
 
 def test_detection_power_is_what_it_says(model, inputs):
@@ -217,7 +241,7 @@ def test_first_failure_names_the_statistic_and_the_ensemble(model, inputs):
     first = report.first_failure
     assert first is not None and first.key == "hidden_states.1" and first.valid.passed  # max abs alone passes
     text = report.summary()
-    assert "the largest of our 3 float16 runs" in text and "the limit is" in text and "they span" in text
+    assert "the largest of our 5 float16 runs" in text and "the limit is" in text and "they span" in text
 
 
 # -- padded positions ---------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ bfloat16 needs the optional `ml_dtypes` package (`pip install "bert-ref[bf16]"`)
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +99,12 @@ class Policy:
         "embeddings/token+position"). The same `round` at every step here; the legitimate variants
         of a precision that `bert_ref.oracle.ensemble` runs round differently at some steps."""
         return self.round(x)
+
+    def ops(self, f: Any) -> Any:
+        """The ops the forward composes, given `f` (`bert_ref.ops` or `bert_ref.model.kernels`): `f`
+        itself here; the ensemble's accumulation variants (`bert_ref.oracle.ensemble`) wrap it to sum
+        their matrix products otherwise."""
+        return f
 
     def embedding_table(self, w: np.ndarray) -> np.ndarray:
         """An embedding table as the lookups use it: a weight like the rest here; the int8 recipes

@@ -26,6 +26,8 @@ suite, widened the ensemble without covering any real port better than `fused` a
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +47,89 @@ class SkipRounding(Policy):
 
     def round_at(self, name: str, x: np.ndarray) -> np.ndarray:
         return x if name in self.skip else self.round(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accumulating(Policy):
+    """A half-precision policy whose matrix products round their partial sums to the half type, as
+    runtimes that accumulate in it do (see `matmul`); everything else is our policy's.
+
+    `slices` > 0 (split-K with a reduced-precision reduction): the K products of each output are cut
+    into `slices` equal slices, each summed in float32 and rounded to the half type, and the slices'
+    sums added in the half type (rounded after each addition). cuBLAS does this when it splits K
+    and reduced-precision reductions are allowed: torch allows them by default for float16 and
+    bfloat16 GEMMs on CUDA (`torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction`,
+    `allow_bf16_reduced_precision_reduction`); cuBLAS picks the number of slices by shape.
+
+    `block` > 0 (half-precision accumulation): an accumulator in the half type, to which the sum of
+    each next `block` products (summed in float32) is added, rounded after each addition. ggml's F16
+    dot product on CPUs with FP16 vector arithmetic (ARM) keeps 32 accumulator lanes in float16,
+    each rounded at every fused multiply-add: each output sees K/32 roundings of partial sums, the
+    lanes' smaller sums in 32 lanes adding up to the same rounding variance as K/32 roundings of
+    one accumulator; cuBLAS's CUBLAS_COMPUTE_16F (cublasHgemm) also accumulates in float16.
+
+    `attention`: also the two attention products (ggml's attention runs its products through the
+    same dot product; torch's SDPA kernels accumulate in float32)."""
+
+    slices: int = 0
+    block: int = 0
+    attention: bool = False
+
+    def ops(self, f: Any) -> Any:
+        return _AccumulatingOps(f, self)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """`a @ b` with the partial sums rounded as described (work dtype in and out).
+        [..., M, K] @ [..., K, N] -> [..., M, N]"""
+        from bert_ref.model.runtime import round_through
+
+        k = a.shape[-1]
+        if k == 0:
+            return np.matmul(a, b)
+        bounds = sorted({k * i // self.slices for i in range(self.slices + 1)}) if self.slices \
+            else [*range(0, k, self.block), k]
+        half = self.compute_dtype
+        acc = round_through(np.matmul(a[..., : bounds[1]], b[..., : bounds[1], :]), half)  # the first partial sum
+        part = np.empty_like(acc)
+        for lo, hi in itertools.pairwise(bounds[1:]):
+            np.matmul(a[..., lo:hi], b[..., lo:hi, :], out=part)  # summed in the work dtype
+            if self.slices:
+                round_through(part, half, out=part)
+            acc += part
+            round_through(acc, half, out=acc)
+        return acc
+
+
+class _AccumulatingOps:
+    """The ops of `f` with the dense layers' (and, with `attention`, the attention's) matrix products
+    computed by `policy.matmul`; every other op is `f`'s."""
+
+    def __init__(self, f: Any, policy: Accumulating) -> None:
+        self._f, self._policy = f, policy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def dense(self, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, activation: str | None = None) -> np.ndarray:
+        """[..., In], [In, Out], [Out] -> [..., Out]"""
+        y = (self._policy.matmul(x.reshape(-1, x.shape[-1]), kernel) + bias).reshape(*x.shape[:-1], kernel.shape[-1])
+        return y if activation is None else self._f.ACTIVATIONS[activation](y)
+
+    def pooler(self, sequence: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """[B, S, H] -> [B, H]"""
+        return np.tanh(self.dense(sequence[:, 0], kernel, bias))
+
+    def attention_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """[B, h, S, d] x2 -> [B, h, S, S]"""
+        if not self._policy.attention:
+            return self._f.attention_scores(q, k)
+        return self._policy.matmul(q * q.dtype.type(1.0 / np.sqrt(q.shape[-1])), k.transpose(0, 1, 3, 2))
+
+    def attention_context(self, probs: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """[B, h, S, S], [B, h, S, d] -> [B, S, h*d]"""
+        if not self._policy.attention:
+            return self._f.attention_context(probs, v)
+        return self._f.merge_heads(self._policy.matmul(probs, v))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +193,20 @@ def members(precision: str, scheme: Int8Scheme | None = None) -> tuple[Member, .
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     if precision in ("float16", "bfloat16"):
         p = get_policy(precision)
+        dtypes = (p.variable_dtype, p.compute_dtype, p.work_dtype)
+        f16acc = Accumulating(f"{precision}~f16acc", *dtypes, block=32, attention=True)
+        half_sums = (Member(f16acc.name, f16acc, "float16 accumulation (ggml's F16 dot on ARM, cuBLAS COMPUTE_16F)"),) \
+            if precision == "float16" else ()
         return (
             Member(precision, p, "our policy: keras' rounding points"),
-            Member(f"{precision}~fused", SkipRounding(f"{precision}~fused", p.variable_dtype, p.compute_dtype,
-                                                      p.work_dtype, FUSED_STEPS),
+            Member(f"{precision}~fused", SkipRounding(f"{precision}~fused", *dtypes, FUSED_STEPS),
                    "fused kernels: no rounding of scores, pre-activation, residual sums"),
             Member(f"{precision}~wide", Policy(f"{precision}~wide", p.variable_dtype, p.compute_dtype, f64),
                    "exact accumulation: float64 math rounded at the same steps"),
+            Member(f"{precision}~splitk", Accumulating(f"{precision}~splitk", *dtypes, slices=4),
+                   "split-K, the slices' sums added in the half type (cuBLAS with torch's default "
+                   "reduced-precision reduction)"),
+            *half_sums,
         )
     if precision == "float32":
         return (
