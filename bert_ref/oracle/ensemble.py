@@ -8,7 +8,12 @@ this ensemble reaches, so a correct port that rounds elsewhere is not mistaken f
 - float16, bfloat16: our policy (keras' rounding points); `fused`: no rounding of the attention
   scores, the feed-forward pre-activation, the residual sums or the partial embedding sum, which
   fused kernels keep in float32; `wide`: all math in float64, rounded to the half type at the same
-  steps (exact accumulation).
+  steps (exact accumulation); `splitk`: the dense layers' products summed in four slices whose
+  sums are added in the half type (cuBLAS's split-K with the reduced-precision reduction torch
+  allows by default); float16 only, `f16acc`: float16 accumulation per block of 32 products, in
+  the dense layers and the attention products (ggml's F16 dot on ARM, cuBLAS's COMPUTE_16F). See
+  `Accumulating`; bfloat16 gets no half accumulation: ggml's and the tensor cores' bfloat16 dot
+  products accumulate in float32.
 - float32: our policy (the fast kernels); `plain`: the plain ops of `bert_ref.ops` (other summation
   orders, GELU and softmax formulas); `wide`: math in float64, rounded to float32 after each step.
 - tf32: our policy; `wide`: the same TF32 operands, everything else in float64 rounded to float32
