@@ -19,7 +19,13 @@ from bert_ref.oracle import cache as oracle_cache
 from bert_ref.oracle import ensemble, int8, verdict
 from bert_ref.oracle.compare import judge
 from bert_ref.oracle.keys import unknown_key_message, valid_mask
-from bert_ref.oracle.run import check_candidate, compare_to_truth, detect_int8_scheme, oracle_outputs
+from bert_ref.oracle.run import (
+    check_candidate,
+    compare_to_truth,
+    detect_int8_scheme,
+    ensemble_outputs,
+    oracle_outputs,
+)
 
 from needs import need
 
@@ -178,6 +184,17 @@ def test_ensemble_members_are_distinct_legitimate_runs(model, inputs):
     assert np.array_equal(oracle_outputs(model, inputs, KEYS, dtype=same)["sequence_output"], ours["sequence_output"])
 
 
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_members_sharing_prepared_weights_compute_what_they_compute_alone(model, inputs, precision):
+    chosen = ensemble.members(precision)
+    assert [m.weights_of for m in chosen[1:] if m.weights_of] and not chosen[0].weights_of
+    together = ensemble_outputs(model, inputs, KEYS, precision)
+    for m in chosen:
+        alone = oracle_outputs(model, inputs, KEYS, dtype=m.policy)
+        for key in KEYS:
+            assert together[m.name][key].tobytes() == alone[key].tobytes(), (m.name, key)
+
+
 @pytest.mark.parametrize("mode", [{"slices": 4}, {"block": 32}])
 def test_accumulation_members_round_their_partial_sums(mode):
     # Split-K: each slice's float32 sum rounded to float16, the slices added in float16; float16
@@ -192,7 +209,7 @@ def test_accumulation_members_round_their_partial_sums(mode):
         return x.astype(np.float16).astype(np.float32)
 
     bounds = [0, 50, 100, 150, 200] if "slices" in mode else [*range(0, 200, 32), 200]
-    parts = [a[:, lo:hi] @ b[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    parts = [a[:, lo:hi] @ b[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     expected = r(parts[0])
     for part in parts[1:]:
         expected = r(expected + (r(part) if "slices" in mode else part))

@@ -185,12 +185,15 @@ class Member:
     """One run of the ensemble: its `name` (also its name in the oracle cache), its `policy`, why it
     is a legitimate port of the precision, and whether it is a deterministic variant of the floor's
     computation (`exact`: the same roundings where they matter, other float arithmetic) rather than
-    another realisation of its rounding (stochastic rounding)."""
+    another realisation of its rounding (stochastic rounding). `weights_of` names an earlier member
+    whose policy casts, rounds and quantises the weights exactly as this one's does (the run then
+    reuses its prepared weights)."""
 
     name: str
     policy: Policy
     why: str
     exact: bool = True
+    weights_of: str | None = None  # an earlier member whose prepared weights are this one's (the same treatment)
 
 
 def members(precision: str, scheme: Int8Scheme | None = None) -> tuple[Member, ...]:
@@ -200,17 +203,17 @@ def members(precision: str, scheme: Int8Scheme | None = None) -> tuple[Member, .
         p = get_policy(precision)
         dtypes = (p.variable_dtype, p.compute_dtype, p.work_dtype)
         f16acc = Accumulating(f"{precision}~f16acc", *dtypes, block=32, attention=True)
-        half_sums = (Member(f16acc.name, f16acc, "float16 accumulation (ggml's F16 dot on ARM, cuBLAS COMPUTE_16F)"),) \
-            if precision == "float16" else ()
+        half_sums = (Member(f16acc.name, f16acc, "float16 accumulation (ggml's F16 dot on ARM, cuBLAS COMPUTE_16F)",
+                            weights_of=precision),) if precision == "float16" else ()
         return (
             Member(precision, p, "our policy: keras' rounding points"),
             Member(f"{precision}~fused", SkipRounding(f"{precision}~fused", *dtypes, FUSED_STEPS),
-                   "fused kernels: no rounding of scores, pre-activation, residual sums"),
+                   "fused kernels: no rounding of scores, pre-activation, residual sums", weights_of=precision),
             Member(f"{precision}~wide", Policy(f"{precision}~wide", p.variable_dtype, p.compute_dtype, f64),
                    "exact accumulation: float64 math rounded at the same steps"),
             Member(f"{precision}~splitk", Accumulating(f"{precision}~splitk", *dtypes, slices=4),
                    "split-K, the slices' sums added in the half type (cuBLAS with torch's default "
-                   "reduced-precision reduction)"),
+                   "reduced-precision reduction)", weights_of=precision),
             *half_sums,
         )
     if precision == "float32":

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.encoder import TRACE_POOLER, forward
+from bert_ref.encoder import TRACE_POOLER, PreparedWeights, check_weights, forward, prepare
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
 from bert_ref.oracle import ensemble, int8
 from bert_ref.oracle.blocked import as_flat
@@ -107,7 +107,8 @@ def check_candidate(candidate: Mapping[str, Any], config: Any, inputs: Mapping[s
 
 
 def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, dtype: Any = None,
-                   cache: bool = False) -> dict[str, np.ndarray]:
+                   cache: bool = False, prepared: dict[str, Any] | None = None,
+                   share: str | None = None) -> dict[str, np.ndarray]:
     """Our outputs for `inputs` under policy `dtype` (default: the model's), flattened to output keys.
 
     `model` is a `BertBackbone`. `keys` (an iterable of output keys) limits what is computed and
@@ -116,7 +117,11 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
     (the ensemble's variants, `bert_ref.oracle.ensemble`). With `cache=True` the run is read from /
     written to the on-disk cache (`bert_ref.oracle.cache`): one entry per model, inputs and policy,
     holding the union of every output asked of it, so asking for other outputs of a cached run
-    computes the union and replaces the entry."""
+    computes the union and replaces the entry.
+
+    `prepared` and `share`: a run that computes (a cache miss) takes its prepared weights from
+    `prepared[share]`, or prepares them and leaves them there: the ensemble's members that treat
+    the weights alike (`ensemble.Member.weights_of`) prepare them once."""
     wanted = ["sequence_output", "pooled_output"] if keys is None else list(keys)
     policy = model.dtype_policy if dtype is None else get_policy(dtype)
     entry = None
@@ -139,6 +144,11 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
                                    trace=True if want_trace else None)
     if policy == model.dtype_policy:  # the model's own cast weights, prepared once
         out = model(inputs, **options)
+    elif prepared is not None and share is not None:
+        if share not in prepared:
+            prepared[share] = prepare(check_weights(model.weights, model.config), model.config, policy)
+        out = forward(PreparedWeights(prepared[share], policy, model.config), model.config, inputs, dtype=policy,
+                      **options)
     else:
         out = forward(model.weights, model.config, inputs, dtype=policy, **options)
     flat = flatten_outputs(out)
@@ -150,9 +160,14 @@ def oracle_outputs(model: Any, inputs: Mapping[str, Any], keys: Any = None, *, d
 def ensemble_outputs(model: Any, inputs: Mapping[str, Any], keys: Any, precision: str, *,
                      scheme: Int8Scheme | None = None, cache: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """The runs of `precision`'s ensemble (`bert_ref.oracle.ensemble.members`; int8: of `scheme`),
-    member name -> outputs, the floor first."""
-    return {m.name: oracle_outputs(model, inputs, keys, dtype=m.policy, cache=cache)
-            for m in ensemble.members(precision, scheme)}
+    member name -> outputs, the floor first. Members that treat the weights alike share one
+    preparation of them (`ensemble.Member.weights_of`)."""
+    chosen = ensemble.members(precision, scheme)
+    reused = {m.weights_of for m in chosen if m.weights_of}
+    prepared: dict[str, Any] = {}
+    return {m.name: oracle_outputs(model, inputs, keys, dtype=m.policy, cache=cache, prepared=prepared,
+                                   share=m.weights_of or (m.name if m.name in reused else None))
+            for m in chosen}
 
 
 def _truncated(model: Any, layers: int) -> Any:
@@ -281,7 +296,7 @@ def compare_to_truth(
             scheme, recipe_known = detection.scheme, detection.explains
             notes.append(detection.note())
         chosen = ensemble.members(precision, scheme)
-        runs = {m.name: oracle_outputs(model, inputs, flat, dtype=m.policy, cache=cache) for m in chosen}
+        runs = ensemble_outputs(model, inputs, flat, precision, scheme=scheme, cache=cache)
         if precision == "int8" and recipe_known:
             recipe_variants = tuple(m.name for m in chosen[1:] if m.exact)
         floor = next(iter(runs.values()))
