@@ -44,6 +44,19 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from _minilm import minilm_dir  # noqa: E402
 
+from _provenance import cpu_name  # noqa: E402
+
+
+def machine() -> str:
+    """The machine line printed above the timings."""
+    import platform
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"machine: {cpu_name()}, {cores} cores; Python {platform.python_version()}, NumPy {np.__version__}; "
+            f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r} (when set, every command "
+            f"compiles bert_ref from source); load average before the runs {load:.2f}")
+
 
 def _cli(*args, env) -> tuple[float, float]:
     """(wall clock, CPU time of the command) in seconds."""
@@ -108,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default=None, help="time compares with --precision P (default: the absolute check)")
     a = p.parse_args(argv)
     code = [ROOT, *(c.resolve() for c in a.code)]
+    print(machine(), flush=True)
     if not a.skip_minilm:
         d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
         inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
