@@ -266,7 +266,7 @@ def test_the_floor_read_from_a_run_gives_the_verdict_computed_on_the_fly(runs):
             assert x.value == y.value and x.members == pytest.approx(y.members, rel=1e-12) and x.passed == y.passed
         assert a.valid.max_abs_error == b.valid.max_abs_error == c.valid.max_abs_error
         assert {k.statistic for k in a.checks} >= {"max_abs", "rms", "mean_cos", "worst_cos"}
-        assert len(a.check("rms").members) == 3  # float16, its fused and its wide variant
+        assert len(a.check("rms").members) == 5  # float16; its fused, wide, split-K and float16-accumulation variants
         # --floor-from holds the floor run alone: it is the ensemble, and our float16 run is exactly it.
         assert all(len(k.members) == 1 and k.ratio == pytest.approx(1.0) for k in b.checks)
         assert b.floor_scale <= a.floor_scale

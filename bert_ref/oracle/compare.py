@@ -202,13 +202,17 @@ def compare(
         theirs: list[dict[str, float]] = []
         if ens:
             t_rows = verdict.rows(r, key, valid)
+            padded = r_padded = None
+            if valid is not None and p_scale is not None:  # the padded elements, once for every member
+                padded = np.flatnonzero(~np.broadcast_to(valid, r.shape))
+                r_padded = r.reshape(-1)[padded].astype(np.float64)
             for name, m in ens.items():
                 if key not in m or np.shape(m[key]) != r.shape:
                     raise ValueError(f"{key}: ensemble member {name} has no output of shape {r.shape}")
                 theirs.append(verdict.statistics(verdict.rows(m[key], key, valid), t_rows))
-                if valid is not None and p_scale is not None:
-                    p_scale = max(p_scale, _largest(np.abs(np.asarray(m[key], np.float64) - r),
-                                                    ~np.broadcast_to(valid, r.shape)))
+                if padded is not None and r_padded is not None and p_scale is not None:
+                    m_padded = np.asarray(m[key]).reshape(-1)[padded].astype(np.float64)
+                    p_scale = max(p_scale, float(np.max(np.abs(m_padded - r_padded), initial=0.0)))
             if f_scale is not None:
                 f_scale = max([f_scale, *(t["max_abs"] for t in theirs)])
         if floor_ratio is not None:
