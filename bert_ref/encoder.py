@@ -118,8 +118,8 @@ class PreparedWeights(dict):
 
 def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
     """Group and cast the weights for one policy (see `PreparedWeights`): dense kernels with
-    `policy.kernel`, biases and embeddings with `policy.weight` (embeddings with the policy's
-    `embedding_table` where it has one), layer-norm parameters with `policy.norm_weight`."""
+    `policy.kernel`, biases with `policy.weight`, the embedding tables with `policy.embedding_table`
+    (the token table with `policy.token_table`), layer-norm parameters with `policy.norm_weight`."""
     w, kernel, norm = policy.weight, policy.kernel, policy.norm_weight
     table = policy.embedding_table  # a weight, except for int8 recipes that quantise the lookups
 
@@ -145,7 +145,7 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
             "ffn_norm_beta": norm(weights[p + "feedforward_layer_norm/beta"]),
         })
     return PreparedWeights({
-        "token": table(weights["token_embedding/embeddings"]),
+        "token": policy.token_table(weights["token_embedding/embeddings"]),
         "position": table(weights["position_embedding/embeddings"]),
         "segment": table(weights["segment_embedding/embeddings"]),
         "norm_gamma": norm(weights["embeddings_layer_norm/gamma"]),
@@ -274,7 +274,9 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
         inputs: `{"token_ids": [B, S] ints, "segment_ids": [B, S] ints (default 0),
             "padding_mask": [B, S] bool/0-1 (default all valid)}`.
         dtype: the policy (see `bert_ref.model.precision`): None/"float32", "float64", "float16",
-            "bfloat16", "mixed_float16", "mixed_bfloat16", "tf32", "int8".
+            "bfloat16", "mixed_float16", "mixed_bfloat16", "tf32", "int8", a ggml format ("ggml_f16",
+            "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"), or a `Policy` (the oracle's variants are policies
+            whose `steps` replace some ops: `bert_ref.oracle.variants`).
         output_hidden_states: also return "hidden_states", num_layers + 1 arrays [B, S, H]: the
             embeddings' layer-norm output, then each layer's output (Hugging Face's convention).
         output_attentions: also return "attention_probs", one [B, h, S, S] array per layer.
@@ -309,7 +311,7 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     recorded: dict[str, np.ndarray] = {}
     record = recorded.__setitem__ if trace is True else trace or None
     base = ops if plain or policy.rounds_matmul_inputs else kernels  # kernels: the same ops, faster
-    f = policy.ops(base)  # (the ensemble's accumulation variants sum their products otherwise)
+    f = policy.steps(policy.ops(base))  # (the ensemble's accumulation variants sum their products otherwise)
     encode = functools.partial(_encode, f, params, config, policy, record, output_hidden_states, output_attentions)
     if base is kernels and record is None:  # the same steps, the batch split over threads
         encode = functools.partial(runtime.in_batch_parts, encode, hidden=config.hidden_dim)
@@ -367,15 +369,16 @@ def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy,
     def feed_forward(y: np.ndarray, p: dict) -> np.ndarray:  # [B, S, H] -> [B, S, F] -> [B, S, H]
         h = policy.dense_input(y)
         if fused:  # nothing to round or record in between: the dense layer and its activation as one op
-            inner = f.dense(h, p["ffn_kernel1"], p["ffn_bias1"], config.activation)
+            inner = f.dense(h, p["ffn_kernel1"], p["ffn_bias1"], policy.activation(config.activation))
         else:
             inner = step("feedforward_intermediate", f.dense(h, p["ffn_kernel1"], p["ffn_bias1"]))
-            inner = step("feedforward_activation", f.ACTIVATIONS[config.activation](inner))
+            inner = step("feedforward_activation", f.ACTIVATIONS[policy.activation(config.activation)](inner))
         return step("feedforward_output", f.dense(policy.dense_input(inner), p["ffn_kernel2"], p["ffn_bias2"]))
 
-    def embeddings() -> np.ndarray:  # [B, S] ids -> [B, S, H]; summed in keras' order ((token + position) + segment)
+    # [B, S] ids -> [B, S, H]; summed in keras' order ((token + position) + segment); position ids 0..S-1
+    def embeddings() -> np.ndarray:
         token = step("embeddings/token", f.embedding(params["token"], token_ids))
-        position = step("embeddings/position", np.broadcast_to(params["position"][: token_ids.shape[1]], token.shape))
+        position = step("embeddings/position", f.embedding(params["position"], np.indices(token_ids.shape)[1]))
         segment = step("embeddings/segment", f.embedding(params["segment"], segment_ids))
         return step("embeddings/sum", policy.round_at("embeddings/token+position", token + position) + segment)
 

@@ -14,6 +14,7 @@ from bert_ref.backbone import BertBackbone
 from bert_ref.cli import UsageError, dtype_arg, load_preset, say, where
 from bert_ref.io import atomic
 from bert_ref.io.checkpoints.base import CheckpointError
+from bert_ref.model.config import ACTIVATIONS
 from bert_ref.model.precision import HALF_PRECISIONS, POLICIES, PRECISIONS
 from bert_ref.oracle.cache import check_settings as check_cache_settings
 from bert_ref.oracle.candidates import read_candidate, read_inputs
@@ -62,8 +63,9 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
                    help="compare against our float64 policy (the truth) instead of our float32 output")
     dtype_arg(p, None, "policy of the reference run (default float32); with --truth, the policy whose error "
                         "against the truth is shown as the floor")
-    p.add_argument("--activation", choices=("gelu", "gelu_approximate"), default=None,
-                   help="override the preset's activation (test the hypothesis 'my port uses the other GELU')")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="override the preset's activation (test the hypothesis 'my port uses the other GELU'; "
+                        "gelu_approximate_f16_table is ggml's, llama.cpp's)")
     p.add_argument("--layer-norm-epsilon", type=float, default=None, metavar="EPS",
                    help="override the preset's layer-norm epsilon")
     p.add_argument("--check-padded", action="store_true", help="padded positions fail the check too")
@@ -74,6 +76,11 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="FILE", default=None,
                    help="also write a JUnit XML report (one test case per output) to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--diagnose", action="store_true",
+                   help="when the candidate fails, rank the mistakes ports make (GELU form, epsilon, masking, token "
+                        "types, positions, attention scale, heads, kernels, pre-LN, pooler, half-precision softmax "
+                        "or layer norm) by how well each explains the failure and name the likely cause "
+                        "(compares with the float64 truth)")
     scale_args.add_compare_arguments(p)
 
 
@@ -135,7 +142,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     precision = args.precision
     if precision is None and args.truth and args.dtype is not None:
         precision = POLICIES[args.dtype].precision
-    truth_mode = (args.truth or precision is not None or args.floor_ratio is not None
+    truth_mode = (args.truth or precision is not None or args.floor_ratio is not None or args.diagnose
                   or (detected in HALF_PRECISIONS and atol is None and rtol is None))
     # The weights' NaN/inf check waits for the first forward: a compare whose runs are all in the
     # oracle cache needs only the config and the weights' digest (kept per preset directory).
@@ -148,7 +155,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if truth_mode:
             if precision is None and detected != "float32":
                 notes.append(f"precision {detected}, from the candidate's dtypes (--precision overrides)")
-            report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=args.floor_ratio,
+            floor_ratio = args.floor_ratio
+            if args.diagnose and floor_ratio is None and atol is None and rtol is None:
+                floor_ratio = DEFAULT_FLOOR_RATIO  # the rule the diagnosis explains failures against
+            report = compare_to_truth(model, inputs, candidate, precision=precision, floor_ratio=floor_ratio,
                                       int8_scheme=args.int8_scheme,
                                       atol=atol, rtol=rtol, check_padded=args.check_padded, candidate_name=name,
                                       notes=notes, cache=cache)
@@ -166,6 +176,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                              padding_mask=inputs.get("padding_mask"), check_padded=args.check_padded,
                              reference_name=f"our {model.dtype_policy.name}", candidate_name=name, notes=notes,
                              **floor_kwargs)
+        diagnosis = None
+        if args.diagnose and not report.passed:
+            from bert_ref.oracle.diagnose import diagnose
+
+            diagnosis = diagnose(model, inputs, candidate, precision=precision or detected,
+                                 floor_ratio=floor_ratio, cache=cache)
     except CheckpointError as e:  # the deferred NaN/inf check of the weights, run by the first forward
         raise UsageError(f"cannot load preset {args.preset!r}: {e}") from None
     if args.junit:
@@ -174,6 +190,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         d = report.to_dict()
         d["preset"] = args.preset
         d["source"] = where(model)
+        if args.diagnose:
+            d["diagnosis"] = None if diagnosis is None else diagnosis.to_dict()
         say(json.dumps(d, indent=2, allow_nan=False))
     else:
         mask = inputs.get("padding_mask")
@@ -185,6 +203,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if not report.passed and not truth_mode and args.precision is None:
             say(f"(The candidate is stored in {detected}. If it is a TF32, int8, float16 or bfloat16 port, "
                  "--precision compares it with the float64 truth next to that precision's floor.)")
+        if diagnosis is not None:
+            say(diagnosis.format())
+        elif args.diagnose and not report.passed:
+            say("Likely cause: not diagnosed (the candidate has none of hidden_states.{i}, sequence_output, "
+                "pooled_output, which the diagnosis compares).")
+        elif not report.passed:
+            say("(--diagnose ranks the mistakes ports make by how well each explains this failure and names the "
+                "likely cause.)")
     return 0 if report.passed else 1
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from bert_ref.model import limits
 
-ACTIVATIONS = ("gelu_approximate", "gelu")
+ACTIVATIONS = ("gelu_approximate", "gelu", "gelu_sigmoid", "gelu_approximate_f16_table")
 _FLOAT32_TINY = 2.0 ** -126  # the smallest normal float32 (numpy.finfo(numpy.float32).tiny)
 
 # keras-hub `BertBackbone.get_config()` keys, in keras-hub's order.
@@ -58,7 +58,10 @@ class BertConfig:
         max_sequence_length: rows of the position embedding.
         num_segments: rows of the segment ("token type") embedding.
         activation: `"gelu_approximate"` (tanh form; keras-hub's BERT) or `"gelu"` (exact erf
-            form; Hugging Face `hidden_act: "gelu"`).
+            form; Hugging Face `hidden_act: "gelu"`); also the forms ports use instead,
+            `"gelu_sigmoid"` (`x * sigmoid(1.702 x)`, HF `quick_gelu`) and
+            `"gelu_approximate_f16_table"` (ggml's float16 table of the tanh form, llama.cpp's
+            BERT): see `bert_ref.ops`.
         layer_norm_epsilon: added to the variance in every layer norm (HF `layer_norm_eps`).
 
     As in keras-hub, `key_dim = hidden_dim // num_heads` (floor): `hidden_dim` need not be

@@ -33,6 +33,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bert_ref import ops
+from bert_ref.model import activations
 from bert_ref.model.runtime import parallel, threads
 from bert_ref.ops import (  # unchanged: no faster form
     attention_scores,
@@ -206,7 +207,7 @@ def gelu_approximate(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     return _elementwise(_gelu_approximate_block, x, out, in_place=True)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_approximate": gelu_approximate}
+ACTIVATIONS = {**activations.PORTS, "gelu": gelu, "gelu_approximate": gelu_approximate}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,7 +262,14 @@ def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, activation: str |
 def _bias_activation(y: np.ndarray, bias: np.ndarray, activation: str) -> np.ndarray:
     """`ACTIVATIONS[activation](y + bias)` for a float32/float64 [N, F] GEMM output, in place, one
     cache-sized block of rows at a time."""
-    block = {"gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}[activation]
+    fn = ACTIVATIONS[activation]  # the ports' forms (bert_ref.model.activations): their plain op, in place
+
+    def plain(x: np.ndarray, out: np.ndarray) -> None:
+        fn(x, out=out)
+
+    blocks: dict[str, Callable[[np.ndarray, np.ndarray], None]] = {
+        "gelu": _gelu_block, "gelu_approximate": _gelu_approximate_block}
+    block = blocks.get(activation, plain)
     rows = max(1, _block_elements(y.dtype) // y.shape[1])
 
     def run(first: int, last: int) -> None:

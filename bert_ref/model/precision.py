@@ -45,6 +45,33 @@ else staying float32:
   The int8 floor is therefore of the size of torch's error, up to a factor 2, not equal to it
   (measured on all-MiniLM-L6-v2: torch's port is 1.2-1.7x our floor).
 
+Six more emulate llama.cpp's CPU backend (ggml) running a GGUF in a **block-quantised format**,
+`q8_0`, `q4_0`, `q4_1`, `q5_0` or `q5_1` (`bert_ref.model.ggml` has the formats and the ggml
+source each rounding follows; `GGMLPolicy`), and `ggml_f16` one in F16 (`convert_hf_to_gguf.py
+--outtype f16` or `llama-quantize ... F16`: every kernel and the token table stored float16, and
+every dense input rounded to float16 before the product, ggml's `vec_dot_type` for F16, with
+float32 accumulation), everything else float32:
+
+* every dense kernel is stored in the format, in blocks of 32 along its input axis with float16
+  scales (and minimums for q4_1 / q5_1), as `llama-quantize` writes it (a kernel whose input
+  width is not a multiple of 32 is stored F16 instead, as llama-quantize falls back, and its
+  product rounds the input to float16, as ggml's F16 matmul does; the same for the token table);
+* every dense layer quantises its input to q8_0 (q8_1 for q4_1 / q5_1) blocks before the product,
+  as ggml's matmul does (`vec_dot_type`), and forms the products per block as ggml does;
+* the token embeddings are stored q8_0 and read back by `get_rows` (what `llama-quantize` keeps for
+  a hidden size that is not a multiple of 256, such as MiniLM's 384; for 768 it picks q6_K, which
+  is not emulated); position and segment embeddings, biases and layer norms stay float32;
+* the tanh GELU (`gelu_approximate`) comes from ggml's float16 table
+  (`ops.gelu_approximate_f16_table`); the exact GELU is float32, as ggml's `gelu_erf`;
+* layer norm, softmax and the two attention products are float32, as in llama.cpp's attention
+  without flash attention (K and V are not cached for an encoder).
+
+Not emulated: the order of ggml's float32 additions (relative 1e-7, against 4e-3 for a q8_0 step);
+llama.cpp's flash attention (its default "auto" on the CPU casts K and V to float16 and, for few
+queries, accumulates in float16: run llama.cpp with flash attention off to compare); the embedding
+sum's order (llama.cpp adds the first token-type row to the token embedding, then the position:
+float32 rounding only); importance-matrix quantisation; and the K-quants (q6_K and the others).
+
 bfloat16 needs the optional `ml_dtypes` package (`pip install "bert-ref[bf16]"`).
 """
 
@@ -54,6 +81,9 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
+from bert_ref.model import activations  # noqa: F401 - registers the ports' GELU forms in ops.ACTIVATIONS
+from bert_ref.model import ggml
 
 
 def _bfloat16() -> np.dtype:
@@ -144,6 +174,20 @@ class Policy:
         the plain ops of `bert_ref.ops`: the fast paths of `bert_ref.model.kernels` do not apply them."""
         return False
 
+    def token_table(self, w: np.ndarray) -> np.ndarray:
+        """The token embedding table [V, H] as the lookups read it. Default: `embedding_table(w)`."""
+        return self.embedding_table(w)
+
+    def activation(self, name: str) -> str:
+        """The activation the policy computes for the config's `name` (a key of `ops.ACTIVATIONS`,
+        which `bert_ref.model.activations` extends with the ports' forms). Default: `name`."""
+        return name
+
+    def steps(self, f: Any) -> Any:
+        """The ops the forward computes with, given `f` (`bert_ref.ops` or its fast twin). Default:
+        `f`; the oracle's variants (`bert_ref.oracle.variants`) replace some of them."""
+        return f
+
     def norm_weight(self, w: np.ndarray) -> np.ndarray:
         """A layer-norm gamma/beta as the math uses it. keras does not autocast these: under the
         mixed policies they stay in float32 (the variable dtype); no rounding to the compute dtype."""
@@ -222,6 +266,32 @@ class Int8Policy(Policy):
         return True
 
 
+@dataclasses.dataclass(frozen=True)
+class GGMLPolicy(Policy):
+    """llama.cpp's CPU backend on a GGUF quantised to the block format `name` (see the module
+    docstring and `bert_ref.model.ggml`): dense kernels in the format, dense inputs quantised to
+    q8_0 / q8_1 blocks per product, token embeddings q8_0, the tanh GELU from ggml's float16 table,
+    the rest float32."""
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        """A `ggml.BlockKernel`: `x @ kernel` is then ggml's product (see `ggml.block_matmul`). F16
+        for ggml_f16, and where llama-quantize falls back to it (an input width not a multiple of 32)."""
+        f16 = self.name == "ggml_f16" or w.shape[0] % ggml.QK
+        return ggml.quantize_kernel(self.weight(w), "f16" if f16 else self.name)
+
+    def token_table(self, w: np.ndarray) -> np.ndarray:
+        if self.name == "ggml_f16" or w.shape[1] % ggml.QK:
+            return ggml.fp16(self.weight(w))
+        return ggml.quantize_table(self.weight(w), "q8_0")
+
+    def activation(self, name: str) -> str:
+        return "gelu_approximate_f16_table" if name == "gelu_approximate" else name
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        return True
+
+
 # ----------------------------------------------------------------------------------------------
 # The precision table: every dtype policy, and the precision a port computed that way is declared in
 
@@ -257,6 +327,8 @@ TABLE: tuple[PrecisionRow, ...] = (
     PrecisionRow("mixed_bfloat16", "float32", "bfloat16", "bfloat16", "bf16", 2.0 ** -8),
     PrecisionRow("tf32", "float32", "float32", "tf32", "tf32", 2.0 ** -24, TF32Policy),
     PrecisionRow("int8", "float32", "float32", "int8", "int8", 2.0 ** -24, Int8Policy),
+    PrecisionRow("ggml_f16", "float32", "float32", "ggml_f16", "ggml_f16", 2.0 ** -24, GGMLPolicy),
+    *(PrecisionRow(fmt, "float32", "float32", fmt, fmt, 2.0 ** -24, GGMLPolicy) for fmt in ggml.FORMATS),
 )
 
 #: Policy name -> its row.

@@ -16,7 +16,7 @@ this file: for each planted mistake, the catalogue entry of `bert-ref compare --
 should be named first (the name is the hypothesis id of `bert_ref.oracle.variants`), and the
 verdict expected at the port's own precision. `main` writes them into `manifest.json` before it
 runs anything, together with the SHA-256 of this file, and never imports bert_ref: judging is a
-separate step (`tests/test_diagnose_suite.py`, or `bert-ref compare --diagnose` by hand) that only
+separate step (`tests/test_diagnose.py`, or `bert-ref compare --diagnose` by hand) that only
 reads the manifest. A measurement that contradicts an expectation is reported, not written back.
 
 Inputs (Hugging Face's tokenizer of the model): one sentence pair (segment ids 1 on the second

@@ -1,0 +1,547 @@
+"""From a failing verdict to its likely cause: `bert-ref compare --diagnose`.
+
+A failing port made a mistake; ports make the same few mistakes again and again
+(`bert_ref.oracle.variants` lists them). For each, our forward is run *with* that mistake, and the
+candidate's error is measured against that variant instead of BERT, relative to the floor of the
+candidate's precision. The mistake that leaves the smallest error is the likely cause; it
+*explains* the failure when the candidate would pass against it.
+
+**Where.** With per-layer outputs the diagnosis is local. The outputs the candidate gives
+(`hidden_states.{i}`, `sequence_output`, `pooled_output`) are checked in network order with the
+verdict's rule (max abs error <= K x the floor at valid positions); the first one that fails
+gives the segment to explain: from our own hidden state at the last passing output before it (or
+from the token ids, when none passes before it) through the layers up to it, or the pooler alone
+when only `pooled_output` fails. Only that segment is run, and only the mistakes that can happen
+in it (an embedding mistake cannot explain a layer's output computed from our own input). Without
+per-layer outputs the segment is the whole network. Attention probabilities and trace outputs are
+not used.
+
+**The ratio a mistake leaves.** Against the variant's truth T_H (the variant run in float64 for
+float32, float64 and tf32 candidates, in float32 for the others, whose floors are thousands of
+times larger than float32's rounding), the candidate's error e = c - T_H and the floor f = P_H -
+T_H, P_H being the variant run at the candidate's precision from our own run's input at that
+precision: each mistake has its own floor, since a mistake can change how rounding errors grow (a
+float16 table or float16 arithmetic rounds more; without the attention scale the softmax is sharper
+and amplifies them; pre-LN layers let the residual stream grow). For each compared output, at
+valid positions: `max|e| / max|f|` and `rms(e) / rms(f)`; a mistake's ratio is the larger of the
+two, over the outputs. As in the verdict, a floor is at least one rounding of the output's largest
+value (for RMS: of its RMS value), at the candidate's precision or, for a mistake that rounds to
+float16, at float16's: our two runs of such a variant may round alike where a port's own order of
+additions makes it round one float16 step apart.
+
+**Ranking.** A mistake *explains* the failure when its ratio is at most K (the verdict's floor
+ratio). Mistakes are ranked by how likely each makes the candidate's error, modelled as Gaussian
+noise of the size of the mistake's own floor around the variant: the score is, averaged over the
+compared outputs, `rms_ratio**2 / 2 + ln(rms(f_H) / rms(f_BERT))` (a negative log-likelihood per
+element, up to a constant), smallest first. For mistakes that keep BERT's floor this is the RMS
+ratio's order; the logarithm charges a rounding mistake for its larger floor, so that a float16
+layer norm, whose float16 noise is large enough to cover many errors, does not outrank the mistake
+that leaves exactly its own noise. The first mistake in this order that explains is the likely
+cause. When none does, the mistakes that at least halve the failure's ratio (at most `POOL`, in
+ranking order) are tried in pairs of different kinds (tanh GELU plus a wrong epsilon, token types
+plus ggml's GELU table), and the first pair that explains is the cause. When none explains but
+the best one takes away most of the failure (its ratio is at most the square root of BERT's, and
+K times smaller), it is named as the cause of most of it ("but not all of it"). Otherwise: "none
+of the N known mistakes explains it".
+
+**Ties.** Two mistakes can explain a segment equally, differing only where it does not look: a
+mask ignored and a mask laid on the queries give the same first layer at valid positions (they
+differ at padded positions, which later layers read as keys). When several explain the segment
+and the candidate has later outputs, those that explain are run again from the same input through
+all of them, and that ranking decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bert_ref.encoder import forward
+from bert_ref.model import runtime
+from bert_ref.model.config import BertConfig
+from bert_ref.model.precision import PRECISIONS, UNIT_ROUNDOFF
+from bert_ref.oracle.blocked import as_flat
+from bert_ref.oracle.keys import valid_mask
+from bert_ref.oracle.run import DEFAULT_FLOOR_RATIO, detect_precision, oracle_outputs
+from bert_ref.oracle.variants import Hypothesis, catalogue, combine
+
+__all__ = ["Diagnosis", "Finding", "diagnose", "POOL"]
+
+#: At most this many single mistakes are combined in pairs when none explains alone.
+POOL = 6
+#: Below this many tokens the runs use one BLAS thread (`_blas_for`).
+SMALL_BATCH = 512
+_HIDDEN = re.compile(r"^hidden_states\.(\d+)$")
+_BERT = "no mistake (BERT as the checkpoint defines it)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One hypothesis (a mistake, a pair of mistakes, or "none") and what it leaves.
+
+    `ratio` is the larger of `max_ratio` and `rms_ratio`, over the compared outputs (`worst` is
+    where it is largest); `explains`: ratio <= K; `score`: the ranking's negative log-likelihood
+    (see the module docstring)."""
+
+    ids: tuple[str, ...]
+    what: str
+    ratio: float
+    max_ratio: float
+    rms_ratio: float
+    worst: str
+    explains: bool
+    score: float
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ids": list(self.ids), "what": self.what, "ratio": _finite(self.ratio),
+                "max_ratio": _finite(self.max_ratio), "rms_ratio": _finite(self.rms_ratio), "worst": self.worst,
+                "explains": self.explains, "score": _finite(self.score)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """What `diagnose` found: where it looked, what it tried, ranked best first, and the cause."""
+
+    precision: str
+    floor_ratio: float
+    segment: str
+    compared: tuple[str, ...]
+    baseline: Finding
+    ranked: tuple[Finding, ...]
+    tested: int
+    combinations: int
+    cause: Finding | None
+
+    def likely_cause(self) -> str:
+        """The report's one line beginning `Likely cause:`."""
+        floor = f"the {self.precision} floor"
+        if self.cause is not None and self.cause.explains:
+            c = self.cause
+            return (f"Likely cause: {c.what} ({c.name}): against it the candidate is {c.ratio:.2f}x {floor} "
+                    f"(against BERT {_x(self.baseline.ratio)}).")
+        if self.cause is not None:
+            c = self.cause
+            return (f"Likely cause: {c.what} ({c.name}), but not all of it: against it the candidate is still "
+                    f"{_x(c.ratio)} {floor}, over K = {self.floor_ratio:g} (against BERT {_x(self.baseline.ratio)}); "
+                    "something else differs too.")
+        if not self.ranked:
+            return (f"Likely cause: none: every output compared ({', '.join(self.compared)}) is within "
+                    f"{self.floor_ratio:g}x {floor}.")
+        best = f"; the closest, {self.ranked[0].name}, leaves {_x(self.ranked[0].ratio)} {floor}"
+        return f"Likely cause: none of the {self.tested} known mistakes explains it{best}."
+
+    def format(self, rows: int = 5) -> str:
+        """`likely_cause()`, where the diagnosis looked, and the first `rows` of the ranking."""
+        lines = [self.likely_cause(),
+                 f"Diagnosis of {self.segment} ({', '.join(self.compared)} compared), {self.precision}, K = "
+                 f"{self.floor_ratio:g}: {self.tested} known mistakes tried"
+                 + (f", {self.combinations} pairs" if self.combinations else "") + "; ranked by likelihood; x floor"
+                 " = the larger of the max abs and RMS error ratios against each variant:"]
+        shown = list(self.ranked[:rows]) + [self.baseline]
+        width = max(len(f.name) for f in shown)
+        lines.append(f"  {'rank':>4}  {'hypothesis':<{width}}  {'x floor':>9}  {'max x':>9}  {'rms x':>9}  explains")
+        for i, f in enumerate(shown):
+            rank = str(i + 1) if i < len(shown) - 1 else "-"
+            lines.append(f"  {rank:>4}  {f.name:<{width}}  {_x(f.ratio):>9}  {_x(f.max_ratio):>9}  "
+                         f"{_x(f.rms_ratio):>9}  {'yes' if f.explains else 'no'}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"likely_cause": None if self.cause is None else self.cause.to_dict(),
+                "line": self.likely_cause(), "precision": self.precision, "floor_ratio": self.floor_ratio,
+                "segment": self.segment, "compared": list(self.compared), "tested": self.tested,
+                "combinations": self.combinations, "baseline": self.baseline.to_dict(),
+                "ranked": [f.to_dict() for f in self.ranked]}
+
+
+def _x(r: float) -> str:
+    if not math.isfinite(r):
+        return "inf" if r > 0 else "nan"
+    return f"{r:.2f}x" if r < 1000 else f"{r:.3g}x".replace("e+0", "e").replace("e+", "e")
+
+
+def _finite(r: float) -> float | None:
+    return r if math.isfinite(r) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Where to look
+
+
+@dataclasses.dataclass(frozen=True)
+class _Segment:
+    """Run from our hidden state `first` (None: from the token ids) through the layers up to
+    hidden state `last`, and the pooler when `pooler`; compare `keys`."""
+
+    first: int | None
+    last: int
+    pooler: bool
+    keys: tuple[str, ...]
+
+    @property
+    def parts(self) -> frozenset[str]:
+        parts = set()
+        if self.first is None:
+            parts.add("embeddings")
+        if (self.first or 0) < self.last:
+            parts.add("layers")
+        if self.pooler:
+            parts.add("pooler")
+        return frozenset(parts)
+
+    def describe(self, num_layers: int) -> str:
+        if self.first is None and self.last == num_layers and self.pooler:
+            return "the whole network"
+        if self.first is None and self.last == 0:
+            return "the embeddings"
+        if self.first == self.last and self.pooler:
+            return "the pooler (from our sequence_output)"
+        start = "the token ids" if self.first is None else f"our hidden_states.{self.first}"
+        layers = f"layer {self.first or 0}" if self.last - (self.first or 0) == 1 else \
+            f"layers {self.first or 0}-{self.last - 1}"
+        return f"{layers} (from {start})" + (" and the pooler" if self.pooler else "")
+
+
+def _index(key: str, num_layers: int) -> int | None:
+    """The hidden-state index of an output key (the pooler: num_layers + 1); None if not used."""
+    if key == "sequence_output":
+        return num_layers
+    if key == "pooled_output":
+        return num_layers + 1
+    m = _HIDDEN.match(key)
+    return int(m.group(1)) if m else None
+
+
+def _segment(first_failing: int | None, passing: Sequence[int], keys: Mapping[int, str], num_layers: int) -> _Segment:
+    """The segment that explains the first failing output (`keys`: index -> candidate key; the
+    pooler's index is num_layers + 1)."""
+    if first_failing is None:  # nothing the diagnosis compares fails: look at everything
+        return _Segment(None, num_layers, num_layers + 1 in keys, tuple(keys[i] for i in sorted(keys)))
+    pooler = first_failing == num_layers + 1
+    if pooler and num_layers in passing:
+        return _Segment(num_layers, num_layers, True, (keys[first_failing],))
+    end = min(first_failing, num_layers)
+    before = [i for i in passing if i < end]
+    start = max(before) if before else None
+    chosen = tuple(keys[i] for i in sorted(keys) if (start is None or i > start) and i <= first_failing)
+    return _Segment(start, end, pooler, chosen)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a segment under a hypothesis
+
+
+def _sub_model(config: BertConfig, weights: Mapping[str, np.ndarray], seg: _Segment,
+               inputs: Mapping[str, np.ndarray]) -> tuple[BertConfig, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The part of the model the segment runs: its layers renumbered from 0 (at least one layer:
+    a copy of a neighbour when the segment runs none); when it starts from the token ids, the
+    token table's rows the inputs use (ids renumbered; rows are looked up, and quantised, one by
+    one) and the position rows they can reach (two more for the shifted-position mistakes), else
+    1-row zero tables and zero ids, never read."""
+    first = seg.first or 0
+    n = max(1, seg.last - first)
+    src = [min(first + i, config.num_layers - 1) for i in range(n)]
+    out: dict[str, np.ndarray] = {}
+    for i, j in enumerate(src):
+        prefix = f"transformer_layer_{j}/"
+        out.update({f"transformer_layer_{i}/" + k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    out["pooled_dense/kernel"], out["pooled_dense/bias"] = weights["pooled_dense/kernel"], weights["pooled_dense/bias"]
+    out["embeddings_layer_norm/gamma"] = weights["embeddings_layer_norm/gamma"]
+    out["embeddings_layer_norm/beta"] = weights["embeddings_layer_norm/beta"]
+    if seg.first is None:
+        used, ids = np.unique(inputs["token_ids"], return_inverse=True)
+        rows = min(config.max_sequence_length, inputs["token_ids"].shape[1] + 2)
+        out["token_embedding/embeddings"] = weights["token_embedding/embeddings"][used]
+        out["position_embedding/embeddings"] = weights["position_embedding/embeddings"][:rows]
+        out["segment_embedding/embeddings"] = weights["segment_embedding/embeddings"]
+        sub = dataclasses.replace(config, num_layers=n, vocabulary_size=len(used), max_sequence_length=rows)
+        return sub, out, {**inputs, "token_ids": ids.reshape(inputs["token_ids"].shape)}
+    s, h = inputs["token_ids"].shape[1], config.hidden_dim
+    dtype = weights["token_embedding/embeddings"].dtype
+    for k, rows in (("token_embedding/embeddings", 1), ("position_embedding/embeddings", s),
+                    ("segment_embedding/embeddings", 1)):
+        out[k] = np.zeros((rows, h), dtype)
+    sub = dataclasses.replace(config, num_layers=n, vocabulary_size=1, num_segments=1, max_sequence_length=s)
+    zeros = np.zeros_like(inputs["token_ids"])
+    return sub, out, {"token_ids": zeros, "segment_ids": zeros, "padding_mask": inputs["padding_mask"]}
+
+
+def _run(model: Any, seg: _Segment, hyp: Hypothesis | None, dtype: str, hidden: np.ndarray | None,
+         inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The segment's outputs (by candidate key) under `hyp` (None: BERT) in policy `dtype`."""
+    config, weights, sub_inputs = _sub_model(model.config, model.weights, seg, inputs)
+    hooks = None
+    if hyp is not None:
+        config, weights, sub_inputs, hooks = hyp.apply(config, weights, sub_inputs)
+    first = seg.first or 0
+    n = config.num_layers
+    start: tuple[int, np.ndarray] | None = None
+    stop: int | None = seg.last
+    if seg.first is not None:
+        assert hidden is not None
+        start, stop = (n if seg.first == seg.last else 0, hidden), None
+    out = forward(weights, config, sub_inputs, dtype=dtype, output_hidden_states=True, hooks=hooks, start=start,
+                  stop=stop)
+    got: dict[str, np.ndarray] = {}
+    for i, h in enumerate(out["hidden_states"]):
+        got[f"hidden_states.{first + i}" if seg.first is not None else f"hidden_states.{i}"] = h
+    if seg.first is not None and seg.first == seg.last:
+        got = {f"hidden_states.{seg.last}": out["sequence_output"]}
+    got["sequence_output"] = got[f"hidden_states.{seg.last}"] if seg.last == model.config.num_layers else \
+        out["sequence_output"]
+    if "pooled_output" in out:
+        got["pooled_output"] = out["pooled_output"]
+    return got
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class _Floor:
+    """Per compared key: the floor's max abs and RMS at valid positions (already raised to one
+    rounding of the output's largest value), and the valid-position selector."""
+
+    max: dict[str, float]
+    rms: dict[str, float]
+    valid: dict[str, np.ndarray | None]
+
+
+def _select(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    return x[np.broadcast_to(valid, x.shape)] if valid is not None else x.ravel()
+
+
+def _floor(truth: Mapping[str, np.ndarray], ours: Mapping[str, np.ndarray], keys: Sequence[str], u: float,
+           mask: np.ndarray | None, scale: float = 1.0) -> _Floor:
+    fmax, frms, valid = {}, {}, {}
+    for k in keys:
+        t = np.asarray(truth[k], np.float64)
+        sel = valid_mask(k, t.shape, mask)
+        valid[k] = sel
+        f = _select((np.asarray(ours[k], np.float64) - t) * scale, sel)
+        tv = _select(t, sel)
+        top = float(np.max(np.abs(tv))) if tv.size else 0.0
+        rms_t = float(np.sqrt(np.mean(tv * tv))) if tv.size else 0.0
+        fmax[k] = max(float(np.max(np.abs(f))) if f.size else 0.0, u * top, np.finfo(np.float64).tiny)
+        frms[k] = max(float(np.sqrt(np.mean(f * f))) if f.size else 0.0, u * rms_t, np.finfo(np.float64).tiny)
+    return _Floor(fmax, frms, valid)
+
+
+def _finding(ids: tuple[str, ...], what: str, cand: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
+             floor: _Floor, keys: Sequence[str], k: float, base: _Floor | None = None) -> Finding:
+    """What the hypothesis `ids` leaves: the candidate against its truth `truth`, in its floors
+    `floor` (`base`: BERT's floors, for the score's penalty; None: the same as `floor`)."""
+    worst_max, worst_rms, worst, ratio, nll = 0.0, 0.0, keys[0], -1.0, 0.0
+    base = floor if base is None else base
+    for key in keys:
+        e = _select(np.asarray(cand[key], np.float64) - np.asarray(truth[key], np.float64), floor.valid[key])
+        if e.size == 0:
+            continue
+        if not np.all(np.isfinite(e)):  # a NaN or inf where the variant has none, or the reverse
+            m = r = math.inf
+        else:
+            m = float(np.max(np.abs(e))) / floor.max[key]
+            r = float(np.sqrt(np.mean(e * e))) / floor.rms[key]
+        if max(m, r) > ratio:
+            ratio, worst = max(m, r), key
+        worst_max, worst_rms = max(worst_max, m), max(worst_rms, r)
+        nll += (r * r / 2 + math.log(floor.rms[key] / base.rms[key])) / len(keys)
+    ratio = max(worst_max, worst_rms)
+    return Finding(ids, what, ratio, worst_max, worst_rms, worst, ratio <= k, nll)
+
+
+# ----------------------------------------------------------------------------------------------
+# The diagnosis
+
+
+def diagnose(model: Any, inputs: Mapping[str, Any], candidate: Mapping[str, Any], *, precision: str | None = None,
+             floor_ratio: float | None = None, cache: bool = False, pairs: bool = True) -> Diagnosis | None:
+    """Rank the known mistakes (`bert_ref.oracle.variants.catalogue`) by how well each explains the
+    candidate's error (see the module docstring).
+
+    Args:
+        model: a `BertBackbone` (its weights and config).
+        inputs: the inputs the candidate was run on (token ids, segment ids, padding mask).
+        candidate: the candidate's outputs by our output keys (`hidden_states.{i}`,
+            `sequence_output`, `pooled_output` are used).
+        precision: the candidate's precision (`PRECISIONS`; default: from its dtypes).
+        floor_ratio: K, the verdict's floor ratio (default `DEFAULT_FLOOR_RATIO`).
+        cache: read our BERT runs through the oracle cache.
+        pairs: try pairs of mistakes when none explains alone.
+
+    Returns:
+        A `Diagnosis` (with no cause and nothing ranked when every output it compares passes), or
+        None when the candidate has none of the outputs the diagnosis compares.
+    """
+    flat = as_flat(candidate, "candidate")
+    precision = detect_precision(flat) if precision is None else precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    k = DEFAULT_FLOOR_RATIO if floor_ratio is None else float(floor_ratio)
+    config: BertConfig = model.config
+    num_layers = config.num_layers
+    by_index = {i: key for key in flat if (i := _index(key, num_layers)) is not None}
+    if num_layers in by_index and f"hidden_states.{num_layers}" in flat and "sequence_output" in flat:
+        by_index[num_layers] = "sequence_output"
+    if not by_index:
+        return None
+    full_inputs = _full_inputs(inputs)
+    mask = full_inputs["padding_mask"]
+    u = UNIT_ROUNDOFF[precision]
+    policy = PRECISIONS[precision].policy
+    run_p = "float32" if precision == "float64" else policy
+    scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"] if precision == "float64" else 1.0
+    ref = "float64" if precision in ("float32", "float64", "tf32") else "float32"
+
+    with _blas_for(int(mask.size)):
+        # 1. Which output fails first (the verdict's rule), and the segment before it.
+        keys = [by_index[i] for i in sorted(by_index)]
+        need = sorted({f"hidden_states.{i}" for i in by_index if i <= num_layers} | set(keys))
+        truth = oracle_outputs(model, full_inputs, need, dtype="float64", cache=cache)
+        ours = oracle_outputs(model, full_inputs, need, dtype=run_p, cache=cache)
+        _alias(truth, num_layers)
+        _alias(ours, num_layers)
+        base_floor = _floor(truth, ours, keys, u, mask, scale)
+        passing, failing = [], None
+        for i in sorted(by_index):
+            key = by_index[i]
+            if _finding(("none",), "", flat, truth, base_floor, [key], k).max_ratio <= k:
+                passing.append(i)
+            elif failing is None:
+                failing = i
+        if failing is None:  # a passing port gets no cause
+            none = _finding(("none",), _BERT, flat, truth, base_floor, keys, k)
+            return Diagnosis(precision, k, "nothing (every output compared passes)", tuple(keys), none, (), 0, 0, None)
+        seg = _segment(failing, passing, by_index, num_layers)
+        return _rank(_Context(model, full_inputs, flat, ref, run_p, u, scale, k, truth, ours), seg, by_index, pairs,
+                     precision)
+
+
+def _blas_for(tokens: int) -> contextlib.AbstractContextManager[Any]:
+    """OpenBLAS at one thread for few tokens: the segments' products are then small, and threads
+    cost more than they bring (5x slower measured on 14 tokens of a busy 2-core machine)."""
+    if tokens < SMALL_BATCH and runtime.blas() is not None:
+        return runtime.one_blas_thread()
+    return contextlib.nullcontext()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every run of one diagnosis shares: the model, the inputs, the candidate, the dtypes of
+    the variants' truths (`ref`) and of the candidate's precision (`run_p`), the floor's unit
+    roundoff and scale, K, and our BERT runs (the truth and at the candidate's precision)."""
+
+    model: Any
+    inputs: dict[str, np.ndarray]
+    candidate: Mapping[str, np.ndarray]
+    ref: str
+    run_p: str
+    u: float
+    scale: float
+    k: float
+    truth: Mapping[str, np.ndarray]
+    ours: Mapping[str, np.ndarray]
+
+
+def _rank(ctx: _Context, seg: _Segment, by_index: Mapping[int, str], pairs: bool, precision: str) -> Diagnosis:
+    """Steps 2 and 3 of `diagnose`: every mistake over the segment, pairs, and the tie-break."""
+    config, k = ctx.model.config, ctx.k
+    num_layers = config.num_layers
+    # 2. Every mistake that can happen in the segment; then pairs, when none explains alone.
+    run = _Runner(ctx, seg)
+    singles = [h for h in catalogue(config, ctx.inputs) if h.parts & seg.parts]
+    found = sorted(((run.evaluate(h), h) for h in singles), key=lambda fh: fh[0].score)
+    tried = 0
+    if not any(f.explains for f, _ in found) and pairs:
+        pool = [h for f, h in found if f.ratio <= run.baseline.ratio / 2][:POOL]
+        combos = [c for a, b in itertools.combinations(pool, 2) if (c := combine(a, b)) is not None]
+        tried = len(combos)
+        found = sorted(found + [(run.evaluate(c), c) for c in combos], key=lambda fh: fh[0].score)
+    explaining = [h for f, h in found if f.explains][:POOL]
+    # 3. Several explain the segment (they differ only where it does not look): the later outputs decide.
+    wider = _Segment(seg.first, num_layers, num_layers + 1 in by_index,
+                     tuple(by_index[i] for i in sorted(by_index) if seg.first is None or i > seg.first))
+    if len(explaining) > 1 and set(wider.keys) - set(seg.keys):
+        wide = _Runner(ctx, wider)
+        decided = sorted(((wide.evaluate(h), h) for h in explaining), key=lambda fh: fh[0].score)
+        rest = [fh for fh in found if fh[1] not in explaining]
+        if decided[0][0].explains:  # reported over the wider segment
+            run, found = wide, decided + rest
+        else:  # none explains the later outputs within K: they still order those that explain the segment
+            local = {id(h): f for f, h in found}
+            found = [(local[id(h)], h) for _, h in decided] + rest
+    ranked = [f for f, _ in found]
+    cause = next((f for f in ranked if f.explains), None)
+    if cause is None and ranked and _partial(ranked[0], run.baseline, k):
+        cause = ranked[0]
+    return Diagnosis(precision, k, run.seg.describe(num_layers), run.seg.keys, run.baseline, tuple(ranked),
+                     len(singles), tried, cause)
+
+
+class _Runner:
+    """Runs hypotheses over one segment and scores them (see the module docstring): the segment's
+    input is ours (the truth for the variant's truth, our run at the candidate's precision for its
+    floor), and BERT's own run on it gives the baseline and BERT's floors."""
+
+    def __init__(self, ctx: _Context, seg: _Segment) -> None:
+        self.ctx, self.seg = ctx, seg
+        self.mask = ctx.inputs["padding_mask"]
+        self.hidden_truth = self.hidden_p = None
+        if seg.first is not None:
+            key = f"hidden_states.{seg.first}"
+            self.hidden_truth, self.hidden_p = ctx.truth[key], ctx.ours[key]
+        truth, ours = self._runs(None)
+        self.floor = _floor(truth, ours, seg.keys, ctx.u, self.mask, ctx.scale)
+        self.baseline = _finding(("none",), _BERT, ctx.candidate, truth,
+                                 self.floor, seg.keys, ctx.k)
+
+    def _runs(self, h: Hypothesis | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The segment under `h`: its truth, and its run at the candidate's precision."""
+        c = self.ctx
+        return (_run(c.model, self.seg, h, c.ref, self.hidden_truth, c.inputs),
+                _run(c.model, self.seg, h, c.run_p, self.hidden_p, c.inputs))
+
+    def evaluate(self, h: Hypothesis) -> Finding:
+        c = self.ctx
+        truth, ours = self._runs(h)
+        floor = _floor(truth, ours, self.seg.keys, max(c.u, h.unit_roundoff), self.mask, c.scale)
+        return _finding(h.ids, h.what, c.candidate, truth, floor, self.seg.keys, c.k, self.floor)
+
+
+def _partial(best: Finding, baseline: Finding, k: float) -> bool:
+    """Whether a mistake that does not explain the failure within K still accounts for most of it:
+    it takes away more than half of the error's orders of magnitude (ratio <= sqrt(BERT's ratio))
+    and at least a factor K."""
+    return best.ratio <= math.sqrt(baseline.ratio) and best.ratio * k <= baseline.ratio
+
+
+def _alias(outputs: dict[str, np.ndarray], num_layers: int) -> None:
+    """Make `sequence_output` and `hidden_states.{num_layers}` name the same array when one is there."""
+    last = f"hidden_states.{num_layers}"
+    if last in outputs and "sequence_output" not in outputs:
+        outputs["sequence_output"] = outputs[last]
+    elif "sequence_output" in outputs and last not in outputs:
+        outputs[last] = outputs["sequence_output"]
+
+
+def _full_inputs(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    ids = np.asarray(inputs["token_ids"])
+    seg = inputs.get("segment_ids")
+    mask = inputs.get("padding_mask")
+    return {"token_ids": ids, "segment_ids": np.zeros_like(ids) if seg is None else np.asarray(seg),
+            "padding_mask": np.ones(ids.shape, bool) if mask is None else np.asarray(mask).astype(bool)}
