@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_ref import BertBackbone, ops
-from bert_ref.model import ggml
+from bert_ref import BertBackbone
+from bert_ref.model import activations, ggml
 from bert_ref.model.precision import POLICY_NAMES, get_policy
 
 GOLDEN = np.load(Path(__file__).resolve().parents[1] / "golden" / "ggml" / "ggml.npz")
@@ -51,7 +51,7 @@ def test_activations_round_half_to_even_and_weights_half_away_from_zero():
 
 def test_gelu_f16_table_is_ggmls_for_every_float16_input():
     f = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    ours = ops._gelu_f16_table().astype(np.float16).view(np.uint16)
+    ours = activations.gelu_f16_table().astype(np.float16).view(np.uint16)
     used = np.abs(f) < 10  # ggml reads the table only for -10 < x < 10 (0 below, x above)
     assert used.sum() > 30000  # 37376 of the 65536 bit patterns
     np.testing.assert_array_equal(ours[used], GOLDEN["gelu_f16_table"][used])
@@ -59,7 +59,7 @@ def test_gelu_f16_table_is_ggmls_for_every_float16_input():
 
 def test_gelu_f16_table_op_reads_the_table_between_minus_10_and_10():
     x = np.float32([-11, -10, -1.5, 0.3, 9.99, 10, 12.5])
-    y = ops.gelu_approximate_f16_table(x)
+    y = activations.gelu_approximate_f16_table(x)
     table = GOLDEN["gelu_f16_table"].view(np.float16).astype(np.float32)
     expected = [0, 0, table[np.float16(-1.5).view(np.uint16)], table[np.float16(0.3).view(np.uint16)],
                 table[np.float16(9.99).view(np.uint16)], 10, 12.5]

@@ -1,7 +1,8 @@
-"""The encoder's hooks and start/stop, and the catalogue of mistakes built on them.
+"""The oracle's variants of our forward (a policy whose `steps` replace some ops, a hidden state
+injected in place of the embeddings), and the catalogue of mistakes built on them.
 
-The reference for each hook is the plain composition of `bert_ref.ops` (the teaching ops), in
-float64, so the checks are exact up to float64 rounding of differently ordered sums (1e-12).
+The reference for each replaced step is the plain composition of `bert_ref.ops` (the teaching ops),
+in float64, so the checks are exact up to float64 rounding of differently ordered sums (1e-12).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from bert_ref import BertBackbone, ops
-from bert_ref.encoder import Hooks, forward
+from bert_ref.encoder import forward
 from bert_ref.oracle import variants
 
 CFG = dict(vocabulary_size=30, num_layers=2, num_heads=4, hidden_dim=16, intermediate_dim=24, max_sequence_length=12)
@@ -31,9 +32,19 @@ def _inputs(padded=True):
     return {"token_ids": rng.integers(0, 30, (2, 7)), "segment_ids": seg, "padding_mask": mask}
 
 
-def _run(model, hooks=None, **kw):
-    return forward(model.weights, model.config, kw.pop("inputs", _inputs()), dtype="float64",
-                   output_hidden_states=True, hooks=hooks, **kw)
+def _run(model, steps=None, *, inputs=None, layers=None, **kw):
+    """The variant run over `model`, or over the layers `layers` (a slice) renumbered from 0."""
+    weights, config = dict(model.weights), model.config
+    if layers is not None:
+        keep = list(range(model.config.num_layers))[layers]
+        weights = {k: v for k, v in weights.items() if not k.startswith("transformer_layer_")}
+        for i, j in enumerate(keep or [0]):  # a layer to prepare even when none runs
+            old = f"transformer_layer_{j}/"
+            weights.update({f"transformer_layer_{i}/" + k[len(old):]: v for k, v in model.weights.items()
+                            if k.startswith(old)})
+        config = type(config)(**{**config.to_dict(), "num_layers": max(1, len(keep))})
+        kw.setdefault("no_layers", not keep)
+    return variants.run(weights, config, _inputs() if inputs is None else inputs, dtype="float64", steps=steps, **kw)
 
 
 def _layer_params(model, i):
@@ -49,42 +60,47 @@ def _layer_params(model, i):
     return d, g
 
 
-def test_empty_hooks_and_start_stop_reproduce_the_forward(model):
+def test_no_replaced_step_and_injected_segments_reproduce_the_forward(model):
     inputs = _inputs(padded=False)  # the fused path is bit-identical to the steps without padding
     plain = forward(model.weights, model.config, inputs, dtype="float64", output_hidden_states=True)
-    hooked = _run(model, Hooks(), inputs=inputs)
-    for a, b in zip(plain["hidden_states"], hooked["hidden_states"], strict=True):
+    same = _run(model, {}, inputs=inputs)
+    for a, b in zip(plain["hidden_states"], same["hidden_states"], strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(plain["pooled_output"], hooked["pooled_output"])
-    one = _run(model, start=(1, hooked["hidden_states"][1]), stop=2, inputs=inputs)  # layer 1 alone
-    np.testing.assert_array_equal(one["hidden_states"][1], hooked["hidden_states"][2])
-    np.testing.assert_array_equal(one["pooled_output"], hooked["pooled_output"])
-    emb = _run(model, stop=0, inputs=inputs)  # the embeddings alone: no layer, no pooler
-    np.testing.assert_array_equal(emb["sequence_output"], hooked["hidden_states"][0])
-    assert "pooled_output" not in emb
-    pool = _run(model, start=(2, hooked["hidden_states"][2]), inputs=inputs)  # the pooler alone
-    np.testing.assert_array_equal(pool["pooled_output"], hooked["pooled_output"])
+    np.testing.assert_array_equal(plain["pooled_output"], same["pooled_output"])
+    one = _run(model, inputs=inputs, layers=slice(1, 2), inject=same["hidden_states"][1])  # layer 1 alone
+    np.testing.assert_array_equal(one["hidden_states"][0], same["hidden_states"][1])
+    np.testing.assert_array_equal(one["hidden_states"][1], same["hidden_states"][2])
+    np.testing.assert_array_equal(one["pooled_output"], same["pooled_output"])
+    emb = _run(model, inputs=inputs, no_layers=True)  # the embeddings alone
+    np.testing.assert_array_equal(emb["sequence_output"], same["hidden_states"][0])
+    pool = _run(model, inputs=inputs, layers=slice(2, 2), inject=same["hidden_states"][2])  # the pooler alone
+    np.testing.assert_array_equal(pool["pooled_output"], same["pooled_output"])
 
 
-def test_start_does_not_write_into_the_callers_hidden_state(model):
-    x = _run(model)["hidden_states"][1].astype(np.float32)
+def test_injection_does_not_write_into_the_callers_hidden_state(model):
+    x = _run(model)["hidden_states"][1]
     before = x.copy()
-    forward(model.weights, model.config, _inputs(), output_hidden_states=True, start=(1, x),
-            hooks=Hooks(pre_layer_norm=True))
+    _run(model, {"pre_layer_norm": True}, layers=slice(1, 2), inject=x)
     np.testing.assert_array_equal(x, before)
 
 
-def test_pre_layer_norm_hook_is_the_pre_ln_composition_of_the_plain_ops(model):
+def test_pre_layer_norm_is_the_pre_ln_composition_of_the_plain_ops(model):
     inputs = _inputs()
     x = _run(model)["hidden_states"][0]
-    got = _run(model, Hooks(pre_layer_norm=True), start=(0, x), stop=1, inputs=inputs)["hidden_states"][1]
+    got = _run(model, {"pre_layer_norm": True}, layers=slice(0, 1), inject=x)["hidden_states"][1]
     d, g = _layer_params(model, 0)
     eps, mask = model.config.layer_norm_epsilon, inputs["padding_mask"][:, None, None, :]
-    y = ops.layer_norm(x, g["self_attention_layer_norm/gamma"], g["self_attention_layer_norm/beta"], eps)
-    x1 = x + ops.multi_head_attention(y, d["query"], d["key"], d["value"], d["attention_output"], 4, mask)
+
+    def attention(y):  # [B, S, H] -> [B, S, H], plain ops
+        q, k, v = (ops.split_heads(ops.dense(y, *d[n]), 4) for n in ("query", "key", "value"))
+        return ops.dense(ops.attention_context(ops.masked_softmax(ops.attention_scores(q, k), mask), v),
+                         *d["attention_output"])
+
+    x1 = x + attention(ops.layer_norm(x, g["self_attention_layer_norm/gamma"], g["self_attention_layer_norm/beta"],
+                                      eps))
     y = ops.layer_norm(x1, g["feedforward_layer_norm/gamma"], g["feedforward_layer_norm/beta"], eps)
-    x2 = x1 + ops.feed_forward(y, g["feedforward_intermediate_dense/kernel"], g["feedforward_intermediate_dense/bias"],
-                               g["feedforward_output_dense/kernel"], g["feedforward_output_dense/bias"], "gelu")
+    inner = ops.gelu(ops.dense(y, g["feedforward_intermediate_dense/kernel"], g["feedforward_intermediate_dense/bias"]))
+    x2 = x1 + ops.dense(inner, g["feedforward_output_dense/kernel"], g["feedforward_output_dense/bias"])
     np.testing.assert_allclose(got, x2, rtol=0, atol=1e-12)
 
 
@@ -97,23 +113,19 @@ def test_interleaved_heads_are_contiguous_heads_of_permuted_projections(model):
     np.testing.assert_array_equal(split, ops.split_heads(x[..., perm], 4))
 
 
-def test_each_hook_changes_what_it_says(model):
+def test_each_replaced_step_changes_what_it_says(model):
     base = _run(model)
-    same = _run(model, Hooks(layer_norm=ops.layer_norm, position_ids=lambda s: np.broadcast_to(np.arange(7), s.shape),
-                             query_scale=1.0, split_heads=ops.split_heads, merge_heads=ops.merge_heads))
+    same = _run(model, {"layer_norm": ops.layer_norm, "position_ids": lambda s: np.broadcast_to(np.arange(7), s.shape),
+                        "query_scale": 1.0, "split_heads": ops.split_heads, "merge_heads": ops.merge_heads,
+                        "softmax": lambda s, m: ops.masked_softmax(s, m[:, None, None, :])})
     np.testing.assert_allclose(same["sequence_output"], base["sequence_output"], rtol=0, atol=1e-12)
-    for hooks in (Hooks(layer_norm=variants.layer_norm_unbiased), Hooks(softmax=variants.softmax_mask_ignored),
-                  Hooks(position_ids=lambda s: np.broadcast_to(np.arange(7) + 1, s.shape)), Hooks(query_scale=2.0),
-                  Hooks(split_heads=variants.split_heads_interleaved, merge_heads=variants.merge_heads_interleaved),
-                  Hooks(pooler=variants.pooler_no_tanh)):
-        out = _run(model, hooks)
-        changed = out["pooled_output"] if hooks.pooler else out["sequence_output"]
-        assert np.abs(changed - (base["pooled_output"] if hooks.pooler else base["sequence_output"])).max() > 1e-6
-
-
-def test_position_ids_outside_the_table_are_refused(model):
-    with pytest.raises(ValueError, match=r"position_ids\[0, 2\] = 12 is outside \[0, 12\)"):
-        _run(model, Hooks(position_ids=lambda s: np.broadcast_to(np.arange(7) + 10, s.shape)))
+    for steps in ({"layer_norm": variants.layer_norm_unbiased}, {"softmax": variants.softmax_mask_ignored},
+                  {"position_ids": lambda s: np.broadcast_to(np.arange(7) + 1, s.shape)}, {"query_scale": 2.0},
+                  {"split_heads": variants.split_heads_interleaved, "merge_heads": variants.merge_heads_interleaved},
+                  {"pooler": variants.pooler_no_tanh}, {"pooler": variants.pooler_mean}, {"pre_layer_norm": True}):
+        out = _run(model, steps)
+        key = "pooled_output" if "pooler" in steps else "sequence_output"
+        assert np.abs(out[key] - base[key]).max() > 1e-6, steps
 
 
 def test_unbiased_and_half_layer_norms_round_where_they_say():
@@ -157,5 +169,5 @@ def test_combinations_join_different_kinds_only(model):
     assert pair is not None and pair.ids == ("activation=gelu_approximate", "layer_norm_epsilon=1e-5")
     assert variants.combine(cat["layer_norm_epsilon=1e-5"], cat["layer_norm_epsilon=1e-3"]) is None
     assert variants.combine(cat["mask_ignored"], cat["softmax_half"]) is None  # both replace the softmax
-    config, _, _, hooks = pair.apply(model.config, dict(model.weights), _inputs())
-    assert config.activation == "gelu_approximate" and config.layer_norm_epsilon == 1e-5 and hooks == Hooks()
+    config, _, _, steps = pair.apply(model.config, dict(model.weights), _inputs())
+    assert config.activation == "gelu_approximate" and config.layer_norm_epsilon == 1e-5 and not steps

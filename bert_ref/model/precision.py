@@ -62,7 +62,8 @@ float32 accumulation), everything else float32:
   a hidden size that is not a multiple of 256, such as MiniLM's 384; for 768 it picks q6_K, which
   is not emulated); position and segment embeddings, biases and layer norms stay float32;
 * the tanh GELU (`gelu_approximate`) comes from ggml's float16 table
-  (`ops.gelu_approximate_f16_table`); the exact GELU is float32, as ggml's `gelu_erf`;
+  (`bert_ref.model.activations.gelu_approximate_f16_table`); the exact GELU is float32, as ggml's
+  `gelu_erf`;
 * layer norm, softmax and the two attention products are float32, as in llama.cpp's attention
   without flash attention (K and V are not cached for an encoder).
 
@@ -82,8 +83,10 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.model import activations  # noqa: F401 - registers the ports' GELU forms in ops.ACTIVATIONS
-from bert_ref.model import ggml
+from bert_ref.model import (
+    activations,  # noqa: F401 - registers the ports' GELU forms in ops.ACTIVATIONS
+    ggml,
+)
 
 
 def _bfloat16() -> np.dtype:

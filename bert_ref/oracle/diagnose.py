@@ -63,7 +63,6 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.encoder import forward
 from bert_ref.model import runtime
 from bert_ref.model.config import BertConfig
 from bert_ref.model.precision import PRECISIONS, UNIT_ROUNDOFF
@@ -71,6 +70,7 @@ from bert_ref.oracle.blocked import as_flat
 from bert_ref.oracle.keys import valid_mask
 from bert_ref.oracle.run import DEFAULT_FLOOR_RATIO, detect_precision, oracle_outputs
 from bert_ref.oracle.variants import Hypothesis, catalogue, combine
+from bert_ref.oracle.variants import run as run_variant
 
 __all__ = ["Diagnosis", "Finding", "diagnose", "POOL"]
 
@@ -247,8 +247,8 @@ def _segment(first_failing: int | None, passing: Sequence[int], keys: Mapping[in
 
 def _sub_model(config: BertConfig, weights: Mapping[str, np.ndarray], seg: _Segment,
                inputs: Mapping[str, np.ndarray]) -> tuple[BertConfig, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The part of the model the segment runs: its layers renumbered from 0 (at least one layer:
-    a copy of a neighbour when the segment runs none); when it starts from the token ids, the
+    """The part of the model the segment runs: its layers renumbered from 0 (at least one layer,
+    a neighbour's, when the segment runs none: it is dropped after `prepare`); when it starts from the token ids, the
     token table's rows the inputs use (ids renumbered; rows are looked up, and quantised, one by
     one) and the position rows they can reach (two more for the shifted-position mistakes), else
     1-row zero tables and zero ids, never read."""
@@ -282,28 +282,19 @@ def _sub_model(config: BertConfig, weights: Mapping[str, np.ndarray], seg: _Segm
 
 def _run(model: Any, seg: _Segment, hyp: Hypothesis | None, dtype: str, hidden: np.ndarray | None,
          inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The segment's outputs (by candidate key) under `hyp` (None: BERT) in policy `dtype`."""
+    """The segment's outputs (by candidate key) under `hyp` (None: BERT) at policy `dtype`: the
+    forward over the sub-model, computing with a `VariantPolicy` (`hidden`, ours, injected in place
+    of the embeddings when the segment starts from a hidden state)."""
     config, weights, sub_inputs = _sub_model(model.config, model.weights, seg, inputs)
-    hooks = None
+    replaced: Mapping[str, Any] = {}
     if hyp is not None:
-        config, weights, sub_inputs, hooks = hyp.apply(config, weights, sub_inputs)
+        config, weights, sub_inputs, replaced = hyp.apply(config, weights, sub_inputs)
     first = seg.first or 0
-    n = config.num_layers
-    start: tuple[int, np.ndarray] | None = None
-    stop: int | None = seg.last
-    if seg.first is not None:
-        assert hidden is not None
-        start, stop = (n if seg.first == seg.last else 0, hidden), None
-    out = forward(weights, config, sub_inputs, dtype=dtype, output_hidden_states=True, hooks=hooks, start=start,
-                  stop=stop)
-    got: dict[str, np.ndarray] = {}
-    for i, h in enumerate(out["hidden_states"]):
-        got[f"hidden_states.{first + i}" if seg.first is not None else f"hidden_states.{i}"] = h
-    if seg.first is not None and seg.first == seg.last:
-        got = {f"hidden_states.{seg.last}": out["sequence_output"]}
-    got["sequence_output"] = got[f"hidden_states.{seg.last}"] if seg.last == model.config.num_layers else \
-        out["sequence_output"]
-    if "pooled_output" in out:
+    out = run_variant(weights, config, sub_inputs, dtype=dtype, steps=replaced, inject=hidden,
+                      no_layers=seg.last == first)
+    got = {f"hidden_states.{first + i}": h for i, h in enumerate(out["hidden_states"])}
+    if seg.last == model.config.num_layers:
+        got["sequence_output"] = got[f"hidden_states.{seg.last}"]
         got["pooled_output"] = out["pooled_output"]
     return got
 

@@ -3,9 +3,12 @@
 A `Hypothesis` says how a port may differ from BERT as the checkpoint defines it, and builds that
 port out of our own forward: a change of the config (`activation`, `layer_norm_epsilon`), of the
 weights (a table zeroed, a kernel transposed), of the inputs (token types dropped), or a step
-replaced through `bert_ref.encoder.Hooks` (the layer norm, the masked softmax, the position ids,
-the head split, the layer's arrangement, the pooler). Nothing here is a second encoder: every
-variant runs `bert_ref.encoder.forward` with the plain ops of `bert_ref.ops`.
+replaced (the layer norm, the masked softmax, the position ids, the head split and merge, the
+query scale, the layer's arrangement, the pooler). Nothing here is a second encoder: every variant
+runs `bert_ref.encoder.forward` with the plain ops of `bert_ref.ops`, some of them replaced: a
+`VariantPolicy` is the candidate's precision policy whose `steps` hands the forward a `Steps`
+namespace instead of `bert_ref.ops`. It can also feed a hidden state in place of the embeddings
+(`inject`), so that one segment of the network runs alone.
 
 `catalogue(config, inputs)` lists the hypotheses that can be told apart on these inputs: a mask
 mistake needs padding, a token-type mistake a second segment, a position shift room in the
@@ -45,8 +48,9 @@ from typing import Any
 import numpy as np
 
 from bert_ref import ops
-from bert_ref.encoder import Hooks
+from bert_ref.encoder import check_weights, forward, prepare
 from bert_ref.model.config import BertConfig
+from bert_ref.model.precision import Policy, get_policy
 
 Weights = dict[str, np.ndarray]
 Inputs = dict[str, np.ndarray]
@@ -58,7 +62,7 @@ PARTS = ("embeddings", "layers", "pooler")
 @dataclasses.dataclass(frozen=True)
 class Hypothesis:
     """One mistake (or, combined with `combine`, several): `parts` says which parts of the network
-    it changes, `config`, `weights`, `inputs` and `hooks` how (see `apply`). `unit_roundoff`: the
+    it changes, `config`, `weights`, `inputs` and `steps` how (see `apply` and `Steps`). `unit_roundoff`: the
     unit roundoff of a lower precision the mistake rounds to (float16's, 2^-11, for float16
     arithmetic or a float16 table), else 0: one rounding of an output's largest value at that
     precision is the smallest floor a port making the mistake can have."""
@@ -70,7 +74,7 @@ class Hypothesis:
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     weights: Callable[[Weights, BertConfig], Weights] | None = None
     inputs: Callable[[Inputs], Inputs] | None = None
-    hooks: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    steps: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     unit_roundoff: float = 0.0
     members: tuple[str, ...] = ()
 
@@ -79,15 +83,16 @@ class Hypothesis:
         """The catalogue ids this hypothesis is made of (one, or those of a combination)."""
         return self.members or (self.id,)
 
-    def apply(self, config: BertConfig, weights: Weights, inputs: Inputs) -> tuple[BertConfig, Weights, Inputs, Hooks]:
-        """The port this hypothesis describes: its config, weights, inputs and hooks."""
+    def apply(self, config: BertConfig, weights: Weights,
+              inputs: Inputs) -> tuple[BertConfig, Weights, Inputs, Mapping[str, Any]]:
+        """The port this hypothesis describes: its config, weights, inputs and replaced steps."""
         if self.config:
             config = dataclasses.replace(config, **self.config)
         if self.weights is not None:
             weights = self.weights(weights, config)
         if self.inputs is not None:
             inputs = self.inputs(inputs)
-        return config, weights, inputs, Hooks(**self.hooks)
+        return config, weights, inputs, self.steps
 
 
 def combine(*hypotheses: Hypothesis) -> Hypothesis | None:
@@ -97,12 +102,12 @@ def combine(*hypotheses: Hypothesis) -> Hypothesis | None:
     if len(set(kinds)) < len(kinds):
         return None
     config: dict[str, Any] = {}
-    hooks: dict[str, Any] = {}
+    steps: dict[str, Any] = {}
     for h in hypotheses:
-        if set(config) & set(h.config) or set(hooks) & set(h.hooks):
+        if set(config) & set(h.config) or set(steps) & set(h.steps):
             return None
         config.update(h.config)
-        hooks.update(h.hooks)
+        steps.update(h.steps)
     if sum(h.inputs is not None for h in hypotheses) > 1:
         return None
     weight_fns = [h.weights for h in hypotheses if h.weights is not None]
@@ -116,7 +121,7 @@ def combine(*hypotheses: Hypothesis) -> Hypothesis | None:
     members = tuple(i for h in hypotheses for i in h.ids)
     return Hypothesis(" + ".join(members), "+".join(kinds), "; ".join(h.what for h in hypotheses),
                       frozenset().union(*(h.parts for h in hypotheses)), config,
-                      weights if weight_fns else None, input_fn, hooks, max(h.unit_roundoff for h in hypotheses),
+                      weights if weight_fns else None, input_fn, steps, max(h.unit_roundoff for h in hypotheses),
                       members)
 
 
@@ -271,6 +276,162 @@ def _token_types_zero(inputs: Inputs) -> Inputs:
 
 
 # ----------------------------------------------------------------------------------------------
+# Running a variant: the candidate's policy, computing with some ops replaced
+
+
+class Steps:
+    """The ops a variant computes with: those of `base` (`bert_ref.ops`), some replaced as the
+    hypothesis' `steps` say (keys: `layer_norm`, `softmax`, `position_ids`, `query_scale`,
+    `split_heads` / `merge_heads`, `pre_layer_norm`, `pooler`), and, with `inject`, the given
+    hidden state in place of the embeddings' layer-norm output. The replacements that need to know
+    which weights an op is called with (the position table, a layer's layer norms and kernels)
+    recognise the prepared arrays of `params` by identity."""
+
+    def __init__(self, base: Any, steps: Mapping[str, Any], policy: Policy, params: Mapping[str, Any],
+                 epsilon: float, segment_ids: np.ndarray, mask: np.ndarray, inject: np.ndarray | None) -> None:
+        self.base, self.steps, self.policy, self.params = base, steps, policy, params
+        self.epsilon, self.segment_ids, self.mask, self.inject = epsilon, segment_ids, mask, inject
+        self.norm = steps.get("layer_norm", base.layer_norm)
+        self.last: np.ndarray | None = inject  # the latest layer-norm output: the pooler's sequence
+        self.pre: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(kernel) -> the layer norm before it
+        self.post: set[int] = set()  # ids of the layer norms after the residual sums
+        self.normed: dict[tuple[int, int], np.ndarray] = {}
+        if steps.get("pre_layer_norm"):
+            for p in params["layers"]:
+                attention = (p["attention_norm_gamma"], p["attention_norm_beta"])
+                self.pre.update({id(p[n][0]): attention for n in ("query", "key", "value")})
+                self.pre[id(p["ffn_kernel1"])] = (p["ffn_norm_gamma"], p["ffn_norm_beta"])
+                self.post.update((id(p["attention_norm_gamma"]), id(p["ffn_norm_gamma"])))
+
+    def __getattr__(self, name: str) -> Any:  # every op not replaced: the base's
+        return getattr(self.base, name)
+
+    def layer_norm(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+        if self.inject is not None and gamma is self.params["norm_gamma"]:
+            y = self.inject  # [B, S, H]: the segment's input
+        elif id(gamma) in self.post:  # pre-LN: no layer norm after the residual sum
+            y = x
+        else:
+            y = self.norm(x, gamma, beta, epsilon)
+        self.last = y
+        return y
+
+    def dense(self, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, activation: str | None = None) -> np.ndarray:
+        if id(kernel) in self.pre:  # pre-LN: the sublayer's input normalised (rounded as a step)
+            gamma, beta = self.pre[id(kernel)]
+            key = (id(x), id(gamma))
+            if key not in self.normed:
+                self.normed = {key: self.policy.round(self.norm(x, gamma, beta, self.epsilon))}
+            x = self.normed[key]
+        return self.base.dense(x, kernel, bias, activation)
+
+    def embedding(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if "position_ids" in self.steps and table is self.params["position"]:
+            ids = self.steps["position_ids"](self.segment_ids)
+        return self.base.embedding(table, ids)
+
+    def masked_softmax(self, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if "softmax" in self.steps:
+            return self.steps["softmax"](scores, self.mask)
+        return self.base.masked_softmax(scores, mask)
+
+    def attention_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        if "query_scale" in self.steps:
+            q = q * q.dtype.type(self.steps["query_scale"])
+        return self.base.attention_scores(q, k)
+
+    def split_heads(self, x: np.ndarray, num_heads: int) -> np.ndarray:
+        return self.steps.get("split_heads", self.base.split_heads)(x, num_heads)
+
+    def attention_context(self, probs: np.ndarray, v: np.ndarray) -> np.ndarray:
+        if "merge_heads" in self.steps:
+            return self.steps["merge_heads"](probs @ v)
+        return self.base.attention_context(probs, v)
+
+    def pooler(self, sequence: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        if "pooler" not in self.steps:
+            return self.base.pooler(sequence, kernel, bias)
+        assert self.last is not None
+        return self.steps["pooler"](self.last, self.mask,
+                                    lambda v: self.base.dense(self.policy.dense_input(v), kernel, bias))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VariantPolicy(Policy):
+    """The precision policy `base` (its roundings, its kernels), computing with the ops of a
+    `Steps`: `steps` replaces the ops the forward hands it, once `context` holds the prepared
+    weights ("params"), the segment ids, the padding mask, the layer-norm epsilon and, optionally,
+    the hidden state to inject. It always runs the plain ops, never fused. Equal only to itself."""
+
+    base: Policy
+    replaced: Mapping[str, Any]
+    context: dict[str, Any]
+
+    @classmethod
+    def of(cls, base: Policy, replaced: Mapping[str, Any]) -> VariantPolicy:
+        return cls(base.name, base.variable_dtype, base.compute_dtype, base.work_dtype, base, replaced, {})
+
+    @property
+    def rounds(self) -> bool:
+        return self.base.rounds
+
+    def round(self, x: np.ndarray) -> np.ndarray:
+        return self.base.round(x)
+
+    def weight(self, w: np.ndarray) -> np.ndarray:
+        return self.base.weight(w)
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        return self.base.kernel(w)
+
+    def token_table(self, w: np.ndarray) -> np.ndarray:
+        return self.base.token_table(w)
+
+    def dense_input(self, x: np.ndarray) -> np.ndarray:
+        return self.base.dense_input(x)
+
+    def matmul_input(self, x: np.ndarray) -> np.ndarray:
+        return self.base.matmul_input(x)
+
+    def norm_weight(self, w: np.ndarray) -> np.ndarray:
+        return self.base.norm_weight(w)
+
+    def output(self, x: np.ndarray) -> np.ndarray:
+        return self.base.output(x)
+
+    def activation(self, name: str) -> str:
+        return self.base.activation(name)
+
+    @property
+    def rounds_matmul_inputs(self) -> bool:
+        return True  # the plain ops, step by step: never the fast path's fused ops
+
+    def steps(self, f: Any) -> Any:
+        c = self.context
+        return Steps(f, self.replaced, self.base, c["params"], c["epsilon"], c["segment_ids"], c["mask"],
+                     c.get("inject"))
+
+
+def run(weights: Mapping[str, np.ndarray], config: BertConfig, inputs: Mapping[str, np.ndarray], *, dtype: Any,
+        steps: Mapping[str, Any] | None = None, inject: np.ndarray | None = None,
+        no_layers: bool = False) -> dict[str, Any]:
+    """`bert_ref.encoder.forward` (hidden states included) at policy `dtype`, with the `steps` of a
+    hypothesis replaced (see `Steps`); `inject` [B, S, H] in place of the embeddings' layer-norm
+    output; `no_layers`: run none of the layers (the embeddings alone, or with `inject` the pooler
+    alone)."""
+    policy = VariantPolicy.of(get_policy(dtype), steps or {})
+    params = prepare(check_weights(weights, config), config, policy)
+    if no_layers:
+        params["layers"] = []
+    if inject is not None:
+        inject = policy.round(np.asarray(inject).astype(policy.work_dtype))
+    policy.context.update(params=params, epsilon=config.layer_norm_epsilon, inject=inject,
+                          segment_ids=np.asarray(inputs["segment_ids"]),
+                          mask=np.asarray(inputs["padding_mask"]).astype(bool))
+    return forward(params, config, inputs, dtype=policy, output_hidden_states=True)
+
+
+# ----------------------------------------------------------------------------------------------
 # The catalogue
 
 _ACTIVATIONS = {
@@ -310,40 +471,40 @@ def catalogue(config: BertConfig, inputs: Mapping[str, np.ndarray]) -> list[Hypo
                                   f"{config.layer_norm_epsilon:g})",
                                   NORMS, {"layer_norm_epsilon": eps}))
     out.append(Hypothesis("variance_unbiased", "layer_norm", "layer norms divide the variance by n - 1 (unbiased)",
-                          NORMS, hooks={"layer_norm": layer_norm_unbiased}))
+                          NORMS, steps={"layer_norm": layer_norm_unbiased}))
     if padded:
         out += [
             Hypothesis("mask_ignored", "mask", "the padding mask is ignored: valid tokens attend to padding", LAYERS,
-                       hooks={"softmax": softmax_mask_ignored}),
+                       steps={"softmax": softmax_mask_ignored}),
             Hypothesis("mask_on_queries", "mask", "the padding mask is laid on the queries instead of the keys",
-                       LAYERS, hooks={"softmax": softmax_mask_on_queries}),
+                       LAYERS, steps={"softmax": softmax_mask_on_queries}),
             Hypothesis("mask_additive_1e4", "mask", "-1e4 is added to padded keys' scores (no zeroing)", LAYERS,
-                       hooks={"softmax": softmax_mask_additive}),
+                       steps={"softmax": softmax_mask_additive}),
             Hypothesis("mask_neg_inf", "mask", "padded keys' scores are -inf (a fully padded row is NaN)", LAYERS,
-                       hooks={"softmax": softmax_mask_neg_inf}),
+                       steps={"softmax": softmax_mask_neg_inf}),
         ]
     if pairs:
         out.append(Hypothesis("token_types_zero", "token_types", "token types are all 0 (the second segment is "
                               "embedded as the first)", EMB, inputs=_token_types_zero))
         out.append(Hypothesis("positions_restart_at_segment", "positions",
                               "position ids restart at 0 where the second segment begins", EMB,
-                              hooks={"position_ids": positions_restart}))
+                              steps={"position_ids": positions_restart}))
     out.append(Hypothesis("segment_embedding_dropped", "token_types", "the segment (token type) embedding is left out",
                           EMB, weights=_zero_segments))
     for k in (1, 2):
         if seq + k <= config.max_sequence_length:
             out.append(Hypothesis(f"positions_shifted_{k}", "positions", f"position ids start at {k}, not 0", EMB,
-                                  hooks={"position_ids": _positions_shifted(k)}))
+                                  steps={"position_ids": _positions_shifted(k)}))
     for name, factor, what in (("missing", math.sqrt(d), "not scaled by 1/sqrt(head_dim)"),
                                ("doubled", 1 / math.sqrt(d), "scaled by 1/head_dim (the scale applied twice)"),
                                ("sqrt_hidden", math.sqrt(d / config.hidden_dim),
                                 "scaled by 1/sqrt(hidden) instead of 1/sqrt(head_dim)")):
         out.append(Hypothesis(f"attention_scale_{name}", "attention_scale", f"attention scores {what}", LAYERS,
-                              hooks={"query_scale": factor}))
+                              steps={"query_scale": factor}))
     if config.num_heads > 1 and d > 1:
         out.append(Hypothesis("heads_interleaved", "heads", "heads are split interleaved (head j = columns j, j+h, "
                               "...) instead of contiguous", LAYERS,
-                              hooks={"split_heads": split_heads_interleaved, "merge_heads": merge_heads_interleaved}))
+                              steps={"split_heads": split_heads_interleaved, "merge_heads": merge_heads_interleaved}))
     if square:
         for which in ("query", "key", "value", "output"):
             out.append(Hypothesis(f"kernel_transposed={which}", "kernel", f"the {which} kernel is used transposed",
@@ -351,13 +512,13 @@ def catalogue(config: BertConfig, inputs: Mapping[str, np.ndarray]) -> list[Hypo
     out.append(Hypothesis("query_key_swapped", "kernel_swap", "the query and key projections are swapped", LAYERS,
                           weights=_swap_query_key))
     out.append(Hypothesis("pre_layer_norm", "architecture", "layers are pre-LN, x + f(LN(x)), instead of post-LN",
-                          LAYERS, hooks={"pre_layer_norm": True}))
+                          LAYERS, steps={"pre_layer_norm": True}))
     out.append(Hypothesis("pooler_no_tanh", "pooler", "the pooler's tanh is left out", POOL,
-                          hooks={"pooler": pooler_no_tanh}))
+                          steps={"pooler": pooler_no_tanh}))
     out.append(Hypothesis("pooler_mean", "pooler", "the pooler reads the mean over valid tokens instead of [CLS]",
-                          POOL, hooks={"pooler": pooler_mean}))
+                          POOL, steps={"pooler": pooler_mean}))
     out.append(Hypothesis("softmax_half", "softmax_precision", "the attention softmax runs in float16 arithmetic",
-                          LAYERS, hooks={"softmax": softmax_half}, unit_roundoff=HALF))
+                          LAYERS, steps={"softmax": softmax_half}, unit_roundoff=HALF))
     out.append(Hypothesis("layer_norm_half", "layer_norm_precision", "layer norms run in float16 arithmetic", NORMS,
-                          hooks={"layer_norm": layer_norm_half}, unit_roundoff=HALF))
+                          steps={"layer_norm": layer_norm_half}, unit_roundoff=HALF))
     return out
