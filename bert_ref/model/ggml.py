@@ -149,7 +149,7 @@ class BlockKernel(np.ndarray):
     """A dense kernel [In, Out] as ggml's matmul uses it: `x @ kernel` is `block_matmul(x, kernel)`
     (Python gives a subclass's reflected operator the first word), so the plain `ops.dense` computes
     ggml's product. The array is `scaled()` of the blocks (the de-quantised kernel for the symmetric
-    formats; the float16 kernel for "f16"), `mins` is None or the float16 minimums [In/32, Out] of
+    formats; the float16 kernel for "F16"), `mins` is None or the float16 minimums [In/32, Out] of
     q4_1 / q5_1; `format` names the format."""
 
     format: str
@@ -164,9 +164,9 @@ class BlockKernel(np.ndarray):
 
 
 def quantize_kernel(kernel: np.ndarray, fmt: str) -> BlockKernel:
-    """A dense kernel [In, Out] in `fmt` (or "f16": float16), blocks along In (ggml's rows are our
+    """A dense kernel [In, Out] in `fmt` (or "F16": float16), blocks along In (ggml's rows are our
     columns). [In, Out] -> [In, Out]"""
-    if fmt == "f16":
+    if fmt == "F16":
         out = np.ascontiguousarray(fp16(kernel)).view(BlockKernel)
         out.format, out.mins = fmt, None
         return out
@@ -183,7 +183,7 @@ def block_matmul(x: np.ndarray, kernel: BlockKernel) -> np.ndarray:
     the kernel's activation format (q8_0 or q8_1) in blocks along In, then per block
     `d_w d_x sum(q_w q_x)` (+ `m_w s_x`), summed in float32; for an F16 kernel, `x` rounded to
     float16 (F16's `vec_dot_type`), products summed in float32. [N, In], [In, Out] -> [N, Out]"""
-    if kernel.format == "f16":
+    if kernel.format == "F16":
         return fp16(x) @ np.asarray(kernel)
     values, sums = quantize_activations(x, ACTIVATION_FORMAT[kernel.format])
     y = values @ np.asarray(kernel)  # [N, Out]: the d_w d_x q_w q_x products

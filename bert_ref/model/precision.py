@@ -280,7 +280,7 @@ class GGMLPolicy(Policy):
         """A `ggml.BlockKernel`: `x @ kernel` is then ggml's product (see `ggml.block_matmul`). F16
         for ggml_f16, and where llama-quantize falls back to it (an input width not a multiple of 32)."""
         f16 = self.name == "ggml_f16" or w.shape[0] % ggml.QK
-        return ggml.quantize_kernel(self.weight(w), "f16" if f16 else self.name)
+        return ggml.quantize_kernel(self.weight(w), "F16" if f16 else self.name)
 
     def token_table(self, w: np.ndarray) -> np.ndarray:
         if self.name == "ggml_f16" or w.shape[1] % ggml.QK:

@@ -57,7 +57,6 @@ import contextlib
 import dataclasses
 import itertools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,7 +66,7 @@ from bert_ref.model import runtime
 from bert_ref.model.config import BertConfig
 from bert_ref.model.precision import PRECISIONS, UNIT_ROUNDOFF
 from bert_ref.oracle.blocked import as_flat
-from bert_ref.oracle.keys import valid_mask
+from bert_ref.oracle.keys import try_parse_key, valid_mask
 from bert_ref.oracle.run import DEFAULT_FLOOR_RATIO, detect_precision, oracle_outputs
 from bert_ref.oracle.variants import Hypothesis, catalogue, combine
 from bert_ref.oracle.variants import run as run_variant
@@ -78,7 +77,6 @@ __all__ = ["Diagnosis", "Finding", "diagnose", "POOL"]
 POOL = 6
 #: Below this many tokens the runs use one BLAS thread (`_blas_for`).
 SMALL_BATCH = 512
-_HIDDEN = re.compile(r"^hidden_states\.(\d+)$")
 _BERT = "no mistake (BERT as the checkpoint defines it)"
 
 
@@ -222,8 +220,8 @@ def _index(key: str, num_layers: int) -> int | None:
         return num_layers
     if key == "pooled_output":
         return num_layers + 1
-    m = _HIDDEN.match(key)
-    return int(m.group(1)) if m else None
+    parsed = try_parse_key(key)
+    return parsed.index if parsed is not None and parsed.name == "hidden_states" and not parsed.trace else None
 
 
 def _segment(first_failing: int | None, passing: Sequence[int], keys: Mapping[int, str], num_layers: int) -> _Segment:
@@ -247,11 +245,12 @@ def _segment(first_failing: int | None, passing: Sequence[int], keys: Mapping[in
 
 def _sub_model(config: BertConfig, weights: Mapping[str, np.ndarray], seg: _Segment,
                inputs: Mapping[str, np.ndarray]) -> tuple[BertConfig, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The part of the model the segment runs: its layers renumbered from 0 (at least one layer,
-    a neighbour's, when the segment runs none: it is dropped after `prepare`); when it starts from the token ids, the
-    token table's rows the inputs use (ids renumbered; rows are looked up, and quantised, one by
-    one) and the position rows they can reach (two more for the shifted-position mistakes), else
-    1-row zero tables and zero ids, never read."""
+    """The part of the model the segment runs: its layers renumbered from 0 (at least one, a
+    neighbour's when the segment runs none, which `run_variant(no_layers=True)` then leaves out);
+    when it starts from the token ids, the token table's rows the inputs use (ids renumbered; rows
+    are looked up, and quantised, one by one) and the position rows they can reach (two more for
+    the shifted-position mistakes), else 1-row zero tables and zero ids: the segment's input is
+    injected in place of the embeddings."""
     first = seg.first or 0
     n = max(1, seg.last - first)
     src = [min(first + i, config.num_layers - 1) for i in range(n)]

@@ -50,7 +50,7 @@ import numpy as np
 from bert_ref import ops
 from bert_ref.encoder import check_weights, forward, prepare
 from bert_ref.model.config import BertConfig
-from bert_ref.model.precision import Policy, get_policy
+from bert_ref.model.precision import UNIT_ROUNDOFF, Policy, get_policy
 
 Weights = dict[str, np.ndarray]
 Inputs = dict[str, np.ndarray]
@@ -443,7 +443,7 @@ _ACTIVATIONS = {
 _EPSILONS = (1e-12, 1e-6, 1e-5, 1e-3)
 EMB, LAYERS, POOL = frozenset({"embeddings"}), frozenset({"layers"}), frozenset({"pooler"})
 NORMS = frozenset({"embeddings", "layers"})
-HALF = 2.0 ** -11  # float16's unit roundoff
+HALF = UNIT_ROUNDOFF["float16"]
 
 
 def _eps(eps: float) -> str:
