@@ -47,8 +47,12 @@ of the N known mistakes explains it".
 **Ties.** Two mistakes can explain a segment equally, differing only where it does not look: a
 mask ignored and a mask laid on the queries give the same first layer at valid positions (they
 differ at padded positions, which later layers read as keys). When several explain the segment
-and the candidate has later outputs, those that explain are run again from the same input through
-all of them, and that ranking decides.
+with scores within `TIE` of the best and the candidate has a later output, they are run again from
+the same input through the next output it gives, and that ranking decides.
+
+**Rows.** Batch rows do not interact, so on a batch of more than `SAMPLE_TOKENS` tokens the
+mistakes are run on the rows where the failure is largest (as many as fit), which keeps the cost
+of a diagnosis near that of a few layers.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ __all__ = ["Diagnosis", "Finding", "diagnose", "POOL"]
 POOL = 6
 #: Below this many tokens the runs use one BLAS thread (`_blas_for`).
 SMALL_BATCH = 512
+#: Mistakes whose scores are within this of the best's are tied (`rms_ratio**2 / 2` units).
+TIE = 0.25
+#: The mistakes run on at most this many tokens: the batch rows where the failure is largest.
+SAMPLE_TOKENS = 128
 _BERT = "no mistake (BERT as the checkpoint defines it)"
 
 
@@ -398,28 +406,51 @@ def diagnose(model: Any, inputs: Mapping[str, Any], candidate: Mapping[str, Any]
     scale = UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF["float32"] if precision == "float64" else 1.0
     ref = "float64" if precision in ("float32", "float64", "tf32") else "float32"
 
-    with _blas_for(int(mask.size)):
-        # 1. Which output fails first (the verdict's rule), and the segment before it.
-        keys = [by_index[i] for i in sorted(by_index)]
-        need = sorted({f"hidden_states.{i}" for i in by_index if i <= num_layers} | set(keys))
-        truth = oracle_outputs(model, full_inputs, need, dtype="float64", cache=cache)
-        ours = oracle_outputs(model, full_inputs, need, dtype=run_p, cache=cache)
-        _alias(truth, num_layers)
-        _alias(ours, num_layers)
-        base_floor = _floor(truth, ours, keys, u, mask, scale)
-        passing, failing = [], None
-        for i in sorted(by_index):
-            key = by_index[i]
-            if _finding(("none",), "", flat, truth, base_floor, [key], k).max_ratio <= k:
-                passing.append(i)
-            elif failing is None:
-                failing = i
-        if failing is None:  # a passing port gets no cause
-            none = _finding(("none",), _BERT, flat, truth, base_floor, keys, k)
-            return Diagnosis(precision, k, "nothing (every output compared passes)", tuple(keys), none, (), 0, 0, None)
-        seg = _segment(failing, passing, by_index, num_layers)
-        return _rank(_Context(model, full_inputs, flat, ref, run_p, u, scale, k, truth, ours), seg, by_index, pairs,
-                     precision)
+    # 1. Which output fails first (the verdict's rule), and the segment before it.
+    keys = [by_index[i] for i in sorted(by_index)]
+    need = sorted({f"hidden_states.{i}" for i in by_index if i <= num_layers} | set(keys))
+    truth = oracle_outputs(model, full_inputs, need, dtype="float64", cache=cache)
+    ours = oracle_outputs(model, full_inputs, need, dtype=run_p, cache=cache)
+    _alias(truth, num_layers)
+    _alias(ours, num_layers)
+    base_floor = _floor(truth, ours, keys, u, mask, scale)
+    passing, failing = [], None
+    for i in sorted(by_index):
+        key = by_index[i]
+        if _finding(("none",), "", flat, truth, base_floor, [key], k).max_ratio <= k:
+            passing.append(i)
+        elif failing is None:
+            failing = i
+    if failing is None:  # a passing port gets no cause
+        none = _finding(("none",), _BERT, flat, truth, base_floor, keys, k)
+        return Diagnosis(precision, k, "nothing (every output compared passes)", tuple(keys), none, (), 0, 0, None)
+    seg = _segment(failing, passing, by_index, num_layers)
+    rows = _rows(flat, truth, base_floor, seg.keys, mask)
+    if rows is not None:  # rows are independent: run the mistakes where the failure is largest
+        full_inputs = {name: v[rows] for name, v in full_inputs.items()}
+        flat, truth, ours = ({key: v[rows] for key, v in d.items()} for d in (flat, truth, ours))
+    with _blas_for(int(full_inputs["padding_mask"].size)):  # the mistakes run on few tokens
+        return _rank(_Context(model, full_inputs, flat, ref, run_p, u, scale, k, truth, ours), seg, by_index,
+                     pairs, precision)
+
+
+def _rows(candidate: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], floor: _Floor, keys: Sequence[str],
+          mask: np.ndarray) -> np.ndarray | None:
+    """The batch rows to run the mistakes on when the batch holds more than `SAMPLE_TOKENS` tokens:
+    those whose largest error in floors (over `keys`) is largest, as many as fit (at least one);
+    None to run them all."""
+    b, s = mask.shape
+    if b * s <= SAMPLE_TOKENS:
+        return None
+    worst = np.zeros(b)
+    for key in keys:
+        e = np.abs(np.asarray(candidate[key], np.float64) - np.asarray(truth[key], np.float64)) / floor.max[key]
+        valid = valid_mask(key, e.shape, mask)
+        if valid is not None:
+            e = np.where(np.broadcast_to(valid, e.shape), e, 0)
+        worst = np.maximum(worst, np.nan_to_num(e, nan=np.inf).reshape(b, -1).max(axis=1))
+    order = np.argsort(-worst, kind="stable")
+    return np.sort(order[: max(1, SAMPLE_TOKENS // s)])
 
 
 def _blas_for(tokens: int) -> contextlib.AbstractContextManager[Any]:
@@ -462,10 +493,15 @@ def _rank(ctx: _Context, seg: _Segment, by_index: Mapping[int, str], pairs: bool
         combos = [c for a, b in itertools.combinations(pool, 2) if (c := combine(a, b)) is not None]
         tried = len(combos)
         found = sorted(found + [(run.evaluate(c), c) for c in combos], key=lambda fh: fh[0].score)
-    explaining = [h for f, h in found if f.explains][:POOL]
-    # 3. Several explain the segment (they differ only where it does not look): the later outputs decide.
-    wider = _Segment(seg.first, num_layers, num_layers + 1 in by_index,
-                     tuple(by_index[i] for i in sorted(by_index) if seg.first is None or i > seg.first))
+    best = next((f.score for f, _ in found if f.explains), math.inf)
+    explaining = [h for f, h in found if f.explains and f.score <= best + TIE][:POOL]
+    # 3. Several explain the segment equally (they differ only where it does not look): the next
+    # output the candidate gives decides.
+    later = [i for i in sorted(by_index) if i > seg.last]
+    end = min(later[0], num_layers) if later else seg.last
+    wider = _Segment(seg.first, end, bool(later) and later[0] == num_layers + 1,
+                     tuple(by_index[i] for i in sorted(by_index) if (seg.first is None or i > seg.first)
+                           and i <= (later[0] if later else seg.last)))
     if len(explaining) > 1 and set(wider.keys) - set(seg.keys):
         wide = _Runner(ctx, wider)
         decided = sorted(((wide.evaluate(h), h) for h in explaining), key=lambda fh: fh[0].score)

@@ -49,6 +49,7 @@ import numpy as np
 
 from bert_ref import ops
 from bert_ref.encoder import check_weights, forward, prepare
+from bert_ref.model import kernels
 from bert_ref.model.config import BertConfig
 from bert_ref.model.precision import UNIT_ROUNDOFF, Policy, get_policy
 
@@ -292,6 +293,7 @@ class Steps:
         self.base, self.steps, self.policy, self.params = base, steps, policy, params
         self.epsilon, self.segment_ids, self.mask, self.inject = epsilon, segment_ids, mask, inject
         self.norm = steps.get("layer_norm", base.layer_norm)
+        self.pure_norm = steps.get("layer_norm", ops.layer_norm)  # never in place: pre-LN keeps its input
         self.last: np.ndarray | None = inject  # the latest layer-norm output: the pooler's sequence
         self.pre: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(kernel) -> the layer norm before it
         self.post: set[int] = set()  # ids of the layer norms after the residual sums
@@ -321,7 +323,7 @@ class Steps:
             gamma, beta = self.pre[id(kernel)]
             key = (id(x), id(gamma))
             if key not in self.normed:
-                self.normed = {key: self.policy.round(self.norm(x, gamma, beta, self.epsilon))}
+                self.normed = {key: self.policy.round(self.pure_norm(x, gamma, beta, self.epsilon))}
             x = self.normed[key]
         return self.base.dense(x, kernel, bias, activation)
 
@@ -407,8 +409,11 @@ class VariantPolicy(Policy):
         return True  # the plain ops, step by step: never the fast path's fused ops
 
     def steps(self, f: Any) -> Any:
+        """A `Steps` over `f` (the plain ops), or over their fast twins when the base policy rounds
+        no matmul input (the same results; the replaced steps never hand them an array to overwrite)."""
         c = self.context
-        return Steps(f, self.replaced, self.base, c["params"], c["epsilon"], c["segment_ids"], c["mask"],
+        base = kernels if f is ops and not self.base.rounds_matmul_inputs else f
+        return Steps(base, self.replaced, self.base, c["params"], c["epsilon"], c["segment_ids"], c["mask"],
                      c.get("inject"))
 
 
