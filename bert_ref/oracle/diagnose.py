@@ -131,7 +131,7 @@ class Diagnosis:
 
     def likely_cause(self) -> str:
         """The report's one line beginning `Likely cause:`."""
-        floor = f"the {self.precision} floor"
+        floor = f"its floor (the variant's own, at {self.precision})"
         if self.cause is not None and self.cause.explains:
             c = self.cause
             return (f"Likely cause: {c.what} ({c.name}): against it the candidate is {c.ratio:.2f}x {floor} "
