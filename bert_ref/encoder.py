@@ -118,10 +118,12 @@ class PreparedWeights(dict):
 
 def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Policy) -> PreparedWeights:
     """Group and cast the weights for one policy (see `PreparedWeights`): dense kernels with
-    `policy.kernel`, biases with `policy.weight`, the embedding tables with `policy.embedding_table`
-    (the token table with `policy.token_table`), layer-norm parameters with `policy.norm_weight`."""
+    `policy.kernel`, biases with `policy.weight`, the embedding tables with `policy.embedding_table`,
+    layer-norm parameters with `policy.norm_weight`."""
     w, kernel, norm = policy.weight, policy.kernel, policy.norm_weight
-    table = policy.embedding_table  # a weight, except for int8 recipes that quantise the lookups
+
+    def table(path: str) -> np.ndarray:  # a weight, except where a policy quantises the lookups
+        return policy.embedding_table(path, weights[path])
 
     def dense(path: str) -> tuple[np.ndarray, np.ndarray]:
         return kernel(weights[path + "/kernel"]), w(weights[path + "/bias"])
@@ -145,9 +147,9 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
             "ffn_norm_beta": norm(weights[p + "feedforward_layer_norm/beta"]),
         })
     return PreparedWeights({
-        "token": policy.token_table(weights["token_embedding/embeddings"]),
-        "position": table(weights["position_embedding/embeddings"]),
-        "segment": table(weights["segment_embedding/embeddings"]),
+        "token": table("token_embedding/embeddings"),
+        "position": table("position_embedding/embeddings"),
+        "segment": table("segment_embedding/embeddings"),
         "norm_gamma": norm(weights["embeddings_layer_norm/gamma"]),
         "norm_beta": norm(weights["embeddings_layer_norm/beta"]),
         "layers": layers,

@@ -107,6 +107,6 @@ def test_ggml_policy_quantises_kernels_of_whole_blocks_and_falls_back_to_f16_oth
     assert max(len(np.unique(k[:32, j])) for j in range(96)) <= 16
     odd = np.ones((40, 8), np.float32) / 3
     np.testing.assert_array_equal(policy.kernel(odd), ggml.fp16(odd))  # llama-quantize's F16 fallback
-    table = policy.token_table(model.weights["token_embedding/embeddings"])
+    table = policy.embedding_table("token_embedding/embeddings", model.weights["token_embedding/embeddings"])
     np.testing.assert_array_equal(table, ggml.quantize(model.weights["token_embedding/embeddings"], "q8_0")
                                   .dequantize())

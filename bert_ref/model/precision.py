@@ -139,9 +139,11 @@ class Policy:
         their matrix products otherwise."""
         return f
 
-    def embedding_table(self, w: np.ndarray) -> np.ndarray:
-        """An embedding table as the lookups use it: a weight like the rest here; the int8 recipes
-        that quantise the lookups (`bert_ref.oracle.int8`) round it."""
+    def embedding_table(self, name: str, w: np.ndarray) -> np.ndarray:
+        """The embedding table `name` (its weight path: "token_embedding/embeddings",
+        "position_embedding/embeddings" or "segment_embedding/embeddings") as the lookups use it: a
+        weight like the rest here; the int8 recipes that quantise the lookups (`bert_ref.oracle.int8`)
+        round every table, the ggml policies the token table (a GGUF stores it quantised)."""
         return self.weight(w)
 
     def weight(self, w: np.ndarray) -> np.ndarray:
@@ -176,10 +178,6 @@ class Policy:
         """Whether `dense_input`/`matmul_input` change values. When true, the forward computes with
         the plain ops of `bert_ref.ops`: the fast paths of `bert_ref.model.kernels` do not apply them."""
         return False
-
-    def token_table(self, w: np.ndarray) -> np.ndarray:
-        """The token embedding table [V, H] as the lookups read it. Default: `embedding_table(w)`."""
-        return self.embedding_table(w)
 
     def activation(self, name: str) -> str:
         """The activation the policy computes for the config's `name` (a key of `ops.ACTIVATIONS`,
@@ -274,16 +272,25 @@ class GGMLPolicy(Policy):
     """llama.cpp's CPU backend on a GGUF quantised to the block format `name` (see the module
     docstring and `bert_ref.model.ggml`): dense kernels in the format, dense inputs quantised to
     q8_0 / q8_1 blocks per product, token embeddings q8_0, the tanh GELU from ggml's float16 table,
-    the rest float32."""
+    the rest float32. `block_format`: the format (default: the policy's name; a variant of the
+    policy, such as the ensemble's, names its own)."""
+
+    block_format: str = ""
+
+    @property
+    def format(self) -> str:
+        return self.block_format or self.name
 
     def kernel(self, w: np.ndarray) -> np.ndarray:
         """A `ggml.BlockKernel`: `x @ kernel` is then ggml's product (see `ggml.block_matmul`). F16
         for ggml_f16, and where llama-quantize falls back to it (an input width not a multiple of 32)."""
-        f16 = self.name == "ggml_f16" or w.shape[0] % ggml.QK
-        return ggml.quantize_kernel(self.weight(w), "F16" if f16 else self.name)
+        f16 = self.format == "ggml_f16" or w.shape[0] % ggml.QK
+        return ggml.quantize_kernel(self.weight(w), "F16" if f16 else self.format)
 
-    def token_table(self, w: np.ndarray) -> np.ndarray:
-        if self.name == "ggml_f16" or w.shape[1] % ggml.QK:
+    def embedding_table(self, name: str, w: np.ndarray) -> np.ndarray:
+        if name != "token_embedding/embeddings":
+            return self.weight(w)
+        if self.format == "ggml_f16" or w.shape[1] % ggml.QK:
             return ggml.fp16(self.weight(w))
         return ggml.quantize_table(self.weight(w), "q8_0")
 

@@ -21,6 +21,14 @@ this ensemble reaches, so a correct port that rounds elsewhere is not mistaken f
 - int8: the scheme's run (`bert_ref.oracle.int8`); `wide`: the same quantisation with float64 math
   (integer accumulation is exact); `sr1`, `sr2`: its dense inputs rounded stochastically (two
   seeds), other realisations of the same recipe's rounding.
+- q8_0, q4_0, q4_1, q5_0, q5_1, ggml_f16 (llama.cpp's CPU backend, `GGMLPolicy`): our emulation of
+  ggml; `wide`: the same quantised weights and activations (the same integers and float16 scales,
+  so the same products), their sums exact, in float64, rounded to float32 after each step. ggml adds
+  the per-block partial products in float32 in its SIMD lanes' order, which the emulation's float32
+  GEMM does not follow (`bert_ref.model.ggml`); exact accumulation brackets any such order. The
+  quantisation itself is deterministic and emulated as ggml rounds, so there is no other
+  realisation of it to sample (unlike int8's recipes, whose activation rounding differs between
+  runtimes and is sampled stochastically).
 - float64: the modelled floor only (`compare_to_truth`).
 
 Stochastic rounding is used where it helps, for int8, whose rounding is coarse and deterministic
@@ -36,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.model.precision import Policy, TF32Policy, get_policy, round_to_tf32
+from bert_ref.model.precision import PRECISIONS, GGMLPolicy, Policy, TF32Policy, get_policy, round_to_tf32
 from bert_ref.oracle.int8 import DEFAULT_SCHEME, Int8Scheme, Int8SchemePolicy, scheme_policy
 
 #: Steps a fused kernel does not round (their result goes straight into the next operation).
@@ -173,11 +181,21 @@ class WideInt8(Int8SchemePolicy):
     def kernel(self, w: np.ndarray) -> np.ndarray:
         return super().kernel(w).astype(np.float64)
 
-    def embedding_table(self, w: np.ndarray) -> np.ndarray:
-        return super().embedding_table(w).astype(np.float64)
+    def embedding_table(self, name: str, w: np.ndarray) -> np.ndarray:
+        return super().embedding_table(name, w).astype(np.float64)
 
     def dense_input(self, x: np.ndarray) -> np.ndarray:
         return super().dense_input(x).astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class WideGGML(GGMLPolicy):
+    """A ggml policy with the same quantisation, its products summed exactly (float64) and every
+    step rounded to float32: the kernels' float64 copies make `ggml.block_matmul` multiply the
+    same de-quantised operands in float64."""
+
+    def kernel(self, w: np.ndarray) -> np.ndarray:
+        return super().kernel(w).astype(np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +255,10 @@ def members(precision: str, scheme: Int8Scheme | None = None) -> tuple[Member, .
                 Member(wide.name, wide, "the same recipe with exact accumulation (float64 math)"),
                 *(Member(pol.name, pol, "the same recipe, dense inputs rounded stochastically", exact=False)
                   for pol in (scheme_policy(scheme, seed) for seed in (1, 2))))
+    if precision in PRECISIONS and PRECISIONS[precision].kind is GGMLPolicy:
+        return (Member(precision, get_policy(precision), "our emulation of ggml's CPU backend"),
+                Member(f"{precision}~wide", WideGGML(f"{precision}~wide", f32, f32, f64, precision),
+                       "the same quantised operands, their products summed exactly (another order of ggml's sums)"))
     if precision == "float64":
         return ()
     raise ValueError(f"no ensemble for precision {precision!r}")

@@ -212,7 +212,7 @@ class Int8SchemePolicy(Policy):
     def kernel(self, w: np.ndarray) -> np.ndarray:
         return quantize_weight(self.weight(w), self.scheme)
 
-    def embedding_table(self, w: np.ndarray) -> np.ndarray:
+    def embedding_table(self, name: str, w: np.ndarray) -> np.ndarray:
         """An embedding table [rows, H] as the lookups use it: quantised to uint8 per table with
         `embeddings=u8` (onnxruntime's quantised Gather), else the float32 weight."""
         w = self.weight(w)

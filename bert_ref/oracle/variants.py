@@ -386,8 +386,11 @@ class VariantPolicy(Policy):
     def kernel(self, w: np.ndarray) -> np.ndarray:
         return self.base.kernel(w)
 
-    def token_table(self, w: np.ndarray) -> np.ndarray:
-        return self.base.token_table(w)
+    def embedding_table(self, name: str, w: np.ndarray) -> np.ndarray:
+        return self.base.embedding_table(name, w)
+
+    def round_at(self, name: str, x: np.ndarray) -> np.ndarray:
+        return self.base.round_at(name, x)
 
     def dense_input(self, x: np.ndarray) -> np.ndarray:
         return self.base.dense_input(x)
