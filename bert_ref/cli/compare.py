@@ -180,8 +180,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if args.diagnose and not report.passed:
             from bert_ref.oracle.diagnose import diagnose
 
-            diagnosis = diagnose(model, inputs, candidate, precision=precision or detected,
-                                 floor_ratio=floor_ratio, cache=cache)
+            diagnosis = diagnose(model, inputs, candidate, precision=precision or detected, floor_ratio=floor_ratio,
+                                 cache=cache, report=report, int8_scheme=args.int8_scheme)
     except CheckpointError as e:  # the deferred NaN/inf check of the weights, run by the first forward
         raise UsageError(f"cannot load preset {args.preset!r}: {e}") from None
     if args.junit:

@@ -6,8 +6,8 @@ A BERT-base-shaped model (12 layers, hidden 768, keras-hub's random initialisati
 8 x 128 inputs (rows of lengths 128 down to 72, sentence pairs), and a float32 "port": our own
 forward with one mistake of the catalogue applied (`bert_ref.oracle.variants`), all layer outputs
 written. Timed, as `bert-ref compare --diagnose` runs them (the oracle cache on, in a temporary
-directory, empty at the start): the verdict (`compare_to_truth`), then `diagnose`
-with the layer outputs (and with `--final`, from the final outputs only); each `--repeat` times,
+directory, empty at the start): the verdict (`compare_to_truth`), then `diagnose` with the layer
+outputs and that verdict (and with `--final`, from the final outputs only); each `--repeat` times,
 the best kept. The load average is printed: on a shared machine the times move with it.
 """
 
@@ -57,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     final = {k: port[k] for k in ("sequence_output", "pooled_output")}
     times: dict[str, float] = {}
     result = None
+    verdicts: list = []  # the verdict of each round, which its diagnosis takes (as the CLI does)
     for _ in range(a.repeat):
         os.environ["BERT_REF_ORACLE_CACHE"] = tempfile.mkdtemp(prefix="bench_diagnose_")  # cold
-        runs = [("verdict", lambda: compare_to_truth(model, inputs, port, precision="float32", cache=True)),
-                ("diagnose, layer outputs", lambda: diagnose(model, inputs, port, precision="float32", cache=True))]
+        runs = [("verdict", lambda: verdicts.append(compare_to_truth(model, inputs, port, precision="float32",
+                                                                    cache=True))),
+                ("diagnose, layer outputs", lambda: diagnose(model, inputs, port, precision="float32", cache=True,
+                                                             report=verdicts[-1]))]
         if a.final:
             runs.append(("diagnose, final outputs",
                          lambda: diagnose(model, inputs, final, precision="float32", cache=True)))
