@@ -277,8 +277,9 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
             "padding_mask": [B, S] bool/0-1 (default all valid)}`.
         dtype: the policy (see `bert_ref.model.precision`): None/"float32", "float64", "float16",
             "bfloat16", "mixed_float16", "mixed_bfloat16", "tf32", "int8", a ggml format ("ggml_f16",
-            "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"), or a `Policy` (the oracle's variants are policies
-            whose `steps` replace some ops: `bert_ref.oracle.variants`).
+            "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"), or a `Policy` (the ensemble's members and the
+            diagnosis' variants are policies, some of whose `ops` compute otherwise:
+            `bert_ref.oracle.ensemble`, `bert_ref.oracle.variants`).
         output_hidden_states: also return "hidden_states", num_layers + 1 arrays [B, S, H]: the
             embeddings' layer-norm output, then each layer's output (Hugging Face's convention).
         output_attentions: also return "attention_probs", one [B, h, S, S] array per layer.
@@ -313,7 +314,7 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     recorded: dict[str, np.ndarray] = {}
     record = recorded.__setitem__ if trace is True else trace or None
     base = ops if plain or policy.rounds_matmul_inputs else kernels  # kernels: the same ops, faster
-    f = policy.steps(policy.ops(base))  # (the ensemble's accumulation variants sum their products otherwise)
+    f = policy.ops(base)  # (the ensemble's accumulation variants sum their products otherwise)
     encode = functools.partial(_encode, f, params, config, policy, record, output_hidden_states, output_attentions)
     if base is kernels and record is None:  # the same steps, the batch split over threads
         encode = functools.partial(runtime.in_batch_parts, encode, hidden=config.hidden_dim)

@@ -136,7 +136,8 @@ class Policy:
     def ops(self, f: Any) -> Any:
         """The ops the forward composes, given `f` (`bert_ref.ops` or `bert_ref.model.kernels`): `f`
         itself here; the ensemble's accumulation variants (`bert_ref.oracle.ensemble`) wrap it to sum
-        their matrix products otherwise."""
+        their matrix products otherwise, and the diagnosis' variants (`bert_ref.oracle.variants`)
+        replace some ops with a port's mistake."""
         return f
 
     def embedding_table(self, name: str, w: np.ndarray) -> np.ndarray:
@@ -183,11 +184,6 @@ class Policy:
         """The activation the policy computes for the config's `name` (a key of `ops.ACTIVATIONS`,
         which `bert_ref.model.activations` extends with the ports' forms). Default: `name`."""
         return name
-
-    def steps(self, f: Any) -> Any:
-        """The ops the forward computes with, given `f` (`bert_ref.ops` or its fast twin). Default:
-        `f`; the oracle's variants (`bert_ref.oracle.variants`) replace some of them."""
-        return f
 
     def norm_weight(self, w: np.ndarray) -> np.ndarray:
         """A layer-norm gamma/beta as the math uses it. keras does not autocast these: under the

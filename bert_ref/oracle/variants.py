@@ -6,7 +6,7 @@ weights (a table zeroed, a kernel transposed), of the inputs (token types droppe
 replaced (the layer norm, the masked softmax, the position ids, the head split and merge, the
 query scale, the layer's arrangement, the pooler). Nothing here is a second encoder: every variant
 runs `bert_ref.encoder.forward` with the plain ops of `bert_ref.ops`, some of them replaced: a
-`VariantPolicy` is the candidate's precision policy whose `steps` hands the forward a `Steps`
+`VariantPolicy` is the candidate's precision policy whose `ops` hands the forward a `Steps`
 namespace instead of `bert_ref.ops`. It can also feed a hidden state in place of the embeddings
 (`inject`), so that one segment of the network runs alone.
 
@@ -361,7 +361,7 @@ class Steps:
 @dataclasses.dataclass(frozen=True, eq=False)
 class VariantPolicy(Policy):
     """The precision policy `base` (its roundings, its kernels), computing with the ops of a
-    `Steps`: `steps` replaces the ops the forward hands it, once `context` holds the prepared
+    `Steps`: `ops` replaces the ops the forward hands it, once `context` holds the prepared
     weights ("params"), the segment ids, the padding mask, the layer-norm epsilon and, optionally,
     the hidden state to inject. It always runs the plain ops, never fused. Equal only to itself."""
 
@@ -411,11 +411,12 @@ class VariantPolicy(Policy):
     def rounds_matmul_inputs(self) -> bool:
         return True  # the plain ops, step by step: never the fast path's fused ops
 
-    def steps(self, f: Any) -> Any:
+    def ops(self, f: Any) -> Any:
         """A `Steps` over `f` (the plain ops), or over their fast twins when the base policy rounds
-        no matmul input (the same results; the replaced steps never hand them an array to overwrite)."""
+        no matmul input (the same results; the replaced steps never hand them an array to overwrite),
+        as the base policy composes them (an ensemble member that sums its products otherwise)."""
         c = self.context
-        base = kernels if f is ops and not self.base.rounds_matmul_inputs else f
+        base = self.base.ops(kernels if f is ops and not self.base.rounds_matmul_inputs else f)
         return Steps(base, self.replaced, self.base, c["params"], c["epsilon"], c["segment_ids"], c["mask"],
                      c.get("inject"))
 
