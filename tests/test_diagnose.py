@@ -37,25 +37,27 @@ LLAMA = json.loads((PORTS / "llama" / "manifest.json").read_text())
 #: units of its limit (value / (K x the ensemble's largest)), and why.
 MEASURED_PASS = {
     # float16 rounds every activation (2^-11): a tanh GELU differs by <= 5e-4, under it.
-    ("planted", "activation_tanh_float16", "float16", "both"): (0.76, "tanh GELU below float16's rounding"),
+    ("planted", "activation_tanh_float16", "float16", "both"): (0.59, "tanh GELU below float16's rounding"),
     # a float16 softmax or layer norm only rounds where the float16 policy already rounds
     ("planted", "softmax_half_float16", "float16", "both"): (0.59, "rounds where float16 rounds"),
-    ("planted", "layernorm_half_float16", "float16", "layers"): (0.86, "rounds where float16 rounds"),
-    ("planted", "layernorm_half_float16", "float16", "final"): (0.84, "rounds where float16 rounds"),
+    ("planted", "layernorm_half_float16", "float16", "layers"): (0.82, "rounds where float16 rounds"),
+    ("planted", "layernorm_half_float16", "float16", "final"): (0.53, "rounds where float16 rounds"),
     # llama.cpp's F16 GGUF rounds only dense inputs, our float16 every activation: its GELU table stays
     # within float16's floor (it fails at ggml_f16: 1.15x, sequence_output's mean cosine deficit)
-    ("llama", "f16_single", "float16", "both"): (0.52, "the GELU table below float16's rounding"),
+    ("llama", "f16_single", "float16", "both"): (0.34, "the GELU table below float16's rounding"),
     # Final outputs only: where the mistake fades below the floor by the last layer. q4_0's floor at
     # the final output is 10x its embeddings'; the q8_0 epsilon's 6.3x of the limits at the embeddings
-    # is 0.69x there; epsilon 1e-5 in float16 (1.39x at hidden_states.0) 0.61x there.
+    # is 0.69x there; epsilon 1e-5 in float16 (1.39x at hidden_states.0) 0.40x there, the unbiased
+    # variance (1.72x there) 0.77x.
     ("llama", "q4_0_pair", "q4_0", "final"): (0.51, "q4_0's floor at the final output"),
     ("llama", "q8_0_epsilon_1e-3_single", "q8_0", "final"): (0.69, "the epsilon fades by the last layer"),
-    ("planted", "epsilon_1e-5_float16", "float16", "final"): (0.61, "the epsilon fades by the last layer"),
+    ("planted", "epsilon_1e-5_float16", "float16", "final"): (0.40, "the epsilon fades by the last layer"),
+    ("planted", "variance_unbiased_float16", "float16", "final"): (0.77, "the 1/384 fades by the last layer"),
 }
 #: The planted cause ranks first but does not explain within the limits: torch's float16 additive
 #: mask laid on the queries adds -65504 in float16 (steps of 32), so a padded query attends to its
-#: top keys instead of uniformly, and later layers read those positions as keys (measured 34.8x the
-#: limits, the mean cosine deficit of sequence_output; BERT 6.2e4x; final only).
+#: top keys instead of uniformly, and later layers read those positions as keys (measured 19.4x the
+#: limits; BERT 2.5e4x; final only).
 PARTLY = {("planted", "mask_on_queries_float16", "final")}
 
 

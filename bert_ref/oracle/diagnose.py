@@ -19,23 +19,23 @@ network. Attention probabilities and trace outputs are not compared (where only 
 segment ends at the first compared output after their layer).
 
 **The verdict against a mistake.** The mistake's truth T_H is the variant run in float64 for
-float32, float64 and tf32 candidates, in float32 for the others (whose floors are thousands of
-times larger than float32's rounding). Its ensemble is the precision's (`ensemble.members`: for
-float16 our policy, fused and wide; for float32 the fast kernels, the plain ops and wide; the int8
-recipe's; ggml's emulation and its exact-sum twin), each member run *with the mistake*, from that
-member's own hidden state where the segment starts: each mistake has its own floor, since a
-mistake can change how rounding errors grow (a float16 table or float16 arithmetic rounds more;
-without the attention scale the softmax is sharper and amplifies them; pre-LN layers let the
-residual stream grow). The candidate's statistics against T_H (`verdict.statistics`: max abs, RMS,
-mean and worst cosine deficit, per-channel mean error, at valid positions) are checked by
+float32, float64 and tf32 candidates, in float32 for the others (whose floors are thousands of times
+larger than float32's rounding). Its ensemble is the precision's (`ensemble.members`: for float16
+our policy, fused, wide, split-K and float16 accumulation; for float32 the fast kernels, the plain
+ops and wide; the int8 recipe's; ggml's emulation and its exact-sum twin), each member run *with the
+mistake*, from that member's own hidden state where the segment starts: each mistake has its own
+floor, since a mistake can change how rounding errors grow (a float16 table or float16 arithmetic
+rounds more; without the attention scale the softmax is sharper and amplifies them; pre-LN layers
+let the residual stream grow). The candidate's statistics against T_H (`verdict.statistics`: max
+abs, RMS, mean and worst cosine deficit, per-channel mean error, at valid positions) are checked by
 `verdict.make_checks` against the largest each member reaches, with the verdict's K per statistic
 (`verdict.LIMITS`, max abs's K the floor ratio). A mistake's ratio is the largest statistic in units
 of its limit (value / (K x reference)) over the compared outputs: it explains at ratio <= 1. As in
 the verdict, the max-abs reference is at least one rounding of the output's largest value at the
-candidate's precision; for a mistake that rounds to float16 where the candidate's precision does
-not (a float16 table, float16 arithmetic), an error of float16's unit roundoff on every value, of
-random sign, joins the ensemble: our runs of such a variant may round alike where a port's own order
-of additions makes it round one float16 step apart. Under a ggml precision, whose policy reads every
+candidate's precision; for a mistake that rounds to float16 where the candidate's precision does not
+(a float16 table, float16 arithmetic), an error of float16's unit roundoff on every value, of random
+sign, joins the ensemble: our runs of such a variant may round alike where a port's own order of
+additions makes it round one float16 step apart. Under a ggml precision, whose policy reads every
 tanh GELU from ggml's table, the tanh GELU and the table are the same port, tried once.
 
 **Ranking.** Mistakes are ranked by how likely each makes the candidate's error, modelled as
