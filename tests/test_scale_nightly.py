@@ -156,6 +156,7 @@ def runs(data):
     run_dataset(str(d / "tiny"), d / "data.jsonl", d / "truth", dtype="float64", **opts)
     run_dataset(str(d / "tiny"), d / "data.jsonl", d / "f32", dtype="float32", **opts)
     run_dataset(str(d / "tiny"), d / "data.jsonl", d / "f16", dtype="float16", **opts)
+    run_dataset(str(d / "tiny"), d / "data.jsonl", d / "f16e", dtype="float16", ensemble=True, **opts)
     port_loop(d / "packed", d / "port_ok", d / "tiny")
     return d
 
@@ -251,25 +252,50 @@ def test_a_length_sorted_candidate_without_record_index_is_diagnosed_as_misalign
 # -- dataset compare = single-batch compare -----------------------------------------------------
 
 
-def test_the_floor_read_from_a_run_gives_the_verdict_computed_on_the_fly(runs):
+def same_checks(a: Any, b: Any) -> None:
+    """Two entries' verdicts are the same numbers, bit for bit."""
+    assert [k.statistic for k in a.checks] == [k.statistic for k in b.checks] and a.checks
+    for x, y in zip(a.checks, b.checks, strict=True):
+        assert (x.value, x.members, x.reference, x.limit) == (y.value, y.members, y.reference, y.limit)
+    assert a.power == b.power and a.passed == b.passed and a.floor_scale == b.floor_scale
+
+
+def test_the_floor_read_from_a_run_gives_the_verdict_computed_on_the_fly(runs, monkeypatch):
+    from bert_ref.oracle.ensemble import members
+    from bert_ref.scale import shards
+
     d = runs
     on_the_fly = cmp(d, d / "f16", precision="float16")
-    from_dirs = cmp(d, d / "f16", reference=d / "truth", floor_from=d / "f16", precision="float16")
     truth_only = cmp(d, d / "f16", reference=d / "truth", precision="float16")
-    for r in (on_the_fly, from_dirs, truth_only):
+    floor_only = cmp(d, d / "f16", reference=d / "truth", floor_from=d / "f16", precision="float16")
+
+    def no_model(job):
+        raise AssertionError("a compare with the whole ensemble on disk runs no model")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(shards, "worker_model", no_model)
+        stored = cmp(d, d / "f16", reference=d / "truth", floor_from=d / "f16e", precision="float16")
+    for r in (on_the_fly, truth_only, floor_only, stored):
         assert r.passed and r.report.precision == "float16" and r.report.floor_ratio_limit == 4.0
-    for a, b, c in zip(on_the_fly.report, from_dirs.report, truth_only.report, strict=True):
+    # A floor run without its ensemble: the members it lacks are computed, and the report says so.
+    others = ", ".join(m.name for m in members("float16")[1:])  # float16~fused, float16~wide, ...
+    assert any(f"holds float16; the ensemble's {others} computed on the fly" in n
+               for n in floor_only.report.notes), floor_only.report.notes
+    assert not any("on the fly" in n for n in stored.report.notes)
+    for a, b, c, e in zip(on_the_fly.report, floor_only.report, truth_only.report, stored.report, strict=True):
         # The truth read or computed: the same verdict, ensemble included (computed on the fly, by a
         # model loaded in float64 or in float16: the same runs but for the order of a few sums).
         assert a.floor_scale == c.floor_scale and [k.statistic for k in a.checks] == [k.statistic for k in c.checks]
         for x, y in zip(a.checks, c.checks, strict=True):
             assert x.value == y.value and x.members == pytest.approx(y.members, rel=1e-12) and x.passed == y.passed
-        assert a.valid.max_abs_error == b.valid.max_abs_error == c.valid.max_abs_error
+        assert a.valid.max_abs_error == b.valid.max_abs_error == c.valid.max_abs_error == e.valid.max_abs_error
         assert {k.statistic for k in a.checks} >= {"max_abs", "rms", "mean_cos", "worst_cos"}
         assert len(a.check("rms").members) == 5  # float16; its fused, wide, split-K and float16-accumulation variants
-        # --floor-from holds the floor run alone: it is the ensemble, and our float16 run is exactly it.
-        assert all(len(k.members) == 1 and k.ratio == pytest.approx(1.0) for k in b.checks)
-        assert b.floor_scale <= a.floor_scale
+        # The ensemble read from `run --ensemble`, partly read, or computed by the same float16 model: the
+        # same bits, so the same verdict to the last digit, detection power included.
+        same_checks(b, c)
+        same_checks(e, c)
+        assert a.power is not None and e.power is not None
 
 
 def test_a_half_precision_candidate_is_judged_against_the_truth_without_flags(runs):
@@ -278,33 +304,126 @@ def test_a_half_precision_candidate_is_judged_against_the_truth_without_flags(ru
     assert any("precision float16, from the candidate's dtypes" in n for n in r.report.notes)
 
 
-def test_one_batch_gives_the_single_batch_compare_numbers(runs, tmp_path):
-    # All records in one shard and one batch: the dataset compare is exactly compare_to_truth on that batch.
-    from bert_ref.oracle.run import compare_to_truth
-    from bert_ref.scale.dataset import open_dataset, pad_batch
+def one_batch(d: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The dataset's records in the one batch of `batch_tokens=10_000` (their order) and its inputs."""
+    from bert_ref.scale.dataset import length_batches, open_dataset, pad_batch
 
-    d = runs
-    big = dict(shard_size=64, batch_tokens=10_000)
-    report = cmp(d, d / "port_ok", precision="float32", **big)
     ds = open_dataset(d / "data.jsonl")
     records = ds.read(0, ds.num_records, vocabulary_size=len(VOCAB), num_segments=2, max_length=MAX_LEN,
                       tokenizer=lambda: BertTokenizer.from_preset(d / "tiny"))
-    inputs = pad_batch(records, np.arange(ds.num_records))
-    model = BertBackbone.from_preset(d / "tiny", dtype="float32")
-    outs = model(inputs)
-    single = compare_to_truth(model, inputs, {"sequence_output": outs["sequence_output"],
-                                              "pooled_output": outs["pooled_output"]}, precision="float32")
-    for key in ("sequence_output", "pooled_output"):
+    (rows,) = length_batches(records.lengths, 10_000)
+    return records.index[rows], pad_batch(records, rows)
+
+
+STAT_FIELDS = ("count", "max_abs_error", "max_rel_error", "max_ulp_error", "rms_error", "tolerance_ratio",
+               "worst_reference", "worst_candidate", "nonfinite", "worst_error", "rel_error_over_cut",
+               "magnitude_cut", "min_cosine")
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8"])
+def test_one_batch_gives_the_single_batch_compare_exactly(runs, tmp_path, precision):
+    # All records in one shard and one batch: the dataset compare is compare_to_truth on that batch,
+    # every number to the last bit: the statistics, the ensemble's checks, the detection power, the
+    # int8 recipe detected and its check.
+    from bert_ref.model.precision import PRECISIONS
+    from bert_ref.oracle.run import compare_to_truth, oracle_outputs
+
+    d = runs
+    order, inputs = one_batch(d)
+    model = BertBackbone.from_preset(d / "tiny", dtype="float64")
+    keys = ["sequence_output", "pooled_output"] + [f"hidden_states.{i}" for i in range(3)]
+    ours = oracle_outputs(model, inputs, keys, dtype=PRECISIONS[precision].policy)
+    store = np.float16 if precision == "float16" else np.float32
+    rng = np.random.default_rng(1)  # a port that rounds a little differently from ours (int8: the same recipe)
+    noise = 1e-6 if precision == "int8" else 2e-3
+    cand = {k: (np.asarray(v, np.float64) * (1 + noise * rng.standard_normal(np.shape(v)))).astype(store)
+            for k, v in ours.items()}
+    stacked = np.stack([cand[f"hidden_states.{i}"] for i in range(3)])
+    np.savez(tmp_path / "c.npz", record_index=order, sequence_output=cand["sequence_output"],
+             pooled_output=cand["pooled_output"], hidden_states=stacked)
+    report = cmp(d, tmp_path / "c.npz", precision=precision, shard_size=64, batch_tokens=10_000)
+    single = compare_to_truth(model, inputs, cand, precision=precision)
+    for key in keys:
         a, b = report.entries[key], single[key]
-        assert a.valid.max_abs_error == b.valid.max_abs_error and a.floor_scale == b.floor_scale
-        assert a.valid.rms_error == pytest.approx(b.valid.rms_error, rel=1e-12)
-        assert a.valid.count == b.valid.count and a.passed == b.passed
-        # The verdict's statistics, summed over the dataset's rows, are the single batch's (the same
-        # ensemble, the same K): equal up to the order of the sums.
-        assert [k.statistic for k in a.checks] == [k.statistic for k in b.checks] and a.checks
-        for x, y in zip(a.checks, b.checks, strict=True):
-            assert x.value == pytest.approx(y.value, rel=1e-9) and x.reference == pytest.approx(y.reference, rel=1e-9)
-            assert x.members == pytest.approx(y.members, rel=1e-9) and x.limit == y.limit
+        for field in STAT_FIELDS:
+            assert getattr(a.valid, field) == getattr(b.valid, field), (key, field)
+            assert getattr(a.floor, field) == getattr(b.floor, field), (key, "floor", field)
+        assert a.valid.worst_index == (int(order[b.valid.worst_index[0]]), *b.valid.worst_index[1:])
+        assert (a.floor_ratio, a.rms_floor_ratio, a.atol) == (b.floor_ratio, b.rms_floor_ratio, b.atol)
+        same_checks(a, b)
+        assert a.power is not None
+        if precision == "int8" and key in ("hidden_states.0", "hidden_states.1"):
+            assert "recipe" in [k.statistic for k in a.checks]
+    assert report.passed == single.passed
+    if precision == "int8":
+        (detected,) = [n for n in single.notes if n.startswith("int8 scheme")]
+        assert any(n.startswith(detected + "; detected on the 30 record(s) of shard 0's largest batch")
+                   for n in report.report.notes), report.report.notes
+
+
+def padded_candidate(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """A candidate directory of port_loop's: record -> (last_hidden_state rows [W, H], pooled [H])."""
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        s = load_file(str(f))
+        for j, r in enumerate(s["record_index"]):
+            out[int(r)] = (s["last_hidden_state"][j], s["pooler_output"][j])
+    return out
+
+
+def test_the_relative_error_frontier_answers_every_cut_as_the_elements_do():
+    # rel_frontier keeps few elements, yet the largest relative error over |r| >= t is the same as
+    # over every element, for any t, and after merging frontiers of parts.
+    from bert_ref.scale.compare import _frontier, rel_frontier, rel_over_cut
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        mag = np.abs(rng.standard_normal(5000)) * 10.0 ** rng.uniform(-3, 3)
+        mag[rng.integers(0, 5000, 50)] = mag[0]  # ties
+        rel = np.abs(rng.standard_normal(5000)) / (mag if trial % 2 else 1.0)  # errors of fixed or relative size
+        parts = np.array_split(np.arange(5000), 7)
+        fronts = [rel_frontier(mag[p], rel[p]) for p in parts]
+        merged = _frontier(np.concatenate([f[0] for f in fronts]), np.concatenate([f[1] for f in fronts]))
+        whole = rel_frontier(mag, rel)
+        assert merged[0].size < 200
+        for t in [0.0, *np.quantile(mag, [0.0, 0.01, 0.1, 0.5, 0.9, 0.999, 1.0]), mag.max() * 2]:
+            sel = mag >= t if t > 0 else mag > 0
+            want = float(rel[sel].max()) if sel.any() else 0.0
+            assert rel_over_cut(merged, t) == want == rel_over_cut(whole, t)
+
+
+def test_rel_over_cut_and_the_detection_power_are_exact_over_the_dataset(runs):
+    # Several shards and batches: the magnitude cut is the dataset's (10% of the RMS value of every
+    # valid truth element), the worst relative error is over every element above it, and the
+    # detection power is that of the statistics over every record, as one batch of all records.
+    from test_scale import shards as read_shards
+
+    from bert_ref.oracle import verdict
+
+    d = runs
+    report = cmp(d, d / "port_ok", reference=d / "truth", floor_from=d / "f32", precision="float32")
+    truth = read_shards(d / "truth")
+    lengths = np.concatenate([s["length"] for s in truth.values()])
+    t_seq = np.concatenate([s["sequence_output"][j, :n] for s in truth.values()
+                            for j, n in enumerate(s["length"])])  # [T, H] every valid position
+    cand = padded_candidate(d / "port_ok")
+    c_seq = np.concatenate([cand[r][0][:n].astype(np.float64) for r, n in enumerate(lengths)])
+    t_pool = np.concatenate([s["pooled_output"] for s in truth.values()])
+    c_pool = np.stack([cand[r][1].astype(np.float64) for r in range(len(lengths))])
+    for key, t, c in (("sequence_output", t_seq, c_seq), ("pooled_output", t_pool, c_pool)):
+        e = report.entries[key]
+        cut = 0.1 * np.sqrt(np.mean(t * t))
+        big = np.abs(t) >= cut
+        want = float(np.max(np.abs(c - t)[big] / np.abs(t)[big]))
+        assert e.valid.magnitude_cut == pytest.approx(cut, rel=1e-12)  # the same sum, in another order
+        assert e.valid.rel_error_over_cut == want, key
+        floor = {k.statistic: k.members[0] for k in e.checks}  # the floor's own statistics
+        power = verdict.power(t, floor, e.checks)
+        assert e.power.shift == pytest.approx(power.shift, rel=1e-12)
+        assert e.power.scatter == pytest.approx(power.scatter, rel=1e-12)
+    # The per-batch maximum, each batch with its own cut, is not what is reported: the batches' cuts differ.
+    batches = [b for s in truth.values() for b in np.unique(s["batch"])]
+    assert len(batches) > len(truth) > 1
 
 
 def planted(d: Path, tmp: Path, changes: dict[tuple[int, int, int], float]) -> Path:
@@ -439,3 +558,36 @@ def test_minilm_nightly_job_passes_a_correct_half_port_and_fails_a_tanh_gelu_and
     np.savez(tmp_path / "sorted.npz", last_hidden_state=seq[order])
     status, out = compare(tmp_path / "sorted.npz", "float32")
     assert status == 1 and "FAIL: the candidate looks misaligned" in out, out
+
+
+def test_run_ensemble_stores_each_member_and_is_part_of_the_job(runs, tmp_path):
+    from bert_ref.model.precision import get_policy
+    from bert_ref.oracle.ensemble import members
+    from bert_ref.oracle.run import oracle_outputs
+
+    d = runs
+    m = json.loads((d / "f16e" / MANIFEST).read_text())
+    assert m["job"]["ensemble"] == [x.name for x in members("float16")[1:]]
+    assert m["job"]["ensemble"][:2] == ["float16~fused", "float16~wide"]
+    shard = read_shard(d / "f16e" / m["shards"][0]["file"])
+    plain = read_shard(d / "f16" / m["shards"][0]["file"])
+    np.testing.assert_array_equal(shard.arrays["sequence_output"], plain.arrays["sequence_output"])
+    # Each member's outputs are its run of each batch: here the first batch, recomputed.
+    rows = np.flatnonzero(shard.arrays["batch"] == 0)
+    width = int(shard.lengths[rows].max())
+    inputs = {k: shard.arrays[k][rows, :width] for k in INPUT_KEYS}
+    model = BertBackbone.from_preset(d / "tiny", dtype="float16")
+    for member in members("float16")[1:]:
+        want = oracle_outputs(model, inputs, ["sequence_output", "pooled_output"], dtype=member.policy)
+        got = shard.padded(f"sequence_output@{member.name}", rows, width)
+        np.testing.assert_array_equal(got * inputs["padding_mask"][..., None],
+                                      want["sequence_output"] * inputs["padding_mask"][..., None])
+        np.testing.assert_array_equal(shard.arrays[f"pooled_output@{member.name}"][rows], want["pooled_output"])
+        assert got.dtype == get_policy("float16").compute_dtype
+    # The ensemble is part of the job: a run without it does not resume into this directory.
+    shutil.copytree(d / "f16e", tmp_path / "f16e")
+    with pytest.raises(ValueError, match="ensemble"):
+        run_dataset(str(d / "tiny"), d / "data.jsonl", tmp_path / "f16e", dtype="float16", shard_size=8,
+                    batch_tokens=40, scheduler="synchronous", progress=False)
+    with pytest.raises(ValueError, match="--ensemble: the float64 policy has no ensemble"):
+        run(d, tmp_path / "f64", ensemble=True)

@@ -42,7 +42,8 @@ def cli_run(args: Any) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not outputs:
         raise ValueError("--outputs is empty; for the inputs alone use `bert-ref pack`")
-    manifest = run_dataset(args.preset, args.dataset, args.out, dtype=args.dtype, outputs=outputs, **_common(args))
+    manifest = run_dataset(args.preset, args.dataset, args.out, dtype=args.dtype, outputs=outputs,
+                           ensemble=args.ensemble, **_common(args))
     say(_summary(manifest, args.out))
     return 0
 

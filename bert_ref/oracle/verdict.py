@@ -171,8 +171,15 @@ def recipe_check(cand: np.ndarray, floor: np.ndarray, truth: np.ndarray, variant
                  limit: float) -> Check:
     """The `recipe` check of one output (rows): the candidate's distance from the floor against the
     largest of the exact variants' distances, at least `RECIPE_SLACK`."""
-    values = tuple(recipe_distance(v, floor, truth) for v in variants)
-    return Check("recipe", recipe_distance(cand, floor, truth), values, max([RECIPE_SLACK, *values]), float(limit))
+    return recipe_check_of(recipe_distance(cand, floor, truth),
+                           tuple(recipe_distance(v, floor, truth) for v in variants), limit)
+
+
+def recipe_check_of(distance: float, variants: Sequence[float], limit: float) -> Check:
+    """The `recipe` check from the candidate's distance and the exact variants' (`recipe_distance`
+    each; the dataset compare sums them over batches)."""
+    values = tuple(variants)
+    return Check("recipe", distance, values, max([RECIPE_SLACK, *values]), float(limit))
 
 
 def power(truth: np.ndarray, floor: Mapping[str, float], found: Sequence[Check]) -> Power:
@@ -188,6 +195,15 @@ def power(truth: np.ndarray, floor: Mapping[str, float], found: Sequence[Check])
     rounding error), each the smallest over the statistics that see it. [n, C] truth rows."""
     n, c = truth.shape
     r = float(np.sqrt(np.mean(truth * truth))) if truth.size else 0.0
+    norms = np.einsum("ij,ij->i", truth, truth)  # [n]
+    inv = float(np.mean(1.0 / norms[norms > 0])) if (norms > 0).any() else 0.0
+    return power_of(n, c, r, inv, floor, found)
+
+
+def power_of(n: int, c: int, r: float, inv: float, floor: Mapping[str, float], found: Sequence[Check]) -> Power:
+    """`power` from what it needs of the truth's rows: their number `n` and width `c`, their RMS
+    value `r`, and `inv`, the mean over rows of nonzero norm of 1 / |t_row|^2 (the dataset compare
+    sums these over batches)."""
     if r == 0 or n == 0:
         return Power(math.inf, math.inf)
     by = {k.statistic: k for k in found}
@@ -203,8 +219,6 @@ def power(truth: np.ndarray, floor: Mapping[str, float], found: Sequence[Check])
         k = by.get("mean_cos")
         if k is None:
             return math.inf
-        norms = np.einsum("ij,ij->i", truth, truth)
-        inv = float(np.mean(1.0 / norms[norms > 0])) if (norms > 0).any() else 0.0
         room = k.limit * k.reference - floor["mean_cos"]
         return math.sqrt(max(room, 0.0) * 2.0 / (r * r * c * inv)) if inv > 0 else math.inf
 

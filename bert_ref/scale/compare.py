@@ -75,6 +75,8 @@ class Plan:
     model: bool  # does a task run the model (a reference or floor on the fly)?
     candidate_name: str
     int8_scheme: str | None = None  # the int8 recipe of the ensemble (bert_ref.oracle.int8)
+    recipe: bool = False  # the int8 recipe is known (given, or detected explaining the errors): the recipe check
+    on_disk: tuple[str, ...] = ()  # the ensemble members --floor-from holds (its policy's run first)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,11 +136,16 @@ class Sums:
     max_cos: float = 0.0
     channel: np.ndarray | None = None  # [C] the sum over rows of each channel's error
     nonfinite: bool = False
+    dist_sq: float = 0.0  # the sum of (x - floor)^2 (the recipe statistic, `distance`)
 
-    def add(self, x: np.ndarray, truth: np.ndarray) -> None:
-        """Rows [n, C] of a run and of the truth (`verdict.rows`)."""
+    def add(self, x: np.ndarray, truth: np.ndarray, floor: np.ndarray | None = None) -> None:
+        """Rows [n, C] of a run and of the truth (`verdict.rows`); with `floor`, the floor run's rows,
+        for the run's distance from it (`verdict.recipe_distance`)."""
         from bert_ref.oracle import verdict
 
+        if floor is not None:
+            d = x - floor  # [n, C]
+            self.dist_sq += float(np.sum(d * d)) if d.size else 0.0
         e = x - truth  # [n, C]
         if not np.isfinite(e).all():
             self.nonfinite = True
@@ -159,6 +166,7 @@ class Sums:
         self.rows, self.elems, self.sum_sq = self.rows + o.rows, self.elems + o.elems, self.sum_sq + o.sum_sq
         self.max_abs, self.sum_cos = max(self.max_abs, o.max_abs), self.sum_cos + o.sum_cos
         self.max_cos, self.nonfinite = max(self.max_cos, o.max_cos), self.nonfinite or o.nonfinite
+        self.dist_sq += o.dist_sq
         if o.channel is not None:
             self.channel = o.channel.copy() if self.channel is None else self.channel + o.channel
 
@@ -176,6 +184,123 @@ class Sums:
             mean = self.channel / self.rows  # [C]
             out["channel"] = float(np.sqrt(np.mean(mean * mean)))
         return out
+
+    def distance(self, floor: Sums) -> float:
+        """`verdict.recipe_distance` of this run from the floor run, over every row added (both
+        added with the floor's rows)."""
+        if self.nonfinite or math.isnan(self.dist_sq):
+            return math.nan
+        dist = math.sqrt(self.dist_sq / self.elems) if self.elems else 0.0
+        own = math.sqrt(floor.sum_sq / floor.elems) if floor.elems else 0.0
+        return dist / own if own > 0 else (0.0 if dist == 0 else math.inf)
+
+
+def rel_frontier(mag: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The elements that are the largest relative error over |r| >= t for some cut t, from the
+    magnitudes |r| > 0 and relative errors of some elements (1-D float64): by |r| descending, each
+    with a larger relative error than every element of larger |r|. The largest relative error over
+    |r| >= t is then the last one's with |r| >= t, for any t (`rel_over_cut`); two frontiers merge
+    as the frontier of their union. An element is dropped first when a bin of larger |r| (1/16
+    octave, from the exact exponent and mantissa, so monotone in |r|) holds a larger error: such an
+    element is never the largest for any cut."""
+    if mag.size == 0:
+        return mag, rel
+    m, e = np.frexp(mag)  # mag = m 2^e, m in [0.5, 1)
+    k = e.astype(np.int64) * 16 + np.floor((m - 0.5) * 32).astype(np.int64)  # [N] bin, monotone in mag
+    k -= k.min()
+    top = np.full(int(k.max()) + 1, -np.inf)  # [bins] the largest error of each bin
+    np.maximum.at(top, k, rel)
+    above = np.append(np.maximum.accumulate(top[::-1])[::-1][1:], -np.inf)  # the largest over the bins above
+    keep = rel > above[k]
+    return _frontier(mag[keep], rel[keep])
+
+
+def _frontier(mag: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((-rel, -mag))  # |r| descending, then the larger error first
+    mag, rel = mag[order], rel[order]
+    best = np.maximum.accumulate(rel)
+    keep = np.ones(mag.size, bool)
+    keep[1:] = rel[1:] > best[:-1]
+    return mag[keep], rel[keep]
+
+
+def rel_over_cut(front: tuple[np.ndarray, np.ndarray], cut: float) -> float:
+    """The largest relative error over the elements with |r| >= `cut` (|r| > 0 when the cut is 0),
+    as `bert_ref.oracle.stats.error_stats` defines `rel_error_over_cut`; 0 when there is none."""
+    mag, rel = front
+    sel = np.flatnonzero(mag >= cut if cut > 0 else mag > 0)
+    return float(rel[sel[-1]]) if sel.size else 0.0
+
+
+@dataclasses.dataclass
+class Side:
+    """What the dataset verdict needs of one side's valid rows beyond the batch `Stats`, summed over
+    batches: the reference's size (`rows` x `width` elements, the sum of squares, the sum over rows
+    of nonzero norm of 1 / |r_row|^2: the detection power and the magnitude cut) and the frontier of
+    the relative errors (`rel_frontier`: `rel_error_over_cut` at the dataset's cut)."""
+
+    rows: int = 0
+    width: int = 0
+    elems: int = 0
+    sq: float = 0.0
+    inv: float = 0.0
+    inv_rows: int = 0
+    front: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, x: np.ndarray, ref: np.ndarray, exact: bool = True) -> None:
+        """Rows [n, C] of a run and of the reference (`verdict.rows`); `exact`: finite errors (a
+        non-finite one makes `rel_error_over_cut` NaN, kept by the `Stats`)."""
+        self.rows += ref.shape[0]
+        self.width = ref.shape[1]
+        self.elems += ref.size
+        if not ref.size:
+            return
+        self.sq += float(np.sum(ref * ref))
+        norms = np.einsum("ij,ij->i", ref, ref)  # [n]
+        pos = norms > 0
+        self.inv += float(np.sum(1.0 / norms[pos]))
+        self.inv_rows += int(np.count_nonzero(pos))
+        if exact:
+            mag = np.abs(ref).reshape(-1)
+            nz = mag > 0
+            mag = mag[nz]
+            rel = np.abs(x - ref).reshape(-1)[nz] / mag
+            front = rel_frontier(mag, rel)
+            self.merge_front(front)
+
+    def merge_front(self, front: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if front is None:
+            return
+        if self.front is None:
+            self.front = front
+        else:
+            self.front = _frontier(np.concatenate([self.front[0], front[0]]), np.concatenate([self.front[1], front[1]]))
+
+    def merge(self, o: Side) -> None:
+        self.rows, self.elems, self.sq = self.rows + o.rows, self.elems + o.elems, self.sq + o.sq
+        self.width = max(self.width, o.width)
+        self.inv, self.inv_rows = self.inv + o.inv, self.inv_rows + o.inv_rows
+        self.merge_front(o.front)
+
+    @property
+    def cut(self) -> float:
+        """The magnitude cut of `rel_error_over_cut`: 10% of the reference's RMS value."""
+        return 0.1 * math.sqrt(self.sq / self.elems) if self.elems else 0.0
+
+    def exact_stats(self, s: Stats) -> Stats:
+        """`s` with `rel_error_over_cut` and `magnitude_cut` over every row added (NaN stays NaN)."""
+        if self.front is None or math.isnan(s.rel_error_over_cut):
+            return s
+        cut = self.cut
+        return dataclasses.replace(s, rel_error_over_cut=rel_over_cut(self.front, cut), magnitude_cut=cut)
+
+    def power(self, floor: Mapping[str, float], checks: Sequence[Any]) -> Any:
+        """`verdict.power` over every row added."""
+        from bert_ref.oracle import verdict
+
+        r = math.sqrt(self.sq / self.elems) if self.elems else 0.0
+        inv = self.inv / self.inv_rows if self.inv_rows else 0.0
+        return verdict.power_of(self.rows, self.width, r, inv, floor, checks)
 
 
 @dataclasses.dataclass
@@ -195,10 +320,15 @@ class Merged:
     width: int = 0
     records: int = 0
     sums: dict[str, Sums] = dataclasses.field(default_factory=dict)
+    batches: int = 0
+    side: Side = dataclasses.field(default_factory=Side)  # the candidate's valid rows (`Side`)
+    floor_side: Side = dataclasses.field(default_factory=Side)  # the floor's
+    recipe: tuple[str, ...] = ()  # the members whose distance from the floor is the recipe check's reference
 
 
 def merge_entry(m: Merged, e: Entry, records: np.ndarray, floor_mode: bool) -> Merged:
     """Add one batch's oracle `Entry` (rows = `records`) to `m`."""
+    m.batches += 1
     m.valid = _merge_stats(m.valid, e.valid, not floor_mode, records)
     if e.floor is not None:
         m.floor = _merge_stats(m.floor, e.floor, False, records)
@@ -223,6 +353,9 @@ def merge_into(into: dict[str, Merged], other: Mapping[str, Merged], floor_mode:
         t.floor_scale = max(t.floor_scale, m.floor_scale)
         t.width, t.records = max(t.width, m.width), t.records + m.records
         t.atol, t.rtol = m.atol, m.rtol
+        t.batches += m.batches
+        t.side.merge(m.side)
+        t.floor_side.merge(m.floor_side)
         for name, sums in m.sums.items():
             t.sums.setdefault(name, Sums()).merge(sums)
 
@@ -234,26 +367,38 @@ def dataset_entry(m: Merged, floor_ratio: float | None, hidden: int,
     is at most K x the floor's largest (`floor_scale`: at least one rounding of the largest
     reference value, as in a batch, and with an ensemble the largest of its members'), and each
     statistic of `bert_ref.oracle.verdict` is within its limit times the largest the ensemble
-    reaches (`verdict.make_checks` on the statistics over every record); otherwise when every
-    element is within its tolerance. A non-finite candidate value always fails."""
+    reaches (`verdict.make_checks` on the statistics over every record; for int8 with a known
+    recipe, the recipe check at the first layers), with the detection power of those checks;
+    otherwise when every element is within its tolerance. `rel_error_over_cut` is over every
+    record at the dataset's magnitude cut (`Side`). A non-finite candidate value always fails.
+    One batch gives its own entry's numbers."""
     from bert_ref.oracle import verdict
     from bert_ref.oracle.keys import placement
 
     assert m.valid is not None
-    v = m.valid
+    _, stage, layer = placement(m.key)
+    v = m.valid if m.batches == 1 else m.side.exact_stats(m.valid)
+    floor_stats = m.floor if m.floor is None or m.batches == 1 else m.floor_side.exact_stats(m.floor)
     f_ratio = rms_ratio = None
     atol, rtol = m.atol, m.rtol
     checks: tuple[Any, ...] = ()
+    power = None
     if m.sums and floor_ratio is not None:
         mine = m.sums["candidate"].statistics()
-        theirs = [sums.statistics() for name, sums in m.sums.items() if name != "candidate"]
+        members = [(name, sums) for name, sums in m.sums.items() if name != "candidate"]
+        theirs = [sums.statistics() for _, sums in members]
         m.floor_scale = max([m.floor_scale, *(t["max_abs"] for t in theirs)])
         k_of = {**verdict.default_limits(), **(limits or {}), "max_abs": floor_ratio}
         checks = verdict.make_checks(mine, theirs, floor_scale=m.floor_scale, limits=k_of)
-    if m.floor is not None:
+        if m.recipe and "recipe" in k_of and layer is not None and layer <= verdict.RECIPE_LAYERS:
+            floor = members[0][1]
+            checks += (verdict.recipe_check_of(m.sums["candidate"].distance(floor),
+                                               [m.sums[name].distance(floor) for name in m.recipe], k_of["recipe"]),)
+        power = m.side.power(theirs[0], checks)
+    if floor_stats is not None:
         a, b = v.max_abs_error, m.floor_scale
         f_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
-        a, b = v.rms_error, m.floor.rms_error
+        a, b = v.rms_error, floor_stats.rms_error
         rms_ratio = (a / b) if b > 0 else (1.0 if a == 0 else (math.nan if math.isnan(a) else math.inf))
     if floor_ratio is not None:
         limit = floor_ratio * m.floor_scale
@@ -264,12 +409,12 @@ def dataset_entry(m: Merged, floor_ratio: float | None, hidden: int,
     valid_ok = bool(v.nonfinite == 0 and not math.isnan(v.tolerance_ratio) and v.tolerance_ratio <= 1.0)
     v = dataclasses.replace(v, passed=valid_ok)
     passed = valid_ok and all(c.passed for c in checks)
-    _, stage, layer = placement(m.key)
     seq = is_sequence_key(m.key)
     shape = (m.records, m.width, hidden) if seq else (m.records, hidden)
     axes = ("record", "position", "channel") if seq else ("record", "channel")
-    return Entry(m.key, stage, layer, shape, axes, v, None, passed, m.floor,
-                 f_ratio, m.floor_scale if m.floor is not None else None, rms_ratio, atol, rtol, None, checks, None)
+    return Entry(m.key, stage, layer, shape, axes, v, None, passed, floor_stats,
+                 f_ratio, m.floor_scale if floor_stats is not None else None, rms_ratio, atol, rtol, None, checks,
+                 power)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,47 +503,86 @@ def _check_inputs(ins: Mapping[str, list[Any]], ours: Mapping[str, np.ndarray], 
     return bad
 
 
+@dataclasses.dataclass
+class ShardSource:
+    """One shard's records as the compare takes them: lengths, the length-sorted batches of `run`
+    (from the reference's shard when read, else computed) and the padded inputs [n, L] each."""
+
+    lengths: np.ndarray
+    batches: list[np.ndarray]
+    inputs: Mapping[str, np.ndarray]
+    ref: Any  # the reference's `Shard`, or None
+
+
+def shard_source(job: ScaleJob, plan: Plan, shard: int, start: int, stop: int,
+                 ref_entry: Mapping[str, Any] | None) -> ShardSource:
+    from bert_ref.scale.shards import worker_tokenizer
+
+    if ref_entry is not None:
+        ref = _read_run_shard(plan.reference or "", ref_entry, shard, start, stop, "--reference")
+        batches = [np.flatnonzero(ref.arrays["batch"] == b) for b in range(int(ref.arrays["batch"].max()) + 1)]
+        return ShardSource(ref.lengths, batches, {k: ref.arrays[k] for k in INPUT_KEYS}, ref)
+    records = job.dataset.read(start, stop, vocabulary_size=job.vocabulary_size, num_segments=job.num_segments,
+                               max_length=job.max_length, tokenizer=lambda: worker_tokenizer(job),
+                               truncate=job.truncate)
+    return ShardSource(records.lengths, length_batches(records.lengths, job.batch_tokens),
+                       pad_batch(records, np.arange(len(records.lengths))), None)
+
+
+def candidate_batch(job: ScaleJob, cand: CandidateIndex, keys: Sequence[str], sel: np.ndarray, lengths: np.ndarray,
+                    recs: np.ndarray, width: int) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
+    """The candidate's outputs for shard rows `sel` (records `recs`) padded to `width` ([b, width, H]
+    or [b, H]), and the inputs it carries."""
+    cand_out, cand_in = read_records(cand, sel)
+    c_arrays = {}
+    for key in keys:
+        parts = cand_out[key]
+        if is_sequence_key(key):
+            short = [i for i, a in enumerate(parts) if a.shape[0] < int(lengths[sel[i]])]
+            if short:
+                i = short[0]
+                r = int(recs[i])
+                raise DatasetError(f"{key}: record {r} ({job.dataset.source(r)}) has {int(lengths[sel[i]])} "
+                                   f"tokens but the candidate gives {parts[i].shape[0]} positions: is the "
+                                   "candidate in the dataset's record order? (a candidate sorted by length must "
+                                   "carry record_index)")
+            arr = np.zeros((len(sel), width, parts[0].shape[-1]), parts[0].dtype)
+            for i, a in enumerate(parts):
+                arr[i, : min(width, a.shape[0])] = a[:width]
+            c_arrays[key] = arr
+        else:
+            c_arrays[key] = np.stack(parts)
+    return c_arrays, cand_in
+
+
 def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: CandidateIndex, plan: Plan,
                   ref_entry: Mapping[str, Any] | None, floor_entry: Mapping[str, Any] | None) -> dict[str, Any]:
     """The task of `compare_dataset`: one shard's merged entries, its worst records, the records
     whose inputs differ, and the alignment check. `cand` is the candidate cut to this shard."""
-    from bert_ref.oracle import verdict
+    from bert_ref.oracle import ensemble, verdict
     from bert_ref.oracle.compare import compare
     from bert_ref.oracle.int8 import parse_int8_scheme
     from bert_ref.oracle.keys import valid_mask
-    from bert_ref.oracle.run import (
-        ensemble_outputs,
-        float64_floor,
-        floor_name,
-        floor_outputs,
-        oracle_outputs,
-        truth_report,
-    )
-    from bert_ref.scale.shards import set_threads, worker_model, worker_tokenizer
+    from bert_ref.oracle.run import float64_floor, floor_name, floor_outputs, oracle_outputs, truth_report
+    from bert_ref.scale.shards import member_key, set_threads, worker_model
 
     t0 = time.perf_counter()
     set_threads(job.threads)
-    ref = flo = None
-    if ref_entry is not None:
-        ref = _read_run_shard(plan.reference or "", ref_entry, shard, start, stop, "--reference")
+    src = shard_source(job, plan, shard, start, stop, ref_entry)
+    ref, lengths, padded_inputs = src.ref, src.lengths, src.inputs
+    flo = None
     if floor_entry is not None:
         flo = _read_run_shard(plan.floor_from or "", floor_entry, shard, start, stop, "--floor-from")
     model = worker_model(job)[0] if plan.model else None
-    if ref is not None:
-        lengths = ref.lengths
-        batches = [np.flatnonzero(ref.arrays["batch"] == b) for b in range(int(ref.arrays["batch"].max()) + 1)]
-        padded_inputs = {k: ref.arrays[k] for k in INPUT_KEYS}
-        records = None
-    else:
-        records = job.dataset.read(start, stop, vocabulary_size=job.vocabulary_size, num_segments=job.num_segments,
-                                   max_length=job.max_length, tokenizer=lambda: worker_tokenizer(job),
-                                   truncate=job.truncate)
-        lengths = records.lengths
-        batches = length_batches(lengths, job.batch_tokens)
-        padded_inputs = pad_batch(records, np.arange(len(lengths)))
     if flo is not None and not (np.array_equal(flo.lengths, lengths)):
         raise DatasetError(f"--floor-from {plan.floor_from}: shard {shard} holds other record lengths than the "
                            "reference's: a run of another tokenizer or sequence length")
+    with_ensemble = plan.truth and plan.floor_ratio is not None and plan.precision != "float64"
+    chosen: tuple[Any, ...] = ()
+    if with_ensemble:
+        assert plan.precision is not None
+        chosen = ensemble.members(plan.precision, parse_int8_scheme(plan.int8_scheme) if plan.int8_scheme else None)
+    recipe = tuple(m.name for m in chosen[1:] if m.exact) if plan.recipe else ()
     index = np.arange(start, stop)
     wanted = (cand.rec_file >= 0) & (index >= plan.first) & (index < plan.last)
     floor_mode = plan.floor_ratio is not None
@@ -413,7 +597,7 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
     align_cand: list[np.ndarray] = []
     align_rec: list[np.ndarray] = []
     notes: list[str] = []
-    for rows in batches:
+    for rows in src.batches:
         sel = rows[wanted[rows]]
         if not sel.size:
             continue
@@ -421,28 +605,10 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
         recs = index[sel]
         inputs = {k: np.asarray(padded_inputs[k][sel, :width]) for k in INPUT_KEYS}
         inputs["padding_mask"] = inputs["padding_mask"].astype(bool)
-        cand_out, cand_in = read_records(cand, sel)
+        c_arrays, cand_in = candidate_batch(job, cand, plan.keys, sel, lengths, recs, width)
         if cand_in:
             mismatched += _check_inputs(cand_in, {k: np.asarray(padded_inputs[k])[sel] for k in INPUT_KEYS},
                                         lengths[sel], recs)
-        c_arrays = {}
-        for key in plan.keys:
-            parts = cand_out[key]
-            if is_sequence_key(key):
-                short = [i for i, a in enumerate(parts) if a.shape[0] < int(lengths[sel[i]])]
-                if short:
-                    i = short[0]
-                    r = int(recs[i])
-                    raise DatasetError(f"{key}: record {r} ({job.dataset.source(r)}) has {int(lengths[sel[i]])} "
-                                       f"tokens but the candidate gives {parts[i].shape[0]} positions: is the "
-                                       "candidate in the dataset's record order? (a candidate sorted by length must "
-                                       "carry record_index)")
-                arr = np.zeros((len(sel), width, parts[0].shape[-1]), parts[0].dtype)
-                for i, a in enumerate(parts):
-                    arr[i, : min(width, a.shape[0])] = a[:width]
-                c_arrays[key] = arr
-            else:
-                c_arrays[key] = np.stack(parts)
         # The reference (and the floor) for these rows: read, or computed on the full batch (the bits
         # of a `run` shard) and cut to the rows compared.
         full = {k: np.asarray(padded_inputs[k][rows, :width]) for k in INPUT_KEYS}
@@ -458,21 +624,22 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
         members: dict[str, dict[str, np.ndarray]] = {}  # the ensemble's runs for these rows, the floor first
         if plan.truth:
             assert plan.precision is not None
-            with_ensemble = plan.floor_ratio is not None and plan.precision != "float64"
-            if flo is not None:
+            name = floor_name(plan.precision)
+            if with_ensemble:  # as compare_to_truth: our run and its legitimate variants, read or computed
+                for mem in chosen:
+                    if flo is not None and mem.name in plan.on_disk:
+                        own = mem.name == plan.on_disk[0]  # the run's policy: stored under the output's name
+                        members[mem.name] = {k: flo.padded(k if own else member_key(k, mem.name), sel, width)
+                                             for k in plan.keys}
+                    else:
+                        assert model is not None
+                        run = oracle_outputs(model, full, plan.keys, dtype=mem.policy)
+                        members[mem.name] = {k: np.asarray(run[k])[pos] for k in plan.keys}
+                f_arrays = next(iter(members.values()))
+            elif flo is not None:
                 f_arrays = {k: flo.padded(k, sel, width) for k in plan.keys}
                 if plan.precision == "float64":
                     f_arrays = float64_floor(r_arrays, f_arrays)
-                name = floor_name(plan.precision)
-                if with_ensemble:
-                    members = {"floor": f_arrays}
-            elif with_ensemble:  # as compare_to_truth: our run and its legitimate variants
-                assert model is not None
-                scheme = parse_int8_scheme(plan.int8_scheme) if plan.int8_scheme else None
-                runs = ensemble_outputs(model, full, plan.keys, plan.precision, scheme=scheme)
-                members = {n: {k: np.asarray(v[k])[pos] for k in plan.keys} for n, v in runs.items()}
-                f_arrays = next(iter(members.values()))
-                name = floor_name(plan.precision)
             else:
                 assert model is not None
                 truth_full = ({k: np.asarray(out[k]) for k in plan.keys} if ref is None
@@ -490,16 +657,25 @@ def compare_shard(job: ScaleJob, shard: int, start: int, stop: int, cand: Candid
                              rtol=DEFAULT_RTOL if plan.rtol is None else plan.rtol,
                              padding_mask=inputs["padding_mask"], candidate_name=plan.candidate_name)
             name = None
+            f_arrays = {}
         if name and name not in notes:
             notes.append(name)
         mask = inputs["padding_mask"]
         for e in report:
             m = merge_entry(merged.setdefault(e.key, Merged(e.key, e.stage, e.layer)), e, recs, floor_mode)
+            valid = valid_mask(e.key, r_arrays[e.key].shape, mask)
+            t_rows = verdict.rows(r_arrays[e.key], e.key, valid)
+            c_rows = verdict.rows(c_arrays[e.key], e.key, valid)
+            m.side.add(c_rows, t_rows, exact=e.valid.nonfinite == 0)
+            if e.floor is not None:
+                m.floor_side.add(verdict.rows(f_arrays[e.key], e.key, valid), t_rows)
             if members:  # the verdict's statistics, summed over the dataset's rows (`Sums`)
-                valid = valid_mask(e.key, r_arrays[e.key].shape, mask)
-                t_rows = verdict.rows(r_arrays[e.key], e.key, valid)
-                for run_name, arrays in (("candidate", c_arrays), *members.items()):
-                    m.sums.setdefault(run_name, Sums()).add(verdict.rows(arrays[e.key], e.key, valid), t_rows)
+                m.recipe = recipe if e.layer is not None and e.layer <= verdict.RECIPE_LAYERS else ()
+                runs = {"candidate": c_rows, **{n: verdict.rows(a[e.key], e.key, valid) for n, a in members.items()}}
+                f0 = runs[next(iter(members))]  # the floor's rows: the recipe statistic's origin
+                for run_name, x in runs.items():
+                    near = f0 if run_name == "candidate" or run_name in m.recipe else None
+                    m.sums.setdefault(run_name, Sums()).add(x, t_rows, near)
             err, ratio = _worst_records(r_arrays[e.key], c_arrays[e.key], mask, e.atol, e.rtol, not floor_mode)
             score = err if floor_mode else ratio
             worst[e.key] += [(int(recs[i]), float(err[i]), float(ratio[i])) for i in np.argsort(-score, kind="stable")
@@ -684,6 +860,8 @@ def compare_dataset(
         A `DatasetReport`; `report.passed` is the verdict.
     """
     from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS
+    from bert_ref.oracle import ensemble
+    from bert_ref.oracle.int8 import parse_int8_scheme
     from bert_ref.oracle.run import default_floor_ratio
     from bert_ref.oracle.tolerances import parse_tolerance
 
@@ -740,13 +918,7 @@ def compare_dataset(
                                "the truth needs `bert-ref run --dtype float64`")
     elif ref_manifest is not None and dtype is not None and ref_manifest["job"]["policy"] != dtype:
         raise DatasetError(f"--reference {reference}: a {ref_manifest['job']['policy']} run, not {dtype}")
-    if truth_mode and prec not in (None, "float64") and floor_ratio is not None:
-        if floor_manifest is not None:
-            notes.append(f"the floor read from --floor-from is the whole ensemble: each statistic is held to K x the "
-                         f"floor run's own (without --floor-from, our {prec} runs' variants are computed too and the "
-                         "largest of theirs is the reference)")
-        if prec == "int8" and int8_scheme is None:
-            notes.append("int8 recipe: symmetric (the dataset compare does not detect it; --int8-scheme names it)")
+    with_ensemble = truth_mode and prec not in (None, "float64") and floor_ratio is not None
     if floor_manifest is not None:
         if not truth_mode:
             raise DatasetError("--floor-from gives the floor of a compare against the truth: add --precision P "
@@ -761,7 +933,6 @@ def compare_dataset(
             if missing:
                 raise DatasetError(f"{flag} {d}: the run holds no {missing[0]}; rerun it with --outputs including "
                                    f"{parse_key(missing[0]).name}")
-    needs_model = ref_manifest is None or (truth_mode and floor_manifest is None)
     if ref_manifest is None:
         policy = "float64" if truth_mode else (dtype or "float32")
     elif prec == "float64":
@@ -771,16 +942,39 @@ def compare_dataset(
     wanted_outputs = tuple(o for o in OUTPUT_CHOICES if any(parse_key(k).name == o for k in cand.keys))
     job = dataclasses.replace(job, policy=policy, outputs=wanted_outputs)
     name = Path(paths[0]).name if len(paths) == 1 else f"{len(cand.files)} files"
+    scheme = parse_int8_scheme(int8_scheme) if int8_scheme is not None and prec == "int8" else None
     plan = Plan(tuple(cand.keys), truth_mode, prec, floor_ratio, atol, rtol, worst, first, last,
                 str(Path(reference).resolve()) if reference is not None else None,
                 str(Path(floor_from).resolve()) if floor_from is not None else None,
-                floor_manifest["job"]["policy"] if floor_manifest is not None else None, needs_model, name,
-                int8_scheme)
+                floor_manifest["job"]["policy"] if floor_manifest is not None else None, False, name,
+                scheme.spec if scheme is not None else None, scheme is not None)
     n = job.dataset.num_records
     num_shards = -(-n // shard_size)
     ref_entries = {e["shard"]: e for e in ref_manifest["shards"]} if ref_manifest else {}
     floor_entries = {e["shard"]: e for e in floor_manifest["shards"]} if floor_manifest else {}
     todo = [k for k in range(num_shards) if subset[k * shard_size:min((k + 1) * shard_size, n)].any()]
+    if with_ensemble and prec == "int8" and scheme is None:
+        # As the single compare: the recipe from the candidate's errors, on the first shard's largest batch.
+        detection, where = _detect_int8(job, plan, cand, subset, todo[0], shard_size, ref_entries.get(todo[0]))
+        scheme = detection.scheme
+        plan = dataclasses.replace(plan, int8_scheme=scheme.spec, recipe=detection.explains)
+        notes.append(f"{detection.note()}; detected on {where}")
+    chosen = ensemble.members(prec, scheme) if with_ensemble and prec is not None else ()
+    absent: list[str] = []
+    if chosen and floor_manifest is not None:
+        stored = [floor_manifest["job"]["policy"], *floor_manifest["job"].get("ensemble", [])]
+        on_disk = tuple(stored) if chosen[0].name == stored[0] else ()
+        absent = [m.name for m in chosen if m.name not in on_disk]
+        plan = dataclasses.replace(plan, on_disk=on_disk)
+        if not on_disk:
+            notes.append(f"--floor-from {floor_from} is our {stored[0]} run, not the {chosen[0].name} recipe's: its "
+                         "ensemble is computed on the fly")
+        elif absent:
+            notes.append(f"--floor-from {floor_from} holds {', '.join(m.name for m in chosen if m.name in on_disk)}; "
+                         f"the ensemble's {', '.join(absent)} computed on the fly (`bert-ref run --dtype "
+                         f"{stored[0]} --ensemble` stores them)")
+    needs_model = ref_manifest is None or (truth_mode and floor_manifest is None) or bool(absent)
+    plan = dataclasses.replace(plan, model=needs_model)
 
     def tasks() -> Any:
         for k in todo:
@@ -803,6 +997,33 @@ def compare_dataset(
     return _report(results, plan, job, config.hidden_dim, notes, int(subset.sum()), n, reference, preset, cand)
 
 
+def _detect_int8(job: ScaleJob, plan: Plan, cand: CandidateIndex, subset: np.ndarray, shard: int, shard_size: int,
+                 ref_entry: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """`bert_ref.oracle.run.detect_int8_scheme` on the batch of `shard` holding the most compared
+    records (its truth read from --reference or computed): (the detection, which records)."""
+    from bert_ref.oracle.run import detect_int8_scheme, oracle_outputs
+    from bert_ref.scale.shards import worker_model
+
+    n = job.dataset.num_records
+    start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
+    src = shard_source(job, plan, shard, start, stop, ref_entry)
+    wanted = subset[start:stop]
+    rows = max(src.batches, key=lambda r: int(wanted[r].sum()))
+    sel = rows[wanted[rows]]
+    width = int(src.lengths[rows].max())
+    recs = np.arange(start, stop)[sel]
+    inputs = {k: np.asarray(src.inputs[k][sel, :width]) for k in INPUT_KEYS}
+    c_arrays, _ = candidate_batch(job, cand, plan.keys, sel, src.lengths, recs, width)
+    model = worker_model(dataclasses.replace(job, policy="float64"))[0]
+    if src.ref is not None:
+        truth = {k: src.ref.padded(k, sel, width) for k in plan.keys}
+    else:
+        truth = oracle_outputs(model, inputs, plan.keys, dtype="float64")
+    detection = detect_int8_scheme(model, inputs, c_arrays, truth)
+    shown = ", ".join(str(int(r)) for r in recs[:5]) + (", ..." if len(recs) > 5 else "")
+    return detection, f"the {len(recs)} record(s) of shard {shard}'s largest batch ({shown})"
+
+
 def _report(results: list[dict[str, Any]], plan: Plan, job: ScaleJob, hidden: int, notes: list[str], compared: int,
             n: int, reference: Any, preset: str, cand: CandidateIndex) -> DatasetReport:
     floor_mode = plan.floor_ratio is not None
@@ -812,8 +1033,7 @@ def _report(results: list[dict[str, Any]], plan: Plan, job: ScaleJob, hidden: in
         merge_into(merged, r["merged"], floor_mode)
     entries = tuple(dataset_entry(merged[k], plan.floor_ratio, hidden) for k in sorted(merged, key=key_order))
     if any(e.checks for e in entries):
-        notes.append("the verdict's statistics are taken over every compared record (the detection power of a "
-                     "batch's verdict is not computed over a dataset)")
+        notes.append("the verdict's statistics and its detection power are taken over every compared record")
     ds = job.dataset
     worst: dict[str, list[dict[str, Any]]] = {}
     for key in sorted(merged, key=key_order):

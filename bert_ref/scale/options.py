@@ -23,6 +23,9 @@ def add_run_arguments(p: Any) -> None:
                    "rerunning resumes")
     g.add_argument("--outputs", default="sequence_output,pooled_output",
                    help=f"comma-separated, from {', '.join(OUTPUT_CHOICES)} (default sequence_output,pooled_output)")
+    g.add_argument("--ensemble", action="store_true",
+                   help="also store the outputs of the other members of --dtype's ensemble (for float16: its fused "
+                        "and wide variants), so that `compare --floor-from` reads the whole floor ensemble")
     _common_arguments(g)
 
 

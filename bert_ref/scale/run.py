@@ -43,6 +43,7 @@ from bert_ref.scale.shards import (
     ScaleJob,
     compute_shard,
     cores,
+    ensemble_members,
     shard_name,
     tokenizer_sha256,
     verify_shard,
@@ -63,8 +64,9 @@ def _resolve(preset: str) -> Path:
 
 def prepare_job(preset: str, dataset: str | os.PathLike, *, dtype: Any, sequence_length: int | None,
                 truncate: bool, outputs: Sequence[str], batch_tokens: int, threads: int | None,
-                out: str | None) -> tuple[ScaleJob, dict[str, Any], Any]:
-    """The job (what workers get) and its identity fields (the manifest's "job")."""
+                out: str | None, ensemble: bool = False) -> tuple[ScaleJob, dict[str, Any], Any]:
+    """The job (what workers get) and its identity fields (the manifest's "job"); with `ensemble`,
+    the job also stores the other members of the ensemble whose floor is the policy's run."""
     from bert_ref.io import checkpoints
     from bert_ref.model.precision import get_policy
 
@@ -83,16 +85,23 @@ def prepare_job(preset: str, dataset: str | os.PathLike, *, dtype: Any, sequence
         sequence_length = top
     elif not 2 <= sequence_length <= top:
         raise ValueError(f"--sequence-length {sequence_length} is outside [2, {top}]: max_sequence_length is {top}")
+    members: tuple[str, ...] = ()
+    if ensemble and outputs:
+        found = ensemble_members(policy.name)
+        if not found:
+            raise ValueError(f"--ensemble: the {policy.name} policy has no ensemble of variants (float16, bfloat16, "
+                             "float32, tf32 and int8 have)")
+        members = tuple(m.name for m in found[1:])
     ds = open_dataset(dataset)
     job = ScaleJob(str(directory.resolve()), weights_sha256(directory), policy.name, outputs, ds, sequence_length,
                    truncate, batch_tokens, threads, out, tokenizer_sha256(directory), config.vocabulary_size,
-                   config.num_segments)
+                   config.num_segments, members)
     fields = {"preset": preset, "preset_dir": job.preset_dir, "weights_sha256": job.weights_sha256,
               "tokenizer_sha256": job.tokenizer_sha256, "config": config.to_dict(),
               "policy": policy.name if outputs else None, "outputs": list(outputs),
               "dataset": ds.path, "dataset_kind": ds.kind, "dataset_sha256": ds.sha256(),
               "num_records": ds.num_records, "sequence_length": sequence_length, "truncate": truncate,
-              "batch_tokens": batch_tokens}
+              "batch_tokens": batch_tokens, "ensemble": list(members)}
     return job, fields, ckpt
 
 
@@ -244,6 +253,7 @@ def run_dataset(
     *,
     dtype: Any = None,
     outputs: Sequence[str] = ("sequence_output", "pooled_output"),
+    ensemble: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
     scheduler: str = "local",
     workers: int | None = None,
@@ -263,6 +273,10 @@ def run_dataset(
         dtype: the policy (default float32; "float64" is the truth).
         outputs: any of "sequence_output", "pooled_output", "hidden_states"; none: the packed
             inputs alone (`pack_dataset`).
+        ensemble: also store the outputs of the other members of the policy's ensemble
+            (`bert_ref.oracle.ensemble`: for float16, its fused and its wide variant), as
+            `sequence_output@float16~fused`, ...: `compare --floor-from` then reads the whole
+            ensemble instead of computing it.
         shard_size: records per shard (one task, one file).
         scheduler: "local" (threads), "processes", "synchronous", or a Dask scheduler address.
         workers: threads or processes of the local schedulers.
@@ -286,7 +300,8 @@ def run_dataset(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
     job, fields, _ = prepare_job(preset, dataset, dtype=dtype, sequence_length=sequence_length, truncate=truncate,
-                                 outputs=outputs, batch_tokens=batch_tokens, threads=engine.threads, out=str(out))
+                                 outputs=outputs, batch_tokens=batch_tokens, threads=engine.threads, out=str(out),
+                                 ensemble=ensemble)
     fields["shard_size"] = shard_size
     num_shards = check_plan(job.dataset.num_records, shard_size)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -306,8 +321,8 @@ def _run_locked(engine: Engine, job: ScaleJob, fields: dict[str, Any], out: Path
         log(f"{manifest_path}: the run there completed no shard; starting afresh")
         previous = None
     if previous is not None:
-        for name in JOB_FIELDS:
-            if previous["job"].get(name) != fields[name]:
+        for name in (*JOB_FIELDS, "ensemble"):
+            if previous["job"].get(name, []) != fields[name]:
                 raise ValueError(f"{out} holds a different run: its {name} is {previous['job'].get(name)!r}, "
                                  f"this run's is {fields[name]!r}; use another --out directory or delete {out}")
     elif any(out.glob("shard-*.safetensors")):

@@ -44,12 +44,23 @@ RUN_FORMAT = "bert_ref dataset run 2"
 #: The arrays of a shard that describe its records and inputs (the rest are outputs).
 RECORD_KEYS = ("record_index", "length", "offsets", "batch")
 INPUT_KEYS = ("token_ids", "segment_ids", "padding_mask")
+#: Separates an output from the ensemble member that computed it in a shard's array names
+#: (`sequence_output@float16~fused`; `member_key`).
+MEMBER_SEP = "@"
+
+
+def member_key(key: str, member: str) -> str:
+    """The shard array of output `key` of ensemble member `member` (`bert_ref.oracle.ensemble`)."""
+    return f"{key}{MEMBER_SEP}{member}"
+
+
 def ragged(key: str) -> bool:
     """Outputs stored by valid position ([T, H], rows by `offsets`): `sequence_output` and
-    `hidden_states.{i}` (by the one key grammar, `bert_ref.oracle.keys`)."""
+    `hidden_states.{i}` (by the one key grammar, `bert_ref.oracle.keys`), of the run's policy or of
+    an ensemble member (`member_key`)."""
     from bert_ref.oracle.keys import try_parse_key
 
-    parsed = try_parse_key(key)
+    parsed = try_parse_key(key.partition(MEMBER_SEP)[0])
     return parsed is not None and not parsed.trace and parsed.name in ("sequence_output", "hidden_states")
 
 LOCAL_SCHEDULERS = ("local", "processes", "synchronous")
@@ -118,6 +129,20 @@ class ScaleJob:
     tokenizer_sha256: str | None = None
     vocabulary_size: int = 0
     num_segments: int = 0
+    members: tuple = ()  # ensemble members stored besides the policy's run (`run --ensemble`)
+
+
+def ensemble_members(policy: str) -> tuple[Any, ...]:
+    """The ensemble (`bert_ref.oracle.ensemble.members`) whose floor is the run of `policy`: () for
+    a policy that is no precision's floor, or one without variants (float64)."""
+    from bert_ref.model.precision import PRECISIONS
+    from bert_ref.oracle import ensemble
+
+    precision = next((p for p, row in PRECISIONS.items() if row.policy == policy), None)
+    if precision is None or precision == "float64":
+        return ()
+    found = ensemble.members(precision)
+    return found if found and found[0].policy.name == policy else ()
 
 
 _WORKER: dict[Any, Any] = {}  # per-process cache: models, tokenizers, the thread setting
@@ -355,6 +380,11 @@ def shard_specs(job: ScaleJob, records: Records, hidden: int, num_layers: int,
         specs["pooled_output"] = (dtype, (n, hidden))
     if "hidden_states" in job.outputs:
         specs.update({f"hidden_states.{i}": (dtype, (total, hidden)) for i in range(num_layers + 1)})
+    if job.members:
+        policies = {m.name: m.policy for m in ensemble_members(job.policy)}
+        outputs = [k for k in specs if k not in RECORD_KEYS and k not in INPUT_KEYS]
+        for name in job.members:
+            specs.update({member_key(k, name): (policies[name].compute_dtype, specs[k][1]) for k in outputs})
     return _Layout(specs, offsets), length_batches(records.lengths, job.batch_tokens)
 
 
@@ -391,17 +421,27 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
     out.put_all("batch", batch_of)
     for key in INPUT_KEYS:
         out.put_all(key, padded[key].astype(np.int32))
-    outputs = [k for k in layout.specs if k not in RECORD_KEYS and k not in INPUT_KEYS]
+    outputs = [k for k in layout.specs if k not in RECORD_KEYS and k not in INPUT_KEYS and MEMBER_SEP not in k]
+    policies = {m.name: m.policy for m in ensemble_members(job.policy)} if job.members else {}
     for rows in batches if outputs else []:
         assert model is not None
-        result = flatten_outputs(model(pad_batch(records, rows), output_hidden_states="hidden_states" in job.outputs))
-        for key in outputs:
-            value = result[key]  # [b, L_batch, H] or [b, H]
-            if value.dtype != np.dtype(dtype):
-                raise TypeError(f"{key} came out as {value.dtype}; the {job.policy} policy computes in "
-                                f"{np.dtype(dtype)}")
-            for j, r in enumerate(rows):
-                out.put(key, int(r), value[j, : int(records.lengths[r])] if value.ndim == 3 else value[j])
+        batch = pad_batch(records, rows)
+        result = flatten_outputs(model(batch, output_hidden_states="hidden_states" in job.outputs))
+        runs = [("", result)]
+        for name in job.members:  # the ensemble's other runs, as `bert-ref compare` computes them
+            from bert_ref.oracle.run import oracle_outputs
+
+            runs.append((name, oracle_outputs(model, batch, outputs, dtype=policies[name])))
+        for name, values in runs:
+            for key in outputs:
+                value = values[key]  # [b, L_batch, H] or [b, H]
+                where = member_key(key, name) if name else key
+                want = layout.specs[where][0]
+                if value.dtype != want:
+                    raise TypeError(f"{key} came out as {value.dtype}; the {name or job.policy} policy computes in "
+                                    f"{want}")
+                for j, r in enumerate(rows):
+                    out.put(where, int(r), value[j, : int(records.lengths[r])] if value.ndim == 3 else value[j])
     t2 = time.perf_counter()
     return records, (out.arrays if sink is None else {}), {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
 
