@@ -325,6 +325,43 @@ def forward(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertCon
     return _outputs(policy, x, pooled, hidden_states, attentions, recorded if trace is True else None)
 
 
+def forward_valid(weights: Mapping[str, np.ndarray] | PreparedWeights, config: BertConfig, inputs: Mapping[str, Any],
+                  *, dtype: Any = None, output_hidden_states: bool = False) -> dict[str, Any]:
+    """`forward`'s outputs at the valid positions only: `sequence_output` and each of
+    `hidden_states` [T, H] (T = the rows' valid tokens, row i's at `offsets[i]:offsets[i+1]`),
+    `pooled_output` [B, H], `offsets` [B + 1]. What the dataset engine stores.
+
+    For right-padded rows under a policy that rounds nothing (float32, float64), the valid tokens
+    of all rows are packed into one sequence and every per-token step (embeddings, dense layers,
+    GELU, layer norms) runs on the T valid tokens alone, attention within each row
+    (`kernels.Packed`), so no work is spent on padding. Each token's value is computed by the same
+    operations as in `forward`: a GEMM's rows do not depend on the other rows (as
+    `runtime.in_batch_parts` relies on), and attention is `forward`'s over each row's valid keys
+    (tests/test_kernels.py checks the two, bit for bit). Other inputs and policies run `forward`
+    and keep its valid rows."""
+    policy = get_policy(dtype)
+    params = _params(weights, config, policy)
+    token_ids, segment_ids, mask = validate_inputs(inputs, config)
+    lengths = mask.sum(axis=1)  # [B]
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    prefix = np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None])
+    if not prefix or mask.all() or not lengths.all() or policy.rounds or policy.rounds_matmul_inputs:
+        out = forward(params, config, inputs, dtype=policy, output_hidden_states=output_hidden_states)
+        hidden = out.get("hidden_states")
+        return {"sequence_output": out["sequence_output"][mask], "pooled_output": out["pooled_output"],
+                "hidden_states": None if hidden is None else [h[mask] for h in hidden], "offsets": offsets}
+    positions = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)[mask][None]  # [1, T]
+    packed = kernels.Packed(offsets, mask.shape[1])
+    x, hidden_states, _ = _encode(kernels, params, config, policy, None, output_hidden_states, False,
+                                  token_ids[mask][None], segment_ids[mask][None], packed, positions)
+    first = x[0, offsets[:-1]][:, None]  # [B, 1, H]: each row's [CLS] position
+    pooled = kernels.pooler(first, params["pooler_kernel"], params["pooler_bias"])
+    return {"sequence_output": policy.output(x[0]), "pooled_output": policy.output(pooled),
+            "hidden_states": None if hidden_states is None else [policy.output(h[0]) for h in hidden_states],
+            "offsets": offsets}
+
+
 def _step(policy: Policy, record: Record | None, prefix: str, name: str, value: np.ndarray) -> np.ndarray:
     """A named step: `value` rounded at the policy's rounding point `name`; a copy recorded in the
     trace as `prefix + name` (the prefix: "transformer_layer_{i}/" inside layer i, else "")."""
@@ -336,10 +373,12 @@ def _step(policy: Policy, record: Record | None, prefix: str, name: str, value: 
 
 def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy, record: Record | None,
             output_hidden_states: bool, output_attentions: bool, token_ids: np.ndarray, segment_ids: np.ndarray,
-            mask: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | None, list[np.ndarray] | None]:
+            mask: np.ndarray | kernels.Packed, positions: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, list[np.ndarray] | None, list[np.ndarray] | None]:
     """The embeddings and the encoder layers, step by named step, on the ops of `f` (`bert_ref.ops`
     or `bert_ref.model.kernels`). [B, S] ids -> [B, S, H], and the hidden states and attention
-    probabilities asked for (None when not).
+    probabilities asked for (None when not). (`forward_valid` passes packed records: a
+    `kernels.Packed` mask and each token's `positions` [1, T].)
 
     Each layer is BERT's post-LN layer: each sublayer's output is added to its input, then normalised,
 
@@ -349,7 +388,8 @@ def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy,
     (pre-LN, GPT-2's, would be `y = x + attention(layer_norm(x))`, `out = y + ffn(layer_norm(y))`: a
     different function of the same weights). The picture, post-LN beside pre-LN, with these step
     names: docs/figures/layer_post_ln_pre_ln.svg (drawn by tools/figures/make_layer_diagram.py)."""
-    eps, heads, key_mask, prefix = config.layer_norm_epsilon, config.num_heads, mask[:, None, None, :], ""
+    eps, heads, prefix = config.layer_norm_epsilon, config.num_heads, ""
+    key_mask = mask if isinstance(mask, kernels.Packed) else mask[:, None, None, :]  # [B, 1, 1, S]
     fused = record is None and not policy.rounds and not policy.rounds_matmul_inputs  # no step between steps
 
     def step(name: str, value: np.ndarray) -> np.ndarray:

@@ -460,3 +460,36 @@ def test_map_concurrent_keeps_order_and_raises_the_first_error(monkeypatch):
     with pytest.raises(ValueError, match="item 3"):
         runtime.map_concurrent(fn, range(10))
     assert sorted(seen) == list(range(10))  # every call ran before the error was raised
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_approximate"])
+@pytest.mark.parametrize("hidden", [64, 256])
+def test_forward_valid_is_forward_at_the_valid_positions_bit_for_bit(dtype, activation, hidden):
+    # The dataset engine's forward packs the valid tokens of right-padded rows and runs every
+    # per-token step on them alone; each valid position's value must be `forward`'s, bit for bit
+    # (the same operations on the same rows; attention on queries padded to the batch's width).
+    model = BertBackbone(vocabulary_size=200, num_layers=2, num_heads=4, hidden_dim=hidden,
+                         intermediate_dim=2 * hidden, max_sequence_length=64, seed=0, dtype=dtype,
+                         activation=activation)
+    rng = np.random.default_rng(hidden)
+    for batch, width in ((24, 48), (9, 20), (1, 12)):
+        lengths = rng.integers(1, width + 1, batch)
+        lengths[0] = width - 1 if batch > 1 else width - 2  # padded, some rows of nearly full length
+        mask = np.arange(width) < lengths[:, None]
+        inputs = {"token_ids": rng.integers(1, 200, (batch, width)) * mask,
+                  "segment_ids": rng.integers(0, 2, (batch, width)) * mask, "padding_mask": mask}
+        full = model(inputs, output_hidden_states=True)
+        valid = encoder.forward_valid(model.prepared_weights(), model.config, inputs, dtype=model.dtype_policy,
+                                      output_hidden_states=True)
+        np.testing.assert_array_equal(valid["offsets"], np.concatenate([[0], np.cumsum(lengths)]))
+        np.testing.assert_array_equal(valid["sequence_output"], full["sequence_output"][mask])
+        np.testing.assert_array_equal(valid["pooled_output"], full["pooled_output"])
+        for a, b in zip(valid["hidden_states"], full["hidden_states"], strict=True):
+            np.testing.assert_array_equal(a, b[mask])
+    # Rows that are not right-padded (or not padded at all) take `forward` itself.
+    mask = np.ones((3, 8), bool)
+    mask[1, 0] = False
+    inputs = {"token_ids": rng.integers(1, 200, (3, 8)), "padding_mask": mask}
+    valid = encoder.forward_valid(model.prepared_weights(), model.config, inputs, dtype=model.dtype_policy)
+    np.testing.assert_array_equal(valid["sequence_output"], model(inputs)["sequence_output"][mask])

@@ -28,6 +28,7 @@ split over threads is `bert_ref.model.runtime.in_batch_parts`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -341,6 +342,20 @@ def _prefix_lengths(mask: np.ndarray) -> np.ndarray | None:
     return lengths
 
 
+def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Softmax attention of queries [h, m, d] over n keys and values [h, n, d], the context written
+    into `out` [h, m, d] (a view); returns the probabilities [h, m, n]."""
+    scale = q.dtype.type(1.0 / np.sqrt(q.shape[-1]))
+    scores = np.matmul(q * scale, k.transpose(0, 2, 1))  # [h, m, n]
+    # The row max, gathered at its argmax: the same value, and NumPy's argmax along short rows
+    # is up to 2.6x faster than its max.
+    scores -= np.take_along_axis(scores, scores.argmax(axis=-1)[..., None], axis=-1)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    np.matmul(scores, v, out=out)  # [h, m, d]
+    return scores
+
+
 def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray,
                           want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Masked attention for right-padded rows, computed over each row's n valid keys only.
@@ -355,28 +370,54 @@ def _attention_valid_keys(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: 
     b, h, s, d = q.shape
     out = np.empty((b, s, h, d), np.result_type(q, v))
     probs = np.zeros((b, h, s, s), out.dtype) if want_probs else None
-    scale = q.dtype.type(1.0 / np.sqrt(d))
     for i, n in enumerate(lengths.tolist()):
         if n == 0:
             out[i] = 0
             continue
-        scores = np.matmul(q[i] * scale, k[i, :, :n].transpose(0, 2, 1))  # [h, S, n]
-        # The row max, gathered at its argmax: the same value, and NumPy's argmax along short rows
-        # is up to 2.6x faster than its max.
-        scores -= np.take_along_axis(scores, scores.argmax(axis=-1)[..., None], axis=-1)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        np.matmul(scores, v[i, :, :n], out=out[i].transpose(1, 0, 2))  # [h, S, d] into [S, h, d]
+        scores = _attend(q[i], k[i, :, :n], v[i, :, :n], out[i].transpose(1, 0, 2))  # [h, S, n]; [S, h, d]
         if probs is not None:
             probs[i, :, :, :n] = scores
     return out.reshape(b, s, h * d), probs
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """The key mask of packed records: the valid tokens of several right-padded rows concatenated
+    along the sequence axis of one batch row ([1, T], T their total length), record i at positions
+    `offsets[i]:offsets[i+1]`; each token attends to the tokens of its own record only
+    (`encoder.forward_valid`)."""
+
+    offsets: np.ndarray  # [n + 1] int
+    width: int  # the padded batch's sequence length
+
+
+def _attention_packed(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Packed) -> np.ndarray:
+    """Attention of packed records (`Packed`): each record's queries over its own keys, exactly as
+    `_attention_valid_keys` computes the valid queries of its row in the padded batch: its queries
+    are placed in `width` rows (zeros after them), because a matmul's rows round alike only for
+    matrices of the same shape (OpenBLAS picks its kernels by size). [1, h, T, d] x3 -> [1, T, h*d]"""
+    _, h, t, d = q.shape
+    out = np.empty((1, t, h, d), np.result_type(q, v))
+    rows = np.zeros((h, mask.width, d), q.dtype)  # [h, W, d] one record's queries, padded
+    context = np.empty((mask.width, h, d), out.dtype)  # [W, h, d]
+    bounds = mask.offsets.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b > a:
+            rows[:, : b - a] = q[0, :, a:b]
+            _attend(rows, k[0, :, a:b], v[0, :, a:b], context.transpose(1, 0, 2))
+            out[0, a:b] = context[: b - a]
+            rows[:, : b - a] = 0
+    return out.reshape(1, t, h * d)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | Packed,
               keep_probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """`ops.attention`: over each row's valid keys only where the [B, 1, 1, S] mask is right
     padding (`_attention_valid_keys`, within its stated bound), else on the kernels above (bit for
-    bit). [B, h, S, d] x3 -> context [B, S, h*d], probabilities [B, h, S, S] (None unless `keep_probs`)"""
+    bit). [B, h, S, d] x3 -> context [B, S, h*d], probabilities [B, h, S, S] (None unless `keep_probs`).
+    With a `Packed` mask, [1, h, T, d] packed records, each attending within itself (no probabilities)."""
+    if isinstance(mask, Packed):
+        return _attention_packed(q, k, v, mask), None
     lengths = _prefix_lengths(mask.reshape(mask.shape[0], mask.shape[-1])) if VALID_KEYS else None
     if lengths is not None:
         return _attention_valid_keys(q, k, v, lengths, keep_probs)

@@ -14,10 +14,12 @@ Where the reference and the floor come from:
 
 * the truth (`--truth`, `--precision`, `--floor-ratio`, or a half-precision candidate): our
   float64 run, computed on the fly or read from `--reference DIR` (a `bert-ref run --dtype
-  float64` directory); the floor: our run at the candidate's precision, computed on the fly or
-  read from `--floor-from DIR` (a `bert-ref run --dtype P` directory of the same job; for float64,
-  a float32 run, scaled as `bert_ref.oracle.run.float64_floor` says). With both directories no model
-  runs at all;
+  float64` directory); the floor: our run at the candidate's precision and the other members of
+  its ensemble (`bert_ref.oracle.ensemble`), computed on the fly or read from `--floor-from DIR`
+  (a `bert-ref run --dtype P --ensemble` directory of the same job; members it lacks are computed,
+  with a note; for float64, a float32 run, scaled as `bert_ref.oracle.run.float64_floor` says).
+  With both directories and the whole ensemble on disk no model runs at all. int8 detects its
+  recipe as the single compare does (`_detect_int8`) unless `--int8-scheme` names it;
 * otherwise our run in `--dtype` (default float32), on the fly or from `--reference`, with
   `--atol` / `--rtol` (numbers, or per kind of output: `1e-5,hidden_states=1e-4`).
 
@@ -852,8 +854,8 @@ def compare_dataset(
         atol, rtol: tolerances (numbers or per kind of output, `bert_ref.oracle.tolerances`).
         records: "A:B", compare only records A .. B-1.
         worst: how many worst records to report per output.
-        int8_scheme: the int8 recipe of the ensemble (`bert_ref.oracle.int8`; default `symmetric`:
-            the dataset compare does not detect it).
+        int8_scheme: the int8 recipe of the ensemble (`bert_ref.oracle.int8`); None: detected
+            from the candidate's errors, as `compare_to_truth` does.
         The other arguments are `run_dataset`'s (taken from `reference` when given).
 
     Returns:

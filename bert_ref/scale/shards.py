@@ -395,7 +395,7 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
     The arrays are the shard file's (see the module docstring). With a `sink` (a `_ShardFile`)
     they are written there as they are computed and the returned dict is empty. A job without
     outputs (`pack`) loads no model."""
-    from bert_ref.oracle.keys import flatten_outputs
+    from bert_ref.encoder import forward_valid
 
     set_threads(job.threads)
     model, t_load = worker_model(job) if job.outputs else (None, 0.0)
@@ -426,7 +426,12 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
     for rows in batches if outputs else []:
         assert model is not None
         batch = pad_batch(records, rows)
-        result = flatten_outputs(model(batch, output_hidden_states="hidden_states" in job.outputs))
+        # The valid positions alone (`encoder.forward_valid`: no work on padding, the same bits).
+        valid = forward_valid(model.prepared_weights(), model.config, batch, dtype=model.dtype_policy,
+                              output_hidden_states="hidden_states" in job.outputs)
+        offsets = valid["offsets"]
+        result = {"sequence_output": valid["sequence_output"], "pooled_output": valid["pooled_output"],
+                  **{f"hidden_states.{i}": h for i, h in enumerate(valid["hidden_states"] or [])}}
         runs = [("", result)]
         for name in job.members:  # the ensemble's other runs, as `bert-ref compare` computes them
             from bert_ref.oracle.run import oracle_outputs
@@ -434,14 +439,20 @@ def compute_outputs(job: ScaleJob, start: int, stop: int,
             runs.append((name, oracle_outputs(model, batch, outputs, dtype=policies[name])))
         for name, values in runs:
             for key in outputs:
-                value = values[key]  # [b, L_batch, H] or [b, H]
+                value = values[key]  # [b, L_batch, H], [T_batch, H] (valid positions) or [b, H]
                 where = member_key(key, name) if name else key
                 want = layout.specs[where][0]
                 if value.dtype != want:
                     raise TypeError(f"{key} came out as {value.dtype}; the {name or job.policy} policy computes in "
                                     f"{want}")
                 for j, r in enumerate(rows):
-                    out.put(where, int(r), value[j, : int(records.lengths[r])] if value.ndim == 3 else value[j])
+                    if value.ndim == 3:
+                        part = value[j, : int(records.lengths[r])]
+                    elif ragged(key) and not name:
+                        part = value[int(offsets[j]):int(offsets[j + 1])]
+                    else:
+                        part = value[j]
+                    out.put(where, int(r), part)
     t2 = time.perf_counter()
     return records, (out.arrays if sink is None else {}), {"load_s": t_load, "read_s": t1 - t0, "compute_s": t2 - t1}
 
