@@ -9,6 +9,7 @@ from typing import Any
 
 from bert_ref.cli import UsageError, say
 from bert_ref.scale.compare import compare_dataset
+from bert_ref.scale.options import options_from_args
 from bert_ref.scale.run import pack_dataset, run_dataset
 from bert_ref.scale.shards import MANIFEST
 
@@ -27,12 +28,6 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
     return f"{head}{where} x {s['threads_per_worker']} thread(s); manifest: {Path(out) / MANIFEST}"
 
 
-def _common(args: Any) -> dict[str, Any]:
-    return dict(shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
-                sequence_length=args.sequence_length, truncate=args.truncate, batch_tokens=args.batch_tokens,
-                progress=False if args.no_progress else None, log=say)
-
-
 def cli_run(args: Any) -> int:
     if args.out is None:
         raise ValueError("--dataset needs --out DIR (the run directory)")
@@ -43,13 +38,13 @@ def cli_run(args: Any) -> int:
     if not outputs:
         raise ValueError("--outputs is empty; for the inputs alone use `bert-ref pack`")
     manifest = run_dataset(args.preset, args.dataset, args.out, dtype=args.dtype, outputs=outputs,
-                           ensemble=args.ensemble, **_common(args))
+                           ensemble=args.ensemble, log=say, **options_from_args(args))
     say(_summary(manifest, args.out))
     return 0
 
 
 def cli_pack(args: Any) -> int:
-    manifest = pack_dataset(args.preset, args.dataset, args.out, **_common(args))
+    manifest = pack_dataset(args.preset, args.dataset, args.out, log=say, **options_from_args(args))
     say(_summary(manifest, args.out))
     return 0
 
@@ -69,11 +64,8 @@ def cli_compare(args: Any) -> int:
     report = compare_dataset(args.preset, args.dataset, args.candidate, reference=args.reference,
                              floor_from=args.floor_from, dtype=args.dtype, truth=args.truth, precision=args.precision,
                              floor_ratio=args.floor_ratio, atol=args.atol, rtol=args.rtol, records=args.records,
-                             shard_size=args.shard_size, scheduler=args.scheduler, workers=args.workers,
-                             threads=args.threads, sequence_length=args.sequence_length, truncate=args.truncate,
-                             batch_tokens=args.batch_tokens, worst=args.worst,
-                             progress=False if args.no_progress else None,
-                             int8_scheme=getattr(args, "int8_scheme", None))
+                             worst=args.worst, int8_scheme=getattr(args, "int8_scheme", None),
+                             **options_from_args(args))
     if args.junit:
         from bert_ref.cli.compare import write_junit
 

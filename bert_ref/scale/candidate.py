@@ -140,23 +140,22 @@ def _read_file(f: Path, num_layers: int, hidden: int) -> tuple[CandidateFile, Me
     offsets = found.get("offsets")
     ignored = []
 
-    def put(key: str, m: Member, name: str) -> None:
-        if key in outputs:
-            raise DatasetError(f"{f}: {key} is given twice (as {name} and under another name); keep one")
+    def put(table: dict[str, Member], key: str, m: Member, name: str) -> None:
+        """`m` (array `name`) as `key` of `outputs` or `inputs`, after the one dtype rule of each."""
+        if key in table:
+            raise DatasetError(f"{f}: {key} is given twice (as {name!r} and under another name); keep one")
         with dataset_errors():
-            check_output_dtype(m.dtype, str(f), name)  # the one dtype rule of outputs
-        outputs[key] = m
+            if table is outputs:
+                check_output_dtype(m.dtype, str(f), name)
+            else:
+                check_input_dtype(m.dtype, str(f), key)
+        table[key] = m
 
     for name, m in found.items():
         if name in ("record_index", "offsets"):
             continue
         if name in INPUT_NAMES:
-            key = INPUT_NAMES[name]
-            if key in inputs:
-                raise DatasetError(f"{f}: both {name!r} and another name for {key}; keep one")
-            with dataset_errors():
-                check_input_dtype(m.dtype, str(f), key)  # the one dtype rule of inputs
-            inputs[key] = m
+            put(inputs, INPUT_NAMES[name], m, name)
         elif name in IGNORED:
             ignored.append(name)
         elif name == "hidden_states":
@@ -170,11 +169,11 @@ def _read_file(f: Path, num_layers: int, hidden: int) -> tuple[CandidateFile, Me
                                    f"{num_layers} layers, so a stacked hidden_states holds the embeddings and each "
                                    f"layer's output: {num_layers + 1}")
             for i in range(m.shape[0]):
-                put(f"hidden_states.{i}", _layer_view(m, i, name), name)
+                put(outputs, f"hidden_states.{i}", _layer_view(m, i, name), name)
             notes.append(f"hidden_states {m.shape} split into hidden_states.0 .. hidden_states.{m.shape[0] - 1}")
         elif dataset_key(name) is not None:
             key = dataset_key(name) or name
-            put(key, m, name)
+            put(outputs, key, m, name)
             if key != name:
                 notes.append(f"{name} read as {key}")
         else:

@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,9 +47,12 @@ from bert_ref.oracle.report import Entry, Report, Stats, json_safe
 from bert_ref.scale.candidate import CandidateIndex, index_candidate, is_sequence_key, key_order, read_records
 from bert_ref.scale.dataset import DatasetError, length_batches, pad_batch
 from bert_ref.scale.engine import Engine, Progress
-from bert_ref.scale.options import DEFAULT_BATCH_TOKENS, DEFAULT_SHARD_SIZE, OUTPUT_CHOICES
+from bert_ref.scale.options import OUTPUT_CHOICES, DatasetOptions, dataset_options
 from bert_ref.scale.run import job_for, prepare_job, read_manifest
 from bert_ref.scale.shards import INPUT_KEYS, MANIFEST, ScaleJob, read_shard, shard_name, verify_shard
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Fields of a run directory's job that must agree with the compare's for its shards to be used.
 SAME_JOB = ("weights_sha256", "tokenizer_sha256", "dataset_sha256", "num_records", "shard_size", "batch_tokens",
@@ -829,16 +832,9 @@ def compare_dataset(
     atol: Any = None,
     rtol: Any = None,
     records: str | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    scheduler: str = "local",
-    workers: int | None = None,
-    threads: int | None = None,
-    sequence_length: int | None = None,
-    truncate: bool = False,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     worst: int = 5,
-    progress: bool | None = None,
     int8_scheme: str | None = None,
+    **options: Unpack[DatasetOptions],
 ) -> DatasetReport:
     """Compare a candidate's outputs on `dataset` with ours (see the module docstring).
 
@@ -856,7 +852,8 @@ def compare_dataset(
         worst: how many worst records to report per output.
         int8_scheme: the int8 recipe of the ensemble (`bert_ref.oracle.int8`); None: detected
             from the candidate's errors, as `compare_to_truth` does.
-        The other arguments are `run_dataset`'s (taken from `reference` when given).
+        options: `bert_ref.scale.options.DatasetOptions`, as `run_dataset`'s (the sharding and
+            batching taken from `reference` or `floor_from` when given).
 
     Returns:
         A `DatasetReport`; `report.passed` is the verdict.
@@ -877,7 +874,10 @@ def compare_dataset(
         raise ValueError("--floor-ratio and --atol/--rtol are two different checks; give one")
     atol = parse_tolerance(atol, "atol") if atol is not None else None
     rtol = parse_tolerance(rtol, "rtol") if rtol is not None else None
-    engine = Engine(scheduler, workers, threads)
+    o = dataset_options(options, "compare_dataset")
+    shard_size, batch_tokens, sequence_length, truncate = (o["shard_size"], o["batch_tokens"], o["sequence_length"],
+                                                           o["truncate"])
+    engine = Engine(o["scheduler"], o["workers"], o["threads"])
     ref_manifest = _run_dir(reference, "--reference") if reference is not None else None
     floor_manifest = _run_dir(floor_from, "--floor-from") if floor_from is not None else None
     source = ref_manifest or floor_manifest
@@ -985,7 +985,7 @@ def compare_dataset(
                    floor_entries.get(k) if floor_manifest else None)
 
     results: list[dict[str, Any]] = []
-    bar = Progress(int(subset.sum()), 0, progress, "records compared")
+    bar = Progress(int(subset.sum()), 0, o["progress"], "records compared")
 
     def done(i: int, result: dict[str, Any]) -> None:
         results.append(result)

@@ -4,14 +4,59 @@ they import; only a `--dataset` command does."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 __all__ = ["add_run_arguments", "add_pack_arguments", "add_compare_arguments", "DEFAULT_SHARD_SIZE",
-           "DEFAULT_BATCH_TOKENS", "OUTPUT_CHOICES"]
+           "DEFAULT_BATCH_TOKENS", "OUTPUT_CHOICES", "DatasetOptions", "dataset_options", "options_from_args"]
 
 DEFAULT_SHARD_SIZE = 256
 DEFAULT_BATCH_TOKENS = 4096
 OUTPUT_CHOICES = ("sequence_output", "pooled_output", "hidden_states")
+
+
+class DatasetOptions(TypedDict, total=False):
+    """The keyword arguments that `run_dataset`, `pack_dataset` and `compare_dataset` share (the
+    command line's flags of `_common_arguments`), each with its default in `DEFAULTS`:
+
+    * `shard_size`: records per shard (one task, one file);
+    * `scheduler`: "local" (threads), "processes", "synchronous", or a Dask scheduler address;
+    * `workers`: threads or processes of the local schedulers;
+    * `threads`: BLAS threads per worker (None: cores // workers locally, 1 on a cluster);
+    * `sequence_length`: the longest record allowed (None: the model's max_sequence_length);
+    * `truncate`: cut text records longer than `sequence_length` instead of failing;
+    * `batch_tokens`: records are batched by length with records x longest length <= this;
+    * `progress`: progress on stderr (None: a bar on a terminal, else a line per shard).
+    """
+
+    shard_size: int
+    scheduler: str
+    workers: int | None
+    threads: int | None
+    sequence_length: int | None
+    truncate: bool
+    batch_tokens: int
+    progress: bool | None
+
+
+DEFAULTS: DatasetOptions = {"shard_size": DEFAULT_SHARD_SIZE, "scheduler": "local", "workers": None, "threads": None,
+                            "sequence_length": None, "truncate": False, "batch_tokens": DEFAULT_BATCH_TOKENS,
+                            "progress": None}
+
+
+def dataset_options(options: Mapping[str, Any], function: str) -> DatasetOptions:
+    """`options` over `DEFAULTS`; a name that is not an option is a TypeError, as Python's own."""
+    unknown = [k for k in options if k not in DEFAULTS]
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    return {**DEFAULTS, **options}  # type: ignore[typeddict-item]
+
+
+def options_from_args(args: Any) -> DatasetOptions:
+    """The options of a parsed command line (`_common_arguments`)."""
+    return {"shard_size": args.shard_size, "scheduler": args.scheduler, "workers": args.workers,
+            "threads": args.threads, "sequence_length": args.sequence_length, "truncate": args.truncate,
+            "batch_tokens": args.batch_tokens, "progress": False if args.no_progress else None}
 
 
 def add_run_arguments(p: Any) -> None:

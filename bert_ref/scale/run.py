@@ -29,13 +29,13 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bert_ref import __version__
 from bert_ref.io import atomic
 from bert_ref.scale.dataset import DatasetError, open_dataset
 from bert_ref.scale.engine import Engine, Progress
-from bert_ref.scale.options import DEFAULT_BATCH_TOKENS, DEFAULT_SHARD_SIZE, OUTPUT_CHOICES
+from bert_ref.scale.options import OUTPUT_CHOICES, DatasetOptions, dataset_options
 from bert_ref.scale.shards import (
     JOB_FIELDS,
     MANIFEST,
@@ -49,6 +49,9 @@ from bert_ref.scale.shards import (
     verify_shard,
     weights_sha256,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 LOCK = ".bert-ref.lock"
 #: Bytes a manifest entry takes, at most (what bounds a plan's manifest).
@@ -254,15 +257,8 @@ def run_dataset(
     dtype: Any = None,
     outputs: Sequence[str] = ("sequence_output", "pooled_output"),
     ensemble: bool = False,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    scheduler: str = "local",
-    workers: int | None = None,
-    threads: int | None = None,
-    sequence_length: int | None = None,
-    truncate: bool = False,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    progress: bool | None = None,
     log: Callable[[str], None] = lambda s: None,
+    **options: Unpack[DatasetOptions],
 ) -> dict[str, Any]:
     """Run `preset` over every record of `dataset`, writing shards and `manifest.json` into `out`.
 
@@ -277,15 +273,10 @@ def run_dataset(
             (`bert_ref.oracle.ensemble`: for float16, its fused and its wide variant), as
             `sequence_output@float16~fused`, ...: `compare --floor-from` then reads the whole
             ensemble instead of computing it.
-        shard_size: records per shard (one task, one file).
-        scheduler: "local" (threads), "processes", "synchronous", or a Dask scheduler address.
-        workers: threads or processes of the local schedulers.
-        threads: BLAS threads per worker (default: cores // workers locally, 1 on a cluster).
-        sequence_length: the longest record allowed (default: the model's max_sequence_length).
-        truncate: cut text records longer than `sequence_length` instead of failing.
-        batch_tokens: records are batched by length with records x longest length <= this.
-        progress: progress on stderr (None: a bar on a terminal, else a line per shard).
         log: called with one line per event (resumed shards, recomputed shards, the summary).
+        options: `shard_size`, `scheduler`, `workers`, `threads`, `sequence_length`, `truncate`,
+            `batch_tokens`, `progress` (`bert_ref.scale.options.DatasetOptions`, the same for
+            `pack_dataset` and `compare_dataset`).
 
     Returns:
         The manifest (also written to `out/manifest.json`).
@@ -295,18 +286,19 @@ def run_dataset(
     >>> manifest = run_dataset("bert_tiny_en_uncased", "dev.jsonl", "truth/", dtype="float64")  # doctest: +SKIP
     >>> manifest["timings"]["records_per_s"]                                                     # doctest: +SKIP
     """
-    engine = Engine(scheduler, workers, threads)
+    o = dataset_options(options, "run_dataset")
+    engine = Engine(o["scheduler"], o["workers"], o["threads"])
     out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
-    job, fields, _ = prepare_job(preset, dataset, dtype=dtype, sequence_length=sequence_length, truncate=truncate,
-                                 outputs=outputs, batch_tokens=batch_tokens, threads=engine.threads, out=str(out),
-                                 ensemble=ensemble)
-    fields["shard_size"] = shard_size
-    num_shards = check_plan(job.dataset.num_records, shard_size)  # before anything is written
+    job, fields, _ = prepare_job(preset, dataset, dtype=dtype, sequence_length=o["sequence_length"],
+                                 truncate=o["truncate"], outputs=outputs, batch_tokens=o["batch_tokens"],
+                                 threads=engine.threads, out=str(out), ensemble=ensemble)
+    fields["shard_size"] = o["shard_size"]
+    num_shards = check_plan(job.dataset.num_records, o["shard_size"])  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with locked(out):
-        return _run_locked(engine, job, fields, out, num_shards, shard_size, progress, log)
+        return _run_locked(engine, job, fields, out, num_shards, o["shard_size"], o["progress"], log)
 
 
 def _run_locked(engine: Engine, job: ScaleJob, fields: dict[str, Any], out: Path, num_shards: int, shard_size: int,
@@ -397,15 +389,16 @@ def _run_locked(engine: Engine, job: ScaleJob, fields: dict[str, Any], out: Path
     return manifest
 
 
-def pack_dataset(preset: str, dataset: str | os.PathLike, out: str | os.PathLike, **options: Any) -> dict[str, Any]:
+def pack_dataset(preset: str, dataset: str | os.PathLike, out: str | os.PathLike, *,
+                 log: Callable[[str], None] = lambda s: None, **options: Any) -> dict[str, Any]:
     """The packed inputs of `dataset` for a port (`bert-ref pack`): shards with `record_index`,
     `length`, `offsets`, `batch`, `token_ids`, `segment_ids` and `padding_mask`, with the same
     sharding, order and batching as `run_dataset` with the same options, and no model run.
-    Takes `run_dataset`'s keyword arguments except `dtype` and `outputs`."""
-    for name in ("dtype", "outputs"):
+    Takes `run_dataset`'s keyword arguments except `dtype`, `outputs` and `ensemble`."""
+    for name in ("dtype", "outputs", "ensemble"):
         if name in options:
             raise TypeError(f"pack_dataset() takes no {name!r}: it runs no model")
-    return run_dataset(preset, dataset, out, outputs=(), **options)
+    return run_dataset(preset, dataset, out, outputs=(), log=log, **dataset_options(options, "pack_dataset"))
 
 
 def job_for(job: ScaleJob, start: int, stop: int) -> ScaleJob:
