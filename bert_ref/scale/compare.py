@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -47,12 +47,9 @@ from bert_ref.oracle.report import Entry, Report, Stats, json_safe
 from bert_ref.scale.candidate import CandidateIndex, index_candidate, is_sequence_key, key_order, read_records
 from bert_ref.scale.dataset import DatasetError, length_batches, pad_batch
 from bert_ref.scale.engine import Engine, Progress
-from bert_ref.scale.options import OUTPUT_CHOICES, DatasetOptions, dataset_options
+from bert_ref.scale.options import OUTPUT_CHOICES, dataset_options
 from bert_ref.scale.run import job_for, prepare_job, read_manifest
 from bert_ref.scale.shards import INPUT_KEYS, MANIFEST, ScaleJob, read_shard, shard_name, verify_shard
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
 
 #: Fields of a run directory's job that must agree with the compare's for its shards to be used.
 SAME_JOB = ("weights_sha256", "tokenizer_sha256", "dataset_sha256", "num_records", "shard_size", "batch_tokens",
@@ -834,7 +831,7 @@ def compare_dataset(
     records: str | None = None,
     worst: int = 5,
     int8_scheme: str | None = None,
-    **options: Unpack[DatasetOptions],
+    **options: Any,
 ) -> DatasetReport:
     """Compare a candidate's outputs on `dataset` with ours (see the module docstring).
 

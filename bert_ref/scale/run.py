@@ -29,13 +29,13 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bert_ref import __version__
 from bert_ref.io import atomic
 from bert_ref.scale.dataset import DatasetError, open_dataset
 from bert_ref.scale.engine import Engine, Progress
-from bert_ref.scale.options import OUTPUT_CHOICES, DatasetOptions, dataset_options
+from bert_ref.scale.options import OUTPUT_CHOICES, dataset_options
 from bert_ref.scale.shards import (
     JOB_FIELDS,
     MANIFEST,
@@ -49,9 +49,6 @@ from bert_ref.scale.shards import (
     verify_shard,
     weights_sha256,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
 
 LOCK = ".bert-ref.lock"
 #: Bytes a manifest entry takes, at most (what bounds a plan's manifest).
@@ -258,7 +255,7 @@ def run_dataset(
     outputs: Sequence[str] = ("sequence_output", "pooled_output"),
     ensemble: bool = False,
     log: Callable[[str], None] = lambda s: None,
-    **options: Unpack[DatasetOptions],
+    **options: Any,
 ) -> dict[str, Any]:
     """Run `preset` over every record of `dataset`, writing shards and `manifest.json` into `out`.
 
