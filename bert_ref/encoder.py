@@ -351,10 +351,12 @@ def forward_valid(weights: Mapping[str, np.ndarray] | PreparedWeights, config: B
         hidden = out.get("hidden_states")
         return {"sequence_output": out["sequence_output"][mask], "pooled_output": out["pooled_output"],
                 "hidden_states": None if hidden is None else [h[mask] for h in hidden], "offsets": offsets}
-    positions = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)[mask][None]  # [1, T]
+    positions = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)[mask]  # [T]
+    # Row j of the position table: token j's position embedding (the same rows `forward` adds).
+    rows = PreparedWeights({**params, "position": np.take(params["position"], positions, axis=0)}, policy, config)
     packed = kernels.Packed(offsets, mask.shape[1])
-    x, hidden_states, _ = _encode(kernels, params, config, policy, None, output_hidden_states, False,
-                                  token_ids[mask][None], segment_ids[mask][None], packed, positions)
+    x, hidden_states, _ = _encode(kernels, rows, config, policy, None, output_hidden_states, False,
+                                  token_ids[mask][None], segment_ids[mask][None], packed)
     first = x[0, offsets[:-1]][:, None]  # [B, 1, H]: each row's [CLS] position
     pooled = kernels.pooler(first, params["pooler_kernel"], params["pooler_bias"])
     return {"sequence_output": policy.output(x[0]), "pooled_output": policy.output(pooled),
@@ -373,12 +375,11 @@ def _step(policy: Policy, record: Record | None, prefix: str, name: str, value: 
 
 def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy, record: Record | None,
             output_hidden_states: bool, output_attentions: bool, token_ids: np.ndarray, segment_ids: np.ndarray,
-            mask: np.ndarray | kernels.Packed, positions: np.ndarray | None = None,
-            ) -> tuple[np.ndarray, list[np.ndarray] | None, list[np.ndarray] | None]:
+            mask: np.ndarray | kernels.Packed) -> tuple[np.ndarray, list[np.ndarray] | None, list[np.ndarray] | None]:
     """The embeddings and the encoder layers, step by named step, on the ops of `f` (`bert_ref.ops`
     or `bert_ref.model.kernels`). [B, S] ids -> [B, S, H], and the hidden states and attention
-    probabilities asked for (None when not). (`forward_valid` passes packed records: a
-    `kernels.Packed` mask and each token's `positions` [1, T].)
+    probabilities asked for (None when not). (`forward_valid` passes packed records: [1, T] ids, a
+    `kernels.Packed` mask and a position table whose row j is token j's position embedding.)
 
     Each layer is BERT's post-LN layer: each sublayer's output is added to its input, then normalised,
 
@@ -388,8 +389,7 @@ def _encode(f: Any, params: PreparedWeights, config: BertConfig, policy: Policy,
     (pre-LN, GPT-2's, would be `y = x + attention(layer_norm(x))`, `out = y + ffn(layer_norm(y))`: a
     different function of the same weights). The picture, post-LN beside pre-LN, with these step
     names: docs/figures/layer_post_ln_pre_ln.svg (drawn by tools/figures/make_layer_diagram.py)."""
-    eps, heads, prefix = config.layer_norm_epsilon, config.num_heads, ""
-    key_mask = mask if isinstance(mask, kernels.Packed) else mask[:, None, None, :]  # [B, 1, 1, S]
+    eps, heads, key_mask, prefix = config.layer_norm_epsilon, config.num_heads, mask[:, None, None, :], ""
     fused = record is None and not policy.rounds and not policy.rounds_matmul_inputs  # no step between steps
 
     def step(name: str, value: np.ndarray) -> np.ndarray:

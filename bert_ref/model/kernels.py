@@ -390,6 +390,10 @@ class Packed:
     offsets: np.ndarray  # [n + 1] int
     width: int  # the padded batch's sequence length
 
+    def __getitem__(self, index: object) -> Packed:
+        """The key mask of any view (`mask[:, None, None, :]`): itself."""
+        return self
+
 
 def _attention_packed(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Packed) -> np.ndarray:
     """Attention of packed records (`Packed`): each record's queries over its own keys, exactly as
