@@ -203,12 +203,12 @@ def rel_frontier(mag: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarr
     with a larger relative error than every element of larger |r|. The largest relative error over
     |r| >= t is then the last one's with |r| >= t, for any t (`rel_over_cut`); two frontiers merge
     as the frontier of their union. An element is dropped first when a bin of larger |r| (1/16
-    octave, from the exact exponent and mantissa, so monotone in |r|) holds a larger error: such an
-    element is never the largest for any cut."""
+    octave: the exponent and the first 4 mantissa bits, read from the bits of the positive float64,
+    whose order as integers is their order as numbers) holds a larger error: such an element is
+    never the largest for any cut."""
     if mag.size == 0:
         return mag, rel
-    m, e = np.frexp(mag)  # mag = m 2^e, m in [0.5, 1)
-    k = e.astype(np.int64) * 16 + np.floor((m - 0.5) * 32).astype(np.int64)  # [N] bin, monotone in mag
+    k = np.ascontiguousarray(mag, np.float64).view(np.int64) >> 48  # [N] bin, monotone in mag
     k -= k.min()
     top = np.full(int(k.max()) + 1, -np.inf)  # [bins] the largest error of each bin
     np.maximum.at(top, k, rel)

@@ -11,7 +11,11 @@ order; with n records of L_i real tokens each, T = sum L_i, L = max L_i:
 * the inputs, as the model saw them: `token_ids`, `segment_ids`, `padding_mask` [n, L] int32,
   right-padded (`bert-ref pack` writes these alone);
 * the outputs, valid positions only: `sequence_output` and `hidden_states.{i}` [T, H] (ragged,
-  rows by `offsets`), `pooled_output` [n, H].
+  rows by `offsets`), `pooled_output` [n, H]; with `run --ensemble`, the same arrays of each other
+  member of the policy's ensemble, named `member_key(output, member)` (`sequence_output@float16~fused`).
+
+The policy's outputs are computed at the valid positions alone (`bert_ref.encoder.forward_valid`,
+bit for bit what a padded forward gives there).
 
 So the stored bytes are the valid elements' bytes plus the small inputs, whatever the padding.
 The arrays are in a fixed order with no `__metadata__`: the same records give the same bytes.
