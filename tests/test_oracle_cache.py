@@ -234,3 +234,110 @@ def test_eviction_removes_only_the_caches_own_files(oc, monkeypatch):
     monkeypatch.setenv("BERT_REF_ORACLE_CACHE_MB", "0")
     assert oracle_cache.store(key, arrays) is None and not path.exists()
     assert all((oc / name).exists() for name in foreign) and live.exists()
+
+
+# -- the ensemble's statistics (what a verdict needs of the ensemble, kept for the next candidate) ----
+
+
+def _candidate(model, inputs, precision, keys=KEYS, scale=1.0):
+    """Our own run in `precision` (a correct port), optionally scaled (a wrong one)."""
+    out = oracle_outputs(model, inputs, keys, dtype=precision)
+    return {k: (np.asarray(v, np.float32) * np.float32(scale)) for k, v in out.items()}
+
+
+def _sides_entry(model, inputs, precision):
+    from bert_ref.oracle import ensemble
+
+    names = ",".join(m.name for m in ensemble.members(precision))
+    what = f"ensemble statistics|{precision}||{names}|recipe |{oracle_cache.statistics_digest()}"
+    return oracle_cache.cache_root() / (oracle_cache.entry_key(model, inputs, what) + oracle_cache.SUFFIX)
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "tf32"])
+def test_a_warm_compare_reads_the_ensembles_statistics_and_runs_nothing(oc, model, inputs, monkeypatch, precision):
+    good, bad = _candidate(model, inputs, precision), _candidate(model, inputs, precision, scale=1.01)
+    plain = {n: compare_to_truth(model, inputs, c, precision=precision).to_dict() for n, c in
+             (("good", good), ("bad", bad))}
+    assert plain["good"]["passed"] and not plain["bad"]["passed"]  # the check can fail
+    cold = compare_to_truth(model, inputs, good, precision=precision, cache=True).to_dict()
+    assert cold == plain["good"] and _sides_entry(model, inputs, precision).exists()
+    _no_forward(monkeypatch, model)  # from here on, no run of ours: the truth and the statistics are read
+    monkeypatch.setattr(sys.modules["bert_ref.oracle.run"], "ensemble_outputs",
+                        lambda *a, **k: pytest.fail("read the ensemble's runs"))
+    for name, c in (("good", good), ("bad", bad)):
+        assert compare_to_truth(model, inputs, c, precision=precision, cache=True).to_dict() == plain[name]
+
+
+def test_the_statistics_hold_the_union_of_the_outputs_asked(oc, model, inputs, monkeypatch):
+    from bert_ref.oracle import run
+
+    first = _candidate(model, inputs, "float16", keys=["sequence_output"])
+    both = _candidate(model, inputs, "float16", keys=["sequence_output", "hidden_states.1"])
+    want = compare_to_truth(model, inputs, both, precision="float16").to_dict()
+    compare_to_truth(model, inputs, first, precision="float16", cache=True)
+    asked = []
+    real = run.ensemble_outputs
+    monkeypatch.setattr(run, "ensemble_outputs", lambda m, i, keys, *a, **k: asked.append(list(keys))
+                        or real(m, i, keys, *a, **k))
+    report = compare_to_truth(model, inputs, both, precision="float16", cache=True)
+    assert asked == [["hidden_states.1"]]  # only what the entry lacked
+    assert report.to_dict() == want
+    compare_to_truth(model, inputs, first, precision="float16", cache=True)  # a subset: read, nothing run
+    compare_to_truth(model, inputs, both, precision="float16", cache=True)
+    assert asked == [["hidden_states.1"]]
+
+
+def test_damaged_statistics_are_a_miss_and_computed_again(oc, model, inputs):
+    good = _candidate(model, inputs, "float16")
+    want = compare_to_truth(model, inputs, good, precision="float16", cache=True).to_dict()
+    path = _sides_entry(model, inputs, "float16")
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).rfind(b"max_abs")
+    assert at > 0
+    raw[at + 12] ^= 0x01  # one digit of one member's statistic: the digest no longer matches
+    path.write_bytes(raw)
+    assert oracle_cache.load(path.stem) is None and not path.exists()
+    assert compare_to_truth(model, inputs, good, precision="float16", cache=True).to_dict() == want
+    assert path.exists()
+
+
+def test_other_statistics_code_is_another_entry(oc, model, inputs, monkeypatch):
+    good = _candidate(model, inputs, "float16")
+    compare_to_truth(model, inputs, good, precision="float16", cache=True)
+    before = _sides_entry(model, inputs, "float16")
+    monkeypatch.setattr(oracle_cache, "statistics_digest", lambda: "0" * 64)  # as if verdict.py had changed
+    assert not _sides_entry(model, inputs, "float16").exists()
+    compare_to_truth(model, inputs, good, precision="float16", cache=True)
+    assert _sides_entry(model, inputs, "float16").exists() and before.exists()
+
+
+def test_an_int8_verdict_with_its_recipe_is_the_same_warm(oc, model, inputs, monkeypatch):
+    keys = ["hidden_states.0", "hidden_states.1", "sequence_output"]
+    from bert_ref.oracle import ensemble
+
+    floor = ensemble.members("int8")[0]
+    port = {k: np.asarray(v, np.float32) for k, v in
+            oracle_outputs(model, inputs, keys, dtype=floor.policy).items()}
+    plain = compare_to_truth(model, inputs, port, precision="int8", int8_scheme="symmetric").to_dict()
+    checked = {c["statistic"] for e in plain["entries"] for c in e["checks"]}
+    assert "recipe" in checked
+    compare_to_truth(model, inputs, port, precision="int8", int8_scheme="symmetric", cache=True)
+    monkeypatch.setattr(sys.modules["bert_ref.oracle.run"], "ensemble_outputs",
+                        lambda *a, **k: pytest.fail("read the ensemble's runs"))
+    warm = compare_to_truth(model, inputs, port, precision="int8", int8_scheme="symmetric", cache=True)
+    assert warm.to_dict() == plain
+
+
+def test_floor_sides_round_trip_through_json_exactly():
+    import json
+
+    from bert_ref.oracle.compare import FloorSide
+    from bert_ref.oracle.report import Stats
+
+    inf = float("inf")
+    stats = Stats(7, 0.1 + 0.2, inf, 3e-310, float("nan"), 1 / 3, (0, 5, 2), 1.5, -2.25, 0,
+                  True, 1e-300, 2.0, 0.0, 0.125, 0.9999999999999999, (1, 4))
+    side = FloorSide(stats, 1 / 7, None, ({"max_abs": 0.1, "rms": inf},), (0.02, 1e-17))
+    back = FloorSide.from_dict(json.loads(json.dumps(side.to_dict())))
+    assert repr(back) == repr(side)  # every float to the bit (repr of NaN is stable), tuples kept
+    assert back.floor.worst_index == (0, 5, 2) and back.floor.min_cosine_index == (1, 4)

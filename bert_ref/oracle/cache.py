@@ -227,13 +227,29 @@ FORWARD_MODULES = ("ops.py", "_erf_table.py", "encoder.py", "model/kernels.py", 
                    "model/precision.py", "model/config.py", "oracle/ensemble.py", "oracle/int8.py")
 
 
+#: The modules whose code decides the statistics of the ensemble kept by `store_record` for a compare
+#: (`bert_ref.oracle.compare.FloorSide`): their source is part of those entries' keys.
+STATISTICS_MODULES = ("oracle/compare.py", "oracle/verdict.py", "oracle/blocked.py", "oracle/stats.py",
+                      "oracle/keys.py", "oracle/report.py")
+
+
+def _source_digest(names: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode() + b"\0" + (Path(__file__).parents[1] / name).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 @functools.cache
 def code_digest() -> str:
     """SHA-256 of the source of `FORWARD_MODULES` (read once per process)."""
-    h = hashlib.sha256()
-    for name in FORWARD_MODULES:
-        h.update(name.encode() + b"\0" + (Path(__file__).parents[1] / name).read_bytes() + b"\0")
-    return h.hexdigest()
+    return _source_digest(FORWARD_MODULES)
+
+
+@functools.cache
+def statistics_digest() -> str:
+    """SHA-256 of the source of `STATISTICS_MODULES` (read once per process)."""
+    return _source_digest(STATISTICS_MODULES)
 
 
 def entry_key(model: Any, inputs: Mapping[str, Any], policy_name: str) -> str:
@@ -351,6 +367,31 @@ def store(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
         return None
     evict(limit)
     return path
+
+
+#: The one array of an entry that holds a JSON record (`store_record`): its bytes, UTF-8.
+RECORD = "record.json"
+
+
+def load_record(key: str) -> Any:
+    """The JSON value stored under `key` by `store_record`, verified as every entry is, or None
+    (absent, disabled, damaged, or not a record)."""
+    arrays = load(key)
+    if arrays is None or set(arrays) != {RECORD} or arrays[RECORD].dtype != np.uint8:
+        return None
+    try:
+        return json.loads(arrays[RECORD].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def store_record(key: str, value: Any) -> Path | None:
+    """Store a JSON-ready `value` under `key`: an entry like a run's (`store`: atomic, with its
+    digest, evicted by the same rule) whose one array `RECORD` holds the JSON text (floats exactly:
+    `json` writes the shortest repr that reads back to the same double; NaN and infinities as JSON's
+    NaN / Infinity)."""
+    text = json.dumps(value, sort_keys=True).encode("utf-8")
+    return store(key, {RECORD: np.frombuffer(text, np.uint8)})
 
 
 def evict(limit: int) -> None:

@@ -75,7 +75,133 @@ from bert_ref.oracle.keys import axes, placement, valid_mask
 from bert_ref.oracle.report import Check, Entry, Report, Stats
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, parse_tolerance, tolerance_for
 
-__all__ = ["compare", "judge"]
+__all__ = ["FloorSide", "compare", "floor_side", "floor_sides", "judge"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FloorSide:
+    """What one output's verdict needs of the floor and of the ensemble, none of it of the
+    candidate (`floor_side`). It depends only on the model, the inputs and the precision, so the
+    oracle cache keeps it (`bert_ref.oracle.run.ensemble_sides`): a compare of another candidate on
+    the same inputs reads these few numbers instead of the ensemble's runs.
+
+    Attributes:
+        floor: `Stats` of the floor vs the reference at valid positions (`Entry.floor`), or None.
+        scale: `Entry.floor_scale`: the floor's (and every member's) largest max abs error, at least
+            one rounding of the output's largest valid value; None without a floor.
+        padded_scale: the floor at padded positions before K (`Entry.padded_floor_scale`), or None.
+        members: `verdict.statistics` of each ensemble member (the floor first); empty without one.
+        recipe: `verdict.recipe_distance` of each exact variant of an int8 recipe from the floor run
+            (at the outputs `verdict.RECIPE_LAYERS` covers); empty elsewhere.
+    """
+
+    floor: Stats | None
+    scale: float | None
+    padded_scale: float | None
+    members: tuple[dict[str, float], ...] = ()
+    recipe: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (non-finite floats as JSON's NaN / Infinity, which `json` reads back)."""
+        return {"floor": self.floor.to_dict() if self.floor is not None else None, "scale": self.scale,
+                "padded_scale": self.padded_scale, "members": [dict(m) for m in self.members],
+                "recipe": list(self.recipe)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FloorSide:
+        """The inverse of `to_dict` (KeyError / TypeError / ValueError on anything else)."""
+        f = d["floor"]
+        floor = None if f is None else Stats(**{**f, **{k: None if f[k] is None else tuple(int(i) for i in f[k])
+                                                         for k in ("worst_index", "min_cosine_index")}})
+        return cls(floor, _float_or_none(d["scale"]), _float_or_none(d["padded_scale"]),
+                   tuple({str(k): float(v) for k, v in m.items()} for m in d["members"]),
+                   tuple(float(x) for x in d["recipe"]))
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def floor_side(key: str, ref: np.ndarray, floor: Any, floor_reference: Any, members: Mapping[str, Any],
+               valid: np.ndarray | None, *, precision: str | None, padded: bool,
+               recipe_members: Sequence[str] = (), floor_name: str = "floor", reference_name: str = "reference",
+               ws: Workspace | None = None) -> FloorSide:
+    """The `FloorSide` of one output: `ref` the reference's array, `floor` and `floor_reference`
+    the floor's and what it is measured against (None: no floor), `members` each ensemble member's
+    array (name -> array, the floor run first; empty: no ensemble), `valid` the output's
+    `valid_mask`. `padded`: also measure the floor at padded positions (the floor-ratio mode).
+    `recipe_members`: the members whose recipe distance from the first member is kept."""
+    u = UNIT_ROUNDOFF[precision or "float32"]
+    f_stats = f_scale = p_scale = None
+    if floor is not None and floor_reference is not None:
+        f, fr = np.asarray(floor), np.asarray(floor_reference)
+        if f.shape != ref.shape or fr.shape != ref.shape:
+            raise ValueError(f"{key}: {floor_name} outputs have shapes {f.shape} and {fr.shape}, "
+                             f"{reference_name} has shape {ref.shape}")
+        f_stats, fp_stats, biggest = summaries(fr, f, 0.0, 0.0, valid, padded, ws or Workspace())
+        if f_stats is not None:
+            f_scale = max(f_stats.max_abs_error, u * biggest)
+        if fp_stats is not None and valid is not None:  # the floor at padded positions: its own size
+            p_scale = max(fp_stats.max_abs_error, u * _largest(fr, ~np.broadcast_to(valid, fr.shape)))
+    # The ensemble's statistics (each member against the reference, at valid positions).
+    theirs: list[dict[str, float]] = []
+    recipe: tuple[float, ...] = ()
+    if members:
+        t_rows = verdict.rows(ref, key, valid)
+        sel = r_padded = None
+        if valid is not None and p_scale is not None:  # the padded elements, once for every member
+            sel = np.flatnonzero(~np.broadcast_to(valid, ref.shape))
+            r_padded = ref.reshape(-1)[sel].astype(np.float64)
+        for name, m in members.items():
+            if m is None or np.shape(m) != ref.shape:
+                raise ValueError(f"{key}: ensemble member {name} has no output of shape {ref.shape}")
+            theirs.append(verdict.statistics(verdict.rows(m, key, valid), t_rows))
+            if sel is not None and r_padded is not None and p_scale is not None:
+                m_padded = np.asarray(m).reshape(-1)[sel].astype(np.float64)
+                p_scale = max(p_scale, float(np.max(np.abs(m_padded - r_padded), initial=0.0)))
+        if f_scale is not None:
+            f_scale = max([f_scale, *(t["max_abs"] for t in theirs)])
+        if recipe_members:
+            f0 = verdict.rows(next(iter(members.values())), key, valid)
+            recipe = tuple(verdict.recipe_distance(verdict.rows(members[n], key, valid), f0, t_rows)
+                           for n in recipe_members)
+    return FloorSide(f_stats, f_scale, p_scale, tuple(theirs), recipe)
+
+
+def floor_sides(reference: Mapping[str, Any], ensemble: Mapping[str, Mapping[str, Any]], keys: Sequence[str], *,
+                padding_mask: Any = None, precision: str | None = None,
+                recipe_members: Sequence[str] = ()) -> dict[str, FloorSide]:
+    """`floor_side` of each of `keys` in the floor-ratio mode, the floor being the ensemble's first
+    run (name -> outputs) against `reference`, on the cores' threads. `recipe_members` (names of
+    the exact variants of an int8 recipe): their recipe distances at the outputs
+    `verdict.RECIPE_LAYERS` covers."""
+    ref = as_flat(reference, "reference")
+    ens = {name: as_flat(m, f"ensemble member {name}") for name, m in ensemble.items()}
+    if not ens:
+        raise ValueError("floor_sides needs an ensemble of at least one run (the floor)")
+    first = next(iter(ens.values()))
+    mask = None if padding_mask is None else np.asarray(padding_mask).astype(bool)
+    local = threading.local()
+
+    def one(key: str) -> FloorSide:
+        ws = getattr(local, "ws", None)
+        if ws is None:
+            ws = local.ws = Workspace()
+        if key not in ref:
+            raise ValueError(f"the reference has no {key}")
+        r = np.asarray(ref[key])
+        layer = placement(key)[2]
+        recipe = recipe_members if layer is not None and layer <= verdict.RECIPE_LAYERS else ()
+        return floor_side(key, r, first.get(key), r, {n: m.get(key) for n, m in ens.items()},
+                          valid_mask(key, r.shape, mask), precision=precision, padded=True, recipe_members=recipe,
+                          ws=ws)
+
+    keys = list(keys)
+    workers = min(len(keys), runtime.THREADS)
+    if workers > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bert_ref.sides") as pool:
+            return dict(zip(keys, pool.map(one, keys), strict=True))
+    return {k: one(k) for k in keys}
 
 
 def compare(
@@ -97,6 +223,7 @@ def compare(
     ensemble: Mapping[str, Mapping[str, Any]] | None = None,
     limits: Mapping[str, float] | None = None,
     recipe_variants: Sequence[str] = (),
+    sides: Mapping[str, FloorSide] | None = None,
 ) -> Report:
     """Compare every output of `candidate` with `reference`'s; see the module docstring.
 
@@ -128,6 +255,10 @@ def compare(
             (other float arithmetic): the `recipe` statistic, the candidate's distance from the
             floor run, is then checked against theirs (`verdict.recipe_check`) at the outputs of the
             embeddings and the first layer (`verdict.RECIPE_LAYERS`).
+        sides: instead of `ensemble`, what the verdict needs of it, computed before (`floor_sides`,
+            one `FloorSide` per output key; the oracle cache keeps them): the floor-ratio mode then
+            runs without the ensemble's outputs. With `recipe_variants`, `floor` still gives the
+            floor run's outputs at the first layers (the candidate's distance from it).
 
     Returns:
         A `Report`, entries in computation order.
@@ -138,15 +269,18 @@ def compare(
     """
     atol_spec, rtol_spec = parse_tolerance(atol, "atol"), parse_tolerance(rtol, "rtol")
     ens = {name: as_flat(m, f"ensemble member {name}") for name, m in (ensemble or {}).items()}
+    if ens and sides is not None:
+        raise ValueError("give the ensemble's runs or their sides (floor_sides), not both")
     if ens and floor is None:
         floor = next(iter(ens.values()))
-    if floor_ratio is not None and (floor is None or not floor_ratio > 0):
+    judged = bool(ens) or sides is not None
+    if floor_ratio is not None and ((floor is None and sides is None) or not floor_ratio > 0):
         raise ValueError(f"floor_ratio={floor_ratio}: the floor-ratio mode needs a floor and K > 0")
     if precision is not None and precision not in UNIT_ROUNDOFF:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(UNIT_ROUNDOFF)}")
     ref = as_flat(reference, "reference")
     cand = as_flat(candidate, "candidate")
-    if ens and floor_ratio is None:
+    if judged and floor_ratio is None:
         raise ValueError("an ensemble is the floor of the floor-ratio mode: give floor_ratio (K) with it")
     k_of = {**verdict.default_limits(), **(limits or {})}
     if floor_ratio is not None:
@@ -165,12 +299,15 @@ def compare(
     missing = [k for _, k in placed if k not in ref]
     if missing:
         raise ValueError(f"{reference_name} has no {', '.join(missing)} to compare with (it has: {', '.join(ref)})")
-    if floor_ratio is not None:
+    if sides is not None:
+        absent = [k for _, k in placed if k not in sides]
+        if absent:
+            raise ValueError(f"the ensemble's sides have no {', '.join(absent)} (they have: {', '.join(sides)})")
+    elif floor_ratio is not None:
         absent = [k for _, k in placed if k not in flo or k not in flo_ref]
         if absent:
             raise ValueError(f"the floor-ratio mode needs a floor for every output; {floor_name} has no "
                              f"{', '.join(absent)}")
-    u = UNIT_ROUNDOFF[precision or "float32"]
     local = threading.local()  # one `Workspace` per thread, for this call only
 
     def _workspace() -> Workspace:
@@ -186,35 +323,16 @@ def compare(
             raise ValueError(f"{key}: {candidate_name} has shape {c.shape}, {reference_name} has shape {r.shape}")
         check_output_dtype(c.dtype, candidate_name, key)
         valid = valid_mask(key, r.shape, mask)
-        f_stats = f_ratio = f_scale = rms_ratio = p_scale = None
-        if key in flo and key in flo_ref:
-            f, fr = np.asarray(flo[key]), np.asarray(flo_ref[key])
-            if f.shape != r.shape or fr.shape != r.shape:
-                raise ValueError(f"{key}: {floor_name} outputs have shapes {f.shape} and {fr.shape}, "
-                                 f"{reference_name} has shape {r.shape}")
-            f_stats, fp_stats, biggest = summaries(fr, f, 0.0, 0.0, valid, floor_ratio is not None, _workspace())
-            if f_stats is not None:
-                f_scale = max(f_stats.max_abs_error, u * biggest)
-            if fp_stats is not None and valid is not None:  # the floor at padded positions: its own size
-                p_scale = max(fp_stats.max_abs_error, u * _largest(fr, ~np.broadcast_to(valid, fr.shape)))
-        # The ensemble's statistics (each member against the reference, at valid positions).
-        t_rows = c_rows = None
-        theirs: list[dict[str, float]] = []
-        if ens:
-            t_rows = verdict.rows(r, key, valid)
-            padded = r_padded = None
-            if valid is not None and p_scale is not None:  # the padded elements, once for every member
-                padded = np.flatnonzero(~np.broadcast_to(valid, r.shape))
-                r_padded = r.reshape(-1)[padded].astype(np.float64)
-            for name, m in ens.items():
-                if key not in m or np.shape(m[key]) != r.shape:
-                    raise ValueError(f"{key}: ensemble member {name} has no output of shape {r.shape}")
-                theirs.append(verdict.statistics(verdict.rows(m[key], key, valid), t_rows))
-                if padded is not None and r_padded is not None and p_scale is not None:
-                    m_padded = np.asarray(m[key]).reshape(-1)[padded].astype(np.float64)
-                    p_scale = max(p_scale, float(np.max(np.abs(m_padded - r_padded), initial=0.0)))
-            if f_scale is not None:
-                f_scale = max([f_scale, *(t["max_abs"] for t in theirs)])
+        recipe = bool(recipe_variants) and "recipe" in k_of and layer is not None and layer <= verdict.RECIPE_LAYERS
+        if sides is not None:
+            side = sides[key]
+        else:
+            side = floor_side(key, r, flo.get(key), flo_ref.get(key), {n: m.get(key) for n, m in ens.items()},
+                              valid, precision=precision, padded=floor_ratio is not None,
+                              recipe_members=recipe_variants if recipe else (), floor_name=floor_name,
+                              reference_name=reference_name, ws=_workspace())
+        f_stats, f_scale, p_scale = side.floor, side.scale, side.padded_scale
+        f_ratio = rms_ratio = None
         if floor_ratio is not None:
             k_atol, k_rtol = (floor_ratio * f_scale if f_scale is not None else 0.0), 0.0
         else:
@@ -233,15 +351,19 @@ def compare(
                                           worst_tolerance=p_atol)
         checks: tuple[Check, ...] = ()
         power = None
-        if ens and t_rows is not None and f_scale is not None:
+        if side.members and f_scale is not None:
+            t_rows = verdict.rows(r, key, valid)
             c_rows = verdict.rows(c, key, valid)
             mine = verdict.statistics(c_rows, t_rows)
-            checks = verdict.make_checks(mine, theirs, floor_scale=f_scale, limits=k_of)
-            if recipe_variants and "recipe" in k_of and layer is not None and layer <= verdict.RECIPE_LAYERS:
-                f0 = verdict.rows(next(iter(ens.values()))[key], key, valid)
-                variants = [verdict.rows(ens[n][key], key, valid) for n in recipe_variants]
-                checks += (verdict.recipe_check(c_rows, f0, t_rows, variants, k_of["recipe"]),)
-            power = verdict.power(t_rows, theirs[0], checks)
+            checks = verdict.make_checks(mine, side.members, floor_scale=f_scale, limits=k_of)
+            if recipe:
+                f0 = next(iter(ens.values())).get(key) if ens else flo.get(key)  # the floor run
+                if f0 is None:
+                    raise ValueError(f"{key}: the recipe check needs the floor run's {key} (floor=)")
+                checks += (verdict.recipe_check_of(
+                    verdict.recipe_distance(c_rows, verdict.rows(f0, key, valid), t_rows),
+                    side.recipe, k_of["recipe"]),)
+            power = verdict.power(t_rows, side.members[0], checks)
         # A NaN or inf in the candidate fails the output wherever it is, padded positions included.
         passed = (v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
                   and (p_stats is None or p_stats.nonfinite == 0) and all(k.passed for k in checks))
@@ -263,7 +385,8 @@ def compare(
     else:
         entries = [entry(p) for p in placed]
     return Report(tuple(entries), atol_spec, rtol_spec, bool(check_padded), reference_name, candidate_name,
-                  floor_name if floor is not None else None, floor_ratio, precision, tuple(notes))
+                  floor_name if floor is not None or sides is not None else None, floor_ratio, precision,
+                  tuple(notes))
 
 
 def _largest(x: np.ndarray, where: np.ndarray) -> float:

@@ -11,12 +11,12 @@ import numpy as np
 
 from bert_ref.encoder import TRACE_POOLER, PreparedWeights, check_weights, forward, prepare
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
-from bert_ref.oracle import ensemble, int8
+from bert_ref.oracle import ensemble, int8, verdict
 from bert_ref.oracle.blocked import as_flat
 from bert_ref.oracle.candidates import canonical_outputs, check_inputs
-from bert_ref.oracle.compare import compare
+from bert_ref.oracle.compare import FloorSide, compare, floor_sides
 from bert_ref.oracle.int8 import Int8Scheme
-from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key, valid_mask
+from bert_ref.oracle.keys import ATTENTION_NAMES, flatten_outputs, parse_key, placement, valid_mask
 from bert_ref.oracle.report import Report
 from bert_ref.oracle.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -170,6 +170,53 @@ def ensemble_outputs(model: Any, inputs: Mapping[str, Any], keys: Any, precision
             for m in chosen}
 
 
+def recipe_members(precision: str, scheme: Int8Scheme | None = None) -> tuple[str, ...]:
+    """The ensemble's members that compute an int8 recipe exactly (other float arithmetic): the
+    `recipe` statistic's references. Empty for other precisions."""
+    if precision != "int8":
+        return ()
+    return tuple(m.name for m in ensemble.members(precision, scheme)[1:] if m.exact)
+
+
+def ensemble_sides(model: Any, inputs: Mapping[str, Any], keys: Sequence[str], truth: Mapping[str, np.ndarray],
+                   precision: str, *, scheme: Int8Scheme | None = None,
+                   cache: bool = False) -> dict[str, FloorSide]:
+    """What each output's verdict needs of `precision`'s ensemble (`bert_ref.oracle.compare.FloorSide`:
+    the floor's error, each member's statistics against `truth`, our float64 run of `inputs`).
+
+    None of it depends on the candidate. With `cache=True` it is read from / written to the oracle
+    cache (`bert_ref.oracle.cache.store_record`): one entry per model, inputs and ensemble (its
+    members and the source of the statistics' code in the key), holding the union of the outputs
+    asked of it. A compare of another candidate on the same inputs then reads these numbers
+    instead of the ensemble's runs, and runs the ensemble (itself cached) only for outputs it lacks."""
+    from bert_ref.oracle import cache as oracle_cache
+
+    keys = list(keys)
+    chosen = ensemble.members(precision, scheme)
+    exact = recipe_members(precision, scheme)
+    entry = None
+    have: dict[str, FloorSide] = {}
+    if cache:
+        oracle_cache.check_settings()
+        what = (f"ensemble statistics|{precision}|{scheme.spec if scheme is not None else ''}|"
+                f"{','.join(m.name for m in chosen)}|recipe {','.join(exact)}|{oracle_cache.statistics_digest()}")
+        entry = oracle_cache.entry_key(model, inputs, what)
+        stored = oracle_cache.load_record(entry)
+        for k, v in (stored.items() if isinstance(stored, dict) else ()):
+            try:
+                have[k] = FloorSide.from_dict(v)
+            except (KeyError, TypeError, ValueError, AttributeError):  # not a side: computed again
+                continue
+    missing = [k for k in keys if k not in have]
+    if missing:
+        runs = ensemble_outputs(model, inputs, missing, precision, scheme=scheme, cache=cache)
+        have.update(floor_sides(truth, runs, missing, padding_mask=inputs.get("padding_mask"), precision=precision,
+                                recipe_members=exact))
+        if entry is not None:
+            oracle_cache.store_record(entry, {k: v.to_dict() for k, v in have.items()})
+    return {k: have[k] for k in keys}
+
+
 def _truncated(model: Any, layers: int) -> Any:
     """The model's first `layers` layers as a model of their own (same embeddings and layers): the
     early outputs of a scheme's run cost a fraction of a full forward."""
@@ -284,7 +331,7 @@ def compare_to_truth(
     floor_ratio = default_floor_ratio(given, precision, floor_ratio, atol, rtol)
     notes = list(notes)
     truth = oracle_outputs(model, inputs, flat, dtype="float64", cache=cache)
-    runs: dict[str, dict[str, np.ndarray]] = {}
+    sides: dict[str, FloorSide] | None = None
     recipe_variants: tuple[str, ...] = ()
     if precision == "float64" or floor_ratio is None:
         floor, name = floor_outputs(model, inputs, flat, precision, truth, cache=cache)
@@ -295,17 +342,22 @@ def compare_to_truth(
             detection = detect_int8_scheme(model, inputs, flat, truth, cache=cache)
             scheme, recipe_known = detection.scheme, detection.explains
             notes.append(detection.note())
-        chosen = ensemble.members(precision, scheme)
-        runs = ensemble_outputs(model, inputs, flat, precision, scheme=scheme, cache=cache)
+        sides = ensemble_sides(model, inputs, list(flat), truth, precision, scheme=scheme, cache=cache)
+        floor = {}
         if precision == "int8" and recipe_known:
-            recipe_variants = tuple(m.name for m in chosen[1:] if m.exact)
-        floor = next(iter(runs.values()))
+            recipe_variants = recipe_members(precision, scheme)
+            # The candidate's distance from our run of the recipe, at the first layers: that run's outputs.
+            early = [k for k in flat if (layer := placement(k)[2]) is not None and layer <= verdict.RECIPE_LAYERS]
+            if early:  # (a model cut after those layers computes them as the whole one does, for less)
+                small = _truncated(model, max(parse_key(k).layers_needed for k in early))
+                floor = oracle_outputs(small, inputs, early, dtype=ensemble.members(precision, scheme)[0].policy,
+                                       cache=cache)
         if precision == "int8" and scheme is not None:
             name = f"our int8 ({scheme.spec}) vs float64 truth"
     return truth_report(truth, flat, floor, precision=precision, floor_ratio=floor_ratio, atol=atol, rtol=rtol,
                         padding_mask=inputs.get("padding_mask"), check_padded=check_padded,
-                        candidate_name=candidate_name, floor_name=name, notes=notes, ensemble=runs or None,
-                        limits=limits, recipe_variants=recipe_variants)
+                        candidate_name=candidate_name, floor_name=name, notes=notes, limits=limits,
+                        recipe_variants=recipe_variants, sides=sides)
 
 
 def default_floor_ratio(given: bool, precision: str, floor_ratio: float | None, atol: Any, rtol: Any) -> float | None:
@@ -343,12 +395,14 @@ def truth_report(truth: Mapping[str, Any], candidate: Mapping[str, Any], floor: 
                  precision: str, floor_ratio: float | None, atol: Any, rtol: Any, padding_mask: Any = None,
                  check_padded: bool = False, candidate_name: str = "candidate", floor_name: str = "floor",
                  notes: Sequence[str] = (), ensemble: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                 limits: Mapping[str, float] | None = None, recipe_variants: tuple[str, ...] = ()) -> Report:
+                 limits: Mapping[str, float] | None = None, recipe_variants: tuple[str, ...] = (),
+                 sides: Mapping[str, FloorSide] | None = None) -> Report:
     """The verdict against the float64 truth, next to the floor (`compare_to_truth`'s, once its
-    runs are done; the dataset compare calls it batch by batch)."""
+    runs are done, with the ensemble's `sides` or its runs; the dataset compare calls it batch by
+    batch with the runs)."""
     return compare(truth, candidate, atol=DEFAULT_ATOL if atol is None else atol,
                    rtol=DEFAULT_RTOL if rtol is None else rtol, padding_mask=padding_mask,
                    check_padded=check_padded, floor=floor,
                    floor_ratio=floor_ratio, precision=precision, reference_name="float64 truth",
                    candidate_name=candidate_name, floor_name=floor_name, notes=notes,
-                   ensemble=ensemble, limits=limits, recipe_variants=recipe_variants)
+                   ensemble=ensemble, limits=limits, recipe_variants=recipe_variants, sides=sides)
