@@ -186,6 +186,27 @@ class BertBackbone:
             check_all_finite(*self._unchecked)
             self._unchecked = None
 
+    def first_layers(self, layers: int) -> BertBackbone:
+        """The model cut after its first `layers` layers (the same config but for the number of
+        layers; the very same embedding and layer arrays, not copies): its outputs are this model's
+        up to that layer, bit for bit, for a fraction of the work. A NaN/inf check this model still
+        defers (`from_preset(..., defer_finite_check=True)`) is carried over for the arrays kept,
+        so cutting reads no weight. `layers` at least the model's: the model itself."""
+        if layers >= self.config.num_layers:
+            return self
+        if layers < 0:
+            raise ValueError(f"layers={layers}: expected 0 to {self.config.num_layers}")
+
+        def kept(name: str) -> bool:
+            return not name.startswith("transformer_layer_") or int(name.split("_")[2].split("/")[0]) < layers
+
+        small = BertBackbone(**{**self.config.to_dict(), "num_layers": layers}, dtype=self.dtype_policy,
+                             weights={n: w for n, w in self._weights.items() if kept(n)})
+        if self._unchecked is not None:
+            arrays, source = self._unchecked
+            small._unchecked = ({n: w for n, w in arrays.items() if kept(n)}, source)
+        return small
+
     @property
     def dtype(self) -> str:
         """The storage (variable) dtype, as keras' `layer.dtype`."""

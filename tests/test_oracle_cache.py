@@ -341,3 +341,19 @@ def test_floor_sides_round_trip_through_json_exactly():
     back = FloorSide.from_dict(json.loads(json.dumps(side.to_dict())))
     assert repr(back) == repr(side)  # every float to the bit (repr of NaN is stable), tuples kept
     assert back.floor.worst_index == (0, 5, 2) and back.floor.min_cosine_index == (1, 4)
+
+
+def test_a_model_cut_from_another_is_keyed_by_that_ones_digest(oc, model, inputs, monkeypatch):
+    from bert_ref.oracle.run import _truncated
+
+    small = _truncated(model, 1)
+    key = oracle_cache.entry_key(small, inputs, "float32")
+    assert key != oracle_cache.entry_key(model, inputs, "float32")
+    assert oracle_cache.entry_key(_truncated(model, 1), inputs, "float32") == key  # the same cut: the same key
+    calls = []
+    real = oracle_cache.arrays_digest
+    monkeypatch.setattr(oracle_cache, "arrays_digest", lambda a, *s: calls.append(len(a)) or real(a, *s))
+    oracle_cache.model_digest(small)
+    assert calls == [len(model.weights)]  # the whole model's weights, as for the model itself: not the cut's
+    other = BertBackbone(**model.config.to_dict(), seed=4)  # other weights: another key for its cut
+    assert oracle_cache.entry_key(_truncated(other, 1), inputs, "float32") != key

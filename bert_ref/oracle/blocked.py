@@ -147,8 +147,11 @@ def _block_rows(out: _Rows, sl: slice, ref: np.ndarray, cand: np.ndarray, atol: 
             out.inf_err_max[sl] = np.where(pos, err_max, -1.0)
             out.inf_err_arg[sl] = np.where(pos, np.argmax(err, axis=-1), 0)
         else:
-            tol = np.multiply(a, rtol, out=q)
-            np.add(tol, atol, out=tol)
+            if rtol == 0.0:  # (the floor-ratio mode) tol = |r| * 0 + atol is atol itself: |r| is finite here
+                tol = np.full((m, 1), atol)
+            else:
+                tol = np.multiply(a, rtol, out=q)
+                np.add(tol, atol, out=tol)
             if not atol > 0:  # tol can be 0 (where |r| = 0): `_divide`'s rule there
                 zero = np.equal(tol, 0.0, out=b)
                 ratio = np.divide(err, tol, out=q)

@@ -73,6 +73,16 @@ _ENTRY = re.compile(r"[0-9a-f]{64}")
 
 # model -> (the files' signature, the model's digest): reused while the signature holds.
 _digests: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
+# model -> (the model it was cut from, its number of layers): see `derived`.
+_parents: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
+
+
+def derived(model: Any, parent: Any, layers: int) -> None:
+    """Declare `model` the first `layers` layers of `parent` (the same config but for the number of
+    layers, and the very same weight arrays): its digest is then `parent`'s digest and `layers`,
+    which costs nothing where `parent`'s is kept (a preset directory), instead of hashing the
+    weights it shares with `parent` at every use."""
+    _parents[model] = (parent, int(layers))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +156,14 @@ def model_digest(model: Any) -> str:
     """SHA-256 of a `BertBackbone`'s config and weights (see the module docstring): weights from a
     preset directory are hashed once per change of its files, any others at every call.
 
-    Hashing BERT-base's 438 MB takes about 0.2 s (per tensor, on the cores' threads)."""
+    Hashing BERT-base's 438 MB takes about 0.2 s (per tensor, on the cores' threads). A model
+    declared `derived` from another is named by that one's digest and its number of layers."""
+    try:
+        parent = _parents.get(model)
+    except TypeError:
+        parent = None
+    if parent is not None:
+        return hashlib.sha256(f"the first {parent[1]} layers of|{model_digest(parent[0])}".encode()).hexdigest()
     signature = _files_signature(model)
     if signature is not None:
         try:

@@ -307,12 +307,22 @@ class Detection:
 def error_correlation(candidate: np.ndarray, ours: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> float:
     """Pearson correlation of `candidate - truth` with `ours - truth` over the valid elements
     (0 when either error is constant)."""
-    c = np.asarray(candidate, dtype=np.float64) - truth
-    o = np.asarray(ours, dtype=np.float64) - truth
+    return correlation_with(centered_error(candidate, truth, valid), ours, truth, valid)
+
+
+def centered_error(x: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """`x - truth` over the valid elements, flat, minus its mean (float64): one side of
+    `error_correlation`, computed once for a candidate compared with several schemes."""
+    e = np.asarray(x, dtype=np.float64) - truth
     if valid is not None:
-        sel = np.broadcast_to(valid, c.shape)
-        c, o = c[sel], o[sel]
-    c, o = c.ravel() - c.mean(), o.ravel() - o.mean()
+        e = e[np.broadcast_to(valid, e.shape)]
+    e = e.ravel()
+    return e - e.mean()
+
+
+def correlation_with(c: np.ndarray, ours: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> float:
+    """`error_correlation` from the candidate's `centered_error` `c`."""
+    o = centered_error(ours, truth, valid)
     denom = float(np.sqrt(np.dot(c, c) * np.dot(o, o)))
     return float(np.dot(c, o)) / denom if denom > 0 else 0.0
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from bert_ref.encoder import TRACE_POOLER, PreparedWeights, check_weights, forward, prepare
 from bert_ref.model.precision import HALF_PRECISIONS, PRECISIONS, UNIT_ROUNDOFF, get_policy
+from bert_ref.model.runtime import map_concurrent
 from bert_ref.oracle import ensemble, int8, verdict
 from bert_ref.oracle.blocked import as_flat
 from bert_ref.oracle.candidates import canonical_outputs, check_inputs
@@ -218,17 +219,15 @@ def ensemble_sides(model: Any, inputs: Mapping[str, Any], keys: Sequence[str], t
 
 
 def _truncated(model: Any, layers: int) -> Any:
-    """The model's first `layers` layers as a model of their own (same embeddings and layers): the
-    early outputs of a scheme's run cost a fraction of a full forward."""
-    from bert_ref.backbone import BertBackbone
+    """The model's first `layers` layers as a model of their own (`BertBackbone.first_layers`): the
+    early outputs of a scheme's run cost a fraction of a full forward. Its cache key derives from
+    `model`'s (`bert_ref.oracle.cache.derived`)."""
+    from bert_ref.oracle import cache as oracle_cache
 
-    config = model.config.to_dict()
-    if layers >= config["num_layers"]:
-        return model
-    config["num_layers"] = layers
-    keep = {k: v for k, v in model.weights.items()
-            if not k.startswith("transformer_layer_") or int(k.split("_")[2].split("/")[0]) < layers}
-    return BertBackbone(**config, weights=keep)
+    small = model.first_layers(layers)
+    if small is not model:
+        oracle_cache.derived(small, model, layers)  # keyed by `model`'s digest: its weights not hashed again
+    return small
 
 
 def detect_int8_scheme(model: Any, inputs: Mapping[str, Any], candidate: Mapping[str, Any],
@@ -255,17 +254,21 @@ def detect_int8_scheme(model: Any, inputs: Mapping[str, Any], candidate: Mapping
         schemes = list(int8.PRESETS.values())
     keys = [key] + (["hidden_states.0"] if "hidden_states.0" in flat and key != "hidden_states.0" else [])
 
-    def corr(k: str, scheme: int8.Int8Scheme) -> float:
-        ours = oracle_outputs(small, inputs, keys, dtype=int8.scheme_policy(scheme), cache=cache)
-        return int8.error_correlation(flat[k], ours[k], truth[k], valid_mask(k, truth[k].shape, mask))
+    valid = {k: valid_mask(k, truth[k].shape, mask) for k in keys}
+    mine = {k: int8.centered_error(flat[k], truth[k], valid[k]) for k in keys}  # the candidate's side, once
+
+    def scores(k: str, chosen: list[int8.Int8Scheme]) -> list[float]:
+        # Each scheme's run (read from the cache, or run), then the correlations on the cores' threads.
+        runs = [oracle_outputs(small, inputs, keys, dtype=int8.scheme_policy(s), cache=cache)[k] for s in chosen]
+        return map_concurrent(lambda ours: int8.correlation_with(mine[k], ours, truth[k], valid[k]), runs)
 
     if "hidden_states.0" in keys and key != "hidden_states.0":
         # Quantised tables only when their error pattern is matched: a bug in the embeddings (a wrong
         # epsilon) also makes a large error there, which float tables must not be excused by.
-        table = "u8" if corr("hidden_states.0", int8.Int8Scheme(embeddings="u8")) >= int8.MATCH_CORRELATION \
+        table = "u8" if scores("hidden_states.0", [int8.Int8Scheme(embeddings="u8")])[0] >= int8.MATCH_CORRELATION \
             else "float"
         schemes = [s for s in schemes if s.embeddings == table]
-    return int8.rank_schemes({s: corr(key, s) for s in schemes}, key, early=bool(later))
+    return int8.rank_schemes(dict(zip(schemes, scores(key, schemes), strict=True)), key, early=bool(later))
 
 
 def compare_to_truth(

@@ -115,27 +115,35 @@ def statistics(cand: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """The five statistics of `cand - truth` over rows ([n, C] float64 each; see the module
     docstring). A non-finite candidate value makes every statistic NaN."""
     e = cand - truth  # [n, C]
-    if not np.isfinite(e).all():
-        return dict.fromkeys(STATISTICS, math.nan)
     if e.size == 0:
         return dict.fromkeys(STATISTICS, 0.0)
-    deficit = cosine_deficits(cand, truth)  # [n]
-    out = {"max_abs": float(np.max(np.abs(e))), "rms": float(np.sqrt(np.mean(e * e))),
-           "mean_cos": float(deficit.mean()), "worst_cos": float(deficit.max())}
+    a = np.abs(e)  # [n, C], reused below
+    top = float(a.max())  # NaN or inf when any error is (NaN propagates through max)
+    if not math.isfinite(top):
+        return dict.fromkeys(STATISTICS, math.nan)
+    out = {"max_abs": top, "rms": float(np.sqrt(np.mean(np.multiply(e, e, out=a))))}
+    channel = None
     if e.shape[0] >= CHANNEL_MIN_ROWS:
         m = e.mean(axis=0)  # [C]
-        out["channel"] = float(np.sqrt(np.mean(m * m)))
+        channel = float(np.sqrt(np.mean(m * m)))
+    deficit = cosine_deficits(cand, truth, out=(a, e))  # [n] (e's and a's memory reused)
+    out["mean_cos"], out["worst_cos"] = float(deficit.mean()), float(deficit.max())
+    if channel is not None:
+        out["channel"] = channel
     return out
 
 
-def cosine_deficits(cand: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def cosine_deficits(cand: np.ndarray, truth: np.ndarray,
+                    out: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """1 - cos(candidate row, truth row) for each row, computed as |c/|c| - t/|t||^2 / 2 (exact to
     float64's precision even when cos is within 1e-16 of 1, unlike 1 - c.t / (|c||t|)). Two zero
-    rows: 0; one zero row: 1. [n, C] -> [n]"""
+    rows: 0; one zero row: 1. [n, C] -> [n]. `out`: two float64 [n, C] scratch arrays to use."""
     nc = np.linalg.norm(cand, axis=1, keepdims=True)  # [n, 1]
     nt = np.linalg.norm(truth, axis=1, keepdims=True)
     both = (nc > 0) & (nt > 0)
-    d = cand / np.where(nc > 0, nc, 1.0) - truth / np.where(nt > 0, nt, 1.0)
+    first, second = out if out is not None else (None, None)
+    d = np.divide(cand, np.where(nc > 0, nc, 1.0), out=first)
+    d -= np.divide(truth, np.where(nt > 0, nt, 1.0), out=second)
     deficit = 0.5 * np.einsum("ij,ij->i", d, d)
     return np.where(both[:, 0], deficit, np.where((nc == 0) & (nt == 0), 0.0, 1.0)[:, 0])
 
