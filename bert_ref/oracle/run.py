@@ -257,10 +257,12 @@ def detect_int8_scheme(model: Any, inputs: Mapping[str, Any], candidate: Mapping
     valid = {k: valid_mask(k, truth[k].shape, mask) for k in keys}
     mine = {k: int8.centered_error(flat[k], truth[k], valid[k]) for k in keys}  # the candidate's side, once
 
-    def scores(k: str, chosen: list[int8.Int8Scheme]) -> list[float]:
-        # Each scheme's run (read from the cache, or run), then the correlations on the cores' threads.
-        runs = [oracle_outputs(small, inputs, keys, dtype=int8.scheme_policy(s), cache=cache)[k] for s in chosen]
-        return map_concurrent(lambda ours: int8.correlation_with(mine[k], ours, truth[k], valid[k]), runs)
+    def score(k: str, scheme: int8.Int8Scheme) -> float:
+        ours = oracle_outputs(small, inputs, keys, dtype=int8.scheme_policy(scheme), cache=cache)[k]
+        return int8.correlation_with(mine[k], ours, truth[k], valid[k])
+
+    def scores(k: str, chosen: list[int8.Int8Scheme]) -> list[float]:  # the schemes on the cores' threads
+        return map_concurrent(lambda scheme: score(k, scheme), chosen)
 
     if "hidden_states.0" in keys and key != "hidden_states.0":
         # Quantised tables only when their error pattern is matched: a bug in the embeddings (a wrong
