@@ -6,7 +6,10 @@ model (config and weights), the inputs and the policy, so each is stored once, k
 digest of exactly those (and of the bert_ref version and the source of the modules that compute a
 forward, so that a changed kernel never reads runs of the old one); an entry holds every output
 asked of its run so far, and a second compare of another candidate on the same inputs, with the
-same or other outputs, reads them back (adding to the entry what it lacks).
+same or other outputs, reads them back (adding to the entry what it lacks). Small JSON records
+(`store_record`, `load_record`) are entries of the same kind: `bert-ref compare --precision` keeps
+there what each output's verdict needs of the ensemble (`bert_ref.oracle.run.ensemble_sides`), keyed
+also by the source of the statistics' modules (`statistics_digest`).
 
 Location and size (environment variables, both checked before any run: a bad value is a
 `ValueError` naming the variable and what is valid):
