@@ -128,11 +128,10 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
     def dense(path: str) -> tuple[np.ndarray, np.ndarray]:
         return kernel(weights[path + "/kernel"]), w(weights[path + "/bias"])
 
-    layers = []
-    for i in range(config.num_layers):
+    def layer(i: int) -> dict[str, Any]:
         p = f"transformer_layer_{i}/"
         att = p + "self_attention_layer/"
-        layers.append({
+        return {
             "query": dense(att + "query"),
             "key": dense(att + "key"),
             "value": dense(att + "value"),
@@ -145,7 +144,10 @@ def prepare(weights: Mapping[str, np.ndarray], config: BertConfig, policy: Polic
             "ffn_bias2": w(weights[p + "feedforward_output_dense/bias"]),
             "ffn_norm_gamma": norm(weights[p + "feedforward_layer_norm/gamma"]),
             "ffn_norm_beta": norm(weights[p + "feedforward_layer_norm/beta"]),
-        })
+        }
+
+    # The layers are cast (or quantised) on the cores' threads: each tensor as alone.
+    layers = runtime.map_concurrent(layer, range(config.num_layers))
     return PreparedWeights({
         "token": table("token_embedding/embeddings"),
         "position": table("position_embedding/embeddings"),
