@@ -337,7 +337,7 @@ def test_floor_sides_round_trip_through_json_exactly():
     inf = float("inf")
     stats = Stats(7, 0.1 + 0.2, inf, 3e-310, float("nan"), 1 / 3, (0, 5, 2), 1.5, -2.25, 0,
                   True, 1e-300, 2.0, 0.0, 0.125, 0.9999999999999999, (1, 4))
-    side = FloorSide(stats, 1 / 7, None, ({"max_abs": 0.1, "rms": inf},), (0.02, 1e-17))
+    side = FloorSide(stats, 1 / 7, None, ({"max_abs": 0.1, "rms": inf},), (0.02, 1e-17), (800, 768, 0.3, 1 / 3))
     back = FloorSide.from_dict(json.loads(json.dumps(side.to_dict())))
     assert repr(back) == repr(side)  # every float to the bit (repr of NaN is stable), tuples kept
     assert back.floor.worst_index == (0, 5, 2) and back.floor.min_cosine_index == (1, 4)

@@ -93,6 +93,8 @@ class FloorSide:
         members: `verdict.statistics` of each ensemble member (the floor first); empty without one.
         recipe: `verdict.recipe_distance` of each exact variant of an int8 recipe from the floor run
             (at the outputs `verdict.RECIPE_LAYERS` covers); empty elsewhere.
+        rows: what the detection power needs of the reference's rows (`verdict.truth_rows`), or
+            None (no ensemble).
     """
 
     floor: Stats | None
@@ -100,12 +102,13 @@ class FloorSide:
     padded_scale: float | None
     members: tuple[dict[str, float], ...] = ()
     recipe: tuple[float, ...] = ()
+    rows: tuple[int, int, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite floats as JSON's NaN / Infinity, which `json` reads back)."""
         return {"floor": self.floor.to_dict() if self.floor is not None else None, "scale": self.scale,
                 "padded_scale": self.padded_scale, "members": [dict(m) for m in self.members],
-                "recipe": list(self.recipe)}
+                "recipe": list(self.recipe), "rows": None if self.rows is None else list(self.rows)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FloorSide:
@@ -113,9 +116,11 @@ class FloorSide:
         f = d["floor"]
         floor = None if f is None else Stats(**{**f, **{k: None if f[k] is None else tuple(int(i) for i in f[k])
                                                          for k in ("worst_index", "min_cosine_index")}})
+        rows = d["rows"]
         return cls(floor, _float_or_none(d["scale"]), _float_or_none(d["padded_scale"]),
                    tuple({str(k): float(v) for k, v in m.items()} for m in d["members"]),
-                   tuple(float(x) for x in d["recipe"]))
+                   tuple(float(x) for x in d["recipe"]),
+                   None if rows is None else (int(rows[0]), int(rows[1]), float(rows[2]), float(rows[3])))
 
 
 def _float_or_none(x: Any) -> float | None:
@@ -146,8 +151,10 @@ def floor_side(key: str, ref: np.ndarray, floor: Any, floor_reference: Any, memb
     # The ensemble's statistics (each member against the reference, at valid positions).
     theirs: list[dict[str, float]] = []
     recipe: tuple[float, ...] = ()
+    rows = None
     if members:
         t_rows = verdict.rows(ref, key, valid)
+        rows = verdict.truth_rows(t_rows)
         sel = r_padded = None
         if valid is not None and p_scale is not None:  # the padded elements, once for every member
             sel = np.flatnonzero(~np.broadcast_to(valid, ref.shape))
@@ -165,7 +172,7 @@ def floor_side(key: str, ref: np.ndarray, floor: Any, floor_reference: Any, memb
             f0 = verdict.rows(next(iter(members.values())), key, valid)
             recipe = tuple(verdict.recipe_distance(verdict.rows(members[n], key, valid), f0, t_rows)
                            for n in recipe_members)
-    return FloorSide(f_stats, f_scale, p_scale, tuple(theirs), recipe)
+    return FloorSide(f_stats, f_scale, p_scale, tuple(theirs), recipe, rows)
 
 
 def floor_sides(reference: Mapping[str, Any], ensemble: Mapping[str, Mapping[str, Any]], keys: Sequence[str], *,
@@ -363,7 +370,7 @@ def compare(
                 checks += (verdict.recipe_check_of(
                     verdict.recipe_distance(c_rows, verdict.rows(f0, key, valid), t_rows),
                     side.recipe, k_of["recipe"]),)
-            power = verdict.power(t_rows, side.members[0], checks)
+            power = verdict.power_of(*(side.rows or verdict.truth_rows(t_rows)), side.members[0], checks)
         # A NaN or inf in the candidate fails the output wherever it is, padded positions included.
         passed = (v_stats.passed and (not check_padded or p_stats is None or p_stats.passed)
                   and (p_stats is None or p_stats.nonfinite == 0) and all(k.passed for k in checks))

@@ -201,11 +201,17 @@ def power(truth: np.ndarray, floor: Mapping[str, float], found: Sequence[Check])
 
     Both solve "statistic = K x reference" in closed form (the deviation uncorrelated with the
     rounding error), each the smallest over the statistics that see it. [n, C] truth rows."""
+    return power_of(*truth_rows(truth), floor, found)
+
+
+def truth_rows(truth: np.ndarray) -> tuple[int, int, float, float]:
+    """What `power_of` needs of the truth's rows ([n, C]): n, C, their RMS value and the mean over
+    rows of nonzero norm of 1 / |t_row|^2."""
     n, c = truth.shape
     r = float(np.sqrt(np.mean(truth * truth))) if truth.size else 0.0
     norms = np.einsum("ij,ij->i", truth, truth)  # [n]
     inv = float(np.mean(1.0 / norms[norms > 0])) if (norms > 0).any() else 0.0
-    return power_of(n, c, r, inv, floor, found)
+    return n, c, r, inv
 
 
 def power_of(n: int, c: int, r: float, inv: float, floor: Mapping[str, float], found: Sequence[Check]) -> Power:
