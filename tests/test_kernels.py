@@ -493,3 +493,20 @@ def test_forward_valid_is_forward_at_the_valid_positions_bit_for_bit(dtype, acti
     inputs = {"token_ids": rng.integers(1, 200, (3, 8)), "padding_mask": mask}
     valid = encoder.forward_valid(model.prepared_weights(), model.config, inputs, dtype=model.dtype_policy)
     np.testing.assert_array_equal(valid["sequence_output"], model(inputs)["sequence_output"][mask])
+
+
+def test_work_on_the_cores_threads_follows_the_callers_numpy_error_handling(monkeypatch):
+    # np.errstate is per thread: the workers of `parallel` / `map_concurrent` take the caller's.
+    import warnings
+
+    monkeypatch.setattr(runtime, "THREADS", 3)
+    x = np.full((6, 1 << 16), 1e6, np.float32)  # overflows float16: the cast to inf warns by default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning from any thread would fail the test
+        with np.errstate(over="ignore"):
+            assert np.isinf(runtime.round_through(x, np.float16)).all()
+            assert np.isinf(runtime.map_concurrent(lambda a: a.astype(np.float16), [x, x])[1]).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        runtime.round_through(x, np.float16)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        runtime.map_concurrent(lambda a: a.astype(np.float16), [x, x])

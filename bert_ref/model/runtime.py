@@ -57,8 +57,21 @@ def parallel(fn: Callable[[int, int], None], n: int, min_size: int = 1) -> None:
         return
     pool = _pool()
     bounds = [n * i // parts for i in range(parts + 1)]
-    for future in [pool.submit(fn, a, b) for a, b in itertools.pairwise(bounds)]:
+    run = _in_callers_errstate(fn)
+    for future in [pool.submit(run, a, b) for a, b in itertools.pairwise(bounds)]:
         future.result()
+
+
+def _in_callers_errstate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, to be called in a worker thread under the caller's NumPy error handling (`np.errstate`
+    is per thread: a worker would otherwise warn where the caller asked for silence, or the reverse)."""
+    err = np.geterr()
+
+    def run(*args: Any) -> Any:
+        with np.errstate(**err):
+            return fn(*args)
+
+    return run
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -77,10 +90,12 @@ def map_concurrent(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     if threads() <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
 
+    run = _in_callers_errstate(fn)
+
     def call(item: Any) -> Any:
         THREAD_STATE.serial = True  # a `parallel` inside `fn` runs in this thread (the pool is busy)
         try:
-            return fn(item)
+            return run(item)
         finally:
             THREAD_STATE.serial = False
 
