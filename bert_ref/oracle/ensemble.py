@@ -93,24 +93,161 @@ class Accumulating(Policy):
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """`a @ b` with the partial sums rounded as described (work dtype in and out).
-        [..., M, K] @ [..., K, N] -> [..., M, N]"""
-        from bert_ref.model.runtime import round_through
+        [..., M, K] @ [..., K, N] -> [..., M, N]
 
+        Each block's (slice's) sum is one `np.matmul` of the block's columns of `a` and rows of `b`,
+        the same call for every output (so the same float32 sum); where `_half_sums` applies (float32
+        work, an operand range in which no partial sum can overflow), its roundings are done there, fast,
+        else by `accumulate_plainly`: the same values, bit for bit."""
         k = a.shape[-1]
         if k == 0:
             return np.matmul(a, b)
         bounds = sorted({k * i // self.slices for i in range(self.slices + 1)}) if self.slices \
             else [*range(0, k, self.block), k]
-        half = self.compute_dtype
-        acc = round_through(np.matmul(a[..., : bounds[1]], b[..., : bounds[1], :]), half)  # the first partial sum
-        part = np.empty_like(acc)
-        for lo, hi in itertools.pairwise(bounds[1:]):
-            np.matmul(a[..., lo:hi], b[..., lo:hi, :], out=part)  # summed in the work dtype
-            if self.slices:
-                round_through(part, half, out=part)
-            acc += part
-            round_through(acc, half, out=acc)
-        return acc
+        fast = _half_sums(a, b, bounds, self.compute_dtype, round_slices=bool(self.slices))
+        return accumulate_plainly(a, b, bounds, self.compute_dtype, bool(self.slices)) if fast is None else fast
+
+
+def accumulate_plainly(a: np.ndarray, b: np.ndarray, bounds: list[int], half: Any, round_slices: bool) -> np.ndarray:
+    """`Accumulating.matmul`'s sums written out: the products of the columns `bounds[i]:bounds[i+1]`
+    summed by one `np.matmul` (in the work dtype); the first sum rounded to `half`; each next one
+    (rounded to `half` first when `round_slices`) added to the accumulator, which is rounded to `half`
+    after each addition (`runtime.round_through`: `astype(half).astype(work)`, bit for bit).
+    [..., M, K] @ [..., K, N] -> [..., M, N]"""
+    from bert_ref.model.runtime import round_through
+
+    acc = round_through(np.matmul(a[..., : bounds[1]], b[..., : bounds[1], :]), half)  # the first partial sum
+    part = np.empty_like(acc)
+    for lo, hi in itertools.pairwise(bounds[1:]):
+        np.matmul(a[..., lo:hi], b[..., lo:hi, :], out=part)  # summed in the work dtype
+        if round_slices:
+            round_through(part, half, out=part)
+        acc += part
+        round_through(acc, half, out=acc)
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------
+# The accumulation in the half type, fast
+#
+# A float32 y is rounded to the half type by a magic constant: with e = y's exponent, `drop` the
+# mantissa bits the half type lacks (13 for float16, 16 for bfloat16) and `emin` its least normal
+# exponent, sigma = 1.5 * 2^(max(e, emin) + drop); then (y + sigma) - sigma is y rounded to nearest,
+# ties to even, on the half type's grid around y (its spacing 2^(max(e, emin) - 23 + drop), the half
+# type's subnormal spacing below emin): sigma's ulp is that spacing, y + sigma stays in sigma's binade
+# and sigma is an even multiple of its ulp. Four passes (exponent bits, sigma, add, subtract) where
+# `runtime.round_through` needs nine; it equals `astype(half).astype(float32)` bit for bit wherever
+# |y| is below `_MAGIC`'s limit, except that a y that rounds to zero gives +0 where astype keeps y's
+# sign (see `_half_sums` for where that sign is restored). tests/test_ensemble_accumulation.py checks it.
+
+_EXPONENT, _SIGN = np.uint32(0x7F800000), np.uint32(0x80000000)
+# half type -> (bits added to y's exponent bits: drop << 23 plus sigma's 0.5 mantissa bit; the least sigma;
+# the limit of |y|; the unit roundoff). The limits: float16's largest finite value (above it a sum may round
+# to inf, which the plain loop handles); for bfloat16, sigma's exponent (e + 16) must stay finite.
+_MAGIC = {
+    "float16": (np.uint32((13 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-14 + 13)), 65504.0, 2.0 ** -11),
+    "bfloat16": (np.uint32((16 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-126 + 16)), 2.0 ** 111, 2.0 ** -8),
+}
+# Output elements per tile of the rounding loop: a tile of the accumulator and its two scratch arrays
+# (3 x 256 KiB) stay in the L2 cache while a group of blocks is added to it. (Smaller tiles lose more
+# to the two batch parts' threads taking turns at the GIL at every NumPy call: measured, docs/performance.md.)
+_TILE = 1 << 16
+# Output elements of the float32 block sums computed ahead, a group of blocks at once (16 MiB).
+_GROUP = 1 << 22
+
+
+def _round_magic(y: np.ndarray, out: np.ndarray, scratch: np.ndarray, add: np.uint32, least: np.float32) -> None:
+    """`out` = float32 `y` rounded to the half type of (`add`, `least`) (`_MAGIC`), but +0 where it rounds to
+    zero; `scratch`: a uint32 array of y's shape. `out` may be `y`. [n] -> [n]"""
+    np.bitwise_and(y.view(np.uint32), _EXPONENT, out=scratch)  # 2^e (y's exponent bits alone)
+    np.add(scratch, add, out=scratch)  # 1.5 * 2^(e + drop)
+    sigma = scratch.view(np.float32)
+    np.maximum(sigma, least, out=sigma)  # at least 1.5 * 2^(emin + drop)
+    np.add(y, sigma, out=out)  # rounded here, on sigma's grid
+    np.subtract(out, sigma, out=out)  # exact
+
+
+def _restore_sign(y: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """`out` (`_round_magic(y)`) given y's sign bit: only a zero changes (to -0 where y < 0 or y is -0). [n] -> [n]"""
+    np.bitwise_and(y.view(np.uint32), _SIGN, out=scratch)
+    np.bitwise_or(out.view(np.uint32), scratch, out=out.view(np.uint32))
+
+
+def _half_sums(a: np.ndarray, b: np.ndarray, bounds: list[int], half: Any, round_slices: bool) -> np.ndarray | None:
+    """`accumulate_plainly(a, b, bounds, half, round_slices)`, bit for bit, faster; None where this path
+    does not apply: operands other than float32, a half type other than float16 and bfloat16, or
+    operands large enough (or not finite) that a partial sum could reach `_MAGIC`'s limit.
+
+    The block sums are the same `np.matmul` calls, a group of blocks at a time; the roundings
+    (`_round_magic`) run over tiles of the output that stay in the cache for the whole group. A sum
+    that rounds to zero becomes +0 there, where astype keeps its sign; that changes a later sum only
+    when both of its terms are zeros (x + 0 is x otherwise), so the values are astype's and only a zero
+    may differ in sign: the sign is put back at the last rounding, and where the last addition adds two
+    zeros, the sums are done again with the sign put back after every rounding.
+    [..., M, K] @ [..., K, N] -> [..., M, N]"""
+    magic = _MAGIC.get(np.dtype(half).name)
+    if magic is None or a.dtype != np.float32 or b.dtype != np.float32:
+        return None
+    blocks = list(itertools.pairwise(bounds))
+    # Every partial sum is at most (max_i sum_k |a_ik|) (max |b|) in magnitude, grown by at most (1 + u) per
+    # rounding to the half type (two per step with `round_slices`), by 2^-25 per rounding in its subnormal
+    # range, and by float32's own sums' error (under 1e-5 relative for blocks of up to 2^16 products).
+    with np.errstate(all="ignore"):
+        largest = float(np.abs(a).sum(axis=-1, dtype=np.float64).max(initial=0.0)) \
+            * float(np.abs(b).max(initial=0.0))
+    if not (largest * 1.001 + len(blocks) * 2.0 ** -23) * (1 + 2 * magic[3]) ** (2 * len(blocks) + 2) < magic[2]:
+        return None
+    acc, unsure = _accumulate_in_tiles(a, b, blocks, magic, round_slices, signs=False)
+    return _accumulate_in_tiles(a, b, blocks, magic, round_slices, signs=True)[0] if unsure else acc
+
+
+def _accumulate_in_tiles(a: np.ndarray, b: np.ndarray, blocks: list[tuple[int, int]],
+                         magic: tuple[np.uint32, np.float32, float, float], round_slices: bool,
+                         signs: bool) -> tuple[np.ndarray, bool]:
+    """`_half_sums`' loop: the sums, and whether an output's sign of zero may be wrong. `signs`: put the
+    sign of zero back after every rounding; else after the last only, which is exact unless the last
+    addition's terms are both zeros (one of which may have lost its sign): reported.
+    [..., M, K] @ [..., K, N] -> [..., M, N]"""
+    add, least = magic[0], magic[1]
+    shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+    acc = np.empty(shape, np.float32)
+    flat = acc.reshape(-1)  # [n]
+    n = flat.size
+    unsure = False
+    if n == 0:
+        return acc, unsure
+    group = max(1, min(len(blocks), _GROUP // n))
+    sums = np.empty((group, *shape), np.float32)  # a group of blocks' float32 sums
+    sums_flat = sums.reshape(group, n)
+    tile = min(n, _TILE)
+    ys, scratches = np.empty(tile, np.float32), np.empty(tile, np.uint32)
+    for first in range(0, len(blocks), group):
+        chosen = blocks[first : first + group]
+        for i, (lo, hi) in enumerate(chosen):
+            np.matmul(a[..., lo:hi], b[..., lo:hi, :], out=sums[i])  # summed in float32: [..., M, N]
+        for start in range(0, n, tile):
+            stop = min(n, start + tile)
+            acc_t, y, scratch = flat[start:stop], ys[: stop - start], scratches[: stop - start]
+            for step in range(first, first + len(chosen)):
+                part = sums_flat[step - first, start:stop]
+                last = step == len(blocks) - 1
+                if round_slices and step > 0:  # split-K: the slice's sum rounded before it is added
+                    _round_magic(part, y, scratch, add, least)
+                    if signs:
+                        _restore_sign(part, y, scratch)
+                    part = y
+                if step == 0:
+                    src = part  # the first sum
+                elif signs or last:
+                    src = np.add(acc_t, part, out=y)
+                    if last and not signs and not src.all() and np.any((src == 0) & (acc_t == 0)):
+                        unsure = True  # 0 + 0: either zero's sign may be astype's other one
+                else:
+                    src = np.add(acc_t, part, out=acc_t)
+                _round_magic(src, acc_t, scratch, add, least)
+                if signs or last:
+                    _restore_sign(src, acc_t, scratch)
+    return acc, unsure
 
 
 class _AccumulatingOps:
