@@ -135,7 +135,7 @@ def accumulate_plainly(a: np.ndarray, b: np.ndarray, bounds: list[int], half: An
 # exponent, sigma = 1.5 * 2^(max(e, emin) + drop); then (y + sigma) - sigma is y rounded to nearest,
 # ties to even, on the half type's grid around y (its spacing 2^(max(e, emin) - 23 + drop), the half
 # type's subnormal spacing below emin): sigma's ulp is that spacing, y + sigma stays in sigma's binade
-# and sigma is an even multiple of its ulp. Four passes (exponent bits, sigma, add, subtract) where
+# and sigma is an even multiple of its ulp. Five passes (exponent bits, sigma, its floor, add, subtract) where
 # `runtime.round_through` needs nine; it equals `astype(half).astype(float32)` bit for bit wherever
 # |y| is below `_MAGIC`'s limit, except that a y that rounds to zero gives +0 where astype keeps y's
 # sign (see `_half_sums` for where that sign is restored). tests/test_ensemble_accumulation.py checks it.
@@ -148,12 +148,13 @@ _MAGIC = {
     "float16": (np.uint32((13 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-14 + 13)), 65504.0, 2.0 ** -11),
     "bfloat16": (np.uint32((16 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-126 + 16)), 2.0 ** 111, 2.0 ** -8),
 }
-# Output elements per tile of the rounding loop: a tile of the accumulator and its two scratch arrays
-# (3 x 256 KiB) stay in the L2 cache while a group of blocks is added to it. (Smaller tiles lose more
-# to the two batch parts' threads taking turns at the GIL at every NumPy call: measured, docs/performance.md.)
-_TILE = 1 << 16
-# Output elements of the float32 block sums computed ahead, a group of blocks at once (16 MiB).
-_GROUP = 1 << 22
+# Output elements per tile of the rounding loop: a tile of the accumulator and its scratch arrays
+# (512 KiB each) stay in the L2 cache while a group of blocks is added to it. Smaller tiles lose more
+# to the batch parts' threads taking turns at the GIL at each NumPy call (docs/performance.md).
+_TILE = 1 << 17
+# Output elements of the float32 block sums computed ahead, a group of blocks at a time (4 MiB; at
+# least one block).
+_GROUP = 1 << 20
 
 
 def _round_magic(y: np.ndarray, out: np.ndarray, scratch: np.ndarray, add: np.uint32, least: np.float32) -> None:
