@@ -44,7 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from bert_ref.model.precision import PRECISIONS, GGMLPolicy, Policy, TF32Policy, get_policy, round_to_tf32
+from bert_ref.model.precision import (
+    PRECISIONS,
+    UNIT_ROUNDOFF,
+    GGMLPolicy,
+    Policy,
+    TF32Policy,
+    get_policy,
+    round_to_tf32,
+)
 from bert_ref.oracle.int8 import DEFAULT_SCHEME, Int8Scheme, Int8SchemePolicy, scheme_policy
 
 #: Steps a fused kernel does not round (their result goes straight into the next operation).
@@ -142,11 +150,14 @@ def accumulate_plainly(a: np.ndarray, b: np.ndarray, bounds: list[int], half: An
 
 _EXPONENT, _SIGN = np.uint32(0x7F800000), np.uint32(0x80000000)
 # half type -> (bits added to y's exponent bits: drop << 23 plus sigma's 0.5 mantissa bit; the least sigma;
-# the limit of |y|; the unit roundoff). The limits: float16's largest finite value (above it a sum may round
-# to inf, which the plain loop handles); for bfloat16, sigma's exponent (e + 16) must stay finite.
+# the limit of |y|; the unit roundoff, from the precision table). The limits: float16's largest finite value
+# (above it a sum may round to inf, which the plain loop handles); for bfloat16, sigma's exponent (e + 16)
+# must stay finite.
 _MAGIC = {
-    "float16": (np.uint32((13 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-14 + 13)), 65504.0, 2.0 ** -11),
-    "bfloat16": (np.uint32((16 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-126 + 16)), 2.0 ** 111, 2.0 ** -8),
+    "float16": (np.uint32((13 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-14 + 13)), float(np.finfo(np.float16).max),
+                UNIT_ROUNDOFF["float16"]),
+    "bfloat16": (np.uint32((16 << 23) | 0x400000), np.float32(1.5 * 2.0 ** (-126 + 16)), 2.0 ** 111,
+                 UNIT_ROUNDOFF["bfloat16"]),
 }
 # Output elements per tile of the rounding loop: a tile of the accumulator and its scratch arrays
 # (512 KiB each) stay in the L2 cache while a group of blocks is added to it. Smaller tiles lose more
