@@ -59,15 +59,30 @@ def machine() -> str:
 
 
 def _cli(*args, env) -> tuple[float, float]:
-    """(wall clock, CPU time of the command) in seconds."""
+    """(wall clock, CPU time of the command) in seconds. The command runs in the bert_ref of
+    `env["PYTHONPATH"]`, started from an empty directory: `python -m` puts its working directory
+    first on the import path, so started from a checkout it would import that checkout's bert_ref
+    whatever PYTHONPATH says (the tool did so for every `--code` before this was fixed)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "bert_ref", *map(str, args)], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "bert_ref", *map(str, args)], env=env, capture_output=True, text=True,
+                       cwd=_EMPTY)
     dt = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
         raise SystemExit(f"bert-ref {' '.join(map(str, args))} failed: {r.stderr}")
     return dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+_EMPTY = tempfile.mkdtemp(prefix="bert_ref_bench_cwd_")  # the commands' working directory
+
+
+def imported(root: Path) -> str:
+    """Where the commands timed for the checkout `root` import bert_ref from (printed, to be sure)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", "import bert_ref; print(bert_ref.__file__)"], env=env,
+                       capture_output=True, text=True, cwd=_EMPTY, check=True)
+    return r.stdout.strip()
 
 
 def _setup(work: Path, preset, inputs: dict, env) -> tuple[Path, Path]:
@@ -122,6 +137,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     code = [ROOT, *(c.resolve() for c in a.code)]
     print(machine(), flush=True)
+    for root in code:
+        where = imported(root)
+        print(f"code {root}: bert_ref imported from {where}", flush=True)
+        if not Path(where).resolve().is_relative_to(root):
+            raise SystemExit(f"{root}: its commands would import another bert_ref ({where})")
     if not a.skip_minilm:
         d = np.load(ROOT / "golden" / "minilm" / "outputs.npz")
         inputs = {k.split("/", 1)[1]: d[k] for k in d.files if k.startswith("inputs/")}
