@@ -201,7 +201,7 @@ class BertBackbone:
             return not name.startswith("transformer_layer_") or int(name.split("_")[2].split("/")[0]) < layers
 
         small = BertBackbone(**{**self.config.to_dict(), "num_layers": layers}, dtype=self.dtype_policy,
-                             weights={n: w for n, w in self._weights.items() if kept(n)})
+                             weights={n: w for n, w in self._weights.items() if kept(n)}, plain=self.plain)
         if self._unchecked is not None:
             arrays, source = self._unchecked
             small._unchecked = ({n: w for n, w in arrays.items() if kept(n)}, source)

@@ -159,3 +159,16 @@ def test_tiles_and_groups_do_not_change_the_sums(monkeypatch):
         monkeypatch.setattr(ensemble, "_TILE", tile)
         monkeypatch.setattr(ensemble, "_GROUP", group * a.shape[0] * a.shape[1] * b.shape[1])
         assert member("float16", block=32).matmul(a, b).tobytes() == expected.tobytes(), (tile, group)
+
+
+def test_slices_too_long_for_the_float32_error_bound_take_the_plain_loop():
+    # The fast path's overflow bound allows float32's own error for blocks of up to 2^14 products;
+    # a split-K slice longer than that is summed by the plain loop, to the same bits.
+    dtype = np.dtype(np.float16)
+    a, b = operands((3, 4 * 5000), (4 * 5000, 2), dtype, 1.0, seed=5)
+    bounds = [0, 5000, 10000, 15000, 20000]
+    assert ensemble._half_sums(a, b, bounds, dtype, True) is not None  # 5000 products a slice: the fast path
+    longer = [0, 20000]  # one slice of 20000 > 2^14 products (and a first block of it)
+    assert ensemble._half_sums(a, b, longer, dtype, True) is None
+    got = member("float16", slices=1).matmul(a, b)
+    assert got.tobytes() == written_out(a, b, dtype, slices=1).tobytes()

@@ -510,3 +510,14 @@ def test_work_on_the_cores_threads_follows_the_callers_numpy_error_handling(monk
         runtime.round_through(x, np.float16)
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
         runtime.map_concurrent(lambda a: a.astype(np.float16), [x, x])
+
+
+def test_work_on_the_cores_threads_calls_the_callers_error_callback(monkeypatch):
+    # np.errstate(over="call") with np.seterrcall's function: the workers call the caller's function.
+    monkeypatch.setattr(runtime, "THREADS", 3)
+    x = np.full((6, 1 << 16), 1e6, np.float32)
+    seen = []
+    with np.errstate(over="call", call=lambda kind, flag: seen.append(kind)):
+        runtime.round_through(x, np.float16)
+        runtime.map_concurrent(lambda a: a.astype(np.float16), [x, x])
+    assert seen and set(seen) == {"overflow"}

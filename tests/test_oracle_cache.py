@@ -343,17 +343,25 @@ def test_floor_sides_round_trip_through_json_exactly():
     assert back.floor.worst_index == (0, 5, 2) and back.floor.min_cosine_index == (1, 4)
 
 
-def test_a_model_cut_from_another_is_keyed_by_that_ones_digest(oc, model, inputs, monkeypatch):
+def test_a_model_cut_from_another_is_keyed_by_that_ones_digest(oc, model, inputs, monkeypatch, tmp_path):
     from bert_ref.oracle.run import _truncated
 
-    small = _truncated(model, 1)
+    model.save_to_preset(tmp_path / "p")
+    loaded = BertBackbone.from_preset(tmp_path / "p")
+    small = _truncated(loaded, 1)
     key = oracle_cache.entry_key(small, inputs, "float32")
-    assert key != oracle_cache.entry_key(model, inputs, "float32")
-    assert oracle_cache.entry_key(_truncated(model, 1), inputs, "float32") == key  # the same cut: the same key
+    assert key != oracle_cache.entry_key(loaded, inputs, "float32")
+    assert oracle_cache.entry_key(_truncated(loaded, 1), inputs, "float32") == key  # the same cut: the same key
     calls = []
     real = oracle_cache.arrays_digest
     monkeypatch.setattr(oracle_cache, "arrays_digest", lambda a, *s: calls.append(len(a)) or real(a, *s))
-    oracle_cache.model_digest(small)
-    assert calls == [len(model.weights)]  # the whole model's weights, as for the model itself: not the cut's
+    oracle_cache.model_digest(_truncated(loaded, 1))
+    assert calls == []  # the preset's digest is kept: nothing hashed for the cut
+    cut = _truncated(model, 1)  # weights from Python (changeable in place): the cut's own weights hashed
+    oracle_cache.model_digest(cut)
+    assert calls == [len(cut.weights)] and len(cut.weights) < len(model.weights)
     other = BertBackbone(**model.config.to_dict(), seed=4)  # other weights: another key for its cut
-    assert oracle_cache.entry_key(_truncated(other, 1), inputs, "float32") != key
+    assert oracle_cache.entry_key(_truncated(other, 1), inputs, "float32") != oracle_cache.entry_key(cut, inputs,
+                                                                                                      "float32")
+    plain = BertBackbone(**model.config.to_dict(), seed=3, plain=True)
+    assert plain.first_layers(1).plain  # the cut computes as its model does

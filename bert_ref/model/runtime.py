@@ -64,11 +64,12 @@ def parallel(fn: Callable[[int, int], None], n: int, min_size: int = 1) -> None:
 
 def _in_callers_errstate(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn`, to be called in a worker thread under the caller's NumPy error handling (`np.errstate`
-    is per thread: a worker would otherwise warn where the caller asked for silence, or the reverse)."""
-    err = np.geterr()
+    is per thread: a worker would otherwise warn where the caller asked for silence, or the reverse),
+    its error callback (`np.seterrcall`, for `"call"`) included."""
+    err, call = np.geterr(), np.geterrcall()
 
     def run(*args: Any) -> Any:
-        with np.errstate(**err):
+        with np.errstate(call=call, **err):  # type: ignore[arg-type]  # (call may be None: none set)
             return fn(*args)
 
     return run
