@@ -11,7 +11,8 @@ import pytest
 
 from bert_ref.model.precision import get_policy
 from bert_ref.oracle import ensemble
-from tests.needs import need
+
+from needs import need
 
 BF16_INSTALL = 'pip install "bert-ref[bf16]"'
 
