@@ -195,7 +195,7 @@ def floor_sides(reference: Mapping[str, Any], ensemble: Mapping[str, Mapping[str
         if ws is None:
             ws = local.ws = Workspace()
         if key not in ref:
-            raise ValueError(f"the reference has no {key}")
+            raise ValueError(f"the reference has no {key} to measure the ensemble against (it has: {', '.join(ref)})")
         r = np.asarray(ref[key])
         layer = placement(key)[2]
         recipe = recipe_members if layer is not None and layer <= verdict.RECIPE_LAYERS else ()
@@ -204,11 +204,7 @@ def floor_sides(reference: Mapping[str, Any], ensemble: Mapping[str, Mapping[str
                           ws=ws)
 
     keys = list(keys)
-    workers = min(len(keys), runtime.THREADS)
-    if workers > 1:
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bert_ref.sides") as pool:
-            return dict(zip(keys, pool.map(one, keys), strict=True))
-    return {k: one(k) for k in keys}
+    return dict(zip(keys, runtime.map_concurrent(one, keys), strict=True))
 
 
 def compare(

@@ -312,17 +312,17 @@ def error_correlation(candidate: np.ndarray, ours: np.ndarray, truth: np.ndarray
 
 def centered_error(x: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """`x - truth` over the valid elements, flat, minus its mean (float64): one side of
-    `error_correlation`, computed once for a candidate compared with several schemes."""
-    e = np.asarray(x, dtype=np.float64) - truth
+    `error_correlation`, computed once for a candidate compared with several schemes. [...] -> [n]"""
+    e = np.asarray(x, dtype=np.float64) - truth  # [...]
     if valid is not None:
-        e = e[np.broadcast_to(valid, e.shape)]
+        e = e[np.broadcast_to(valid, e.shape)]  # [n]: the valid elements
     e = e.ravel()
     return e - e.mean()
 
 
 def correlation_with(c: np.ndarray, ours: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> float:
-    """`error_correlation` from the candidate's `centered_error` `c`."""
-    o = centered_error(ours, truth, valid)
+    """`error_correlation` from the candidate's `centered_error` `c`. [n], [...] x2 -> a number"""
+    o = centered_error(ours, truth, valid)  # [n]
     denom = float(np.sqrt(np.dot(c, c) * np.dot(o, o)))
     return float(np.dot(c, o)) / denom if denom > 0 else 0.0
 
